@@ -1,0 +1,131 @@
+//! Golden tests: chunk boundaries and ids over seeded portable-PRNG input.
+//! If one of these fails, deduplication against existing repositories breaks:
+//! do not update the expected values without a format version bump.
+
+use super::*;
+use cairn_format::MasterKey;
+
+/// SplitMix64: tiny, portable, the same on every platform.
+pub(crate) fn prng_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn golden_key() -> MasterKey {
+    MasterKey::from_secret([0x42; 32])
+}
+
+fn golden_params(key: &MasterKey) -> ChunkerParams {
+    ChunkerParams {
+        min: 256 * 1024,
+        avg: 1024 * 1024,
+        max: 4 * 1024 * 1024,
+        seed: key.chunker_seed(),
+    }
+}
+
+fn chunk_all(params: ChunkerParams, data: &[u8], window: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut base = 0;
+    StreamChunker::with_window(params, window)
+        .run(data, |w, cuts| {
+            for c in cuts {
+                out.push((base + c.offset, c.len));
+            }
+            base += w.len();
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn golden_boundaries_and_ids() {
+    let key = golden_key();
+    let params = golden_params(&key);
+    let data = prng_bytes(1, 12 * 1024 * 1024);
+    let chunks = chunk_all(params, &data, 8 << 20);
+    let got: Vec<(usize, usize, String)> = chunks
+        .iter()
+        .map(|&(o, l)| (o, l, key.chunk_id(&data[o..o + l]).short()))
+        .collect();
+    let expected: &[(usize, usize, &str)] = GOLDEN;
+    let got_ref: Vec<(usize, usize, &str)> =
+        got.iter().map(|(o, l, s)| (*o, *l, s.as_str())).collect();
+    assert_eq!(got_ref, expected, "chunk boundaries or ids changed");
+}
+
+const GOLDEN: &[(usize, usize, &str)] = &[
+    (0, 1620099, "c4e920f1"),
+    (1620099, 911985, "788e161c"),
+    (2532084, 2935926, "bcd111a3"),
+    (5468010, 1938218, "85bcb663"),
+    (7406228, 1578374, "61c8e019"),
+    (8984602, 1049291, "1935fee3"),
+    (10033893, 960815, "c4f2b44b"),
+    (10994708, 316373, "295c4e0d"),
+    (11311081, 1271831, "9289c03a"),
+];
+
+#[test]
+fn window_size_does_not_change_boundaries() {
+    let key = golden_key();
+    let params = golden_params(&key);
+    let data = prng_bytes(7, 20 * 1024 * 1024 + 12345);
+    let a = chunk_all(params, &data, 8 << 20);
+    let b = chunk_all(params, &data, 9 << 20);
+    let c = chunk_all(params, &data, 32 << 20);
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(a.iter().map(|x| x.1).sum::<usize>(), data.len());
+    assert!(a.iter().all(|x| x.1 <= 4 * 1024 * 1024));
+}
+
+#[test]
+fn seed_changes_boundaries() {
+    let data = prng_bytes(3, 8 * 1024 * 1024);
+    let k1 = golden_key();
+    let k2 = MasterKey::from_secret([0x43; 32]);
+    let a = chunk_all(golden_params(&k1), &data, 8 << 20);
+    let b = chunk_all(golden_params(&k2), &data, 8 << 20);
+    assert_ne!(a, b, "the secret seed must influence the cut points");
+}
+
+#[test]
+fn encode_then_open_round_trips() {
+    let key = golden_key();
+    let enc = BlobEncoder {
+        hasher: key.id_hasher(),
+        key: cairn_format::PackKey::generate(),
+        level: 3,
+    };
+    for data in [vec![0u8; 100_000], prng_bytes(9, 100_000), Vec::new()] {
+        let id = key.chunk_id(&data);
+        let sealed = enc.encode(cairn_format::BlobKind::Data, id, &data, |b| {
+            assert_eq!(b.raw_len as usize, data.len());
+            b.sealed.to_vec()
+        });
+        let mut out = Vec::new();
+        cairn_format::pack::open_blob(
+            &enc.key,
+            &enc.hasher,
+            cairn_format::BlobKind::Data,
+            &id,
+            &sealed,
+            data.len() as u32,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, data);
+    }
+}
