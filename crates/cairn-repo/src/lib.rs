@@ -1,1 +1,54 @@
-//! placeholder
+//! # cairn-repo
+//!
+//! The repository: the only layer that talks to storage (`Arc<dyn
+//! object_store::ObjectStore>`). It creates and opens repositories, manages
+//! key files, writes packs, index objects and snapshots in the order the format
+//! requires (packs → index → snapshot), and backs up and restores file trees
+//! and streams.
+//!
+//! Key types and states:
+//! - [`Repository`]: opened with a password — config and key known, can list
+//!   snapshots and manage keys;
+//! - [`IndexedRepository`]: after [`Repository::load_index`] — can read blobs,
+//!   back up (deduplicating against the index) and restore;
+//! - [`Packer`]: one writer session; many may run at once, in one process or
+//!   many, without locks.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cairn_repo::{Repository, BackupOptions, Progress, RestoreOptions, RestoreProgress};
+//! use cairn_format::{config::Config, KdfParams};
+//!
+//! let store = Arc::new(object_store::memory::InMemory::new());
+//! let kdf = KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 };
+//! Repository::init(store.clone(), b"pw", Config::new_default(0), kdf).unwrap();
+//! let repo = Repository::open(store, b"pw").unwrap().load_index().unwrap();
+//! let r = repo
+//!     .backup_stream(&b"hello"[..], "greeting.txt", &BackupOptions::default(), &Progress::default(), || Ok(()))
+//!     .unwrap();
+//! let node = repo.find_node(&r.snapshot.tree, b"/greeting.txt").unwrap().unwrap();
+//! let mut out = Vec::new();
+//! repo.dump_file(&node, &mut out).unwrap();
+//! assert_eq!(out, b"hello");
+//! ```
+#![deny(missing_docs)]
+
+mod backup;
+pub mod error;
+pub mod index;
+mod indexed;
+mod packer;
+mod repo;
+mod restore;
+pub mod store;
+mod sys;
+
+pub use backup::{BackupOptions, BackupResult, ParentChoice, Progress, clean_absolute};
+pub use error::{RepoError, Result};
+pub use indexed::IndexedRepository;
+pub use packer::{Packer, PackerStats};
+pub use repo::{KeyInfo, Repository, now_ns, whoami};
+pub use restore::{
+    Damage, Entry, RestoreOptions, RestoreProgress, RestoreReport, normalize_snapshot_path,
+    target_path,
+};

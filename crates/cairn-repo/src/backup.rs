@@ -1,0 +1,643 @@
+//! Backing up file trees and streams.
+//!
+//! Directories are walked on the calling thread in name order. Within a
+//! directory, small files are read, chunked and sealed in parallel (one rayon
+//! task each, no nested parallelism, so memory stays bounded); large files are
+//! taken one at a time through a fixed window with their chunks processed in
+//! parallel. A file whose size, mtime, ctime and inode match the parent
+//! snapshot is not read at all.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use cairn_chunk::{ChunkerParams, StreamChunker, process_window};
+use cairn_format::snapshot::{Snapshot, Summary};
+use cairn_format::tree::{Extent, Node, NodeKind, Time, Tree};
+use cairn_format::{BlobKind, ChunkId, SnapshotId};
+use rayon::prelude::*;
+
+use crate::error::{RepoError, Result};
+use crate::indexed::IndexedRepository;
+use crate::packer::{Packer, PackerStats};
+use crate::repo::now_ns;
+
+/// Which snapshot to compare against for change detection.
+#[derive(Clone, Debug, Default)]
+pub enum ParentChoice {
+    /// The latest snapshot with the same service, host and paths.
+    #[default]
+    Auto,
+    /// None: read every file.
+    None,
+    /// This snapshot.
+    Id(SnapshotId),
+}
+
+/// Settings of one backup.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Service name ("" for none).
+    pub service: String,
+    /// Host name recorded in the snapshot.
+    pub hostname: String,
+    /// User name recorded in the snapshot.
+    pub username: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Parent selection.
+    pub parent: ParentChoice,
+    /// Group id (stack backups).
+    pub group: Option<[u8; 16]>,
+}
+
+/// Live counters of a running backup (polled by progress displays).
+#[derive(Default, Debug)]
+pub struct Progress {
+    /// Files not in the parent.
+    pub files_new: AtomicU64,
+    /// Files changed since the parent.
+    pub files_changed: AtomicU64,
+    /// Files skipped as unchanged.
+    pub files_unchanged: AtomicU64,
+    /// Directories.
+    pub dirs: AtomicU64,
+    /// Content bytes read.
+    pub bytes_read: AtomicU64,
+    /// Logical bytes of all files seen.
+    pub bytes_total: AtomicU64,
+    /// Sources skipped because of errors.
+    pub errors: AtomicU64,
+    /// Messages about skipped sources.
+    pub warnings: Mutex<Vec<String>>,
+}
+
+impl Progress {
+    fn warn(&self, msg: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.warnings.lock().expect("warnings").push(msg);
+    }
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Result of a backup.
+#[derive(Debug)]
+pub struct BackupResult {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// What the session wrote.
+    pub stats: PackerStats,
+    /// Sources that were skipped.
+    pub warnings: Vec<String>,
+}
+
+struct Walker<'a> {
+    repo: &'a IndexedRepository,
+    packer: &'a Packer<'a>,
+    progress: &'a Progress,
+    params: ChunkerParams,
+}
+
+#[derive(Default)]
+struct Trie {
+    target: bool,
+    children: BTreeMap<Vec<u8>, Trie>,
+}
+
+/// Make a path absolute and lexically clean (no `.` or `..`).
+pub fn clean_absolute(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| RepoError::io(p, e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn time_of(sec: i64, nsec: i64) -> Time {
+    Time {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
+}
+
+fn base_node(name: Vec<u8>, md: &fs::Metadata, kind: NodeKind) -> Node {
+    Node {
+        name,
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: time_of(md.mtime(), md.mtime_nsec()),
+        ctime: time_of(md.ctime(), md.ctime_nsec()),
+        inode: md.ino(),
+        size: 0,
+    }
+}
+
+impl Walker<'_> {
+    fn chunk_ok(&self, extents: &[Extent]) -> bool {
+        let idx = self.repo.index.read().expect("index lock");
+        extents.iter().all(|e| match e {
+            Extent::Chunk { id, .. } => idx.contains(BlobKind::Data, id),
+            Extent::Hole { .. } => true,
+        })
+    }
+
+    /// Store one chunk that is entirely in memory.
+    fn store_chunk(&self, data: &[u8]) -> Result<ChunkId> {
+        let id = self.packer.encoder.hasher.id(data);
+        if self.packer.claim(BlobKind::Data, &id) {
+            self.packer
+                .encoder
+                .encode(BlobKind::Data, id, data, |b| self.packer.add(b))?;
+        }
+        Ok(id)
+    }
+
+    /// Chunk a stream through a window; ids are processed in parallel.
+    fn stream_extents(&self, reader: impl Read, out: &mut Vec<Extent>) -> Result<u64> {
+        let mut total = 0u64;
+        StreamChunker::new(self.params).run(reader, |window, cuts| {
+            let ids = process_window(
+                &self.packer.encoder,
+                window,
+                cuts,
+                |id| self.packer.claim(BlobKind::Data, id),
+                |b| self.packer.add(b),
+            )?;
+            for (id, c) in ids.into_iter().zip(cuts) {
+                out.push(Extent::Chunk {
+                    id,
+                    len: c.len as u32,
+                });
+            }
+            total += window.len() as u64;
+            self.progress.bytes_read.fetch_add(window.len() as u64, Ordering::Relaxed);
+            Ok::<(), RepoError>(())
+        })?;
+        Ok(total)
+    }
+
+    /// Read a regular file into extents. Returns the extents (their lengths add
+    /// up to what was actually read, which may differ from `md.size()` if the
+    /// file changed while being read).
+    fn read_file(&self, path: &Path, md: &fs::Metadata, small: bool) -> Result<Vec<Extent>> {
+        let mut f = File::open(path).map_err(|e| RepoError::io(path, e))?;
+        let size = md.size();
+        let mut extents = Vec::new();
+        if size == 0 {
+            return Ok(extents);
+        }
+        let sparse = md.blocks() * 512 < size;
+        if small && !sparse {
+            let mut buf = Vec::with_capacity(size as usize);
+            f.read_to_end(&mut buf).map_err(|e| RepoError::io(path, e))?;
+            Progress::add(&self.progress.bytes_read, buf.len() as u64);
+            let mut cuts = Vec::new();
+            self.params.cut(&buf, true, &mut cuts);
+            for c in cuts {
+                let id = self.store_chunk(&buf[c.offset..c.offset + c.len])?;
+                extents.push(Extent::Chunk {
+                    id,
+                    len: c.len as u32,
+                });
+            }
+            return Ok(extents);
+        }
+        let regions = if sparse {
+            crate::sys::data_regions(&f, size).map_err(|e| RepoError::io(path, e))?
+        } else {
+            vec![(0, size)]
+        };
+        let mut pos = 0u64;
+        for (start, end) in regions {
+            if start > pos {
+                extents.push(Extent::Hole { len: start - pos });
+            }
+            f.seek(SeekFrom::Start(start))
+                .map_err(|e| RepoError::io(path, e))?;
+            let got = self
+                .stream_extents((&mut f).take(end - start), &mut extents)
+                .map_err(|e| match e {
+                    RepoError::Io { source, .. } => RepoError::io(path, source),
+                    other => other,
+                })?;
+            pos = start + got;
+            if got < end - start {
+                break; // file shrank while we read it
+            }
+        }
+        if pos < size && extents.iter().map(Extent::len).sum::<u64>() == pos {
+            // Trailing hole (only when the file did not shrink).
+            let real_len = f.metadata().map(|m| m.size()).unwrap_or(pos);
+            if real_len > pos {
+                extents.push(Extent::Hole {
+                    len: real_len.min(size) - pos,
+                });
+            }
+        }
+        Ok(extents)
+    }
+
+    /// Nodes for a list of (name, path) entries of one directory, in name order.
+    fn nodes_for(&self, mut entries: Vec<(Vec<u8>, PathBuf)>, parent: Option<&Tree>) -> Result<Vec<Node>> {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let small_limit = self.params.max as u64;
+        enum Todo {
+            Done(Node),
+            Small(Node, PathBuf, fs::Metadata),
+            Large(Node, PathBuf, fs::Metadata),
+            Dir(Node, PathBuf),
+            Skip,
+        }
+        let mut todo = Vec::with_capacity(entries.len());
+        for (name, path) in entries {
+            let md = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.progress.warn(format!("{}: {e} (skipped)", path.display()));
+                    todo.push(Todo::Skip);
+                    continue;
+                }
+            };
+            let ft = md.file_type();
+            let prev = parent.and_then(|t| t.find(&name));
+            if ft.is_file() {
+                let mut node = base_node(name, &md, NodeKind::File { extents: vec![] });
+                node.size = md.size();
+                Progress::add(&self.progress.bytes_total, md.size());
+                if let Some(p) = prev
+                    && let NodeKind::File { extents } = &p.kind
+                    && p.size == node.size
+                    && p.mtime == node.mtime
+                    && p.ctime == node.ctime
+                    && p.inode == node.inode
+                    && self.chunk_ok(extents)
+                {
+                    node.kind = NodeKind::File {
+                        extents: extents.clone(),
+                    };
+                    Progress::add(&self.progress.files_unchanged, 1);
+                    todo.push(Todo::Done(node));
+                    continue;
+                }
+                if prev.is_some() {
+                    Progress::add(&self.progress.files_changed, 1);
+                } else {
+                    Progress::add(&self.progress.files_new, 1);
+                }
+                if md.size() <= small_limit {
+                    todo.push(Todo::Small(node, path, md));
+                } else {
+                    todo.push(Todo::Large(node, path, md));
+                }
+            } else if ft.is_dir() {
+                let node = base_node(name, &md, NodeKind::Dir { tree: ChunkId::default() });
+                todo.push(Todo::Dir(node, path));
+            } else if ft.is_symlink() {
+                match fs::read_link(&path) {
+                    Ok(t) => {
+                        let target = t.as_os_str().as_bytes().to_vec();
+                        let mut node = base_node(name, &md, NodeKind::Symlink { target });
+                        node.size = t.as_os_str().len() as u64;
+                        todo.push(Todo::Done(node));
+                    }
+                    Err(e) => {
+                        self.progress.warn(format!("{}: {e} (skipped)", path.display()));
+                        todo.push(Todo::Skip);
+                    }
+                }
+            } else {
+                let kind = if ft.is_fifo() {
+                    NodeKind::Fifo
+                } else if ft.is_char_device() {
+                    NodeKind::CharDevice { rdev: md.rdev() }
+                } else if ft.is_block_device() {
+                    NodeKind::BlockDevice { rdev: md.rdev() }
+                } else {
+                    NodeKind::Socket
+                };
+                todo.push(Todo::Done(base_node(name, &md, kind)));
+            }
+        }
+
+        let fill = |node: &mut Node, path: &Path, md: &fs::Metadata, small: bool| -> Result<bool> {
+            match self.read_file(path, md, small) {
+                Ok(ext) => {
+                    node.size = ext.iter().map(Extent::len).sum();
+                    node.kind = NodeKind::File { extents: ext };
+                    Ok(true)
+                }
+                Err(RepoError::Io { path, source }) => {
+                    self.progress
+                        .warn(format!("{}: {source} (skipped)", path.display()));
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            }
+        };
+
+        // Small files in parallel; each task is sequential inside.
+        todo.par_iter_mut().try_for_each(|t| -> Result<()> {
+            if let Todo::Small(node, path, md) = t
+                && !fill(node, path, md, true)?
+            {
+                *t = Todo::Skip;
+            }
+            Ok(())
+        })?;
+
+        let mut nodes = Vec::with_capacity(todo.len());
+        for t in todo {
+            match t {
+                Todo::Done(n) | Todo::Small(n, _, _) => nodes.push(n),
+                Todo::Large(mut n, path, md) => {
+                    if fill(&mut n, &path, &md, false)? {
+                        nodes.push(n);
+                    }
+                }
+                Todo::Dir(mut n, path) => {
+                    let prev_tree = match parent.and_then(|t| t.find(&n.name)) {
+                        Some(Node {
+                            kind: NodeKind::Dir { tree },
+                            ..
+                        }) => self.repo.load_tree(tree).ok(),
+                        _ => None,
+                    };
+                    match self.backup_dir(&path, prev_tree.as_ref())? {
+                        Some(id) => {
+                            n.kind = NodeKind::Dir { tree: id };
+                            nodes.push(n);
+                        }
+                        None => {}
+                    }
+                }
+                Todo::Skip => {}
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Back up a directory; `None` if it could not be read (warned).
+    fn backup_dir(&self, path: &Path, parent: Option<&Tree>) -> Result<Option<ChunkId>> {
+        match self.dir_nodes(path, parent)? {
+            Some(nodes) => Ok(Some(self.packer.store_tree(&Tree { nodes })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The nodes of a directory's entries; `None` if it could not be read (warned).
+    fn dir_nodes(&self, path: &Path, parent: Option<&Tree>) -> Result<Option<Vec<Node>>> {
+        Progress::add(&self.progress.dirs, 1);
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) => {
+                self.progress.warn(format!("{}: {e} (skipped)", path.display()));
+                return Ok(None);
+            }
+        };
+        let mut entries = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => entries.push((e.file_name().as_bytes().to_vec(), e.path())),
+                Err(e) => self.progress.warn(format!("{}: {e}", path.display())),
+            }
+        }
+        Ok(Some(self.nodes_for(entries, parent)?))
+    }
+
+    /// Build the synthetic directories above the backed-up paths.
+    fn backup_trie(&self, trie: &Trie, path: &Path, parent: Option<&Tree>) -> Result<Vec<Node>> {
+        let mut targets = Vec::new();
+        let mut nodes = Vec::new();
+        for (name, child) in &trie.children {
+            let cpath = path.join(OsStr::from_bytes(name));
+            if child.target {
+                targets.push((name.clone(), cpath));
+                continue;
+            }
+            let md = fs::symlink_metadata(&cpath).map_err(|e| RepoError::io(&cpath, e))?;
+            let prev_tree = match parent.and_then(|t| t.find(name)) {
+                Some(Node {
+                    kind: NodeKind::Dir { tree },
+                    ..
+                }) => self.repo.load_tree(tree).ok(),
+                _ => None,
+            };
+            let sub = self.backup_trie(child, &cpath, prev_tree.as_ref())?;
+            let id = self.packer.store_tree(&Tree { nodes: sub })?;
+            nodes.push(base_node(name.clone(), &md, NodeKind::Dir { tree: id }));
+        }
+        nodes.extend(self.nodes_for(targets, parent)?);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+}
+
+impl IndexedRepository {
+    fn chunker_params(&self) -> ChunkerParams {
+        let c = &self.repo.config;
+        ChunkerParams {
+            min: c.chunk_min,
+            avg: c.chunk_avg,
+            max: c.chunk_max,
+            seed: self.repo.key.chunker_seed(),
+        }
+    }
+
+    fn find_parent(&self, opts: &BackupOptions, paths: &[Vec<u8>]) -> Result<Option<(SnapshotId, Tree)>> {
+        let id = match &opts.parent {
+            ParentChoice::None => return Ok(None),
+            ParentChoice::Id(id) => Some(*id),
+            ParentChoice::Auto => self
+                .repo
+                .list_snapshots()?
+                .into_iter()
+                .rev()
+                .find(|(_, s)| {
+                    s.service == opts.service && s.hostname == opts.hostname && s.paths == paths
+                })
+                .map(|(id, _)| id),
+        };
+        match id {
+            None => Ok(None),
+            Some(id) => {
+                let snap = self.repo.load_snapshot(&id)?;
+                Ok(Some((id, self.load_tree(&snap.tree)?)))
+            }
+        }
+    }
+
+    /// Back up files and directories. Unreadable entries are skipped and
+    /// reported in `warnings`; a missing top-level path is an error.
+    pub fn backup_paths(&self, paths: &[PathBuf], opts: &BackupOptions, progress: &Progress) -> Result<BackupResult> {
+        let start = Instant::now();
+        let time_ns = now_ns();
+        let mut abs = Vec::new();
+        for p in paths {
+            let a = clean_absolute(p)?;
+            fs::symlink_metadata(&a).map_err(|e| RepoError::io(&a, e))?;
+            abs.push(a);
+        }
+        abs.sort();
+        abs.dedup();
+        if abs.is_empty() {
+            return Err(RepoError::InvalidInput("no paths to back up".into()));
+        }
+        let path_bytes: Vec<Vec<u8>> = abs.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+        let parent = self.find_parent(opts, &path_bytes)?;
+        let mut trie = Trie::default();
+        for a in &abs {
+            let mut t = &mut trie;
+            for c in a.components() {
+                if let Component::Normal(n) = c {
+                    if t.target {
+                        break; // already inside a backed-up path
+                    }
+                    t = t.children.entry(n.as_bytes().to_vec()).or_default();
+                }
+            }
+            if !t.target {
+                t.target = true;
+                t.children.clear();
+            }
+        }
+        let packer = Packer::new(self);
+        let walker = Walker {
+            repo: self,
+            packer: &packer,
+            progress,
+            params: self.chunker_params(),
+        };
+        let root_nodes = if trie.target {
+            // "/" itself was given: its entries are the root.
+            let parent_tree = parent.as_ref().map(|p| &p.1);
+            walker
+                .dir_nodes(Path::new("/"), parent_tree)?
+                .ok_or_else(|| RepoError::InvalidInput("cannot read the directory /".into()))?
+        } else {
+            walker.backup_trie(&trie, Path::new("/"), parent.as_ref().map(|p| &p.1))?
+        };
+        let root = packer.store_tree(&Tree { nodes: root_nodes })?;
+        let stats = packer.finish()?;
+        self.commit(opts, time_ns, root, path_bytes, parent.map(|p| p.0), progress, stats, start)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        opts: &BackupOptions,
+        time_ns: i64,
+        root: ChunkId,
+        paths: Vec<Vec<u8>>,
+        parent: Option<SnapshotId>,
+        progress: &Progress,
+        stats: PackerStats,
+        start: Instant,
+    ) -> Result<BackupResult> {
+        let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let snapshot = Snapshot {
+            time_ns,
+            tree: root,
+            parent,
+            group: opts.group,
+            service: opts.service.clone(),
+            hostname: opts.hostname.clone(),
+            username: opts.username.clone(),
+            paths,
+            tags: opts.tags.clone(),
+            summary: Summary {
+                files_new: ld(&progress.files_new),
+                files_changed: ld(&progress.files_changed),
+                files_unchanged: ld(&progress.files_unchanged),
+                dirs: ld(&progress.dirs),
+                bytes_read: ld(&progress.bytes_read),
+                bytes_total: ld(&progress.bytes_total),
+                data_blobs_added: stats.data_blobs,
+                tree_blobs_added: stats.tree_blobs,
+                bytes_added: stats.bytes_added,
+                errors: ld(&progress.errors),
+                duration_ns: start.elapsed().as_nanos() as u64,
+            },
+            fingerprints: vec![],
+            extra: vec![],
+        };
+        let id = self.repo.save_snapshot(&snapshot)?;
+        Ok(BackupResult {
+            id,
+            snapshot,
+            stats,
+            warnings: progress.warnings.lock().expect("warnings").clone(),
+        })
+    }
+
+    /// Back up a stream as one file named `name` at the snapshot's root.
+    /// `before_commit` runs after all data is durable and before the snapshot is
+    /// written; an error from it (e.g. the dump command failed) leaves no snapshot.
+    pub fn backup_stream(
+        &self,
+        reader: impl Read,
+        name: &str,
+        opts: &BackupOptions,
+        progress: &Progress,
+        before_commit: impl FnOnce() -> Result<()>,
+    ) -> Result<BackupResult> {
+        let start = Instant::now();
+        let time_ns = now_ns();
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(RepoError::InvalidInput(format!("invalid stream name {name:?}")));
+        }
+        let packer = Packer::new(self);
+        let walker = Walker {
+            repo: self,
+            packer: &packer,
+            progress,
+            params: self.chunker_params(),
+        };
+        let mut extents = Vec::new();
+        let size = walker.stream_extents(reader, &mut extents).map_err(|e| match e {
+            RepoError::Io { source, .. } => RepoError::io("<stdin>", source),
+            other => other,
+        })?;
+        Progress::add(&progress.files_new, 1);
+        Progress::add(&progress.bytes_total, size);
+        let now = Time {
+            sec: time_ns.div_euclid(1_000_000_000),
+            nsec: time_ns.rem_euclid(1_000_000_000) as u32,
+        };
+        let node = Node {
+            name: name.as_bytes().to_vec(),
+            kind: NodeKind::File { extents },
+            mode: 0o600,
+            uid: crate::sys::euid(),
+            gid: 0,
+            mtime: now,
+            ctime: now,
+            inode: 0,
+            size,
+        };
+        let root = packer.store_tree(&Tree { nodes: vec![node] })?;
+        let stats = packer.finish()?;
+        before_commit()?;
+        let path = format!("/{name}").into_bytes();
+        self.commit(opts, time_ns, root, vec![path], None, progress, stats, start)
+    }
+}

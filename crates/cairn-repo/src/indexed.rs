@@ -1,0 +1,148 @@
+//! A repository with its index loaded: the state in which blobs can be read,
+//! backups deduplicated and snapshots restored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use cairn_format::index::IndexFile;
+use cairn_format::tree::Tree;
+use cairn_format::{BlobKind, ChunkId, IndexId, PackKey, pack};
+
+use crate::error::{RepoError, Result};
+use crate::index::{BlobLocation, Index};
+use crate::repo::Repository;
+use crate::store;
+
+/// A repository whose index is in memory.
+pub struct IndexedRepository {
+    /// The opened repository.
+    pub repo: Arc<Repository>,
+    /// Where every blob is.
+    pub index: RwLock<Index>,
+    pack_keys: Mutex<HashMap<u32, PackKey>>,
+}
+
+impl Repository {
+    /// Load every index object. A damaged index object is an error naming it.
+    pub fn load_index(self) -> Result<IndexedRepository> {
+        let names: Vec<(String, IndexId)> = self
+            .store
+            .list("index")?
+            .into_iter()
+            .filter_map(|(n, _)| {
+                let id = n.strip_prefix("index/").and_then(IndexId::from_hex)?;
+                Some((n, id))
+            })
+            .collect();
+        let just: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
+        let mut index = Index::default();
+        for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just, 16)) {
+            let bytes = bytes?;
+            if blake3::hash(&bytes).as_bytes() != &id.0 {
+                return Err(RepoError::Corrupted {
+                    object: name.clone(),
+                    detail: format!(
+                        "content ({} bytes) does not hash to its name (altered or truncated)",
+                        bytes.len()
+                    ),
+                });
+            }
+            let file =
+                IndexFile::decode(&self.key, &bytes).map_err(|e| RepoError::from_format(name, e))?;
+            index.add_file(*id, &file);
+        }
+        index.finish();
+        Ok(IndexedRepository {
+            repo: Arc::new(self),
+            index: RwLock::new(index),
+            pack_keys: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl IndexedRepository {
+    /// Object path of the pack at an index position.
+    pub fn pack_name(&self, pack: u32) -> String {
+        store::pack_path(&self.index.read().expect("index lock").packs[pack as usize])
+    }
+
+    /// Where a blob is.
+    pub fn locate(&self, kind: BlobKind, id: &ChunkId) -> Result<BlobLocation> {
+        self.index
+            .read()
+            .expect("index lock")
+            .get(kind, id)
+            .ok_or_else(|| RepoError::NotFound {
+                object: format!("{} {} (not in any index)", kind.name(), id),
+            })
+    }
+
+    /// The data key of a pack (read from its prefix once, then cached).
+    pub fn pack_key(&self, pack: u32, prefix: Option<&[u8]>) -> Result<PackKey> {
+        if let Some(k) = self.pack_keys.lock().expect("key cache").get(&pack) {
+            return Ok(k.clone());
+        }
+        let name = self.pack_name(pack);
+        let owned;
+        let prefix = match prefix {
+            Some(p) => p,
+            None => {
+                owned = self.repo.store.get_range(&name, 0..pack::PREFIX_LEN as u64)?;
+                &owned[..]
+            }
+        };
+        let key =
+            pack::unwrap_key(&self.repo.key, prefix).map_err(|e| RepoError::from_format(&name, e))?;
+        self.pack_keys
+            .lock()
+            .expect("key cache")
+            .insert(pack, key.clone());
+        Ok(key)
+    }
+
+    /// Decrypt, decompress and verify a sealed blob that was read from `pack`.
+    pub fn open_sealed(
+        &self,
+        kind: BlobKind,
+        id: &ChunkId,
+        loc: &BlobLocation,
+        key: &PackKey,
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        pack::open_blob(key, &self.repo.key.id_hasher(), kind, id, sealed, loc.raw_len, out)
+            .map_err(|e| RepoError::Corrupted {
+                object: self.pack_name(loc.pack),
+                detail: format!("{} {} at offset {}: {e}", kind.name(), id.short(), loc.offset),
+            })
+    }
+
+    /// Read one blob's plaintext, verified against its id.
+    pub fn read_blob(&self, kind: BlobKind, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(kind, id)?;
+        let name = self.pack_name(loc.pack);
+        let key = self.pack_key(loc.pack, None)?;
+        let sealed = self.repo.store.get_range(
+            &name,
+            loc.offset as u64..loc.offset as u64 + loc.length as u64,
+        )?;
+        if sealed.len() != loc.length as usize {
+            return Err(RepoError::Corrupted {
+                object: name,
+                detail: "pack is shorter than the index says".into(),
+            });
+        }
+        let mut out = Vec::new();
+        self.open_sealed(kind, id, &loc, &key, &sealed, &mut out)?;
+        Ok(out)
+    }
+
+    /// Read and decode a tree blob.
+    pub fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
+        let b = self.read_blob(BlobKind::Tree, id)?;
+        Tree::decode(&b).map_err(|e| RepoError::Corrupted {
+            object: format!("tree blob {id}"),
+            detail: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! Opening, creating and keying a repository; snapshots.
+
+use std::sync::Arc;
+
+use cairn_format::config::Config;
+use cairn_format::keyfile::KeyFile;
+use cairn_format::snapshot::Snapshot;
+use cairn_format::{KdfParams, KeyId, MasterKey, SnapshotId};
+use object_store::ObjectStore;
+
+use crate::error::{RepoError, Result};
+use crate::store::{self, Store};
+
+/// An opened repository: its key and config are known, its index is not
+/// loaded yet (see [`crate::IndexedRepository`]).
+#[derive(Debug)]
+pub struct Repository {
+    /// Storage access.
+    pub store: Store,
+    /// The unlocked master key.
+    pub key: MasterKey,
+    /// Repository settings.
+    pub config: Config,
+    /// The key file that was used to open it.
+    pub key_id: KeyId,
+}
+
+/// A key file as listed by `cairn key list`.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// Its id.
+    pub id: KeyId,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// Host it was created on.
+    pub hostname: String,
+    /// User who created it.
+    pub username: String,
+}
+
+/// Who is running this process (recorded in key files and snapshots).
+pub fn whoami() -> (String, String) {
+    let host = crate::sys::hostname();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| crate::sys::username());
+    (host, user)
+}
+
+/// Current time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Read an object and check that its bytes hash to its name.
+pub(crate) fn get_verified(store: &Store, name: &str, id: &[u8; 32]) -> Result<bytes::Bytes> {
+    let b = store.get(name)?;
+    if blake3::hash(&b).as_bytes() != id {
+        return Err(RepoError::Corrupted {
+            object: name.to_string(),
+            detail: "content does not hash to its name (altered or truncated)".into(),
+        });
+    }
+    Ok(b)
+}
+
+impl Repository {
+    /// Create a repository. Writes the first key file, then the config (the
+    /// config's presence is what makes a location a repository).
+    pub fn init(
+        store: Arc<dyn ObjectStore>,
+        password: &[u8],
+        config: Config,
+        kdf: KdfParams,
+    ) -> Result<Self> {
+        config.validate()?;
+        let store = Store::new(store);
+        if store.exists(store::CONFIG)? {
+            return Err(RepoError::InvalidInput(
+                "a repository already exists at this location".into(),
+            ));
+        }
+        let key = MasterKey::generate();
+        let key_id = write_key(&store, &key, password, kdf)?;
+        store.put_new(store::CONFIG, config.encode(&key))?;
+        Ok(Repository {
+            store,
+            key,
+            config,
+            key_id,
+        })
+    }
+
+    /// Open with a password: tries every key file.
+    pub fn open(store: Arc<dyn ObjectStore>, password: &[u8]) -> Result<Self> {
+        let store = Store::new(store);
+        let cfg_bytes = match store.get(store::CONFIG) {
+            Ok(b) => b,
+            Err(RepoError::NotFound { .. }) => {
+                return Err(RepoError::NoRepository {
+                    location: store.inner.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let mut damaged = Vec::new();
+        for (name, _) in store.list("keys")? {
+            let Some(id) = name.strip_prefix("keys/").and_then(KeyId::from_hex) else {
+                continue;
+            };
+            let kf = get_verified(&store, &name, &id.0)
+                .and_then(|b| KeyFile::decode(&b).map_err(|e| RepoError::from_format(&name, e)));
+            let kf = match kf {
+                Ok(k) => k,
+                Err(e) => {
+                    damaged.push(e.to_string());
+                    continue;
+                }
+            };
+            match kf.unlock(password) {
+                Ok(key) => {
+                    let config = Config::decode(&key, &cfg_bytes)
+                        .map_err(|e| RepoError::from_format(store::CONFIG, e))?;
+                    return Ok(Repository {
+                        store,
+                        key,
+                        config,
+                        key_id: id,
+                    });
+                }
+                Err(cairn_format::FormatError::WrongPassword) => {}
+                Err(e) => damaged.push(RepoError::from_format(&name, e).to_string()),
+            }
+        }
+        if damaged.is_empty() {
+            Err(RepoError::WrongPassword)
+        } else {
+            Err(RepoError::InvalidInput(format!(
+                "wrong password, or the matching key file is damaged: {}",
+                damaged.join("; ")
+            )))
+        }
+    }
+
+    /// List key files.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for (name, _) in self.store.list("keys")? {
+            let Some(id) = name.strip_prefix("keys/").and_then(KeyId::from_hex) else {
+                continue;
+            };
+            let b = get_verified(&self.store, &name, &id.0)?;
+            let kf = KeyFile::decode(&b).map_err(|e| RepoError::from_format(&name, e))?;
+            out.push(KeyInfo {
+                id,
+                created: kf.created,
+                hostname: kf.hostname,
+                username: kf.username,
+            });
+        }
+        out.sort_by_key(|k| k.created);
+        Ok(out)
+    }
+
+    /// Add a key file for another password.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        write_key(&self.store, &self.key, password, kdf)
+    }
+
+    /// Remove a key file. The key in use and the last key cannot be removed.
+    pub fn remove_key(&self, id: &KeyId) -> Result<()> {
+        if *id == self.key_id {
+            return Err(RepoError::InvalidInput(
+                "refusing to remove the key this command was opened with".into(),
+            ));
+        }
+        let keys = self.list_keys()?;
+        if !keys.iter().any(|k| k.id == *id) {
+            return Err(RepoError::NotFound {
+                object: store::key_path(id),
+            });
+        }
+        if keys.len() < 2 {
+            return Err(RepoError::InvalidInput("refusing to remove the last key".into()));
+        }
+        self.store.delete(&store::key_path(id))
+    }
+
+    /// Every snapshot, oldest first. A damaged snapshot object is an error
+    /// naming it.
+    pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let names: Vec<(String, SnapshotId)> = self
+            .store
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|(n, _)| {
+                let id = n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex)?;
+                Some((n, id))
+            })
+            .collect();
+        let just_names: Vec<String> = names.iter().map(|x| x.0.clone()).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just_names, 16)) {
+            out.push((*id, self.decode_snapshot(name, id, bytes?)?));
+        }
+        out.sort_by_key(|(id, s)| (s.time_ns, *id));
+        Ok(out)
+    }
+
+    fn decode_snapshot(&self, name: &str, id: &SnapshotId, b: bytes::Bytes) -> Result<Snapshot> {
+        if blake3::hash(&b).as_bytes() != &id.0 {
+            return Err(RepoError::Corrupted {
+                object: name.to_string(),
+                detail: "content does not hash to its name (altered or truncated)".into(),
+            });
+        }
+        Snapshot::decode(&self.key, &b).map_err(|e| RepoError::from_format(name, e))
+    }
+
+    /// Load one snapshot.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let name = store::snapshot_path(id);
+        let b = self.store.get(&name)?;
+        self.decode_snapshot(&name, id, b)
+    }
+
+    /// Resolve `latest`, a full id or a unique id prefix; `filter` narrows
+    /// `latest` (and must also hold for ids).
+    pub fn resolve_snapshot(
+        &self,
+        spec: &str,
+        filter: &dyn Fn(&Snapshot) -> bool,
+    ) -> Result<(SnapshotId, Snapshot)> {
+        let all = self.list_snapshots()?;
+        let found: Vec<_> = if spec == "latest" {
+            all.into_iter().filter(|(_, s)| filter(s)).next_back().into_iter().collect()
+        } else {
+            let spec = spec.to_ascii_lowercase();
+            all.into_iter()
+                .filter(|(id, s)| id.to_hex().starts_with(&spec) && filter(s))
+                .collect()
+        };
+        match found.len() {
+            1 => Ok(found.into_iter().next().expect("one")),
+            0 => Err(RepoError::InvalidInput(format!("no snapshot matches {spec:?}"))),
+            n => Err(RepoError::InvalidInput(format!(
+                "{n} snapshots match {spec:?}; give more characters of the id"
+            ))),
+        }
+    }
+
+    /// Write a snapshot object. Call only after its packs and index are durable.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        let bytes = snap.encode(&self.key);
+        let id = SnapshotId::of(&bytes);
+        self.store.put_new(&store::snapshot_path(&id), bytes)?;
+        Ok(id)
+    }
+}
+
+fn write_key(store: &Store, key: &MasterKey, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
+    let (host, user) = whoami();
+    let bytes = KeyFile::create(key, password, kdf, now_ns() / 1_000_000_000, &host, &user)?;
+    let id = KeyId::of(&bytes);
+    store.put_new(&store::key_path(&id), bytes)?;
+    Ok(id)
+}
