@@ -1,1 +1,90 @@
-fn main() {}
+//! `cairn`: the command-line interface. Only this crate uses `anyhow`.
+//!
+//! Exit codes: 0 success, 1 failure, 3 completed with warnings (for example
+//! unreadable files skipped during a backup).
+
+mod commands;
+mod util;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for "completed, with warnings".
+pub const EXIT_WARNINGS: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about = "Encrypted, deduplicating backups for service fleets")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Repository location (a directory path)
+    #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// File holding the password
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Shell command that prints the password
+    #[arg(long, env = "CAIRN_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Machine-readable output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress display
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a repository
+    Init(commands::InitArgs),
+    /// Back up files, directories, stdin or a command's output
+    Backup(commands::BackupArgs),
+    /// List snapshots
+    Snapshots(commands::SnapshotsArgs),
+    /// List the entries of a snapshot
+    Ls(commands::LsArgs),
+    /// Write a file of a snapshot to stdout
+    Dump(commands::DumpArgs),
+    /// Restore a snapshot
+    Restore(commands::RestoreArgs),
+    /// Repository statistics
+    Stats,
+    /// Print a decoded object (for debugging)
+    Cat(commands::CatArgs),
+    /// Manage keys (passwords)
+    Key {
+        #[command(subcommand)]
+        cmd: commands::KeyCmd,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Cmd::Init(a) => commands::init(&cli.global, a),
+        Cmd::Backup(a) => commands::backup(&cli.global, a),
+        Cmd::Snapshots(a) => commands::snapshots(&cli.global, a),
+        Cmd::Ls(a) => commands::ls(&cli.global, a),
+        Cmd::Dump(a) => commands::dump(&cli.global, a),
+        Cmd::Restore(a) => commands::restore(&cli.global, a),
+        Cmd::Stats => commands::stats(&cli.global),
+        Cmd::Cat(a) => commands::cat(&cli.global, a),
+        Cmd::Key { cmd } => commands::key(&cli.global, cmd),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("cairn: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

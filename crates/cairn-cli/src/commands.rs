@@ -1,0 +1,747 @@
+//! The commands.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, anyhow, bail};
+use cairn_format::config::Config;
+use cairn_format::snapshot::Snapshot;
+use cairn_format::tree::{Node, NodeKind};
+use cairn_format::{BlobKind, ChunkId, IndexId, KdfParams, KeyId, SnapshotId, id::to_hex};
+use cairn_repo::{
+    BackupOptions, BackupResult, IndexedRepository, ParentChoice, Progress, RepoError, Repository,
+    RestoreOptions, RestoreProgress, store,
+};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::util::{Ticker, format_time, human_bytes, parse_size, read_password};
+use crate::{EXIT_WARNINGS, GlobalArgs};
+
+fn location(g: &GlobalArgs) -> Result<String> {
+    g.repo
+        .clone()
+        .ok_or_else(|| anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY"))
+}
+
+fn open(g: &GlobalArgs) -> Result<Repository> {
+    let loc = location(g)?;
+    let store = store::open_location(&loc, false)?;
+    let pw = read_password(g, false)?;
+    Repository::open(store, &pw).map_err(|e| match e {
+        RepoError::NoRepository { .. } => anyhow!("no cairn repository at {loc} (run `cairn init` first)"),
+        other => anyhow::Error::new(other).context(format!("opening repository {loc}")),
+    })
+}
+
+fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
+    Ok(open(g)?.load_index()?)
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> Value {
+    let m = &s.summary;
+    json!({
+        "id": id.to_hex(),
+        "short_id": id.short(),
+        "time": format_time(s.time_ns, true),
+        "tree": s.tree.to_hex(),
+        "parent": s.parent.map(|p| p.to_hex()),
+        "group": s.group.map(|g| to_hex(&g)),
+        "service": s.service,
+        "hostname": s.hostname,
+        "username": s.username,
+        "paths": s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
+        "tags": s.tags,
+        "summary": {
+            "files_new": m.files_new,
+            "files_changed": m.files_changed,
+            "files_unchanged": m.files_unchanged,
+            "dirs": m.dirs,
+            "bytes_read": m.bytes_read,
+            "bytes_total": m.bytes_total,
+            "data_blobs_added": m.data_blobs_added,
+            "tree_blobs_added": m.tree_blobs_added,
+            "bytes_added": m.bytes_added,
+            "errors": m.errors,
+            "duration_seconds": m.duration_ns as f64 / 1e9,
+        },
+    })
+}
+
+// ---------------------------------------------------------------- init
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Minimum chunk size
+    #[arg(long, value_parser = parse_size, default_value = "256KiB")]
+    chunk_min: u32,
+    /// Average chunk size
+    #[arg(long, value_parser = parse_size, default_value = "1MiB")]
+    chunk_avg: u32,
+    /// Maximum chunk size
+    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+    chunk_max: u32,
+    /// zstd level for blobs (-7..=22)
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
+    compression: i32,
+    /// Target pack size
+    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
+    pack_size: u32,
+    #[command(flatten)]
+    kdf: KdfArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KdfArgs {
+    /// Argon2id memory cost of the new key, KiB
+    #[arg(long, default_value_t = 65536)]
+    kdf_memory_kib: u32,
+    /// Argon2id iterations of the new key
+    #[arg(long, default_value_t = 3)]
+    kdf_iterations: u32,
+    /// Argon2id lanes of the new key
+    #[arg(long, default_value_t = 4)]
+    kdf_parallelism: u32,
+}
+
+impl KdfArgs {
+    fn params(&self) -> KdfParams {
+        KdfParams {
+            m_cost: self.kdf_memory_kib,
+            t_cost: self.kdf_iterations,
+            p_cost: self.kdf_parallelism,
+        }
+    }
+}
+
+pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
+    let loc = location(g)?;
+    let mut cfg = Config::new_default(cairn_repo::now_ns() / 1_000_000_000);
+    cfg.chunk_min = a.chunk_min;
+    cfg.chunk_avg = a.chunk_avg;
+    cfg.chunk_max = a.chunk_max;
+    cfg.zstd_level = a.compression;
+    cfg.pack_target = a.pack_size;
+    cfg.validate()?;
+    a.kdf.params().validate()?;
+    let store = store::open_location(&loc, true)?;
+    let pw = read_password(g, true)?;
+    let repo = Repository::init(store, &pw, cfg, a.kdf.params())?;
+    if g.json {
+        print_json(&json!({"repository": loc, "id": to_hex(&repo.config.repo_id), "key": repo.key_id.to_hex()}))?;
+    } else {
+        println!(
+            "created cairn repository {} at {loc}",
+            &to_hex(&repo.config.repo_id)[..8]
+        );
+        println!("keep the password safe: without it the data cannot be read");
+    }
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- backup
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    paths: Vec<PathBuf>,
+    /// Service the snapshot belongs to
+    #[arg(long, default_value = "")]
+    service: String,
+    /// Tag (repeatable)
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    host: Option<String>,
+    /// Compare against this snapshot instead of the latest matching one
+    #[arg(long)]
+    parent: Option<String>,
+    /// Read every file (no parent snapshot)
+    #[arg(long)]
+    force: bool,
+    /// Back up standard input
+    #[arg(long, conflicts_with = "stdin_from_command")]
+    stdin: bool,
+    /// File name for standard input or command output
+    #[arg(long, default_value = "stdin")]
+    stdin_name: String,
+    /// Back up the standard output of a command (given after --)
+    #[arg(long)]
+    stdin_from_command: bool,
+}
+
+pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
+    if !a.stdin && !a.stdin_from_command && a.paths.is_empty() {
+        bail!("nothing to back up: give paths, --stdin or --stdin-from-command -- CMD");
+    }
+    if a.stdin && !a.paths.is_empty() {
+        bail!("--stdin takes no paths");
+    }
+    if a.stdin_from_command && a.paths.is_empty() {
+        bail!("--stdin-from-command needs a command after --");
+    }
+    let repo = open_indexed(g)?;
+    let (host, user) = cairn_repo::whoami();
+    let parent = if a.force {
+        ParentChoice::None
+    } else if let Some(p) = &a.parent {
+        ParentChoice::Id(repo.repo.resolve_snapshot(p, &|_| true)?.0)
+    } else {
+        ParentChoice::Auto
+    };
+    let opts = BackupOptions {
+        service: a.service.clone(),
+        hostname: a.host.clone().unwrap_or(host),
+        username: user,
+        tags: a.tags.clone(),
+        parent,
+        group: None,
+    };
+    let progress = Arc::new(Progress::default());
+    let p2 = progress.clone();
+    let ticker = Ticker::start(!g.quiet && !g.json, move || {
+        let read = p2.bytes_read.load(Ordering::Relaxed);
+        let files = p2.files_new.load(Ordering::Relaxed)
+            + p2.files_changed.load(Ordering::Relaxed)
+            + p2.files_unchanged.load(Ordering::Relaxed);
+        (read, 0, format!("{files} files"))
+    });
+    let result = if a.stdin {
+        repo.backup_stream(std::io::stdin().lock(), &a.stdin_name, &opts, &progress, || Ok(()))
+    } else if a.stdin_from_command {
+        let (cmd, args) = a.paths.split_first().expect("checked non-empty");
+        let mut child = Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", cmd.display()))?;
+        let out = child.stdout.take().expect("piped");
+        let name = cmd.display().to_string();
+        repo.backup_stream(out, &a.stdin_name, &opts, &progress, move || {
+            let status = child
+                .wait()
+                .map_err(|e| RepoError::io(PathBuf::from(&name), e))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(RepoError::InvalidInput(format!(
+                    "command {name} failed ({status}); no snapshot was written"
+                )))
+            }
+        })
+    } else {
+        repo.backup_paths(&a.paths, &opts, &progress)
+    };
+    drop(ticker);
+    let r = result?;
+    report_backup(g, &r)?;
+    Ok(if r.warnings.is_empty() { 0 } else { EXIT_WARNINGS })
+}
+
+fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
+    let s = &r.snapshot.summary;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if g.json {
+        let mut v = snapshot_json(&r.id, &r.snapshot);
+        v["packs_added"] = json!(r.stats.packs);
+        v["warnings"] = json!(r.warnings);
+        return print_json(&v);
+    }
+    println!(
+        "Files:      {} new, {} changed, {} unchanged",
+        s.files_new, s.files_changed, s.files_unchanged
+    );
+    println!("Dirs:       {}", s.dirs);
+    println!(
+        "Read:       {} of {} total",
+        human_bytes(s.bytes_read),
+        human_bytes(s.bytes_total)
+    );
+    println!(
+        "Added:      {} ({} data blobs, {} tree blobs, after dedup and compression)",
+        human_bytes(s.bytes_added),
+        s.data_blobs_added,
+        s.tree_blobs_added
+    );
+    println!("Duration:   {:.2}s", s.duration_ns as f64 / 1e9);
+    if !r.warnings.is_empty() {
+        println!("Warnings:   {} sources skipped", r.warnings.len());
+    }
+    println!("snapshot {} saved", r.id.short());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- snapshots
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only this service
+    #[arg(long)]
+    service: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match)
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Only this host
+    #[arg(long)]
+    host: Option<String>,
+}
+
+pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
+    let repo = open(g)?;
+    let list: Vec<_> = repo
+        .list_snapshots()?
+        .into_iter()
+        .filter(|(_, s)| {
+            a.service.as_ref().is_none_or(|x| &s.service == x)
+                && a.host.as_ref().is_none_or(|x| &s.hostname == x)
+                && a.tags.iter().all(|t| s.tags.contains(t))
+        })
+        .collect();
+    if g.json {
+        return print_json(&Value::Array(list.iter().map(|(i, s)| snapshot_json(i, s)).collect())).map(|_| 0);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
+        "id", "time (UTC)", "host", "service", "tags", "size"
+    );
+    for (id, s) in &list {
+        println!(
+            "{:<8}  {:<19}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
+            id.short(),
+            format_time(s.time_ns, false),
+            s.hostname,
+            s.service,
+            s.tags.join(","),
+            human_bytes(s.summary.bytes_total),
+            s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>().join(" ")
+        );
+    }
+    println!("{} snapshots", list.len());
+    Ok(0)
+}
+
+/// `--service`/`--host` narrowing for `latest`.
+#[derive(Args, Debug, Clone)]
+pub struct Pick {
+    /// With `latest`: the latest snapshot of this service
+    #[arg(long)]
+    service: Option<String>,
+    /// With `latest`: the latest snapshot of this host
+    #[arg(long)]
+    host: Option<String>,
+}
+
+fn resolve(repo: &Repository, spec: &str, pick: &Pick) -> Result<(SnapshotId, Snapshot)> {
+    let f = |s: &Snapshot| {
+        pick.service.as_ref().is_none_or(|x| &s.service == x)
+            && pick.host.as_ref().is_none_or(|x| &s.hostname == x)
+    };
+    Ok(repo.resolve_snapshot(spec, &f)?)
+}
+
+// ---------------------------------------------------------------- ls / dump
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id, id prefix or `latest`
+    snapshot: String,
+    /// Only below this path
+    path: Option<String>,
+    #[command(flatten)]
+    pick: Pick,
+}
+
+fn kind_name(n: &Node) -> &'static str {
+    match n.kind {
+        NodeKind::File { .. } => "file",
+        NodeKind::Dir { .. } => "dir",
+        NodeKind::Symlink { .. } => "symlink",
+        NodeKind::Fifo => "fifo",
+        NodeKind::CharDevice { .. } => "chardev",
+        NodeKind::BlockDevice { .. } => "blockdev",
+        NodeKind::Socket => "socket",
+    }
+}
+
+pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let (_, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let base = cairn_repo::normalize_snapshot_path(a.path.as_deref().unwrap_or("/").as_bytes());
+    let filter = |p: &[u8]| {
+        base.is_empty()
+            || p.starts_with(&base) && (p.len() == base.len() || p[base.len()] == b'/')
+            || base.starts_with(p) && base[p.len()] == b'/'
+    };
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    repo.walk(&snap.tree, b"", &filter, &mut |e| {
+        let inside = base.is_empty() || e.path.len() >= base.len();
+        if !inside {
+            return Ok(());
+        }
+        if g.json {
+            let mut v = json!({
+                "path": lossy(&e.path),
+                "type": kind_name(&e.node),
+                "mode": format!("{:o}", e.node.mode),
+                "uid": e.node.uid,
+                "gid": e.node.gid,
+                "size": e.node.size,
+                "mtime": format_time(e.node.mtime.sec * 1_000_000_000 + e.node.mtime.nsec as i64, true),
+            });
+            if let NodeKind::Symlink { target } = &e.node.kind {
+                v["target"] = json!(lossy(target));
+            }
+            rows.push(v);
+        } else {
+            let mut line = e.path.clone();
+            if let NodeKind::Symlink { target } = &e.node.kind {
+                line.extend_from_slice(b" -> ");
+                line.extend_from_slice(target);
+            }
+            line.push(b'\n');
+            out.write_all(&line).map_err(|e| RepoError::io("<stdout>", e))?;
+        }
+        Ok(())
+    })?;
+    if g.json {
+        print_json(&Value::Array(rows))?;
+    }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id, id prefix or `latest`
+    snapshot: String,
+    /// Path of the file inside the snapshot
+    path: String,
+    #[command(flatten)]
+    pick: Pick,
+}
+
+pub fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let (_, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let node = repo
+        .find_node(&snap.tree, a.path.as_bytes())?
+        .ok_or_else(|| anyhow!("{} is a directory", a.path))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    repo.dump_file(&node, &mut out)?;
+    out.flush()?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- restore
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id, id prefix or `latest`
+    snapshot: String,
+    /// Directory to restore into
+    #[arg(long)]
+    target: PathBuf,
+    /// Restore only this path (repeatable)
+    #[arg(long = "include")]
+    includes: Vec<String>,
+    /// Restore into a non-empty target, replacing entries
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    pick: Pick,
+}
+
+pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let (id, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.includes.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        overwrite: a.overwrite,
+    };
+    let progress = Arc::new(RestoreProgress::default());
+    let p2 = progress.clone();
+    let ticker = Ticker::start(!g.quiet && !g.json, move || {
+        (
+            p2.bytes_written.load(Ordering::Relaxed),
+            p2.bytes_total.load(Ordering::Relaxed),
+            String::new(),
+        )
+    });
+    let start = std::time::Instant::now();
+    let r = repo.restore(&snap.tree, &opts, &progress);
+    drop(ticker);
+    let r = r?;
+    let secs = start.elapsed().as_secs_f64();
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    for d in &r.damaged {
+        eprintln!("damaged: {}: {}", d.path.display(), d.detail);
+    }
+    if g.json {
+        print_json(&json!({
+            "snapshot": id.to_hex(),
+            "target": a.target.display().to_string(),
+            "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "others": r.others,
+            "bytes_written": r.bytes_written,
+            "seconds": secs,
+            "damaged": r.damaged.iter().map(|d| json!({"path": d.path.display().to_string(), "detail": d.detail})).collect::<Vec<_>>(),
+            "warnings": r.warnings,
+        }))?;
+    } else {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.2}s",
+            id.short(),
+            a.target.display(),
+            r.files,
+            r.dirs,
+            r.symlinks,
+            human_bytes(r.bytes_written),
+            secs
+        );
+    }
+    if !r.damaged.is_empty() {
+        bail!(
+            "{} files could not be restored correctly (listed above); the repository is damaged",
+            r.damaged.len()
+        );
+    }
+    Ok(if r.warnings.is_empty() { 0 } else { EXIT_WARNINGS })
+}
+
+// ---------------------------------------------------------------- stats / cat
+
+pub fn stats(g: &GlobalArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let snaps = repo.repo.list_snapshots()?;
+    let all = repo.repo.store.list("")?;
+    let total_bytes: u64 = all.iter().map(|o| o.1).sum();
+    let idx = repo.index.read().expect("index lock");
+    let mut raw = 0u64;
+    let mut stored = 0u64;
+    for kind in [BlobKind::Data, BlobKind::Tree] {
+        for (_, loc) in idx.iter(kind) {
+            raw += loc.raw_len as u64;
+            stored += loc.length as u64;
+        }
+    }
+    let logical: u64 = snaps.iter().map(|s| s.1.summary.bytes_total).sum();
+    let v = json!({
+        "snapshots": snaps.len(),
+        "packs": idx.packs.len(),
+        "index_objects": idx.index_ids.len(),
+        "data_blobs": idx.len(BlobKind::Data),
+        "tree_blobs": idx.len(BlobKind::Tree),
+        "repository_bytes": total_bytes,
+        "unique_raw_bytes": raw,
+        "stored_blob_bytes": stored,
+        "snapshots_logical_bytes": logical,
+        "compression_ratio": if stored > 0 { raw as f64 / stored as f64 } else { 0.0 },
+        "dedup_ratio": if raw > 0 { logical as f64 / raw as f64 } else { 0.0 },
+        "index_bytes_per_blob": idx.bytes_per_blob(),
+    });
+    if g.json {
+        print_json(&v)?;
+    } else {
+        println!("snapshots:             {}", snaps.len());
+        println!("packs:                 {}", idx.packs.len());
+        println!("blobs:                 {} data, {} tree", idx.len(BlobKind::Data), idx.len(BlobKind::Tree));
+        println!("repository size:       {}", human_bytes(total_bytes));
+        println!("unique data (raw):     {}", human_bytes(raw));
+        println!("stored blobs:          {}", human_bytes(stored));
+        println!("all snapshots (sum):   {}", human_bytes(logical));
+        println!("compression ratio:     {:.2}", v["compression_ratio"].as_f64().unwrap_or(0.0));
+        println!("dedup ratio:           {:.2}", v["dedup_ratio"].as_f64().unwrap_or(0.0));
+    }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config | snapshot ID | index ID | tree ID | key ID
+    what: String,
+    /// Object id (or `latest` for snapshot)
+    id: Option<String>,
+}
+
+pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
+    let need_id = || a.id.clone().ok_or_else(|| anyhow!("cat {} needs an id", a.what));
+    let v = match a.what.as_str() {
+        "config" => {
+            let r = open(g)?;
+            let c = &r.config;
+            json!({
+                "repo_id": to_hex(&c.repo_id), "version": cairn_format::config::VERSION,
+                "chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
+                "zstd_level": c.zstd_level, "pack_target": c.pack_target, "created": c.created,
+            })
+        }
+        "snapshot" => {
+            let r = open(g)?;
+            let (id, s) = r.resolve_snapshot(&need_id()?, &|_| true)?;
+            snapshot_json(&id, &s)
+        }
+        "index" => {
+            let r = open(g)?;
+            let id = IndexId::from_hex(&need_id()?).ok_or_else(|| anyhow!("bad index id"))?;
+            let name = store::index_path(&id);
+            let b = r.store.get(&name)?;
+            let f = cairn_format::index::IndexFile::decode(&r.key, &b)
+                .map_err(|e| RepoError::from_format(&name, e))?;
+            json!({
+                "supersedes": f.supersedes.iter().map(|s| s.to_hex()).collect::<Vec<_>>(),
+                "packs": f.packs.iter().map(|p| json!({
+                    "id": p.id.to_hex(), "size": p.size,
+                    "blobs": p.blobs.iter().map(|b| json!({
+                        "kind": if b.kind == BlobKind::Data { "data" } else { "tree" },
+                        "id": b.id.to_hex(), "offset": b.offset, "length": b.length, "raw_len": b.raw_len,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        }
+        "tree" => {
+            let r = open(g)?.load_index()?;
+            let id = ChunkId::from_hex(&need_id()?).ok_or_else(|| anyhow!("bad tree id"))?;
+            let t = r.load_tree(&id)?;
+            Value::Array(
+                t.nodes
+                    .iter()
+                    .map(|n| json!({"name": lossy(&n.name), "type": kind_name(n), "mode": format!("{:o}", n.mode), "size": n.size,
+                        "uid": n.uid, "gid": n.gid, "mtime": [n.mtime.sec, n.mtime.nsec], "inode": n.inode,
+                        "content": match &n.kind {
+                            NodeKind::File { extents } => json!(extents.iter().map(|e| match e {
+                                cairn_format::tree::Extent::Chunk { id, len } => json!({"chunk": id.to_hex(), "len": len}),
+                                cairn_format::tree::Extent::Hole { len } => json!({"hole": len}),
+                            }).collect::<Vec<_>>()),
+                            NodeKind::Dir { tree } => json!(tree.to_hex()),
+                            NodeKind::Symlink { target } => json!(lossy(target)),
+                            _ => Value::Null,
+                        }}))
+                    .collect(),
+            )
+        }
+        "key" => {
+            let r = open(g)?;
+            let id = KeyId::from_hex(&need_id()?).ok_or_else(|| anyhow!("bad key id"))?;
+            let k = r.list_keys()?.into_iter().find(|k| k.id == id).ok_or_else(|| anyhow!("no key {id}"))?;
+            json!({"id": k.id.to_hex(), "created": k.created, "hostname": k.hostname, "username": k.username})
+        }
+        other => bail!("cannot cat {other:?}: use config, snapshot, index, tree or key"),
+    };
+    print_json(&v)?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- key
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// List key files
+    List,
+    /// Add a key file for a new password
+    Add {
+        /// File holding the new password (else prompt)
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Remove a key file
+    Remove {
+        /// Key id (or unique prefix)
+        id: String,
+    },
+    /// Change the password of the key in use
+    Passwd {
+        /// File holding the new password (else prompt)
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+}
+
+fn new_password(f: &Option<PathBuf>) -> Result<Vec<u8>> {
+    match f {
+        Some(p) => {
+            let mut s = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            while matches!(s.last(), Some(b'\n') | Some(b'\r')) {
+                s.pop();
+            }
+            if s.is_empty() {
+                bail!("the new password is empty");
+            }
+            Ok(s)
+        }
+        None => crate::util::prompt_password("enter the new password: ", true),
+    }
+}
+
+pub fn key(g: &GlobalArgs, cmd: KeyCmd) -> Result<i32> {
+    let repo = open(g)?;
+    match cmd {
+        KeyCmd::List => {
+            let keys = repo.list_keys()?;
+            if g.json {
+                print_json(&Value::Array(
+                    keys.iter()
+                        .map(|k| json!({"id": k.id.to_hex(), "current": k.id == repo.key_id, "created": format_time(k.created * 1_000_000_000, true), "hostname": k.hostname, "username": k.username}))
+                        .collect(),
+                ))?;
+            } else {
+                for k in keys {
+                    println!(
+                        "{} {}  {}  {}@{}",
+                        if k.id == repo.key_id { "*" } else { " " },
+                        k.id.short(),
+                        format_time(k.created * 1_000_000_000, false),
+                        k.username,
+                        k.hostname
+                    );
+                }
+            }
+        }
+        KeyCmd::Add { new_password_file, kdf } => {
+            let pw = new_password(&new_password_file)?;
+            let id = repo.add_key(&pw, kdf.params())?;
+            println!("added key {}", id.short());
+        }
+        KeyCmd::Remove { id } => {
+            let keys = repo.list_keys()?;
+            let m: Vec<_> = keys.iter().filter(|k| k.id.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
+            if m.len() != 1 {
+                bail!("{} keys match {id:?}", m.len());
+            }
+            repo.remove_key(&m[0].id)?;
+            println!("removed key {}", m[0].id.short());
+        }
+        KeyCmd::Passwd { new_password_file, kdf } => {
+            let pw = new_password(&new_password_file)?;
+            let id = repo.add_key(&pw, kdf.params())?;
+            // The new key is durable before the old one goes.
+            repo.store.delete(&store::key_path(&repo.key_id))?;
+            println!("password changed: key {} replaces {}", id.short(), repo.key_id.short());
+        }
+    }
+    Ok(0)
+}
+
