@@ -32,7 +32,9 @@ fn open(g: &GlobalArgs) -> Result<Repository> {
     let store = store::open_location(&loc, false)?;
     let pw = read_password(g, false)?;
     Repository::open(store, &pw).map_err(|e| match e {
-        RepoError::NoRepository { .. } => anyhow!("no cairn repository at {loc} (run `cairn init` first)"),
+        RepoError::NoRepository { .. } => {
+            anyhow!("no cairn repository at {loc} (run `cairn init` first)")
+        }
         other => anyhow::Error::new(other).context(format!("opening repository {loc}")),
     })
 }
@@ -142,7 +144,9 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
     let pw = read_password(g, true)?;
     let repo = Repository::init(store, &pw, cfg, a.kdf.params())?;
     if g.json {
-        print_json(&json!({"repository": loc, "id": to_hex(&repo.config.repo_id), "key": repo.key_id.to_hex()}))?;
+        print_json(
+            &json!({"repository": loc, "id": to_hex(&repo.config.repo_id), "key": repo.key_id.to_hex()}),
+        )?;
     } else {
         println!(
             "created cairn repository {} at {loc}",
@@ -222,7 +226,13 @@ pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
         (read, 0, format!("{files} files"))
     });
     let result = if a.stdin {
-        repo.backup_stream(std::io::stdin().lock(), &a.stdin_name, &opts, &progress, || Ok(()))
+        repo.backup_stream(
+            std::io::stdin().lock(),
+            &a.stdin_name,
+            &opts,
+            &progress,
+            || Ok(()),
+        )
     } else if a.stdin_from_command {
         let (cmd, args) = a.paths.split_first().expect("checked non-empty");
         let mut child = Command::new(cmd)
@@ -251,7 +261,11 @@ pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     drop(ticker);
     let r = result?;
     report_backup(g, &r)?;
-    Ok(if r.warnings.is_empty() { 0 } else { EXIT_WARNINGS })
+    Ok(if r.warnings.is_empty() {
+        0
+    } else {
+        EXIT_WARNINGS
+    })
 }
 
 fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
@@ -316,7 +330,10 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         })
         .collect();
     if g.json {
-        return print_json(&Value::Array(list.iter().map(|(i, s)| snapshot_json(i, s)).collect())).map(|_| 0);
+        return print_json(&Value::Array(
+            list.iter().map(|(i, s)| snapshot_json(i, s)).collect(),
+        ))
+        .map(|_| 0);
     }
     println!(
         "{:<8}  {:<19}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
@@ -331,7 +348,11 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
             s.service,
             s.tags.join(","),
             human_bytes(s.summary.bytes_total),
-            s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>().join(" ")
+            s.paths
+                .iter()
+                .map(|p| lossy(p))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     println!("{} snapshots", list.len());
@@ -525,7 +546,11 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             r.damaged.len()
         );
     }
-    Ok(if r.warnings.is_empty() { 0 } else { EXIT_WARNINGS })
+    Ok(if r.warnings.is_empty() {
+        0
+    } else {
+        EXIT_WARNINGS
+    })
 }
 
 // ---------------------------------------------------------------- stats / cat
@@ -564,13 +589,23 @@ pub fn stats(g: &GlobalArgs) -> Result<i32> {
     } else {
         println!("snapshots:             {}", snaps.len());
         println!("packs:                 {}", idx.packs.len());
-        println!("blobs:                 {} data, {} tree", idx.len(BlobKind::Data), idx.len(BlobKind::Tree));
+        println!(
+            "blobs:                 {} data, {} tree",
+            idx.len(BlobKind::Data),
+            idx.len(BlobKind::Tree)
+        );
         println!("repository size:       {}", human_bytes(total_bytes));
         println!("unique data (raw):     {}", human_bytes(raw));
         println!("stored blobs:          {}", human_bytes(stored));
         println!("all snapshots (sum):   {}", human_bytes(logical));
-        println!("compression ratio:     {:.2}", v["compression_ratio"].as_f64().unwrap_or(0.0));
-        println!("dedup ratio:           {:.2}", v["dedup_ratio"].as_f64().unwrap_or(0.0));
+        println!(
+            "compression ratio:     {:.2}",
+            v["compression_ratio"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "dedup ratio:           {:.2}",
+            v["dedup_ratio"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(0)
 }
@@ -584,7 +619,10 @@ pub struct CatArgs {
 }
 
 pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
-    let need_id = || a.id.clone().ok_or_else(|| anyhow!("cat {} needs an id", a.what));
+    let need_id = || {
+        a.id.clone()
+            .ok_or_else(|| anyhow!("cat {} needs an id", a.what))
+    };
     let v = match a.what.as_str() {
         "config" => {
             let r = open(g)?;
@@ -642,7 +680,11 @@ pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
         "key" => {
             let r = open(g)?;
             let id = KeyId::from_hex(&need_id()?).ok_or_else(|| anyhow!("bad key id"))?;
-            let k = r.list_keys()?.into_iter().find(|k| k.id == id).ok_or_else(|| anyhow!("no key {id}"))?;
+            let k = r
+                .list_keys()?
+                .into_iter()
+                .find(|k| k.id == id)
+                .ok_or_else(|| anyhow!("no key {id}"))?;
             json!({"id": k.id.to_hex(), "created": k.created, "hostname": k.hostname, "username": k.username})
         }
         other => bail!("cannot cat {other:?}: use config, snapshot, index, tree or key"),
@@ -720,28 +762,40 @@ pub fn key(g: &GlobalArgs, cmd: KeyCmd) -> Result<i32> {
                 }
             }
         }
-        KeyCmd::Add { new_password_file, kdf } => {
+        KeyCmd::Add {
+            new_password_file,
+            kdf,
+        } => {
             let pw = new_password(&new_password_file)?;
             let id = repo.add_key(&pw, kdf.params())?;
             println!("added key {}", id.short());
         }
         KeyCmd::Remove { id } => {
             let keys = repo.list_keys()?;
-            let m: Vec<_> = keys.iter().filter(|k| k.id.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
+            let m: Vec<_> = keys
+                .iter()
+                .filter(|k| k.id.to_hex().starts_with(&id.to_ascii_lowercase()))
+                .collect();
             if m.len() != 1 {
                 bail!("{} keys match {id:?}", m.len());
             }
             repo.remove_key(&m[0].id)?;
             println!("removed key {}", m[0].id.short());
         }
-        KeyCmd::Passwd { new_password_file, kdf } => {
+        KeyCmd::Passwd {
+            new_password_file,
+            kdf,
+        } => {
             let pw = new_password(&new_password_file)?;
             let id = repo.add_key(&pw, kdf.params())?;
             // The new key is durable before the old one goes.
             repo.store.delete(&store::key_path(&repo.key_id))?;
-            println!("password changed: key {} replaces {}", id.short(), repo.key_id.short());
+            println!(
+                "password changed: key {} replaces {}",
+                id.short(),
+                repo.key_id.short()
+            );
         }
     }
     Ok(0)
 }
-

@@ -14,7 +14,11 @@ use clap::{Args, Parser, Subcommand};
 pub const EXIT_WARNINGS: i32 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about = "Encrypted, deduplicating backups for service fleets")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Encrypted, deduplicating backups for service fleets"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,

@@ -13,7 +13,8 @@ use crate::GlobalArgs;
 /// Where the password comes from, in order of precedence.
 pub fn read_password(g: &GlobalArgs, confirm: bool) -> Result<Vec<u8>> {
     if let Some(f) = &g.password_file {
-        let s = std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
+        let s =
+            std::fs::read(f).with_context(|| format!("reading password file {}", f.display()))?;
         return Ok(trim_newline(s));
     }
     if let Some(cmd) = &g.password_command {
@@ -74,7 +75,9 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         "g" | "gb" | "gib" => 1 << 30,
         u => return Err(format!("unknown size unit {u:?} in {s:?}")),
     };
-    let v = n.checked_mul(mul).ok_or_else(|| format!("size {s:?} too large"))?;
+    let v = n
+        .checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} too large"))?;
     u32::try_from(v).map_err(|_| format!("size {s:?} too large"))
 }
 

@@ -78,7 +78,10 @@ impl Config {
             return bad(format!("zstd level {} out of -7..=22", self.zstd_level));
         }
         if !(1 << 20..=1 << 30).contains(&self.pack_target) {
-            return bad(format!("pack size {} out of 1 MiB..=1 GiB", self.pack_target));
+            return bad(format!(
+                "pack size {} out of 1 MiB..=1 GiB",
+                self.pack_target
+            ));
         }
         Ok(())
     }

@@ -89,9 +89,7 @@ impl MasterKey {
     }
     /// A hasher that computes chunk ids.
     pub fn id_hasher(&self) -> IdHasher {
-        IdHasher {
-            key: self.id_key,
-        }
+        IdHasher { key: self.id_key }
     }
     /// The id of a blob's plaintext.
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
@@ -231,7 +229,10 @@ fn open_into(
     if sealed.len() < SEAL_OVERHEAD {
         return Err(FormatError::malformed(
             what,
-            format!("sealed data is {} bytes, shorter than nonce and tag", sealed.len()),
+            format!(
+                "sealed data is {} bytes, shorter than nonce and tag",
+                sealed.len()
+            ),
         ));
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
@@ -354,7 +355,10 @@ mod tests {
         );
         sealed[30] ^= 1;
         assert!(k.open_blob(BlobKind::Data, &id, &sealed, &mut out).is_err());
-        assert!(k.open_blob(BlobKind::Data, &id, &sealed[..10], &mut out).is_err());
+        assert!(
+            k.open_blob(BlobKind::Data, &id, &sealed[..10], &mut out)
+                .is_err()
+        );
     }
 
     #[test]

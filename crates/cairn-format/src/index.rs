@@ -74,8 +74,8 @@ impl IndexFile {
             let mut blobs = Vec::with_capacity(nb);
             for _ in 0..nb {
                 let kb = r.u8()?;
-                let kind =
-                    BlobKind::from_byte(kb).ok_or_else(|| r.err(format!("unknown blob kind {kb}")))?;
+                let kind = BlobKind::from_byte(kb)
+                    .ok_or_else(|| r.err(format!("unknown blob kind {kb}")))?;
                 let e = PackEntry {
                     kind,
                     id: ChunkId(r.array()?),

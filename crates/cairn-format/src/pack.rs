@@ -74,7 +74,10 @@ pub fn encode_header(master: &MasterKey, key: &PackKey, entries: &[PackEntry]) -
 pub fn header_len(prefix: &[u8]) -> Result<usize> {
     check_prefix("pack", MAGIC, VERSION, prefix)?;
     if prefix.len() < PREFIX_LEN {
-        return Err(FormatError::malformed("pack", "truncated before its header"));
+        return Err(FormatError::malformed(
+            "pack",
+            "truncated before its header",
+        ));
     }
     let n = u32::from_le_bytes(prefix[PREFIX_LEN - 4..PREFIX_LEN].try_into().expect("4"));
     Ok(n as usize)
@@ -115,7 +118,8 @@ pub fn decode_header(
     let mut offset = (PREFIX_LEN + hlen) as u64;
     for _ in 0..n {
         let kb = r.u8()?;
-        let kind = BlobKind::from_byte(kb).ok_or_else(|| r.err(format!("unknown blob kind {kb}")))?;
+        let kind =
+            BlobKind::from_byte(kb).ok_or_else(|| r.err(format!("unknown blob kind {kb}")))?;
         let id = ChunkId(r.array()?);
         let length = r.u32()?;
         let raw_len = r.u32()?;
@@ -140,7 +144,10 @@ pub fn decode_header(
 pub fn check_lengths(what: &'static str, length: u32, raw_len: u32) -> Result<()> {
     let stored = (length as usize).checked_sub(SEAL_OVERHEAD);
     match stored {
-        None => Err(FormatError::malformed(what, "blob shorter than nonce and tag")),
+        None => Err(FormatError::malformed(
+            what,
+            "blob shorter than nonce and tag",
+        )),
         Some(s) if s > raw_len as usize => Err(FormatError::malformed(
             what,
             "blob stored larger than its plaintext",

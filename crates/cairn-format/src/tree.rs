@@ -274,9 +274,9 @@ impl Tree {
                         extents.push(e);
                     }
                     if total != size {
-                        return Err(r.err(format!(
-                            "file extents add up to {total}, size says {size}"
-                        )));
+                        return Err(
+                            r.err(format!("file extents add up to {total}, size says {size}"))
+                        );
                     }
                     NodeKind::File { extents }
                 }

@@ -190,7 +190,9 @@ impl Walker<'_> {
                 });
             }
             total += window.len() as u64;
-            self.progress.bytes_read.fetch_add(window.len() as u64, Ordering::Relaxed);
+            self.progress
+                .bytes_read
+                .fetch_add(window.len() as u64, Ordering::Relaxed);
             Ok::<(), RepoError>(())
         })?;
         Ok(total)
@@ -209,7 +211,8 @@ impl Walker<'_> {
         let sparse = md.blocks() * 512 < size;
         if small && !sparse {
             let mut buf = Vec::with_capacity(size as usize);
-            f.read_to_end(&mut buf).map_err(|e| RepoError::io(path, e))?;
+            f.read_to_end(&mut buf)
+                .map_err(|e| RepoError::io(path, e))?;
             Progress::add(&self.progress.bytes_read, buf.len() as u64);
             let mut cuts = Vec::new();
             self.params.cut(&buf, true, &mut cuts);
@@ -258,7 +261,11 @@ impl Walker<'_> {
     }
 
     /// Nodes for a list of (name, path) entries of one directory, in name order.
-    fn nodes_for(&self, mut entries: Vec<(Vec<u8>, PathBuf)>, parent: Option<&Tree>) -> Result<Vec<Node>> {
+    fn nodes_for(
+        &self,
+        mut entries: Vec<(Vec<u8>, PathBuf)>,
+        parent: Option<&Tree>,
+    ) -> Result<Vec<Node>> {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let small_limit = self.params.max as u64;
         enum Todo {
@@ -273,7 +280,8 @@ impl Walker<'_> {
             let md = match fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.progress.warn(format!("{}: {e} (skipped)", path.display()));
+                    self.progress
+                        .warn(format!("{}: {e} (skipped)", path.display()));
                     todo.push(Todo::Skip);
                     continue;
                 }
@@ -310,7 +318,13 @@ impl Walker<'_> {
                     todo.push(Todo::Large(node, path, md));
                 }
             } else if ft.is_dir() {
-                let node = base_node(name, &md, NodeKind::Dir { tree: ChunkId::default() });
+                let node = base_node(
+                    name,
+                    &md,
+                    NodeKind::Dir {
+                        tree: ChunkId::default(),
+                    },
+                );
                 todo.push(Todo::Dir(node, path));
             } else if ft.is_symlink() {
                 match fs::read_link(&path) {
@@ -321,7 +335,8 @@ impl Walker<'_> {
                         todo.push(Todo::Done(node));
                     }
                     Err(e) => {
-                        self.progress.warn(format!("{}: {e} (skipped)", path.display()));
+                        self.progress
+                            .warn(format!("{}: {e} (skipped)", path.display()));
                         todo.push(Todo::Skip);
                     }
                 }
@@ -382,12 +397,9 @@ impl Walker<'_> {
                         }) => self.repo.load_tree(tree).ok(),
                         _ => None,
                     };
-                    match self.backup_dir(&path, prev_tree.as_ref())? {
-                        Some(id) => {
-                            n.kind = NodeKind::Dir { tree: id };
-                            nodes.push(n);
-                        }
-                        None => {}
+                    if let Some(id) = self.backup_dir(&path, prev_tree.as_ref())? {
+                        n.kind = NodeKind::Dir { tree: id };
+                        nodes.push(n);
                     }
                 }
                 Todo::Skip => {}
@@ -410,7 +422,8 @@ impl Walker<'_> {
         let rd = match fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) => {
-                self.progress.warn(format!("{}: {e} (skipped)", path.display()));
+                self.progress
+                    .warn(format!("{}: {e} (skipped)", path.display()));
                 return Ok(None);
             }
         };
@@ -463,7 +476,11 @@ impl IndexedRepository {
         }
     }
 
-    fn find_parent(&self, opts: &BackupOptions, paths: &[Vec<u8>]) -> Result<Option<(SnapshotId, Tree)>> {
+    fn find_parent(
+        &self,
+        opts: &BackupOptions,
+        paths: &[Vec<u8>],
+    ) -> Result<Option<(SnapshotId, Tree)>> {
         let id = match &opts.parent {
             ParentChoice::None => return Ok(None),
             ParentChoice::Id(id) => Some(*id),
@@ -488,7 +505,12 @@ impl IndexedRepository {
 
     /// Back up files and directories. Unreadable entries are skipped and
     /// reported in `warnings`; a missing top-level path is an error.
-    pub fn backup_paths(&self, paths: &[PathBuf], opts: &BackupOptions, progress: &Progress) -> Result<BackupResult> {
+    pub fn backup_paths(
+        &self,
+        paths: &[PathBuf],
+        opts: &BackupOptions,
+        progress: &Progress,
+    ) -> Result<BackupResult> {
         let start = Instant::now();
         let time_ns = now_ns();
         let mut abs = Vec::new();
@@ -502,7 +524,10 @@ impl IndexedRepository {
         if abs.is_empty() {
             return Err(RepoError::InvalidInput("no paths to back up".into()));
         }
-        let path_bytes: Vec<Vec<u8>> = abs.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+        let path_bytes: Vec<Vec<u8>> = abs
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect();
         let parent = self.find_parent(opts, &path_bytes)?;
         let mut trie = Trie::default();
         for a in &abs {
@@ -538,7 +563,16 @@ impl IndexedRepository {
         };
         let root = packer.store_tree(&Tree { nodes: root_nodes })?;
         let stats = packer.finish()?;
-        self.commit(opts, time_ns, root, path_bytes, parent.map(|p| p.0), progress, stats, start)
+        self.commit(
+            opts,
+            time_ns,
+            root,
+            path_bytes,
+            parent.map(|p| p.0),
+            progress,
+            stats,
+            start,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -603,7 +637,9 @@ impl IndexedRepository {
         let start = Instant::now();
         let time_ns = now_ns();
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(RepoError::InvalidInput(format!("invalid stream name {name:?}")));
+            return Err(RepoError::InvalidInput(format!(
+                "invalid stream name {name:?}"
+            )));
         }
         let packer = Packer::new(self);
         let walker = Walker {
@@ -613,10 +649,12 @@ impl IndexedRepository {
             params: self.chunker_params(),
         };
         let mut extents = Vec::new();
-        let size = walker.stream_extents(reader, &mut extents).map_err(|e| match e {
-            RepoError::Io { source, .. } => RepoError::io("<stdin>", source),
-            other => other,
-        })?;
+        let size = walker
+            .stream_extents(reader, &mut extents)
+            .map_err(|e| match e {
+                RepoError::Io { source, .. } => RepoError::io("<stdin>", source),
+                other => other,
+            })?;
         Progress::add(&progress.files_new, 1);
         Progress::add(&progress.bytes_total, size);
         let now = Time {
@@ -638,6 +676,15 @@ impl IndexedRepository {
         let stats = packer.finish()?;
         before_commit()?;
         let path = format!("/{name}").into_bytes();
-        self.commit(opts, time_ns, root, vec![path], None, progress, stats, start)
+        self.commit(
+            opts,
+            time_ns,
+            root,
+            vec![path],
+            None,
+            progress,
+            stats,
+            start,
+        )
     }
 }

@@ -39,14 +39,16 @@ struct Table {
 
 impl Table {
     fn finish(&mut self) {
-        self.sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.sorted.sort_unstable_by_key(|a| a.id);
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
         self.starts = vec![0; 65537];
         let mut i = 0usize;
         for p in 0..65536usize {
             self.starts[p] = i as u32;
-            while i < self.sorted.len() && ((self.sorted[i].id[0] as usize) << 8 | self.sorted[i].id[1] as usize) == p {
+            while i < self.sorted.len()
+                && ((self.sorted[i].id[0] as usize) << 8 | self.sorted[i].id[1] as usize) == p
+            {
                 i += 1;
             }
         }
@@ -196,7 +198,11 @@ mod tests {
         for i in 0..5000u32 {
             let id = ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes());
             blobs.push(PackEntry {
-                kind: if i % 5 == 0 { BlobKind::Tree } else { BlobKind::Data },
+                kind: if i % 5 == 0 {
+                    BlobKind::Tree
+                } else {
+                    BlobKind::Data
+                },
                 id,
                 offset: i,
                 length: 50,
@@ -216,7 +222,11 @@ mod tests {
         for b in &blobs {
             let loc = idx.get(b.kind, &b.id).expect("indexed");
             assert_eq!(loc.offset, b.offset);
-            let other = if b.kind == BlobKind::Data { BlobKind::Tree } else { BlobKind::Data };
+            let other = if b.kind == BlobKind::Data {
+                BlobKind::Tree
+            } else {
+                BlobKind::Data
+            };
             assert!(idx.get(other, &b.id).is_none());
         }
         assert!(idx.get(BlobKind::Data, &ChunkId([9; 32])).is_none());

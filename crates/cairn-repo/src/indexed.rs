@@ -20,7 +20,12 @@ pub struct IndexedRepository {
     /// Where every blob is.
     pub index: RwLock<Index>,
     pack_keys: Mutex<HashMap<u32, PackKey>>,
+    /// Whole tree packs, verified against their names (most recent last).
+    tree_packs: Mutex<std::collections::VecDeque<(u32, bytes::Bytes)>>,
 }
+
+/// Tree packs kept in memory (each at most the pack size, 16 MiB by default).
+const TREE_PACK_CACHE: usize = 4;
 
 impl Repository {
     /// Load every index object. A damaged index object is an error naming it.
@@ -47,8 +52,8 @@ impl Repository {
                     ),
                 });
             }
-            let file =
-                IndexFile::decode(&self.key, &bytes).map_err(|e| RepoError::from_format(name, e))?;
+            let file = IndexFile::decode(&self.key, &bytes)
+                .map_err(|e| RepoError::from_format(name, e))?;
             index.add_file(*id, &file);
         }
         index.finish();
@@ -56,6 +61,7 @@ impl Repository {
             repo: Arc::new(self),
             index: RwLock::new(index),
             pack_keys: Mutex::new(HashMap::new()),
+            tree_packs: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 }
@@ -87,12 +93,15 @@ impl IndexedRepository {
         let prefix = match prefix {
             Some(p) => p,
             None => {
-                owned = self.repo.store.get_range(&name, 0..pack::PREFIX_LEN as u64)?;
+                owned = self
+                    .repo
+                    .store
+                    .get_range(&name, 0..pack::PREFIX_LEN as u64)?;
                 &owned[..]
             }
         };
-        let key =
-            pack::unwrap_key(&self.repo.key, prefix).map_err(|e| RepoError::from_format(&name, e))?;
+        let key = pack::unwrap_key(&self.repo.key, prefix)
+            .map_err(|e| RepoError::from_format(&name, e))?;
         self.pack_keys
             .lock()
             .expect("key cache")
@@ -110,11 +119,24 @@ impl IndexedRepository {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        pack::open_blob(key, &self.repo.key.id_hasher(), kind, id, sealed, loc.raw_len, out)
-            .map_err(|e| RepoError::Corrupted {
-                object: self.pack_name(loc.pack),
-                detail: format!("{} {} at offset {}: {e}", kind.name(), id.short(), loc.offset),
-            })
+        pack::open_blob(
+            key,
+            &self.repo.key.id_hasher(),
+            kind,
+            id,
+            sealed,
+            loc.raw_len,
+            out,
+        )
+        .map_err(|e| RepoError::Corrupted {
+            object: self.pack_name(loc.pack),
+            detail: format!(
+                "{} {} at offset {}: {e}",
+                kind.name(),
+                id.short(),
+                loc.offset
+            ),
+        })
     }
 
     /// Read one blob's plaintext, verified against its id.
@@ -137,9 +159,61 @@ impl IndexedRepository {
         Ok(out)
     }
 
+    /// A whole pack, checked against its name (BLAKE3 of its bytes).
+    pub fn read_pack_verified(&self, pack: u32) -> Result<bytes::Bytes> {
+        let name = self.pack_name(pack);
+        let (pid, size) = {
+            let idx = self.index.read().expect("index lock");
+            (idx.packs[pack as usize], idx.pack_sizes[pack as usize])
+        };
+        let b = self.repo.store.get(&name)?;
+        if b.len() as u64 != size || blake3::hash(&b).as_bytes() != &pid.0 {
+            return Err(RepoError::Corrupted {
+                object: name,
+                detail: format!(
+                    "its {} bytes do not hash to its name (index says {size} bytes)",
+                    b.len()
+                ),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Read a tree blob. Tree packs are read whole and verified, so that any
+    /// damage to them — header included — is noticed on first use.
+    fn read_tree_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.locate(BlobKind::Tree, id)?;
+        let cached = {
+            let c = self.tree_packs.lock().expect("tree cache");
+            c.iter()
+                .find(|(p, _)| *p == loc.pack)
+                .map(|(_, b)| b.clone())
+        };
+        let pack = match cached {
+            Some(b) => b,
+            None => {
+                let b = self.read_pack_verified(loc.pack)?;
+                let mut c = self.tree_packs.lock().expect("tree cache");
+                if c.len() >= TREE_PACK_CACHE {
+                    c.pop_front();
+                }
+                c.push_back((loc.pack, b.clone()));
+                b
+            }
+        };
+        let key = self.pack_key(loc.pack, Some(&pack[..pack::PREFIX_LEN.min(pack.len())]))?;
+        let (s, e) = (
+            loc.offset as usize,
+            loc.offset as usize + loc.length as usize,
+        );
+        let mut out = Vec::new();
+        self.open_sealed(BlobKind::Tree, id, &loc, &key, &pack[s..e], &mut out)?;
+        Ok(out)
+    }
+
     /// Read and decode a tree blob.
     pub fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
-        let b = self.read_blob(BlobKind::Tree, id)?;
+        let b = self.read_tree_blob(id)?;
         Tree::decode(&b).map_err(|e| RepoError::Corrupted {
             object: format!("tree blob {id}"),
             detail: e.to_string(),

@@ -87,7 +87,13 @@ impl<'r> Packer<'r> {
     /// True if the blob must be stored by this session: it is neither indexed
     /// nor already claimed. A `true` answer claims it.
     pub fn claim(&self, kind: BlobKind, id: &ChunkId) -> bool {
-        if self.repo.index.read().expect("index lock").contains(kind, id) {
+        if self
+            .repo
+            .index
+            .read()
+            .expect("index lock")
+            .contains(kind, id)
+        {
             return false;
         }
         self.claimed.lock().expect("claim lock").insert((kind, *id))
@@ -170,7 +176,8 @@ impl<'r> Packer<'r> {
             }
         });
         self.bytes_added.fetch_add(size, Ordering::Relaxed);
-        st.inflight.push_back((IndexPack { id, size, blobs }, handle));
+        st.inflight
+            .push_back((IndexPack { id, size, blobs }, handle));
         while st.inflight.len() > MAX_INFLIGHT {
             self.wait_one(st)?;
         }
@@ -179,10 +186,16 @@ impl<'r> Packer<'r> {
 
     fn wait_one(&self, st: &mut State) -> Result<()> {
         if let Some((ip, h)) = st.inflight.pop_front() {
-            let r = self.repo.repo.store.rt.block_on(h).map_err(|e| RepoError::Store {
-                object: store::pack_path(&ip.id),
-                source: object_store::Error::JoinError { source: e },
-            })?;
+            let r = self
+                .repo
+                .repo
+                .store
+                .rt
+                .block_on(h)
+                .map_err(|e| RepoError::Store {
+                    object: store::pack_path(&ip.id),
+                    source: object_store::Error::JoinError { source: e },
+                })?;
             r?;
             st.done.push(ip);
         }
@@ -213,7 +226,10 @@ impl<'r> Packer<'r> {
             let bytes = file.encode(&self.repo.repo.key);
             let id = IndexId::of(&bytes);
             stats.bytes_added += bytes.len() as u64;
-            self.repo.repo.store.put_new(&store::index_path(&id), bytes)?;
+            self.repo
+                .repo
+                .store
+                .put_new(&store::index_path(&id), bytes)?;
             let mut idx = self.repo.index.write().expect("index lock");
             for p in &file.packs {
                 idx.add_recent(p);

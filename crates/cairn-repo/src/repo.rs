@@ -184,7 +184,9 @@ impl Repository {
             });
         }
         if keys.len() < 2 {
-            return Err(RepoError::InvalidInput("refusing to remove the last key".into()));
+            return Err(RepoError::InvalidInput(
+                "refusing to remove the last key".into(),
+            ));
         }
         self.store.delete(&store::key_path(id))
     }
@@ -197,7 +199,9 @@ impl Repository {
             .list("snapshots")?
             .into_iter()
             .filter_map(|(n, _)| {
-                let id = n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex)?;
+                let id = n
+                    .strip_prefix("snapshots/")
+                    .and_then(SnapshotId::from_hex)?;
                 Some((n, id))
             })
             .collect();
@@ -236,7 +240,10 @@ impl Repository {
     ) -> Result<(SnapshotId, Snapshot)> {
         let all = self.list_snapshots()?;
         let found: Vec<_> = if spec == "latest" {
-            all.into_iter().filter(|(_, s)| filter(s)).next_back().into_iter().collect()
+            all.into_iter()
+                .rfind(|(_, s)| filter(s))
+                .into_iter()
+                .collect()
         } else {
             let spec = spec.to_ascii_lowercase();
             all.into_iter()
@@ -245,7 +252,9 @@ impl Repository {
         };
         match found.len() {
             1 => Ok(found.into_iter().next().expect("one")),
-            0 => Err(RepoError::InvalidInput(format!("no snapshot matches {spec:?}"))),
+            0 => Err(RepoError::InvalidInput(format!(
+                "no snapshot matches {spec:?}"
+            ))),
             n => Err(RepoError::InvalidInput(format!(
                 "{n} snapshots match {spec:?}; give more characters of the id"
             ))),

@@ -26,6 +26,9 @@ use crate::error::{RepoError, Result};
 use crate::index::BlobLocation;
 use crate::indexed::IndexedRepository;
 
+/// Reports blobs (and so the files using them) as damaged.
+type FailFn<'a> = dyn Fn(&[(ChunkId, BlobLocation)], &str) + Sync + 'a;
+
 /// Settings of a restore.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -98,7 +101,10 @@ fn is_ancestor_or_self(a: &[u8], b: &[u8]) -> bool {
 /// Normalize a user-given snapshot path: leading slash, no trailing slash.
 pub fn normalize_snapshot_path(p: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    for c in p.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+    for c in p
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
         out.push(b'/');
         out.extend_from_slice(c);
     }
@@ -115,7 +121,20 @@ impl IndexedRepository {
         filter: &dyn Fn(&[u8]) -> bool,
         f: &mut dyn FnMut(Entry) -> Result<()>,
     ) -> Result<()> {
-        let t = self.load_tree(tree)?;
+        let t = self.load_tree(tree).map_err(|e| match e {
+            RepoError::Corrupted { object, detail } => RepoError::Corrupted {
+                object,
+                detail: format!(
+                    "{detail}; the listing of directory {} cannot be read",
+                    if prefix.is_empty() {
+                        "/".into()
+                    } else {
+                        String::from_utf8_lossy(prefix).into_owned()
+                    }
+                ),
+            },
+            other => other,
+        })?;
         for node in t.nodes {
             let path = join(prefix, &node.name);
             if !filter(&path) {
@@ -140,7 +159,10 @@ impl IndexedRepository {
     pub fn find_node(&self, root: &ChunkId, path: &[u8]) -> Result<Option<Node>> {
         let path = normalize_snapshot_path(path);
         let mut tree: Tree = self.load_tree(root)?;
-        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let comps: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
         if comps.is_empty() {
             return Ok(None);
         }
@@ -180,7 +202,8 @@ impl IndexedRepository {
             match e {
                 Extent::Chunk { id, .. } => {
                     let b = self.read_blob(BlobKind::Data, id)?;
-                    out.write_all(&b).map_err(|e| RepoError::io("<stdout>", e))?;
+                    out.write_all(&b)
+                        .map_err(|e| RepoError::io("<stdout>", e))?;
                 }
                 Extent::Hole { len } => {
                     let mut left = *len;
@@ -218,7 +241,11 @@ impl IndexedRepository {
         }
         fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
 
-        let includes: Vec<Vec<u8>> = opts.includes.iter().map(|i| normalize_snapshot_path(i)).collect();
+        let includes: Vec<Vec<u8>> = opts
+            .includes
+            .iter()
+            .map(|i| normalize_snapshot_path(i))
+            .collect();
         let filter = |p: &[u8]| {
             includes.is_empty()
                 || includes
@@ -232,7 +259,9 @@ impl IndexedRepository {
             Ok(())
         })?;
         if !includes.is_empty() && items.is_empty() {
-            return Err(RepoError::InvalidInput("no entry of the snapshot matches --include".into()));
+            return Err(RepoError::InvalidInput(
+                "no entry of the snapshot matches --include".into(),
+            ));
         }
 
         let mut report = RestoreReport::default();
@@ -291,7 +320,9 @@ impl IndexedRepository {
                     }
                 }
             };
-            if let Err(e) = self.restore_pack(*pack, blobs, &items, &targets, &written, progress, &fail) {
+            if let Err(e) =
+                self.restore_pack(*pack, blobs, &items, &targets, &written, progress, &fail)
+            {
                 fail(blobs, &e.to_string());
             }
         });
@@ -314,7 +345,7 @@ impl IndexedRepository {
         targets: &HashMap<ChunkId, Vec<(u32, u64)>>,
         written: &AtomicU64,
         progress: &RestoreProgress,
-        fail: &(dyn Fn(&[(ChunkId, BlobLocation)], &str) + Sync),
+        fail: &FailFn<'_>,
     ) -> Result<()> {
         let name = self.pack_name(pack);
         let (size, pack_id) = {
@@ -339,7 +370,10 @@ impl IndexedRepository {
             }
             key = self.pack_key(pack, Some(&whole[..PREFIX_LEN.min(whole.len())]))?;
             for (_, loc) in blobs {
-                let (s, e) = (loc.offset as usize, loc.offset as usize + loc.length as usize);
+                let (s, e) = (
+                    loc.offset as usize,
+                    loc.offset as usize + loc.length as usize,
+                );
                 sealed_parts.push(if e <= whole.len() {
                     whole.slice(s..e)
                 } else {
@@ -379,7 +413,12 @@ impl IndexedRepository {
         Ok(())
     }
 
-    fn create_entries(&self, items: &[(PathBuf, Node)], overwrite: bool, report: &mut RestoreReport) {
+    fn create_entries(
+        &self,
+        items: &[(PathBuf, Node)],
+        overwrite: bool,
+        report: &mut RestoreReport,
+    ) {
         for (path, node) in items {
             if overwrite && let Ok(md) = fs::symlink_metadata(path) {
                 let keep = match node.kind {
@@ -405,7 +444,11 @@ impl IndexedRepository {
                 NodeKind::Dir { .. } => {
                     report.dirs += 1;
                     match fs::create_dir(path) {
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() =>
+                        {
+                            Ok(())
+                        }
                         other => other,
                     }
                 }
@@ -450,7 +493,8 @@ impl IndexedRepository {
             if matches!(node.kind, NodeKind::Socket) || fs::symlink_metadata(path).is_err() {
                 continue;
             }
-            if root && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)) {
+            if root && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
+            {
                 report
                     .warnings
                     .push(format!("{}: cannot set owner: {e}", path.display()));
@@ -462,7 +506,8 @@ impl IndexedRepository {
                     .warnings
                     .push(format!("{}: cannot set mode: {e}", path.display()));
             }
-            if let Err(e) = crate::sys::set_times_nofollow(path, (node.mtime.sec, node.mtime.nsec)) {
+            if let Err(e) = crate::sys::set_times_nofollow(path, (node.mtime.sec, node.mtime.nsec))
+            {
                 report
                     .warnings
                     .push(format!("{}: cannot set mtime: {e}", path.display()));
@@ -473,5 +518,7 @@ impl IndexedRepository {
 
 /// Check that every path in `p` is inside a directory (helper for callers).
 pub fn target_path(target: &Path, snapshot_path: &[u8]) -> PathBuf {
-    target.join(OsStr::from_bytes(snapshot_path.strip_prefix(b"/").unwrap_or(snapshot_path)))
+    target.join(OsStr::from_bytes(
+        snapshot_path.strip_prefix(b"/").unwrap_or(snapshot_path),
+    ))
 }

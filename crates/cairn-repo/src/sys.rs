@@ -31,8 +31,19 @@ pub fn set_times_nofollow(p: &Path, mtime: (i64, u32)) -> io::Result<()> {
         },
     ];
     // SAFETY: `c` is a valid C string and `ts` a two-element array, as utimensat requires.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Create a FIFO, character or block device node.
@@ -40,7 +51,11 @@ pub fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
     let c = cpath(p)?;
     // SAFETY: `c` is a valid C string; mknod does not keep the pointer.
     let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The data regions `[start, end)` of a file of `size` bytes, using
@@ -102,7 +117,13 @@ pub fn username() -> String {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers refer to live, correctly sized buffers.
     let r = unsafe {
-        libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr() as *mut libc::c_char, buf.len(), &mut result)
+        libc::getpwuid_r(
+            uid,
+            &mut pw,
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+            &mut result,
+        )
     };
     if r != 0 || result.is_null() {
         return uid.to_string();
