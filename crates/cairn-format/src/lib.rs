@@ -35,6 +35,11 @@ pub mod pack;
 pub mod snapshot;
 pub mod tree;
 
+#[cfg(test)]
+mod robustness;
+#[cfg(test)]
+mod vectors;
+
 pub use crypto::{IdHasher, KdfParams, MasterKey, PackKey};
 pub use error::{FormatError, Result};
 pub use id::{BlobKind, ChunkId, IndexId, KeyId, PackId, SnapshotId};
