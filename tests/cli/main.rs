@@ -453,3 +453,72 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Unreadable sources are skipped with a warning naming them, the snapshot is
+/// still written with everything else, and the exit code is 3.
+#[test]
+fn unreadable_file_is_skipped_with_exit_code_3() {
+    let env = Env::new();
+    // Run as an unprivileged user: root reads files whatever their mode.
+    let unprivileged = |c: &mut std::process::Command| -> std::process::Command {
+        let is_root = unsafe_free_euid() == 0;
+        let mut n = if is_root {
+            let mut n = std::process::Command::new("setpriv");
+            n.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(c.get_program());
+            n
+        } else {
+            std::process::Command::new(c.get_program())
+        };
+        n.args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => n.env(k, v),
+                None => n.env_remove(k),
+            };
+        }
+        n
+    };
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(env.path("pw"), fs::Permissions::from_mode(0o644)).unwrap();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(src.join("readable.txt"), "fine").unwrap();
+    fs::write(src.join("secret.txt"), "hidden").unwrap();
+    fs::set_permissions(src.join("readable.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let o = unprivileged(env.cmd().args([
+        "init",
+        "--kdf-memory-kib",
+        "1024",
+        "--kdf-iterations",
+        "1",
+        "--kdf-parallelism",
+        "1",
+    ]))
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = unprivileged(env.cmd().args(["backup", src.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("secret.txt") && err.contains("Permission denied"),
+        "{err}"
+    );
+    let o = unprivileged(env.cmd().args(["ls", "latest"]))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(listing.contains("readable.txt"), "{listing}");
+    assert!(!listing.contains("secret.txt"), "{listing}");
+}
+
+fn unsafe_free_euid() -> u32 {
+    // The owner of a file we just created is our effective uid.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::metadata(f.path()).unwrap().uid()
+}
