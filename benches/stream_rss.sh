@@ -15,12 +15,13 @@ cargo build --release -q -p cairn-cli
 CAIRN=$PWD/target/release/cairn
 export CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
 # A pseudo-random stream (incompressible, no dedup inside): AES-CTR keystream.
-gen() { openssl enc -aes-128-ctr -pass pass:cairn -nosalt -pbkdf2 </dev/zero 2>/dev/null | head -c $((GIB << 30)); }
+gen() { { openssl enc -aes-128-ctr -pass pass:cairn -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } | head -c $((GIB << 30)); }
 
-measure() { # name, command...
+measure() { # name, command... (stdin: the stream); prints name|peak RSS KiB|wall
   local name=$1; shift
-  /usr/bin/time -v -o "$WORK/$name.time" bash -c "$*" >"$WORK/$name.out" 2>"$WORK/$name.err" || {
-    cat "$WORK/$name.err" >&2; exit 1; }
+  if ! gen | /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"; then
+    cat "$WORK/$name.err" "$WORK/$name.time" >&2; exit 1
+  fi
   local rss wall
   rss=$(awk -F': ' '/Maximum resident/ {print $2}' "$WORK/$name.time")
   wall=$(awk -F': ' '/Elapsed \(wall/ {print $2}' "$WORK/$name.time")
@@ -29,8 +30,8 @@ measure() { # name, command...
 
 "$CAIRN" init --repo "$WORK/cairn" >/dev/null
 restic init --repo "$WORK/restic" >/dev/null 2>&1
-R1=$(measure cairn "set -o pipefail; $(declare -f gen); GIB=$GIB gen | $CAIRN backup --repo $WORK/cairn --stdin --stdin-name stream --quiet")
-R2=$(measure restic "set -o pipefail; $(declare -f gen); GIB=$GIB gen | restic backup --repo $WORK/restic --stdin --stdin-filename stream --quiet")
+R1=$(measure cairn "$CAIRN" backup --repo "$WORK/cairn" --stdin --stdin-name stream --quiet)
+R2=$(measure restic restic backup --repo "$WORK/restic" --stdin --stdin-filename stream --quiet)
 RV=$(restic version | head -1)
 CV=$($CAIRN --version)
 DATE=$(date -u +%F)
