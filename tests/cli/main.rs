@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use util::{Env, assert_same_tree, dir_size, prng, walk};
+use util::{CHEAP_KDF, Env, assert_same_tree, dir_size, prng, walk};
 
 const MAX_CHUNK: usize = 4 * 1024 * 1024;
 
@@ -362,83 +362,58 @@ fn restore_include_and_overwrite_rules() {
     assert_same_tree(&src, &out);
 }
 
+fn key_id(keys: &serde_json::Value, current: bool) -> String {
+    let k = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == current);
+    k.unwrap()["id"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn keys_can_be_added_changed_and_removed() {
     let env = Env::new();
     env.init(&[]);
     fs::write(env.path("pw2"), "second password").unwrap();
-    env.ok(&[
-        "key",
-        "add",
-        "--new-password-file",
-        env.path("pw2").to_str().unwrap(),
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--kdf-parallelism",
-        "1",
-    ]);
+    let pw2 = env.path("pw2");
+    let mut add = vec!["key", "add", "--new-password-file", pw2.to_str().unwrap()];
+    add.extend_from_slice(&CHEAP_KDF);
+    env.ok(&add);
     let keys = env.json(&["key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    let other = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["current"] == false)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     // The second password opens the repository.
-    let o = env
-        .cmd()
-        .env("CAIRN_PASSWORD_FILE", env.path("pw2"))
-        .args(["snapshots"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    assert!(
+        env.run_with_password("pw2", &["snapshots"])
+            .status
+            .success()
+    );
     // The key in use cannot be removed; the other can.
-    let current = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["current"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let current = key_id(&keys, true);
     assert_eq!(env.run(&["key", "remove", &current]).status.code(), Some(1));
-    env.ok(&["key", "remove", &other]);
-    let o = env
-        .cmd()
-        .env("CAIRN_PASSWORD_FILE", env.path("pw2"))
-        .args(["snapshots"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
+    env.ok(&["key", "remove", &key_id(&keys, false)]);
+    assert!(
+        !env.run_with_password("pw2", &["snapshots"])
+            .status
+            .success()
+    );
     // passwd replaces the key in use.
     fs::write(env.path("pw3"), "third").unwrap();
-    env.ok(&[
+    let pw3 = env.path("pw3");
+    let mut passwd = vec![
         "key",
         "passwd",
         "--new-password-file",
-        env.path("pw3").to_str().unwrap(),
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--kdf-parallelism",
-        "1",
-    ]);
+        pw3.to_str().unwrap(),
+    ];
+    passwd.extend_from_slice(&CHEAP_KDF);
+    env.ok(&passwd);
     assert!(!env.run(&["snapshots"]).status.success());
-    let o = env
-        .cmd()
-        .env("CAIRN_PASSWORD_FILE", env.path("pw3"))
-        .args(["snapshots"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    assert!(
+        env.run_with_password("pw3", &["snapshots"])
+            .status
+            .success()
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -488,17 +463,9 @@ fn unreadable_file_is_skipped_with_exit_code_3() {
     fs::write(src.join("secret.txt"), "hidden").unwrap();
     fs::set_permissions(src.join("readable.txt"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
-    let o = unprivileged(env.cmd().args([
-        "init",
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--kdf-parallelism",
-        "1",
-    ]))
-    .output()
-    .unwrap();
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    let o = unprivileged(env.cmd().args(init)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = unprivileged(env.cmd().args(["backup", src.to_str().unwrap()]))
         .output()
@@ -521,4 +488,59 @@ fn unsafe_free_euid() -> u32 {
     // The owner of a file we just created is our effective uid.
     let f = tempfile::NamedTempFile::new().unwrap();
     fs::metadata(f.path()).unwrap().uid()
+}
+
+#[test]
+fn repository_of_a_newer_format_version_is_refused_by_name() {
+    let env = Env::new();
+    env.init(&[]);
+    let cfg = env.repo().join("config");
+    let mut b = fs::read(&cfg).unwrap();
+    b[8] = 2; // format version 2
+    fs::write(&cfg, b).unwrap();
+    let o = env.run(&["snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("config needs a newer cairn") && err.contains("version 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ls_below_a_path_and_cat_decode_objects() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/inner.txt"), "1").unwrap();
+    fs::write(src.join("outer.txt"), "2").unwrap();
+    std::os::unix::fs::symlink("a/inner.txt", src.join("ln")).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let below = env.ok(&["ls", "latest", &format!("{}/a", src.display())]);
+    assert!(below.contains("a/inner.txt"), "{below}");
+    assert!(!below.contains("outer.txt"), "{below}");
+    let all = env.json(&["ls", "latest"]);
+    let ln = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"].as_str().unwrap().ends_with("/ln"))
+        .unwrap();
+    assert_eq!(ln["type"], "symlink");
+    assert_eq!(ln["target"], "a/inner.txt");
+    let cfg = env.json(&["cat", "config"]);
+    assert_eq!(cfg["chunk_avg"], 1 << 20);
+    assert_eq!(cfg["zstd_level"], 3);
+    let snap = env.json(&["cat", "snapshot", "latest"]);
+    let tree = env.json(&["cat", "tree", snap["tree"].as_str().unwrap()]);
+    assert_eq!(
+        tree.as_array().unwrap().len(),
+        1,
+        "root holds the first path component"
+    );
+    assert_eq!(
+        env.ok(&["dump", "latest", &format!("{}/outer.txt", src.display())]),
+        "2"
+    );
 }

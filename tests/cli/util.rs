@@ -3,6 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// Argon2id settings that keep tests fast (the default costs 64 MiB x 3 passes).
+pub const CHEAP_KDF: [&str; 6] = [
+    "--kdf-memory-kib",
+    "1024",
+    "--kdf-iterations",
+    "1",
+    "--kdf-parallelism",
+    "1",
+];
+
 /// A scratch directory with a repository location and a password file.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -64,17 +74,19 @@ impl Env {
 
     /// `cairn init` with a cheap KDF (tests open the repository many times).
     pub fn init(&self, extra: &[&str]) {
-        let mut a = vec![
-            "init",
-            "--kdf-memory-kib",
-            "1024",
-            "--kdf-iterations",
-            "1",
-            "--kdf-parallelism",
-            "1",
-        ];
+        let mut a = vec!["init"];
+        a.extend_from_slice(&CHEAP_KDF);
         a.extend_from_slice(extra);
         self.ok(&a);
+    }
+
+    /// Run with another password file.
+    pub fn run_with_password(&self, password_file: &str, args: &[&str]) -> Output {
+        self.cmd()
+            .env("CAIRN_PASSWORD_FILE", self.path(password_file))
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// Feed `data` to `cairn backup --stdin` and return the JSON summary.

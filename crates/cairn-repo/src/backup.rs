@@ -466,6 +466,15 @@ impl Walker<'_> {
 }
 
 impl IndexedRepository {
+    fn walker<'a>(&'a self, packer: &'a Packer<'a>, progress: &'a Progress) -> Walker<'a> {
+        Walker {
+            repo: self,
+            packer,
+            progress,
+            params: self.chunker_params(),
+        }
+    }
+
     fn chunker_params(&self) -> ChunkerParams {
         let c = &self.repo.config;
         ChunkerParams {
@@ -546,12 +555,7 @@ impl IndexedRepository {
             }
         }
         let packer = Packer::new(self);
-        let walker = Walker {
-            repo: self,
-            packer: &packer,
-            progress,
-            params: self.chunker_params(),
-        };
+        let walker = self.walker(&packer, progress);
         let root_nodes = if trie.target {
             // "/" itself was given: its entries are the root.
             let parent_tree = parent.as_ref().map(|p| &p.1);
@@ -642,12 +646,7 @@ impl IndexedRepository {
             )));
         }
         let packer = Packer::new(self);
-        let walker = Walker {
-            repo: self,
-            packer: &packer,
-            progress,
-            params: self.chunker_params(),
-        };
+        let walker = self.walker(&packer, progress);
         let mut extents = Vec::new();
         let size = walker
             .stream_extents(reader, &mut extents)

@@ -45,6 +45,14 @@ pub enum RepoError {
         /// Where we looked.
         location: String,
     },
+    /// An object was written by a newer cairn (or is not a cairn object).
+    #[error("object {object} needs a newer cairn: {detail}")]
+    UnsupportedVersion {
+        /// Object path.
+        object: String,
+        /// Which version was found.
+        detail: String,
+    },
     /// The object store failed.
     #[error("storage error on {object}: {source}")]
     Store {
@@ -92,6 +100,10 @@ impl RepoError {
         match e {
             FormatError::WrongPassword => RepoError::WrongPassword,
             FormatError::InvalidParameter(m) => RepoError::InvalidInput(m),
+            e @ FormatError::UnsupportedVersion { .. } => RepoError::UnsupportedVersion {
+                object: object.to_string(),
+                detail: e.to_string(),
+            },
             other => RepoError::Corrupted {
                 object: object.to_string(),
                 detail: other.to_string(),
