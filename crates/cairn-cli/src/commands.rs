@@ -215,6 +215,7 @@ pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
         tags: a.tags.clone(),
         parent,
         group: None,
+        fingerprints: vec![],
     };
     let progress = Arc::new(Progress::default());
     let p2 = progress.clone();

@@ -4,6 +4,7 @@
 //! unreadable files skipped during a backup).
 
 mod commands;
+mod stack;
 mod util;
 
 use std::path::PathBuf;
@@ -64,6 +65,11 @@ enum Cmd {
     Stats,
     /// Print a decoded object (for debugging)
     Cat(commands::CatArgs),
+    /// Service catalog: group backups, restore plans, ordered restores
+    Stack {
+        #[command(subcommand)]
+        cmd: stack::StackCmd,
+    },
     /// Manage keys (passwords)
     Key {
         #[command(subcommand)]
@@ -83,6 +89,7 @@ fn main() {
         Cmd::Stats => commands::stats(&cli.global),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
+        Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -71,7 +71,10 @@ impl Config {
         if !(self.chunk_min < self.chunk_avg && self.chunk_avg < self.chunk_max) {
             return bad("chunk sizes must satisfy min < avg < max".into());
         }
-        if self.chunk_min % 2 != 0 || self.chunk_avg % 2 != 0 || self.chunk_max % 2 != 0 {
+        if [self.chunk_min, self.chunk_avg, self.chunk_max]
+            .iter()
+            .any(|v| !v.is_multiple_of(2))
+        {
             return bad("chunk sizes must be even".into());
         }
         if !(-7..=22).contains(&self.zstd_level) {

@@ -56,6 +56,8 @@ pub struct BackupOptions {
     pub parent: ParentChoice,
     /// Group id (stack backups).
     pub group: Option<[u8; 16]>,
+    /// Logical fingerprints recorded by a datastore adapter.
+    pub fingerprints: Vec<(String, Vec<u8>)>,
 }
 
 /// Live counters of a running backup (polled by progress displays).
@@ -615,7 +617,7 @@ impl IndexedRepository {
                 errors: ld(&progress.errors),
                 duration_ns: start.elapsed().as_nanos() as u64,
             },
-            fingerprints: vec![],
+            fingerprints: opts.fingerprints.clone(),
             extra: vec![],
         };
         let id = self.repo.save_snapshot(&snapshot)?;

@@ -1,0 +1,745 @@
+//! The service catalog (`cairn.toml`): parsing, validation with file:line
+//! errors, environment overrides, and the dependency plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A catalog error, already formatted as `file:line: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct CatalogError(pub Vec<String>);
+
+/// Datastore kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// PostgreSQL database (pg_dump custom format, pg_restore -j).
+    Postgres,
+    /// MariaDB/MySQL database (mariadb-dump, mariadb).
+    Mariadb,
+    /// Redis keys (DUMP/RESTORE with TTLs).
+    Redis,
+    /// A directory tree.
+    Files,
+    /// User commands: stdout backed up, restore reads stdin.
+    Command,
+}
+
+/// Readiness check after a restore.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Ready {
+    /// A shell command that exits 0 when ready.
+    Command(String),
+    /// A TCP address that accepts connections.
+    Tcp(String),
+    /// An HTTP URL that answers 2xx.
+    Http(String),
+}
+
+/// Keep rules applied by `cairn stack forget` (the rules of `cairn forget`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the last N.
+    pub keep_last: Option<u32>,
+    /// Keep one per hour for N hours.
+    pub keep_hourly: Option<u32>,
+    /// Keep one per day for N days.
+    pub keep_daily: Option<u32>,
+    /// Keep one per week for N weeks.
+    pub keep_weekly: Option<u32>,
+    /// Keep one per month for N months.
+    pub keep_monthly: Option<u32>,
+    /// Keep one per year for N years.
+    pub keep_yearly: Option<u32>,
+    /// Keep everything newer than this duration.
+    pub keep_within: Option<String>,
+}
+
+/// A service after defaults and environment overrides.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Line of its table in the catalog.
+    pub line: usize,
+    /// Dependencies.
+    pub depends_on: Vec<String>,
+    /// Server host.
+    pub host: Option<String>,
+    /// Server port.
+    pub port: Option<u16>,
+    /// User.
+    pub user: Option<String>,
+    /// Password (prefer the tool's own mechanisms, e.g. ~/.pgpass).
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Database name (postgres, mariadb).
+    pub database: Option<String>,
+    /// Redis databases (default: 0).
+    pub databases: Vec<u32>,
+    /// Redis key pattern owned by this service (default `*`).
+    pub key_pattern: String,
+    /// Directory (files).
+    pub path: Option<PathBuf>,
+    /// Restore directory (files; default: `path`).
+    pub target: Option<PathBuf>,
+    /// Backup command (command kind).
+    pub backup: Option<String>,
+    /// Restore command (command kind).
+    pub restore: Option<String>,
+    /// Command run after the data is loaded.
+    pub start: Option<String>,
+    /// Command run before the data is loaded.
+    pub stop: Option<String>,
+    /// Readiness check.
+    pub ready: Option<Ready>,
+    /// Readiness timeout.
+    pub ready_timeout: Duration,
+    /// Recovery-time budget.
+    pub rto: Option<Duration>,
+    /// Parallelism for the datastore's own tool.
+    pub parallelism: u32,
+    /// Retention rules.
+    pub retention: Option<Retention>,
+    /// Directory commands run in (the catalog's directory).
+    pub workdir: PathBuf,
+}
+
+/// A parsed, validated catalog for one environment.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    /// Where it was read from.
+    pub file: PathBuf,
+    /// Environment applied ("production" when none).
+    pub env: String,
+    /// Repository location, if the catalog names one.
+    pub repository: Option<String>,
+    /// Password file, if the catalog names one.
+    pub password_file: Option<PathBuf>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Default number of services run at once.
+    pub jobs: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    repository: Option<RawRepository>,
+    defaults: Option<RawDefaults>,
+    #[serde(default)]
+    service: BTreeMap<String, Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    path: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    rto: Option<Spanned<String>>,
+    parallelism: Option<u32>,
+    jobs: Option<usize>,
+    ready_timeout: Option<Spanned<String>>,
+    retention: Option<Retention>,
+}
+
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReady {
+    command: Option<String>,
+    tcp: Option<String>,
+    http: Option<String>,
+    timeout: Option<Spanned<String>>,
+}
+
+/// Fields an environment may override.
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    database: Option<String>,
+    databases: Option<Vec<u32>>,
+    key_pattern: Option<String>,
+    path: Option<PathBuf>,
+    target: Option<PathBuf>,
+    backup: Option<String>,
+    restore: Option<String>,
+    start: Option<String>,
+    stop: Option<String>,
+    ready: Option<RawReady>,
+    rto: Option<Spanned<String>>,
+    parallelism: Option<u32>,
+}
+
+// Not `#[serde(flatten)]` of RawOverride: flatten disables deny_unknown_fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    kind: Spanned<String>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    retention: Option<Retention>,
+    #[serde(default)]
+    env: BTreeMap<String, RawOverride>,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<String>,
+    database: Option<String>,
+    databases: Option<Vec<u32>>,
+    key_pattern: Option<String>,
+    path: Option<PathBuf>,
+    target: Option<PathBuf>,
+    backup: Option<String>,
+    restore: Option<String>,
+    start: Option<String>,
+    stop: Option<String>,
+    ready: Option<RawReady>,
+    rto: Option<Spanned<String>>,
+    parallelism: Option<u32>,
+}
+
+impl RawService {
+    fn base(&self) -> RawOverride {
+        macro_rules! copy {
+            ($($f:ident),*) => { RawOverride { $($f: self.$f.clone()),* } };
+        }
+        copy!(
+            host,
+            port,
+            user,
+            password,
+            database,
+            databases,
+            key_pattern,
+            path,
+            target,
+            backup,
+            restore,
+            start,
+            stop,
+            ready,
+            rto,
+            parallelism
+        )
+    }
+}
+
+/// Parse "90s", "2m", "1h30m", "500ms", "1d".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if n_end == 0 {
+            return Err(format!("bad duration {s:?} (use e.g. 90s, 2m, 1h30m)"));
+        }
+        let n: u64 = rest[..n_end]
+            .parse()
+            .map_err(|_| format!("bad number in {s:?}"))?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..u_end];
+        rest = &rest[u_end..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
+            _ => {
+                return Err(format!(
+                    "bad duration unit {unit:?} in {s:?} (ms, s, m, h, d)"
+                ));
+            }
+        };
+    }
+    Ok(total)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    src: &'a str,
+    errors: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.src[..offset.min(self.src.len())].matches('\n').count() + 1
+    }
+    fn err(&mut self, offset: usize, msg: String) {
+        let l = self.line(offset);
+        self.errors
+            .push(format!("{}:{l}: {msg}", self.file.display()));
+    }
+    fn duration(&mut self, s: &Spanned<String>) -> Option<Duration> {
+        match parse_duration(s.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(s.span().start, e);
+                None
+            }
+        }
+    }
+}
+
+fn merge(base: &RawOverride, o: &RawOverride) -> RawOverride {
+    macro_rules! pick {
+        ($($f:ident),*) => { RawOverride { $($f: o.$f.clone().or_else(|| base.$f.clone())),* } };
+    }
+    pick!(
+        host,
+        port,
+        user,
+        password,
+        database,
+        databases,
+        key_pattern,
+        path,
+        target,
+        backup,
+        restore,
+        start,
+        stop,
+        ready,
+        rto,
+        parallelism
+    )
+}
+
+impl Catalog {
+    /// Read and validate a catalog file for an environment (`None` = production).
+    pub fn load(file: &Path, env: Option<&str>) -> Result<Catalog, CatalogError> {
+        let src = std::fs::read_to_string(file)
+            .map_err(|e| CatalogError(vec![format!("{}: {e}", file.display())]))?;
+        Self::parse(file, &src, env)
+    }
+
+    /// Parse and validate catalog text.
+    pub fn parse(file: &Path, src: &str, env: Option<&str>) -> Result<Catalog, CatalogError> {
+        let raw: RawCatalog = toml::from_str(src).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
+            let msg = e.message().to_string();
+            CatalogError(vec![match line {
+                Some(l) => format!("{}:{l}: {msg}", file.display()),
+                None => format!("{}: {msg}", file.display()),
+            }])
+        })?;
+        let mut cx = Ctx {
+            file,
+            src,
+            errors: Vec::new(),
+        };
+        let env_name = env.unwrap_or("production").to_string();
+        let defaults = raw.defaults.as_ref();
+        let default_rto = defaults
+            .and_then(|d| d.rto.as_ref())
+            .and_then(|r| cx.duration(r));
+        let default_timeout = defaults
+            .and_then(|d| d.ready_timeout.as_ref())
+            .and_then(|r| cx.duration(r))
+            .unwrap_or(Duration::from_secs(60));
+        let default_par = defaults.and_then(|d| d.parallelism).unwrap_or(2);
+        let dir = file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let rel = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { dir.join(p) } else { p });
+        let mut services = BTreeMap::new();
+        let names: BTreeSet<String> = raw.service.keys().cloned().collect();
+        for (name, spanned) in &raw.service {
+            let at = spanned.span().start;
+            let rs = spanned.get_ref();
+            if name.is_empty() || name.contains(['/', ' ']) {
+                cx.err(
+                    at,
+                    format!("service name {name:?} may not be empty or contain '/' or spaces"),
+                );
+            }
+            let kind = match rs.kind.get_ref().as_str() {
+                "postgres" => Kind::Postgres,
+                "mariadb" => Kind::Mariadb,
+                "redis" => Kind::Redis,
+                "files" => Kind::Files,
+                "command" => Kind::Command,
+                other => {
+                    cx.err(
+                        rs.kind.span().start,
+                        format!("service {name}: unknown kind {other:?} (postgres, mariadb, redis, files, command)"),
+                    );
+                    continue;
+                }
+            };
+            if let Some(e) = env
+                && e != "production"
+                && !rs.env.contains_key(e)
+                && !rs.env.is_empty()
+            {
+                cx.err(
+                    at,
+                    format!(
+                        "service {name}: no [service.{name}.env.{e}] overrides (it has {:?})",
+                        rs.env.keys().collect::<Vec<_>>()
+                    ),
+                );
+            }
+            let o = env.and_then(|e| rs.env.get(e)).cloned().unwrap_or_default();
+            let m = merge(&rs.base(), &o);
+            let mut deps = Vec::new();
+            for d in &rs.depends_on {
+                if !names.contains(d.get_ref()) {
+                    cx.err(
+                        d.span().start,
+                        format!(
+                            "service {name} depends on unknown service {:?}",
+                            d.get_ref()
+                        ),
+                    );
+                } else if d.get_ref() == name {
+                    cx.err(d.span().start, format!("service {name} depends on itself"));
+                } else {
+                    deps.push(d.get_ref().clone());
+                }
+            }
+            let (ready, ready_timeout) = match &m.ready {
+                None => (None, default_timeout),
+                Some(r) => {
+                    let n = [&r.command, &r.tcp, &r.http]
+                        .iter()
+                        .filter(|x| x.is_some())
+                        .count();
+                    if n != 1 {
+                        cx.err(
+                            at,
+                            format!(
+                                "service {name}: ready needs exactly one of command, tcp, http"
+                            ),
+                        );
+                    }
+                    let t = r
+                        .timeout
+                        .as_ref()
+                        .and_then(|t| cx.duration(t))
+                        .unwrap_or(default_timeout);
+                    let ready = r
+                        .command
+                        .clone()
+                        .map(Ready::Command)
+                        .or(r.tcp.clone().map(Ready::Tcp))
+                        .or(r.http.clone().map(Ready::Http));
+                    (ready, t)
+                }
+            };
+            let rto = match &m.rto {
+                Some(r) => cx.duration(r),
+                None => default_rto,
+            };
+            let need = |cx: &mut Ctx, ok: bool, what: &str| {
+                if !ok {
+                    cx.err(
+                        at,
+                        format!(
+                            "service {name} (kind {}): missing {what}",
+                            rs.kind.get_ref()
+                        ),
+                    );
+                }
+            };
+            match kind {
+                Kind::Postgres | Kind::Mariadb => need(&mut cx, m.database.is_some(), "database"),
+                Kind::Files => need(&mut cx, m.path.is_some(), "path"),
+                Kind::Command => {
+                    need(&mut cx, m.backup.is_some(), "backup command");
+                    need(&mut cx, m.restore.is_some(), "restore command");
+                }
+                Kind::Redis => {}
+            }
+            services.insert(
+                name.clone(),
+                Service {
+                    name: name.clone(),
+                    kind,
+                    line: cx.line(at),
+                    depends_on: deps,
+                    host: m.host,
+                    port: m.port,
+                    user: m.user,
+                    password: m.password,
+                    database: m.database,
+                    databases: m.databases.unwrap_or_else(|| vec![0]),
+                    key_pattern: m.key_pattern.unwrap_or_else(|| "*".into()),
+                    path: rel(m.path),
+                    target: rel(m.target),
+                    backup: m.backup,
+                    restore: m.restore,
+                    start: m.start,
+                    stop: m.stop,
+                    ready,
+                    ready_timeout,
+                    rto,
+                    parallelism: m.parallelism.unwrap_or(default_par).max(1),
+                    retention: rs
+                        .retention
+                        .clone()
+                        .or_else(|| defaults.and_then(|d| d.retention.clone())),
+                    workdir: dir.clone(),
+                },
+            );
+        }
+        if let Some(cycle) = find_cycle(&services) {
+            let first = &services[&cycle[0]];
+            cx.errors.push(format!(
+                "{}:{}: dependency cycle: {}",
+                file.display(),
+                first.line,
+                cycle.join(" -> ")
+            ));
+        }
+        if !cx.errors.is_empty() {
+            return Err(CatalogError(cx.errors));
+        }
+        Ok(Catalog {
+            file: file.to_path_buf(),
+            env: env_name,
+            repository: raw
+                .repository
+                .as_ref()
+                .and_then(|r| r.path.clone())
+                .map(|p| {
+                    if p.contains("://") || Path::new(&p).is_absolute() {
+                        p
+                    } else {
+                        dir.join(p).display().to_string()
+                    }
+                }),
+            password_file: rel(raw
+                .repository
+                .as_ref()
+                .and_then(|r| r.password_file.clone())),
+            services,
+            jobs: defaults.and_then(|d| d.jobs).unwrap_or(4).max(1),
+        })
+    }
+
+    /// The services selected by `only` (all when empty), plus their
+    /// dependencies when `with_deps`. Unknown names are errors.
+    pub fn select(
+        &self,
+        only: &[String],
+        with_deps: bool,
+    ) -> Result<BTreeSet<String>, CatalogError> {
+        if only.is_empty() {
+            return Ok(self.services.keys().cloned().collect());
+        }
+        let mut out = BTreeSet::new();
+        let mut stack: Vec<String> = Vec::new();
+        for o in only {
+            if !self.services.contains_key(o) {
+                return Err(CatalogError(vec![format!(
+                    "{}: no service named {o:?}",
+                    self.file.display()
+                )]));
+            }
+            stack.push(o.clone());
+        }
+        while let Some(s) = stack.pop() {
+            if out.insert(s.clone()) && with_deps {
+                stack.extend(self.services[&s].depends_on.iter().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dependency waves over the selection (Kahn's algorithm): each wave only
+    /// depends on earlier ones. Dependencies outside the selection are ignored.
+    pub fn waves(&self, selected: &BTreeSet<String>) -> Vec<Vec<String>> {
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut waves = Vec::new();
+        while done.len() < selected.len() {
+            let wave: Vec<String> = selected
+                .iter()
+                .filter(|s| !done.contains(*s))
+                .filter(|s| {
+                    self.services[*s]
+                        .depends_on
+                        .iter()
+                        .all(|d| done.contains(d) || !selected.contains(d))
+                })
+                .cloned()
+                .collect();
+            if wave.is_empty() {
+                break; // unreachable: cycles are rejected at load
+            }
+            done.extend(wave.iter().cloned());
+            waves.push(wave);
+        }
+        waves
+    }
+}
+
+fn find_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
+    // 0 = unvisited, 1 = on stack, 2 = done
+    fn dfs(
+        n: &str,
+        s: &BTreeMap<String, Service>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_string(), 1);
+        path.push(n.to_string());
+        for d in &s[n].depends_on {
+            match state.get(d.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let i = path.iter().position(|p| p == d).unwrap_or(0);
+                    let mut c = path[i..].to_vec();
+                    c.push(d.clone());
+                    return Some(c);
+                }
+                0 => {
+                    if let Some(c) = dfs(d, s, state, path) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        state.insert(n.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in services.keys() {
+        if state.get(n.as_str()).copied().unwrap_or(0) == 0
+            && let Some(c) = dfs(n, services, &mut state, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Catalog, CatalogError> {
+        Catalog::parse(Path::new("cairn.toml"), src, None)
+    }
+
+    #[test]
+    fn waves_follow_dependencies() {
+        let c = parse(
+            r#"
+[service.db]
+kind = "postgres"
+database = "x"
+[service.cache]
+kind = "redis"
+[service.api]
+kind = "command"
+backup = "cat s"
+restore = "cat > s"
+depends_on = ["db", "cache"]
+[service.web]
+kind = "files"
+path = "/srv"
+depends_on = ["api"]
+"#,
+        )
+        .unwrap();
+        let all = c.select(&[], false).unwrap();
+        assert_eq!(
+            c.waves(&all),
+            vec![
+                vec!["cache".to_string(), "db".into()],
+                vec!["api".into()],
+                vec!["web".into()]
+            ]
+        );
+        let some = c.select(&["api".into()], true).unwrap();
+        assert_eq!(some.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_services() {
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\ndepends_on = [\"ghost\"]\n")
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            vec!["cairn.toml:4: service a depends on unknown service \"ghost\"".to_string()]
+        );
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\ncolour = 1\n").unwrap_err();
+        assert!(
+            e.0[0].starts_with("cairn.toml:4:") && e.0[0].contains("colour"),
+            "{:?}",
+            e.0
+        );
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\nrto = \"2 minutes\"\n")
+            .unwrap_err();
+        assert!(
+            e.0[0].starts_with("cairn.toml:4:") && e.0[0].contains("duration"),
+            "{:?}",
+            e.0
+        );
+        let e = parse(
+            "[service.a]\nkind = \"files\"\npath = \"/a\"\ndepends_on = [\"b\"]\n[service.b]\nkind = \"files\"\npath = \"/b\"\ndepends_on = [\"a\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.0[0].contains("dependency cycle: a -> b -> a"),
+            "{:?}",
+            e.0
+        );
+        assert!(e.0[0].starts_with("cairn.toml:1:"), "{:?}", e.0);
+        let e = parse("[service.a]\nkind = \"mongo\"\n").unwrap_err();
+        assert!(
+            e.0[0].starts_with("cairn.toml:2:") && e.0[0].contains("unknown kind"),
+            "{:?}",
+            e.0
+        );
+    }
+
+    #[test]
+    fn environment_overrides_apply() {
+        let src = "[service.db]\nkind = \"postgres\"\ndatabase = \"orders\"\n[service.db.env.staging]\ndatabase = \"orders_staging\"\n";
+        let prod = Catalog::parse(Path::new("c"), src, None).unwrap();
+        let st = Catalog::parse(Path::new("c"), src, Some("staging")).unwrap();
+        assert_eq!(prod.services["db"].database.as_deref(), Some("orders"));
+        assert_eq!(
+            st.services["db"].database.as_deref(),
+            Some("orders_staging")
+        );
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    }
+}

@@ -1,0 +1,53 @@
+//! # cairn-stack
+//!
+//! The restore orchestrator: a declarative service catalog (`cairn.toml`),
+//! datastore adapters that stream dumps into the repository and back, group
+//! backups across services, a dependency plan, and restores that start each
+//! service as soon as its dependencies have passed their readiness gates,
+//! measuring every stage against the service's RTO budget.
+//!
+//! Key types: [`catalog::Catalog`], [`run::StackBackupReport`],
+//! [`run::RestoreReport`].
+//!
+//! ```
+//! use cairn_stack::catalog::Catalog;
+//! let c = Catalog::parse(
+//!     std::path::Path::new("cairn.toml"),
+//!     "[service.db]\nkind = \"postgres\"\ndatabase = \"orders\"\n\
+//!      [service.api]\nkind = \"command\"\nbackup = \"cat s\"\nrestore = \"cat > s\"\ndepends_on = [\"db\"]\n",
+//!     None,
+//! )
+//! .unwrap();
+//! let all = c.select(&[], false).unwrap();
+//! assert_eq!(c.waves(&all), vec![vec!["db".to_string()], vec!["api".to_string()]]);
+//! ```
+#![deny(missing_docs)]
+
+pub mod adapters;
+pub mod catalog;
+pub mod ready;
+pub mod redis;
+pub mod run;
+
+/// Errors of the orchestrator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StackError {
+    /// The catalog is invalid (messages carry file:line).
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    /// A service failed (unreachable, tool failed, check failed).
+    #[error("service {service}: {detail}")]
+    Service {
+        /// Service name.
+        service: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] cairn_repo::RepoError),
+    /// Bad request (unknown group, no snapshot for a service, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
