@@ -128,20 +128,19 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             Ok(0)
         }
         StackCmd::Plan(_) => {
-            let (group, waves, entries) = run::plan(&cat, &repo, &a.group, &selected)?;
+            let p = run::plan(&cat, &repo, &a.group, &selected)?;
             if g.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"group": group, "env": cat.env, "waves": waves, "services": entries})
-                    )?
-                );
+                println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
-                println!("group {group}, environment {}", cat.env);
-                for (i, w) in waves.iter().enumerate() {
+                println!("group {}, environment {}", p.group, p.env);
+                for (i, w) in p.waves.iter().enumerate() {
                     println!("wave {}:", i + 1);
                     for name in w {
-                        let e = entries.iter().find(|e| &e.service == name).expect("entry");
+                        let e = p
+                            .services
+                            .iter()
+                            .find(|e| &e.service == name)
+                            .expect("entry");
                         println!(
                             "  {name} ({}) <- snapshot {} {}",
                             e.kind,
