@@ -1,5 +1,6 @@
 //! End-to-end tests of the `cairn` binary. Each test names what it guards.
 
+mod stack;
 mod util;
 
 use std::ffi::OsStr;
@@ -416,7 +417,7 @@ fn keys_can_be_added_changed_and_removed() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();

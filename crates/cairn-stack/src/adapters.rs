@@ -168,9 +168,18 @@ fn redis_conn(svc: &Service) -> Result<Conn, StackError> {
         .map_err(|e| err(svc, format!("redis at {addr}: {e}")))
 }
 
-/// Row, key or file counts of the live service, by name (sorted). These are
-/// what the snapshot records and what a restore is checked against.
+/// Row, key or file counts of the live service, by name (sorted): what the
+/// snapshot records at backup time.
 pub fn counts(svc: &Service) -> Result<Vec<(String, u64)>, StackError> {
+    counts_at(svc, svc.path.as_deref())
+}
+
+/// The same counts where a restore put the data (a files service's target).
+pub fn restored_counts(svc: &Service) -> Result<Vec<(String, u64)>, StackError> {
+    counts_at(svc, svc.target.as_deref().or(svc.path.as_deref()))
+}
+
+fn counts_at(svc: &Service, dir: Option<&Path>) -> Result<Vec<(String, u64)>, StackError> {
     match svc.kind {
         Kind::Postgres => {
             let db = svc.database.as_deref().unwrap_or_default();
@@ -251,11 +260,7 @@ pub fn counts(svc: &Service) -> Result<Vec<(String, u64)>, StackError> {
             Ok(out)
         }
         Kind::Files => {
-            let root = svc
-                .target
-                .as_ref()
-                .or(svc.path.as_ref())
-                .expect("validated");
+            let root = dir.expect("validated: files services have a path");
             let (mut files, mut bytes) = (0u64, 0u64);
             count_files(root, &mut files, &mut bytes)
                 .map_err(|e| err(svc, format!("{}: {e}", root.display())))?;

@@ -595,7 +595,7 @@ fn restore_one(
             return false;
         }
         stage(&mut r, "check", &mut |r| {
-            let actual: BTreeMap<String, u64> = adapters::counts(svc)
+            let actual: BTreeMap<String, u64> = adapters::restored_counts(svc)
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .collect();
