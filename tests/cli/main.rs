@@ -545,3 +545,65 @@ fn ls_below_a_path_and_cat_decode_objects() {
         "2"
     );
 }
+
+#[test]
+fn forget_keeps_by_rule_respects_protection_and_dry_run() {
+    let env = Env::new();
+    env.init(&[]);
+    for i in 0..4 {
+        env.backup_stdin(format!("v{i}").as_bytes(), "f");
+    }
+    let snaps = env.json(&["snapshots"]);
+    let ids: Vec<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    // Protect the oldest.
+    env.ok(&["tag", &ids[0], "--protect"]);
+    let dry = env.json(&["forget", "--keep-last", "2", "--dry-run"]);
+    let rows = dry["groups"][0]["snapshots"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows.iter().filter(|r| r["keep"] == true).count(),
+        3,
+        "{dry}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["reasons"] == serde_json::json!(["protected"])),
+        "{dry}"
+    );
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        4,
+        "dry run removed something"
+    );
+    env.ok(&["forget", "--keep-last", "2"]);
+    let left = env.json(&["snapshots"]);
+    assert_eq!(left.as_array().unwrap().len(), 3);
+    assert!(left.as_array().unwrap().iter().any(|s| {
+        s["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("cairn:protected"))
+    }));
+    // No rule: nothing removed, and it says so.
+    let o = env.run(&["forget"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no keep rule"));
+    // By id; a protected one is refused.
+    let newest = left.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["forget", &newest]);
+    let protected_id = env.json(&["snapshots"]).as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(env.run(&["forget", &protected_id]).status.code(), Some(1));
+    // The remaining snapshots still restore.
+    assert_eq!(env.ok(&["dump", "latest", "f"]), "v2");
+}

@@ -566,3 +566,53 @@ fn bad_catalogs_are_rejected_with_file_and_line() {
         );
     }
 }
+
+#[test]
+fn stack_forget_applies_catalog_retention_per_service() {
+    let env = Env::new();
+    env.init(&[]);
+    let files = env.path("files");
+    fs::create_dir_all(&files).unwrap();
+    let catalog = env.path("cairn.toml");
+    fs::write(
+        &catalog,
+        format!(
+            "[service.docs]\nkind = \"files\"\npath = \"{}\"\nretention = {{ keep_last = 2 }}\n\n[service.app]\nkind = \"command\"\nbackup = \"echo app\"\nrestore = \"cat >/dev/null\"\n",
+            files.display()
+        ),
+    )
+    .unwrap();
+    let cat = catalog.to_str().unwrap();
+    for i in 0..4 {
+        fs::write(files.join("f"), format!("{i}")).unwrap();
+        assert!(
+            env.run(&["stack", "backup", "--catalog", cat])
+                .status
+                .success()
+        );
+    }
+    let count = |svc: &str| {
+        env.json(&["snapshots", "--service", svc])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!((count("docs"), count("app")), (4, 4));
+    let o = env.run(&["stack", "forget", "--catalog", cat]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // docs keeps 2; app has no retention and keeps everything.
+    assert_eq!((count("docs"), count("app")), (2, 4));
+    let bad = env.path("bad.toml");
+    fs::write(
+        &bad,
+        "[service.d]\nkind = \"files\"\npath = \"/x\"\nretention = { keep_within = \"3 weeks\" }\n",
+    )
+    .unwrap();
+    let o = env.run(&["stack", "forget", "--catalog", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(":1: service d: retention"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

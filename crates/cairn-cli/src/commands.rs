@@ -27,7 +27,7 @@ fn location(g: &GlobalArgs) -> Result<String> {
         .ok_or_else(|| anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY"))
 }
 
-fn open(g: &GlobalArgs) -> Result<Repository> {
+pub fn open(g: &GlobalArgs) -> Result<Repository> {
     let loc = location(g)?;
     let store = store::open_location(&loc, false)?;
     let pw = read_password(g, false)?;

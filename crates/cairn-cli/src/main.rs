@@ -4,6 +4,7 @@
 //! unreadable files skipped during a backup).
 
 mod commands;
+mod forget;
 mod stack;
 mod util;
 
@@ -61,6 +62,10 @@ enum Cmd {
     Dump(commands::DumpArgs),
     /// Restore a snapshot
     Restore(commands::RestoreArgs),
+    /// Remove snapshots by keep rules (or by id)
+    Forget(forget::ForgetArgs),
+    /// Change snapshot tags; --protect keeps a snapshot from forget
+    Tag(forget::TagArgs),
     /// Repository statistics
     Stats,
     /// Print a decoded object (for debugging)
@@ -87,6 +92,8 @@ fn main() {
         Cmd::Dump(a) => commands::dump(&cli.global, a),
         Cmd::Restore(a) => commands::restore(&cli.global, a),
         Cmd::Stats => commands::stats(&cli.global),
+        Cmd::Forget(a) => forget::forget_cmd(&cli.global, a),
+        Cmd::Tag(a) => forget::tag_cmd(&cli.global, a),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),

@@ -8,6 +8,7 @@ use cairn_repo::{IndexedRepository, Repository, store};
 use cairn_stack::catalog::Catalog;
 use cairn_stack::run;
 use clap::{Args, Subcommand};
+use serde_json::json;
 
 use crate::GlobalArgs;
 use crate::util::{format_time, human_bytes, read_password};
@@ -20,6 +21,59 @@ pub enum StackCmd {
     Plan(StackArgs),
     /// Restore a group: dependency order, parallel where possible, gated and timed
     Restore(StackArgs),
+    /// Apply each service's catalog retention to its snapshots
+    Forget(StackForgetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StackForgetArgs {
+    /// Service catalog
+    #[arg(long, env = "CAIRN_CATALOG", default_value = "cairn.toml")]
+    catalog: PathBuf,
+    /// Only these services (repeatable)
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Show what would be removed; remove nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
+    let cat = Catalog::load(&a.catalog, None)?;
+    let selected = cat.select(&a.only, false)?;
+    let repo = open(g, &cat)?;
+    let all = repo.repo.list_snapshots()?;
+    let mut report = Vec::new();
+    let mut removed = 0;
+    for name in &selected {
+        let svc = &cat.services[name];
+        let Some(ret) = &svc.retention else {
+            if !g.json {
+                println!("{name}: no retention in the catalog, nothing removed");
+            }
+            continue;
+        };
+        let policy = ret.policy().map_err(|e| anyhow!("service {name}: {e}"))?;
+        let snaps: Vec<_> = all
+            .iter()
+            .filter(|(_, s)| &s.service == name)
+            .cloned()
+            .collect();
+        let groups = crate::forget::decide(&policy, cairn_repo::forget::GroupBy::default(), snaps);
+        let (n, v) =
+            crate::forget::execute(g, &repo.repo, &groups, a.dry_run, &format!("{name}: "))?;
+        removed += n;
+        report.push(json!({"service": name, "removed": n, "groups": v}));
+    }
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"dry_run": a.dry_run, "removed": removed, "services": report})
+            )?
+        );
+    }
+    Ok(0)
 }
 
 #[derive(Args, Debug)]
@@ -79,7 +133,12 @@ fn write_out(path: &Option<PathBuf>, text: &str) -> Result<()> {
 }
 
 pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
-    let (StackCmd::Backup(a) | StackCmd::Plan(a) | StackCmd::Restore(a)) = &cmd;
+    if let StackCmd::Forget(f) = cmd {
+        return stack_forget(g, f);
+    }
+    let (StackCmd::Backup(a) | StackCmd::Plan(a) | StackCmd::Restore(a)) = &cmd else {
+        unreachable!("forget returned above")
+    };
     let cat = Catalog::load(&a.catalog, a.env.as_deref())?;
     let selected: BTreeSet<String> = cat.select(&a.only, a.with_deps)?;
     let repo = open(g, &cat)?;
@@ -158,6 +217,7 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        StackCmd::Forget(_) => unreachable!("handled above"),
         StackCmd::Restore(a) => {
             let quiet = g.json || g.quiet;
             let r = run::stack_restore(&cat, &repo, &a.group, &selected, jobs, &|msg| {

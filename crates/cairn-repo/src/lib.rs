@@ -35,6 +35,7 @@
 
 mod backup;
 pub mod error;
+pub mod forget;
 pub mod index;
 mod indexed;
 mod packer;

@@ -261,6 +261,36 @@ impl Repository {
         }
     }
 
+    /// Remove snapshot objects (what `forget` does; their data stays until prune).
+    pub fn delete_snapshots(&self, ids: &[SnapshotId]) -> Result<()> {
+        for id in ids {
+            self.store.delete(&store::snapshot_path(id))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrite a snapshot with other tags: the new snapshot is written first
+    /// (recording the original's id), then the original is removed.
+    pub fn retag(&self, id: &SnapshotId, add: &[String], remove: &[String]) -> Result<SnapshotId> {
+        let mut s = self.load_snapshot(id)?;
+        let before = s.tags.clone();
+        s.tags.retain(|t| !remove.contains(t));
+        for t in add {
+            if !s.tags.contains(t) {
+                s.tags.push(t.clone());
+            }
+        }
+        if s.tags == before {
+            return Ok(*id);
+        }
+        if !s.extra.iter().any(|(k, _)| k == "original") {
+            s.extra.push(("original".into(), id.to_hex()));
+        }
+        let new = self.save_snapshot(&s)?;
+        self.store.delete(&store::snapshot_path(id))?;
+        Ok(new)
+    }
+
     /// Write a snapshot object. Call only after its packs and index are durable.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
         let bytes = snap.encode(&self.key);

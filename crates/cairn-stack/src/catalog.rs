@@ -60,6 +60,26 @@ pub struct Retention {
     pub keep_within: Option<String>,
 }
 
+impl Retention {
+    /// The keep rules as a policy.
+    pub fn policy(&self) -> Result<cairn_repo::forget::RetentionPolicy, String> {
+        Ok(cairn_repo::forget::RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self
+                .keep_within
+                .as_deref()
+                .map(cairn_repo::forget::parse_keep_within)
+                .transpose()?,
+            keep_tags: vec![],
+        })
+    }
+}
+
 /// A service after defaults and environment overrides.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Service {
@@ -485,6 +505,19 @@ impl Catalog {
                 }
                 Kind::Redis => {}
             }
+            let retention = rs
+                .retention
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.retention.clone()));
+            if let Some(r) = &retention {
+                match r.policy() {
+                    Err(e) => cx.err(at, format!("service {name}: retention: {e}")),
+                    Ok(p) if p.is_empty() => {
+                        cx.err(at, format!("service {name}: retention has no keep rule"))
+                    }
+                    Ok(_) => {}
+                }
+            }
             services.insert(
                 name.clone(),
                 Service {
@@ -509,10 +542,7 @@ impl Catalog {
                     ready_timeout,
                     rto,
                     parallelism: m.parallelism.unwrap_or(default_par).max(1),
-                    retention: rs
-                        .retention
-                        .clone()
-                        .or_else(|| defaults.and_then(|d| d.retention.clone())),
+                    retention,
                     workdir: dir.clone(),
                 },
             );

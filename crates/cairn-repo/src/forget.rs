@@ -1,0 +1,432 @@
+//! Retention: which snapshots a policy keeps, and why.
+//!
+//! Semantics follow restic's `forget`: snapshots are grouped (default by
+//! service, host and paths); within a group, newest first, `keep-last N` keeps
+//! the N newest; `keep-hourly/daily/weekly/monthly/yearly N` keep the newest
+//! snapshot of each of the last N hours/days/... that have a snapshot;
+//! `keep-within D` keeps everything within D of the group's newest snapshot;
+//! `keep-tag T` keeps every snapshot tagged T. A snapshot is kept if any rule
+//! keeps it. Protected snapshots are always kept. Calendar buckets are in UTC
+//! (cairn records snapshot times in UTC; restic uses local time).
+
+use std::time::Duration;
+
+use cairn_format::SnapshotId;
+use cairn_format::snapshot::Snapshot;
+
+/// Tag that marks a snapshot as protected from `forget`.
+pub const PROTECTED_TAG: &str = "cairn:protected";
+
+/// Keep rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep the N newest.
+    pub keep_last: Option<u32>,
+    /// Keep the newest of each of the last N hours.
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest of each of the last N days.
+    pub keep_daily: Option<u32>,
+    /// Keep the newest of each of the last N ISO weeks.
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest of each of the last N months.
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest of each of the last N years.
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within this duration of the group's newest snapshot.
+    pub keep_within: Option<Duration>,
+    /// Keep every snapshot with one of these tags.
+    pub keep_tags: Vec<String>,
+}
+
+impl RetentionPolicy {
+    /// True if no rule is set (restic then removes nothing; so does cairn).
+    pub fn is_empty(&self) -> bool {
+        *self == RetentionPolicy::default()
+    }
+}
+
+/// The verdict on one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Kept or removed.
+    pub keep: bool,
+    /// The rules that keep it (e.g. "last", "daily", "tag nightly", "protected").
+    pub reasons: Vec<String>,
+}
+
+/// Civil date and time (UTC) of a Unix time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Civil {
+    /// Year.
+    pub year: i64,
+    /// Month 1..=12.
+    pub month: u32,
+    /// Day 1..=31.
+    pub day: u32,
+    /// Hour 0..=23.
+    pub hour: u32,
+    /// ISO 8601 week-numbering year.
+    pub iso_year: i64,
+    /// ISO 8601 week 1..=53.
+    pub iso_week: u32,
+}
+
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl Civil {
+    /// From nanoseconds since the epoch.
+    pub fn from_ns(ns: i64) -> Civil {
+        let secs = ns.div_euclid(1_000_000_000);
+        let days = secs.div_euclid(86_400);
+        let hour = (secs.rem_euclid(86_400) / 3600) as u32;
+        let (year, month, day) = civil_from_days(days);
+        // ISO week: the week's Thursday decides the year.
+        let weekday = (days + 3).rem_euclid(7); // 0 = Monday
+        let thursday = days - weekday + 3;
+        let (iso_year, _, _) = civil_from_days(thursday);
+        let iso_week = ((thursday - days_from_civil(iso_year, 1, 1)) / 7 + 1) as u32;
+        Civil {
+            year,
+            month,
+            day,
+            hour,
+            iso_year,
+            iso_week,
+        }
+    }
+}
+
+/// Decide for one group of snapshots (any order). Newest first in the result.
+pub fn apply(policy: &RetentionPolicy, group: &[(SnapshotId, Snapshot)]) -> Vec<Decision> {
+    let mut snaps: Vec<&(SnapshotId, Snapshot)> = group.iter().collect();
+    snaps.sort_by(|a, b| b.1.time_ns.cmp(&a.1.time_ns).then(b.0.cmp(&a.0)));
+    let newest = snaps.first().map(|s| s.1.time_ns).unwrap_or(0);
+    type Bucket = fn(&Civil) -> i64;
+    let rules: [(&str, Option<u32>, Bucket); 5] = [
+        ("hourly", policy.keep_hourly, |c| {
+            ((c.year * 100 + c.month as i64) * 100 + c.day as i64) * 100 + c.hour as i64
+        }),
+        ("daily", policy.keep_daily, |c| {
+            (c.year * 100 + c.month as i64) * 100 + c.day as i64
+        }),
+        ("weekly", policy.keep_weekly, |c| {
+            c.iso_year * 100 + c.iso_week as i64
+        }),
+        ("monthly", policy.keep_monthly, |c| {
+            c.year * 100 + c.month as i64
+        }),
+        ("yearly", policy.keep_yearly, |c| c.year),
+    ];
+    let mut left: Vec<u32> = rules.iter().map(|r| r.1.unwrap_or(0)).collect();
+    let mut last: Vec<Option<i64>> = vec![None; rules.len()];
+    let mut kept_last = 0u32;
+    let mut out = Vec::with_capacity(snaps.len());
+    for (id, s) in snaps {
+        let mut reasons = Vec::new();
+        if s.tags.iter().any(|t| t == PROTECTED_TAG) {
+            reasons.push("protected".to_string());
+        }
+        if let Some(n) = policy.keep_last
+            && kept_last < n
+        {
+            kept_last += 1;
+            reasons.push("last".into());
+        }
+        let c = Civil::from_ns(s.time_ns);
+        for (i, (name, _, bucket)) in rules.iter().enumerate() {
+            let b = bucket(&c);
+            if left[i] > 0 && last[i] != Some(b) {
+                left[i] -= 1;
+                last[i] = Some(b);
+                reasons.push((*name).into());
+            }
+        }
+        if let Some(w) = policy.keep_within
+            && newest - s.time_ns <= w.as_nanos() as i64
+        {
+            reasons.push("within".into());
+        }
+        for t in &policy.keep_tags {
+            if s.tags.contains(t) {
+                reasons.push(format!("tag {t}"));
+            }
+        }
+        out.push(Decision {
+            id: *id,
+            keep: !reasons.is_empty(),
+            reasons,
+        });
+    }
+    out
+}
+
+/// What snapshots are grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupBy {
+    /// Group by service.
+    pub service: bool,
+    /// Group by host.
+    pub host: bool,
+    /// Group by paths.
+    pub paths: bool,
+    /// Group by tags.
+    pub tags: bool,
+}
+
+impl Default for GroupBy {
+    fn default() -> Self {
+        GroupBy {
+            service: true,
+            host: true,
+            paths: true,
+            tags: false,
+        }
+    }
+}
+
+impl GroupBy {
+    /// Parse "service,host,paths,tags" (any subset; "" groups everything together).
+    pub fn parse(s: &str) -> Result<GroupBy, String> {
+        let mut g = GroupBy {
+            service: false,
+            host: false,
+            paths: false,
+            tags: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "service" => g.service = true,
+                "host" => g.host = true,
+                "paths" => g.paths = true,
+                "tags" => g.tags = true,
+                o => {
+                    return Err(format!(
+                        "unknown group-by field {o:?} (service, host, paths, tags)"
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    /// The key of a snapshot's group.
+    pub fn key(&self, s: &Snapshot) -> String {
+        let mut k = Vec::new();
+        if self.service {
+            k.push(format!("service={}", s.service));
+        }
+        if self.host {
+            k.push(format!("host={}", s.hostname));
+        }
+        if self.paths {
+            let p: Vec<String> = s
+                .paths
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            k.push(format!("paths={}", p.join(":")));
+        }
+        if self.tags {
+            let mut t: Vec<&String> = s.tags.iter().filter(|t| *t != PROTECTED_TAG).collect();
+            t.sort();
+            k.push(format!(
+                "tags={}",
+                t.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+            ));
+        }
+        k.join(" ")
+    }
+}
+
+/// Parse a `keep-within` duration the way restic users write it:
+/// `1y6m`, `30d`, `12h`, `2y3m10d5h` (y = 365 days, m = 30 days: months, not minutes).
+pub fn parse_keep_within(s: &str) -> Result<Duration, String> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("bad duration {s:?} (use e.g. 1y6m, 30d, 12h)"))?;
+        num.clear();
+        total += n * match ch {
+            'y' => 365 * 86_400,
+            'm' => 30 * 86_400,
+            'w' => 7 * 86_400,
+            'd' => 86_400,
+            'h' => 3600,
+            _ => return Err(format!("bad unit {ch:?} in {s:?} (y, m = months, w, d, h)")),
+        };
+    }
+    if !num.is_empty() {
+        return Err(format!("{s:?} needs a unit (y, m = months, w, d, h)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_format::ChunkId;
+
+    fn at(y: i64, m: u32, d: u32, h: u32, min: i64) -> i64 {
+        (days_from_civil(y, m, d) * 86_400 + h as i64 * 3600 + min * 60) * 1_000_000_000
+    }
+
+    fn snap(i: u8, t: i64, tags: &[&str]) -> (SnapshotId, Snapshot) {
+        (
+            SnapshotId([i; 32]),
+            Snapshot {
+                time_ns: t,
+                tree: ChunkId::default(),
+                parent: None,
+                group: None,
+                service: String::new(),
+                hostname: "h".into(),
+                username: "u".into(),
+                paths: vec![],
+                tags: tags.iter().map(|s| s.to_string()).collect(),
+                summary: Default::default(),
+                fingerprints: vec![],
+                extra: vec![],
+            },
+        )
+    }
+
+    fn kept(p: &RetentionPolicy, g: &[(SnapshotId, Snapshot)]) -> Vec<u8> {
+        let mut v: Vec<u8> = apply(p, g)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.0[0])
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A month of daily snapshots at 10:00 plus extra ones, as in restic's
+    /// documentation examples: 2016-01-01 .. 2016-01-31, ids = day of month.
+    fn january() -> Vec<(SnapshotId, Snapshot)> {
+        let mut v: Vec<_> = (1..=31)
+            .map(|d| snap(d as u8, at(2016, 1, d, 10, 0), &[]))
+            .collect();
+        // two more on Jan 31 (later the same day) and one on Jan 30 in the evening
+        v.push(snap(100, at(2016, 1, 31, 11, 0), &[]));
+        v.push(snap(101, at(2016, 1, 31, 12, 0), &["important"]));
+        v.push(snap(102, at(2016, 1, 30, 22, 0), &[]));
+        v
+    }
+
+    #[test]
+    fn table_of_keep_rules() {
+        let g = january();
+        let p = |f: fn(&mut RetentionPolicy)| {
+            let mut p = RetentionPolicy::default();
+            f(&mut p);
+            p
+        };
+        // (policy, expected kept ids)
+        let cases: Vec<(RetentionPolicy, Vec<u8>)> = vec![
+            // keep-last 3: the three newest.
+            (p(|p| p.keep_last = Some(3)), vec![31, 100, 101]),
+            // keep-daily 3: the newest snapshot of each of the last 3 days.
+            (p(|p| p.keep_daily = Some(3)), vec![29, 101, 102]),
+            // keep-hourly 2: the newest of each of the last 2 hours with snapshots.
+            (p(|p| p.keep_hourly = Some(2)), vec![100, 101]),
+            // keep-weekly 2 (ISO weeks, Monday first): Jan 31 2016 is a Sunday
+            // (week 4, newest 101) and week 3 ends Sunday Jan 24.
+            (p(|p| p.keep_weekly = Some(2)), vec![24, 101]),
+            // keep-monthly / yearly with one month of data: the newest only.
+            (p(|p| p.keep_monthly = Some(5)), vec![101]),
+            (p(|p| p.keep_yearly = Some(5)), vec![101]),
+            // keep-within 2 days of the newest (Jan 31 12:00): Jan 29 12:00 onwards.
+            (
+                p(|p| p.keep_within = Some(Duration::from_secs(2 * 86_400))),
+                vec![30, 31, 100, 101, 102],
+            ),
+            // keep-tag.
+            (p(|p| p.keep_tags = vec!["important".into()]), vec![101]),
+            // rules combine: last 1 plus daily 2.
+            (
+                p(|p| {
+                    p.keep_last = Some(1);
+                    p.keep_daily = Some(2);
+                }),
+                vec![101, 102],
+            ),
+        ];
+        for (policy, expected) in cases {
+            assert_eq!(kept(&policy, &g), expected, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn protected_snapshots_are_always_kept_and_empty_policy_flags() {
+        let g = vec![
+            snap(1, at(2020, 1, 1, 0, 0), &[PROTECTED_TAG]),
+            snap(2, at(2021, 1, 1, 0, 0), &[]),
+        ];
+        let p = RetentionPolicy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(kept(&p, &g), vec![1, 2]);
+        let d = apply(&p, &g);
+        assert_eq!(
+            d.iter().find(|d| d.id.0[0] == 1).unwrap().reasons,
+            vec!["protected"]
+        );
+        assert!(RetentionPolicy::default().is_empty());
+    }
+
+    #[test]
+    fn keep_within_uses_restic_units() {
+        assert_eq!(
+            parse_keep_within("1y6m").unwrap(),
+            Duration::from_secs((365 + 180) * 86_400)
+        );
+        assert_eq!(
+            parse_keep_within("2d12h").unwrap(),
+            Duration::from_secs(60 * 3600)
+        );
+        assert!(parse_keep_within("3 weeks").is_err());
+        assert!(parse_keep_within("10").is_err());
+    }
+
+    #[test]
+    fn iso_weeks_match_known_dates() {
+        let c = Civil::from_ns(at(2016, 1, 1, 0, 0)); // Friday: ISO week 53 of 2015
+        assert_eq!((c.iso_year, c.iso_week), (2015, 53));
+        let c = Civil::from_ns(at(2016, 1, 4, 0, 0)); // Monday: week 1 of 2016
+        assert_eq!((c.iso_year, c.iso_week), (2016, 1));
+        let c = Civil::from_ns(at(2026, 11, 23, 0, 0));
+        assert_eq!((c.year, c.month, c.day, c.iso_week), (2026, 11, 23, 48));
+    }
+}
