@@ -607,3 +607,42 @@ fn forget_keeps_by_rule_respects_protection_and_dry_run() {
     // The remaining snapshots still restore.
     assert_eq!(env.ok(&["dump", "latest", "f"]), "v2");
 }
+
+#[test]
+fn forget_and_two_phase_prune_shrink_to_a_fresh_backup_of_the_kept_data() {
+    let env = Env::new();
+    env.init(&[]);
+    let versions: Vec<Vec<u8>> = (0..3).map(|i| prng(50 + i, 24 << 20)).collect();
+    for v in &versions {
+        env.backup_stdin(v, "db.dump");
+    }
+    let full = dir_size(&env.repo());
+    env.ok(&["forget", "--keep-last", "1"]);
+    // Phase 1 marks, deletes nothing.
+    let p1 = env.json(&["prune"]);
+    assert!(p1["packs_marked"].as_u64().unwrap() >= 2, "{p1}");
+    assert_eq!(p1["packs_deleted"], 0);
+    assert!(dir_size(&env.repo()) >= full);
+    // Once the grace period has passed (here: 0s), phase 2 deletes.
+    let p2 = env.json(&["prune", "--keep-delete", "0s"]);
+    assert!(p2["packs_deleted"].as_u64().unwrap() >= 2, "{p2}");
+    let pruned = dir_size(&env.repo());
+    // A fresh repository holding only the kept data.
+    let fresh = Env::new();
+    fresh.init(&[]);
+    fresh.backup_stdin(&versions[2], "db.dump");
+    let fresh_size = dir_size(&fresh.repo());
+    assert!(
+        (pruned as f64) <= fresh_size as f64 * 1.05,
+        "pruned repository {pruned} bytes vs fresh {fresh_size} bytes"
+    );
+    eprintln!("prune: {full} -> {pruned} bytes; fresh backup of the kept data: {fresh_size} bytes");
+    assert_eq!(
+        env.cmd()
+            .args(["dump", "latest", "db.dump"])
+            .output()
+            .unwrap()
+            .stdout,
+        versions[2]
+    );
+}

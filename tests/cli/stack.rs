@@ -602,6 +602,20 @@ fn stack_forget_applies_catalog_retention_per_service() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // docs keeps 2; app has no retention and keeps everything.
     assert_eq!((count("docs"), count("app")), (2, 4));
+    // --prune runs the two-phase prune after the forget.
+    let o = env.run(&[
+        "stack",
+        "forget",
+        "--catalog",
+        cat,
+        "--prune",
+        "--keep-delete",
+        "0s",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"packs_marked\""));
+    assert_eq!((count("docs"), count("app")), (2, 4));
     let bad = env.path("bad.toml");
     fs::write(
         &bad,

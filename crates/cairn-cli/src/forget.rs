@@ -75,6 +75,11 @@ pub struct ForgetArgs {
     /// Show what would be removed; remove nothing
     #[arg(long)]
     dry_run: bool,
+    /// Prune afterwards
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_args: PruneArgs,
 }
 
 /// Apply a policy to snapshots (already filtered); returns the decisions by group.
@@ -168,6 +173,9 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
         if !a.dry_run {
             repo.delete_snapshots(&ids)?;
         }
+        if a.prune {
+            return run_prune(g, repo.load_index()?, &a.prune_args, a.dry_run);
+        }
         if g.json {
             println!(
                 "{}",
@@ -206,6 +214,9 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
             "{}",
             serde_json::to_string_pretty(&json!({"dry_run": a.dry_run, "groups": v}))?
         );
+    }
+    if a.prune {
+        return run_prune(g, repo.load_index()?, &a.prune_args, a.dry_run);
     }
     Ok(0)
 }
@@ -252,4 +263,124 @@ pub fn tag_cmd(g: &GlobalArgs, a: TagArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Options of `cairn prune` (also taken by `forget --prune`).
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Repack packs whose unused share exceeds this (e.g. 5% or 0.05)
+    #[arg(long, default_value = "5%", value_parser = parse_fraction)]
+    max_unused: f64,
+    /// Grace period between marking packs and deleting them (e.g. 24h, 30m)
+    #[arg(long, default_value = "24h", value_parser = cairn_stack::catalog::parse_duration)]
+    keep_delete: std::time::Duration,
+    /// Delete immediately: ONLY safe if nothing else writes to the repository
+    #[arg(long)]
+    instant_delete: bool,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|x| x / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("bad fraction {s:?} (use 5% or 0.05)"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} is not between 0% and 100%"))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PruneCmdArgs {
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// Report only
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Run a prune and print its report.
+pub fn run_prune(
+    g: &GlobalArgs,
+    repo: cairn_repo::IndexedRepository,
+    a: &PruneArgs,
+    dry_run: bool,
+) -> Result<i32> {
+    if a.instant_delete && !g.json {
+        eprintln!(
+            "warning: --instant-delete: packs are deleted now, without a grace period; a backup running at the same time can lose data"
+        );
+    }
+    let opts = cairn_repo::PruneOptions {
+        max_unused: a.max_unused,
+        keep_delete: a.keep_delete,
+        instant_delete: a.instant_delete,
+        dry_run,
+    };
+    let r = repo.prune(&opts)?;
+    let h = crate::util::human_bytes;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "dry_run": dry_run, "snapshots": r.snapshots, "packs_before": r.packs_before, "bytes_before": r.bytes_before,
+                "blobs_used": r.blobs_used, "blobs_unused": r.blobs_unused,
+                "packs_marked": r.packs_marked, "bytes_marked": r.bytes_marked, "unindexed_marked": r.unindexed_marked,
+                "packs_repacked": r.packs_repacked, "blobs_repacked": r.blobs_repacked, "bytes_repacked": r.bytes_repacked,
+                "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted, "packs_recovered": r.packs_recovered,
+                "markers_pending": r.markers_pending, "markers_completed": r.markers_completed,
+            }))?
+        );
+    } else {
+        println!(
+            "{} snapshots use {} blobs; {} indexed blobs are unused",
+            r.snapshots, r.blobs_used, r.blobs_unused
+        );
+        println!(
+            "deleted now:   {} packs, {} (finished {} earlier markings{})",
+            r.packs_deleted,
+            h(r.bytes_deleted),
+            r.markers_completed,
+            if r.packs_recovered > 0 {
+                format!(
+                    ", {} packs kept because a snapshot needs them",
+                    r.packs_recovered
+                )
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "marked now:    {} packs, {} ({} repacked: {} blobs copied, {} written; {} unindexed)",
+            r.packs_marked,
+            h(r.bytes_marked),
+            r.packs_repacked,
+            r.blobs_repacked,
+            h(r.bytes_repacked),
+            r.unindexed_marked
+        );
+        if !a.instant_delete && r.packs_marked > 0 {
+            println!(
+                "marked packs are deleted by a prune run after {:?} from now",
+                a.keep_delete
+            );
+        }
+        if r.markers_pending > 0 {
+            println!(
+                "{} earlier markings are still in their grace period",
+                r.markers_pending
+            );
+        }
+        if dry_run {
+            println!("dry run: nothing was changed");
+        }
+    }
+    Ok(0)
+}
+
+pub fn prune_cmd(g: &GlobalArgs, a: PruneCmdArgs) -> Result<i32> {
+    let repo = crate::commands::open(g)?.load_index()?;
+    run_prune(g, repo, &a.prune, a.dry_run)
 }

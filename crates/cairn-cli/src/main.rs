@@ -64,6 +64,8 @@ enum Cmd {
     Restore(commands::RestoreArgs),
     /// Remove snapshots by keep rules (or by id)
     Forget(forget::ForgetArgs),
+    /// Remove data no snapshot uses (two phases, safe alongside backups)
+    Prune(forget::PruneCmdArgs),
     /// Change snapshot tags; --protect keeps a snapshot from forget
     Tag(forget::TagArgs),
     /// Repository statistics
@@ -94,6 +96,7 @@ fn main() {
         Cmd::Stats => commands::stats(&cli.global),
         Cmd::Forget(a) => forget::forget_cmd(&cli.global, a),
         Cmd::Tag(a) => forget::tag_cmd(&cli.global, a),
+        Cmd::Prune(a) => forget::prune_cmd(&cli.global, a),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),

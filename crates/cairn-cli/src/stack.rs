@@ -36,6 +36,11 @@ pub struct StackForgetArgs {
     /// Show what would be removed; remove nothing
     #[arg(long)]
     dry_run: bool,
+    /// Prune afterwards
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_args: crate::forget::PruneArgs,
 }
 
 fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
@@ -72,6 +77,11 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
                 &json!({"dry_run": a.dry_run, "removed": removed, "services": report})
             )?
         );
+    }
+    if a.prune {
+        // Snapshots changed: read them (and the index) afresh.
+        let repo = open(g, &cat)?;
+        return crate::forget::run_prune(g, repo, &a.prune_args, a.dry_run);
     }
     Ok(0)
 }

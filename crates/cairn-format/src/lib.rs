@@ -26,6 +26,7 @@
 pub mod codec;
 pub mod config;
 pub mod crypto;
+pub mod deletion;
 pub mod envelope;
 pub mod error;
 pub mod id;

@@ -7,7 +7,7 @@
 //! parallel. A file whose size, mtime, ctime and inode match the parent
 //! snapshot is not read at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -155,12 +155,23 @@ fn base_node(name: Vec<u8>, md: &fs::Metadata, kind: NodeKind) -> Node {
 }
 
 impl Walker<'_> {
+    /// Whether every chunk of an unchanged file is still indexed; if so the
+    /// backup relies on them (recorded for the prune protocol, format-spec §5.1).
     fn chunk_ok(&self, extents: &[Extent]) -> bool {
-        let idx = self.repo.index.read().expect("index lock");
-        extents.iter().all(|e| match e {
-            Extent::Chunk { id, .. } => idx.contains(BlobKind::Data, id),
-            Extent::Hole { .. } => true,
-        })
+        let ids = || {
+            extents.iter().filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(*id),
+                Extent::Hole { .. } => None,
+            })
+        };
+        let ok = {
+            let idx = self.repo.index.read().expect("index lock");
+            ids().all(|id| idx.contains(BlobKind::Data, &id))
+        };
+        if ok {
+            self.packer.note_reused(BlobKind::Data, ids());
+        }
+        ok
     }
 
     /// Store one chunk that is entirely in memory.
@@ -568,6 +579,7 @@ impl IndexedRepository {
             walker.backup_trie(&trie, Path::new("/"), parent.as_ref().map(|p| &p.1))?
         };
         let root = packer.store_tree(&Tree { nodes: root_nodes })?;
+        let reused = packer.reused();
         let stats = packer.finish()?;
         self.commit(
             opts,
@@ -578,6 +590,7 @@ impl IndexedRepository {
             progress,
             stats,
             start,
+            &reused,
         )
     }
 
@@ -592,6 +605,7 @@ impl IndexedRepository {
         progress: &Progress,
         stats: PackerStats,
         start: Instant,
+        reused: &HashSet<(BlobKind, ChunkId)>,
     ) -> Result<BackupResult> {
         let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let snapshot = Snapshot {
@@ -620,7 +634,11 @@ impl IndexedRepository {
             fingerprints: opts.fingerprints.clone(),
             extra: vec![],
         };
+        // Prune protocol (format-spec §5.1): never commit a snapshot that needs
+        // a deleted pack, and re-list packs a prune marked meanwhile.
+        self.guard_reused(reused)?;
         let id = self.repo.save_snapshot(&snapshot)?;
+        self.relist_marked(reused)?;
         Ok(BackupResult {
             id,
             snapshot,
@@ -674,6 +692,7 @@ impl IndexedRepository {
             size,
         };
         let root = packer.store_tree(&Tree { nodes: vec![node] })?;
+        let reused = packer.reused();
         let stats = packer.finish()?;
         before_commit()?;
         let path = format!("/{name}").into_bytes();
@@ -686,6 +705,7 @@ impl IndexedRepository {
             progress,
             stats,
             start,
+            &reused,
         )
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cairn_format::index::IndexFile;
 use cairn_format::tree::Tree;
-use cairn_format::{BlobKind, ChunkId, IndexId, PackKey, pack};
+use cairn_format::{BlobKind, ChunkId, IndexId, PackId, PackKey, pack};
 
 use crate::error::{RepoError, Result};
 use crate::index::{BlobLocation, Index};
@@ -30,6 +30,17 @@ const TREE_PACK_CACHE: usize = 4;
 impl Repository {
     /// Load every index object. A damaged index object is an error naming it.
     pub fn load_index(self) -> Result<IndexedRepository> {
+        let index = self.read_index()?;
+        Ok(IndexedRepository {
+            repo: Arc::new(self),
+            index: RwLock::new(index),
+            pack_keys: Mutex::new(HashMap::new()),
+            tree_packs: Mutex::new(std::collections::VecDeque::new()),
+        })
+    }
+
+    /// Read every live (not superseded) index object into an in-memory index.
+    pub fn read_index(&self) -> Result<Index> {
         let names: Vec<(String, IndexId)> = self
             .store
             .list("index")?
@@ -40,7 +51,7 @@ impl Repository {
             })
             .collect();
         let just: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
-        let mut index = Index::default();
+        let mut files = Vec::with_capacity(names.len());
         for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just, 16)) {
             let bytes = bytes?;
             if blake3::hash(&bytes).as_bytes() != &id.0 {
@@ -54,15 +65,21 @@ impl Repository {
             }
             let file = IndexFile::decode(&self.key, &bytes)
                 .map_err(|e| RepoError::from_format(name, e))?;
-            index.add_file(*id, &file);
+            files.push((*id, file));
+        }
+        // An index object named in another's `supersedes` is ignored (format-spec §5.1).
+        let superseded: std::collections::HashSet<IndexId> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        let mut index = Index::default();
+        for (id, file) in &files {
+            if !superseded.contains(id) {
+                index.add_file(*id, file);
+            }
         }
         index.finish();
-        Ok(IndexedRepository {
-            repo: Arc::new(self),
-            index: RwLock::new(index),
-            pack_keys: Mutex::new(HashMap::new()),
-            tree_packs: Mutex::new(std::collections::VecDeque::new()),
-        })
+        Ok(index)
     }
 }
 
@@ -209,6 +226,27 @@ impl IndexedRepository {
         let mut out = Vec::new();
         self.open_sealed(BlobKind::Tree, id, &loc, &key, &pack[s..e], &mut out)?;
         Ok(out)
+    }
+
+    /// Read the header of a pack that may not be in the index: its blobs with offsets.
+    pub fn read_pack_header(&self, pack: &PackId, size: u64) -> Result<Vec<pack::PackEntry>> {
+        let name = store::pack_path(pack);
+        let prefix = self
+            .repo
+            .store
+            .get_range(&name, 0..pack::PREFIX_LEN as u64)?;
+        let hl = pack::header_len(&prefix).map_err(|e| RepoError::from_format(&name, e))?;
+        let end = (pack::PREFIX_LEN + hl) as u64;
+        if end > size {
+            return Err(RepoError::Corrupted {
+                object: name,
+                detail: "header runs past the end of the pack".into(),
+            });
+        }
+        let start = self.repo.store.get_range(&name, 0..end)?;
+        let (_, entries) = pack::decode_header(&self.repo.key, &start, size)
+            .map_err(|e| RepoError::from_format(&name, e))?;
+        Ok(entries)
     }
 
     /// Read and decode a tree blob.

@@ -39,6 +39,7 @@ pub mod forget;
 pub mod index;
 mod indexed;
 mod packer;
+mod prune;
 mod repo;
 mod restore;
 pub mod store;
@@ -48,6 +49,7 @@ pub use backup::{BackupOptions, BackupResult, ParentChoice, Progress, clean_abso
 pub use error::{RepoError, Result};
 pub use indexed::IndexedRepository;
 pub use packer::{Packer, PackerStats};
+pub use prune::{PruneOptions, PruneReport};
 pub use repo::{KeyInfo, Repository, now_ns, whoami};
 pub use restore::{
     Damage, Entry, RestoreOptions, RestoreProgress, RestoreReport, normalize_snapshot_path,

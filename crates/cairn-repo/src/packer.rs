@@ -60,6 +60,8 @@ pub struct Packer<'r> {
     pub encoder: BlobEncoder,
     state: Mutex<State>,
     claimed: Mutex<HashSet<(BlobKind, ChunkId)>>,
+    /// Blobs this session relies on without storing them (already indexed).
+    reused: Mutex<HashSet<(BlobKind, ChunkId)>>,
     data_blobs: AtomicU64,
     tree_blobs: AtomicU64,
     bytes_added: AtomicU64,
@@ -78,6 +80,7 @@ impl<'r> Packer<'r> {
             encoder,
             state: Mutex::new(State::default()),
             claimed: Mutex::new(HashSet::new()),
+            reused: Mutex::new(HashSet::new()),
             data_blobs: AtomicU64::new(0),
             tree_blobs: AtomicU64::new(0),
             bytes_added: AtomicU64::new(0),
@@ -94,9 +97,21 @@ impl<'r> Packer<'r> {
             .expect("index lock")
             .contains(kind, id)
         {
+            self.reused.lock().expect("reused").insert((kind, *id));
             return false;
         }
         self.claimed.lock().expect("claim lock").insert((kind, *id))
+    }
+
+    /// Record blobs reused without a claim (unchanged files' chunks).
+    pub fn note_reused(&self, kind: BlobKind, ids: impl Iterator<Item = ChunkId>) {
+        let mut r = self.reused.lock().expect("reused");
+        r.extend(ids.map(|id| (kind, id)));
+    }
+
+    /// The blobs this session relies on without having stored them.
+    pub fn reused(&self) -> HashSet<(BlobKind, ChunkId)> {
+        self.reused.lock().expect("reused").clone()
     }
 
     /// Append a sealed blob; uploads the pack when it reaches the target size.

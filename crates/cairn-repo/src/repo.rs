@@ -261,6 +261,25 @@ impl Repository {
         }
     }
 
+    /// Every deletion marker (object name and content), oldest first.
+    pub fn list_deletions(&self) -> Result<Vec<(String, cairn_format::deletion::Deletion)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.store.list("deletions")? {
+            let Some(id) = name
+                .strip_prefix("deletions/")
+                .and_then(cairn_format::IndexId::from_hex)
+            else {
+                continue;
+            };
+            let b = get_verified(&self.store, &name, &id.0)?;
+            let d = cairn_format::deletion::Deletion::decode(&self.key, &b)
+                .map_err(|e| RepoError::from_format(&name, e))?;
+            out.push((name, d));
+        }
+        out.sort_by_key(|(_, d)| d.time_ns);
+        Ok(out)
+    }
+
     /// Remove snapshot objects (what `forget` does; their data stays until prune).
     pub fn delete_snapshots(&self, ids: &[SnapshotId]) -> Result<()> {
         for id in ids {

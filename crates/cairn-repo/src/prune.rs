@@ -1,0 +1,549 @@
+//! Two-phase prune and the backup side of its protocol. See
+//! `format-spec/README.md` §5.1 for why this is safe without locks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use cairn_format::deletion::Deletion;
+use cairn_format::index::{IndexFile, IndexPack};
+use cairn_format::pack::PackEntry;
+use cairn_format::snapshot::Snapshot;
+use cairn_format::tree::{Extent, NodeKind};
+use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
+
+use crate::error::{RepoError, Result};
+use crate::indexed::IndexedRepository;
+use crate::packer::Packer;
+use crate::repo::now_ns;
+use crate::store;
+
+/// Settings of a prune.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack packs whose unused share is above this fraction.
+    pub max_unused: f64,
+    /// Grace period between marking and deleting.
+    pub keep_delete: Duration,
+    /// Delete at once (only safe when nothing else writes to the repository).
+    pub instant_delete: bool,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: 0.05,
+            keep_delete: Duration::from_secs(24 * 3600),
+            instant_delete: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a prune did (or, dry run, would do).
+#[derive(Clone, Debug, Default)]
+pub struct PruneReport {
+    /// Snapshots considered.
+    pub snapshots: usize,
+    /// Packs in the live index before.
+    pub packs_before: usize,
+    /// Their bytes.
+    pub bytes_before: u64,
+    /// Distinct blobs used by snapshots.
+    pub blobs_used: usize,
+    /// Indexed blobs no snapshot uses.
+    pub blobs_unused: usize,
+    /// Packs marked for deletion now (phase 1).
+    pub packs_marked: usize,
+    /// Bytes of those packs.
+    pub bytes_marked: u64,
+    /// Packs whose used blobs were copied into new packs.
+    pub packs_repacked: usize,
+    /// Blobs copied.
+    pub blobs_repacked: usize,
+    /// Bytes written by repacking.
+    pub bytes_repacked: u64,
+    /// Packs in storage that no index listed, marked.
+    pub unindexed_marked: usize,
+    /// Packs deleted now (phase 2 or instant).
+    pub packs_deleted: usize,
+    /// Bytes reclaimed now.
+    pub bytes_deleted: u64,
+    /// Marked packs kept because a snapshot still needs them.
+    pub packs_recovered: usize,
+    /// Markers whose grace period has not passed yet.
+    pub markers_pending: usize,
+    /// Markers completed (phase 2 done).
+    pub markers_completed: usize,
+}
+
+impl IndexedRepository {
+    /// Every blob the snapshots reference (trees walked once each).
+    pub fn used_blobs(
+        &self,
+        snaps: &[(SnapshotId, Snapshot)],
+    ) -> Result<HashSet<(BlobKind, ChunkId)>> {
+        self.used_blobs_with(snaps, &HashMap::new())
+    }
+
+    /// Like [`Self::used_blobs`], also reading trees from packs that are marked
+    /// for deletion and so not in the live index (`marked_trees`: tree id →
+    /// pack, pack size, entry).
+    fn used_blobs_with(
+        &self,
+        snaps: &[(SnapshotId, Snapshot)],
+        marked_trees: &HashMap<ChunkId, (PackId, u64, PackEntry)>,
+    ) -> Result<HashSet<(BlobKind, ChunkId)>> {
+        let mut used = HashSet::new();
+        let mut stack: Vec<(ChunkId, SnapshotId)> =
+            snaps.iter().map(|(id, s)| (s.tree, *id)).collect();
+        while let Some((tree, snap)) = stack.pop() {
+            if !used.insert((BlobKind::Tree, tree)) {
+                continue;
+            }
+            let loaded = match (self.load_tree(&tree), marked_trees.get(&tree)) {
+                (Err(RepoError::NotFound { .. }), Some((pack, size, entry))) => {
+                    self.load_tree_from(pack, *size, entry)
+                }
+                (r, _) => r,
+            };
+            let t = loaded.map_err(|e| {
+                RepoError::InvalidInput(format!(
+                    "snapshot {} cannot be read ({e}); prune refuses to run on a damaged repository",
+                    snap.short()
+                ))
+            })?;
+            for n in t.nodes {
+                match n.kind {
+                    NodeKind::Dir { tree } => stack.push((tree, snap)),
+                    NodeKind::File { extents } => {
+                        for e in extents {
+                            if let Extent::Chunk { id, .. } = e {
+                                used.insert((BlobKind::Data, id));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Read a tree blob from a pack that the live index does not list.
+    fn load_tree_from(
+        &self,
+        pack: &PackId,
+        size: u64,
+        e: &PackEntry,
+    ) -> Result<cairn_format::tree::Tree> {
+        let name = store::pack_path(pack);
+        let prefix = self
+            .repo
+            .store
+            .get_range(&name, 0..cairn_format::pack::PREFIX_LEN as u64)?;
+        let key = cairn_format::pack::unwrap_key(&self.repo.key, &prefix)
+            .map_err(|x| RepoError::from_format(&name, x))?;
+        if e.offset as u64 + e.length as u64 > size {
+            return Err(RepoError::Corrupted {
+                object: name,
+                detail: "tree blob past the end".into(),
+            });
+        }
+        let sealed = self
+            .repo
+            .store
+            .get_range(&name, e.offset as u64..e.offset as u64 + e.length as u64)?;
+        let mut out = Vec::new();
+        cairn_format::pack::open_blob(
+            &key,
+            &self.repo.key.id_hasher(),
+            e.kind,
+            &e.id,
+            &sealed,
+            e.raw_len,
+            &mut out,
+        )
+        .map_err(|x| RepoError::from_format(&name, x))?;
+        cairn_format::tree::Tree::decode(&out).map_err(|x| RepoError::from_format(&name, x))
+    }
+
+    /// Before a snapshot is written: if index objects this session loaded are
+    /// gone, a prune's second phase ran meanwhile; make sure every reused blob
+    /// still exists, or fail without writing the snapshot.
+    pub(crate) fn guard_reused(&self, reused: &HashSet<(BlobKind, ChunkId)>) -> Result<()> {
+        if reused.is_empty() {
+            return Ok(());
+        }
+        let loaded: Vec<IndexId> = self.index.read().expect("index lock").index_ids.clone();
+        let now: HashSet<String> = self
+            .repo
+            .store
+            .list("index")?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        if loaded.iter().all(|i| now.contains(&store::index_path(i))) {
+            return Ok(());
+        }
+        let fresh = self.repo.read_index()?;
+        let marked: HashSet<PackId> = self
+            .repo
+            .list_deletions()?
+            .into_iter()
+            .flat_map(|(_, d)| d.packs)
+            .collect();
+        let idx = self.index.read().expect("index lock");
+        for (kind, id) in reused {
+            if fresh.contains(*kind, id) {
+                continue;
+            }
+            let in_marked = idx
+                .get(*kind, id)
+                .map(|l| idx.packs[l.pack as usize])
+                .filter(|p| marked.contains(p));
+            match in_marked {
+                Some(p) if self.repo.store.exists(&store::pack_path(&p))? => {}
+                _ => {
+                    return Err(RepoError::InvalidInput(format!(
+                        "a prune that ran during this backup removed {} {} that the backup relied on; no snapshot was written, run the backup again",
+                        kind.name(),
+                        id.short()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a snapshot is written: packs holding reused blobs that a prune has
+    /// marked meanwhile are listed again in a new index object, so the prune's
+    /// second phase keeps them.
+    pub(crate) fn relist_marked(&self, reused: &HashSet<(BlobKind, ChunkId)>) -> Result<()> {
+        if reused.is_empty() {
+            return Ok(());
+        }
+        let marked: HashSet<PackId> = self
+            .repo
+            .list_deletions()?
+            .into_iter()
+            .flat_map(|(_, d)| d.packs)
+            .collect();
+        if marked.is_empty() {
+            return Ok(());
+        }
+        let needed: BTreeMap<PackId, u64> = {
+            let idx = self.index.read().expect("index lock");
+            reused
+                .iter()
+                .filter_map(|(k, id)| idx.get(*k, id))
+                .map(|l| (idx.packs[l.pack as usize], idx.pack_sizes[l.pack as usize]))
+                .filter(|(p, _)| marked.contains(p))
+                .collect()
+        };
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let mut packs = Vec::new();
+        for (p, size) in needed {
+            packs.push(IndexPack {
+                id: p,
+                size,
+                blobs: self.read_pack_header(&p, size)?,
+            });
+        }
+        let bytes = IndexFile {
+            supersedes: vec![],
+            packs,
+        }
+        .encode(&self.repo.key);
+        self.repo
+            .store
+            .put_new(&store::index_path(&IndexId::of(&bytes)), bytes)
+    }
+
+    /// Remove what no snapshot uses: finish due deletions (phase 2), then mark
+    /// unused and mostly-unused packs (phase 1). Never deletes a pack a live
+    /// index lists or a snapshot needs.
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        let now = now_ns();
+        let snaps = self.repo.list_snapshots()?;
+        let markers = self.repo.list_deletions()?;
+        let stored: HashMap<PackId, u64> = self
+            .repo
+            .store
+            .list("data")?
+            .into_iter()
+            .filter_map(|(n, size)| Some((PackId::from_hex(n.rsplit('/').next()?)?, size)))
+            .collect();
+        // Trees in marked packs stay readable for the walk: a snapshot written
+        // after a marking may need them (phase 2 then recovers the pack).
+        let mut marked_trees = HashMap::new();
+        for (_, m) in &markers {
+            for p in &m.packs {
+                let Some(&size) = stored.get(p) else { continue };
+                if let Ok(entries) = self.read_pack_header(p, size) {
+                    for e in entries.into_iter().filter(|e| e.kind == BlobKind::Tree) {
+                        marked_trees.insert(e.id, (*p, size, e));
+                    }
+                }
+            }
+        }
+        let used = self.used_blobs_with(&snaps, &marked_trees)?;
+        let (packs, sizes, loaded_ids) = {
+            let idx = self.index.read().expect("index lock");
+            (
+                idx.packs.clone(),
+                idx.pack_sizes.clone(),
+                idx.index_ids.clone(),
+            )
+        };
+        let live: HashSet<PackId> = packs.iter().copied().collect();
+        let mut r = PruneReport {
+            snapshots: snaps.len(),
+            packs_before: packs.len(),
+            bytes_before: sizes.iter().sum(),
+            blobs_used: used.len(),
+            ..Default::default()
+        };
+
+        // Phase 2: markers whose grace period is over.
+        let mut recovered: Vec<IndexPack> = Vec::new();
+        let mut still_marked: HashSet<PackId> = HashSet::new();
+        for (name, m) in &markers {
+            let due = opts.instant_delete || now - m.time_ns >= opts.keep_delete.as_nanos() as i64;
+            if !due {
+                r.markers_pending += 1;
+                still_marked.extend(m.packs.iter().copied());
+                continue;
+            }
+            for p in &m.packs {
+                let Some(&size) = stored.get(p) else { continue };
+                if live.contains(p) {
+                    continue; // listed again by a backup: not deletable
+                }
+                let entries = match self.read_pack_header(p, size) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        // An unreadable header cannot prove the pack unused: keep it.
+                        still_marked.insert(*p);
+                        continue;
+                    }
+                };
+                let needed = entries.iter().any(|e| {
+                    used.contains(&(e.kind, e.id))
+                        && !self
+                            .index
+                            .read()
+                            .expect("index lock")
+                            .contains(e.kind, &e.id)
+                });
+                if needed {
+                    recovered.push(IndexPack {
+                        id: *p,
+                        size,
+                        blobs: entries,
+                    });
+                    r.packs_recovered += 1;
+                    continue;
+                }
+                if !opts.dry_run {
+                    self.repo.store.delete(&store::pack_path(p))?;
+                }
+                r.packs_deleted += 1;
+                r.bytes_deleted += size;
+            }
+            if !opts.dry_run {
+                for i in &m.indexes {
+                    match self.repo.store.delete(&store::index_path(i)) {
+                        Ok(()) | Err(RepoError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.repo.store.delete(name)?;
+            }
+            r.markers_completed += 1;
+        }
+
+        // Phase 1: per live pack, the blobs the index points to in it.
+        let mut by_pack: Vec<Vec<PackEntry>> = vec![Vec::new(); packs.len()];
+        {
+            let idx = self.index.read().expect("index lock");
+            for kind in [BlobKind::Data, BlobKind::Tree] {
+                for (id, loc) in idx.iter(kind) {
+                    by_pack[loc.pack as usize].push(PackEntry {
+                        kind,
+                        id,
+                        offset: loc.offset,
+                        length: loc.length,
+                        raw_len: loc.raw_len,
+                    });
+                }
+            }
+        }
+        let mut keep: Vec<IndexPack> = Vec::new();
+        let mut mark: Vec<PackId> = Vec::new();
+        // Contents of the live packs being marked (for the re-check below).
+        let mut marked_contents: HashMap<PackId, IndexPack> = HashMap::new();
+        let mut repack: Vec<(u32, Vec<PackEntry>)> = Vec::new();
+        for (i, entries) in by_pack.into_iter().enumerate() {
+            let (pid, size) = (packs[i], sizes[i]);
+            if !stored.contains_key(&pid) {
+                return Err(RepoError::InvalidInput(format!(
+                    "pack {} is listed in the index but missing from storage; prune refuses to run on a damaged repository",
+                    store::pack_path(&pid)
+                )));
+            }
+            let all_entries = entries.clone();
+            let (used_e, unused_e): (Vec<PackEntry>, Vec<PackEntry>) = entries
+                .into_iter()
+                .partition(|e| used.contains(&(e.kind, e.id)));
+            r.blobs_unused += unused_e.len();
+            let used_bytes: u64 = used_e.iter().map(|e| e.length as u64).sum();
+            if used_e.is_empty() {
+                mark.push(pid);
+                marked_contents.insert(
+                    pid,
+                    IndexPack {
+                        id: pid,
+                        size,
+                        blobs: all_entries,
+                    },
+                );
+                r.bytes_marked += size;
+            } else if (size - used_bytes.min(size)) as f64 > opts.max_unused * size as f64
+                && !unused_e.is_empty()
+            {
+                repack.push((i as u32, used_e));
+                mark.push(pid);
+                marked_contents.insert(
+                    pid,
+                    IndexPack {
+                        id: pid,
+                        size,
+                        blobs: all_entries,
+                    },
+                );
+                r.bytes_marked += size;
+            } else {
+                let mut all = used_e;
+                all.extend(unused_e);
+                keep.push(IndexPack {
+                    id: pid,
+                    size,
+                    blobs: all,
+                });
+            }
+        }
+        // Packs in storage that no index and no marker knows: a crashed (or a
+        // running) backup's uploads. Marked, so phase 2 decides after the grace period.
+        let marked_now: HashSet<PackId> = mark.iter().copied().collect();
+        let recovered_ids: HashSet<PackId> = recovered.iter().map(|p| p.id).collect();
+        for (p, size) in &stored {
+            if !live.contains(p)
+                && !still_marked.contains(p)
+                && !marked_now.contains(p)
+                && !recovered_ids.contains(p)
+            {
+                let finished = markers.iter().any(|(_, m)| m.packs.contains(p));
+                if !finished {
+                    mark.push(*p);
+                    r.unindexed_marked += 1;
+                    r.bytes_marked += size;
+                }
+            }
+        }
+        r.packs_marked = mark.len();
+        r.packs_repacked = repack.len();
+        if opts.dry_run {
+            return Ok(r);
+        }
+
+        // Copy the used blobs of repacked packs (a normal writer session).
+        if !repack.is_empty() {
+            let packer = Packer::new(self);
+            for (pack, entries) in &repack {
+                let bytes = self.read_pack_verified(*pack)?;
+                let key = self.pack_key(*pack, Some(&bytes[..cairn_format::pack::PREFIX_LEN]))?;
+                let mut plain = Vec::new();
+                for e in entries {
+                    let loc = self.locate(e.kind, &e.id)?;
+                    let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+                    self.open_sealed(e.kind, &e.id, &loc, &key, sealed, &mut plain)?;
+                    packer
+                        .encoder
+                        .encode(e.kind, e.id, &plain, |b| packer.add(b))?;
+                    r.blobs_repacked += 1;
+                }
+            }
+            let stats = packer.finish()?;
+            r.bytes_repacked = stats.bytes_added;
+        }
+
+        // The new index (everything kept plus recovered packs) supersedes
+        // every index object loaded; then the marker.
+        keep.extend(recovered);
+        let file = IndexFile {
+            supersedes: loaded_ids.clone(),
+            packs: keep,
+        };
+        let bytes = file.encode(&self.repo.key);
+        self.repo
+            .store
+            .put_new(&store::index_path(&IndexId::of(&bytes)), bytes)?;
+        if opts.instant_delete {
+            for p in &mark {
+                self.repo.store.delete(&store::pack_path(p))?;
+                r.packs_deleted += 1;
+                r.bytes_deleted += stored.get(p).copied().unwrap_or(0);
+            }
+            for i in &loaded_ids {
+                match self.repo.store.delete(&store::index_path(i)) {
+                    Ok(()) | Err(RepoError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else if !mark.is_empty() || !loaded_ids.is_empty() {
+            let d = Deletion {
+                time_ns: now_ns(),
+                packs: mark,
+                indexes: loaded_ids,
+            };
+            let bytes = d.encode(&self.repo.key);
+            self.repo.store.put_new(
+                &format!("deletions/{}", IndexId::of(&bytes).to_hex()),
+                bytes,
+            )?;
+            // A backup may have committed after `used` was computed and before
+            // the marker existed (its own re-check then found no marker): list
+            // again the marked packs that any new snapshot needs.
+            let known: HashSet<SnapshotId> = snaps.iter().map(|s| s.0).collect();
+            let new: Vec<(SnapshotId, Snapshot)> = self
+                .repo
+                .list_snapshots()?
+                .into_iter()
+                .filter(|s| !known.contains(&s.0))
+                .collect();
+            if !new.is_empty() {
+                let used_new = self.used_blobs(&new)?;
+                let relist: Vec<IndexPack> = marked_contents
+                    .into_values()
+                    .filter(|p| p.blobs.iter().any(|e| used_new.contains(&(e.kind, e.id))))
+                    .collect();
+                if !relist.is_empty() {
+                    r.packs_recovered += relist.len();
+                    let bytes = IndexFile {
+                        supersedes: vec![],
+                        packs: relist,
+                    }
+                    .encode(&self.repo.key);
+                    self.repo
+                        .store
+                        .put_new(&store::index_path(&IndexId::of(&bytes)), bytes)?;
+                }
+            }
+        }
+        Ok(r)
+    }
+}
