@@ -1,5 +1,6 @@
 //! End-to-end tests of the `cairn` binary. Each test names what it guards.
 
+mod check;
 mod stack;
 mod util;
 

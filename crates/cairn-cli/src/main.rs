@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure, 3 completed with warnings (for example
 //! unreadable files skipped during a backup).
 
+mod check;
 mod commands;
 mod forget;
 mod stack;
@@ -64,6 +65,8 @@ enum Cmd {
     Restore(commands::RestoreArgs),
     /// Remove snapshots by keep rules (or by id)
     Forget(forget::ForgetArgs),
+    /// Verify the repository (structure; --read-data for every byte)
+    Check(check::CheckArgs),
     /// Remove data no snapshot uses (two phases, safe alongside backups)
     Prune(forget::PruneCmdArgs),
     /// Change snapshot tags; --protect keeps a snapshot from forget
@@ -97,6 +100,7 @@ fn main() {
         Cmd::Forget(a) => forget::forget_cmd(&cli.global, a),
         Cmd::Tag(a) => forget::tag_cmd(&cli.global, a),
         Cmd::Prune(a) => forget::prune_cmd(&cli.global, a),
+        Cmd::Check(a) => check::check_cmd(&cli.global, a),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),

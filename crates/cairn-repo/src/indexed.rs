@@ -31,12 +31,10 @@ impl Repository {
     /// Load every index object. A damaged index object is an error naming it.
     pub fn load_index(self) -> Result<IndexedRepository> {
         let index = self.read_index()?;
-        Ok(IndexedRepository {
-            repo: Arc::new(self),
-            index: RwLock::new(index),
-            pack_keys: Mutex::new(HashMap::new()),
-            tree_packs: Mutex::new(std::collections::VecDeque::new()),
-        })
+        Ok(IndexedRepository::new_internal(
+            Arc::new(self),
+            RwLock::new(index),
+        ))
     }
 
     /// Read every live (not superseded) index object into an in-memory index.
@@ -84,6 +82,15 @@ impl Repository {
 }
 
 impl IndexedRepository {
+    pub(crate) fn new_internal(repo: Arc<Repository>, index: RwLock<Index>) -> Self {
+        IndexedRepository {
+            repo,
+            index,
+            pack_keys: Mutex::new(HashMap::new()),
+            tree_packs: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
     /// Object path of the pack at an index position.
     pub fn pack_name(&self, pack: u32) -> String {
         store::pack_path(&self.index.read().expect("index lock").packs[pack as usize])

@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod backup;
+pub mod check;
 pub mod error;
 pub mod forget;
 pub mod index;

@@ -56,7 +56,7 @@ pub fn now_ns() -> i64 {
 }
 
 /// Read an object and check that its bytes hash to its name.
-pub(crate) fn get_verified(store: &Store, name: &str, id: &[u8; 32]) -> Result<bytes::Bytes> {
+pub fn get_verified(store: &Store, name: &str, id: &[u8; 32]) -> Result<bytes::Bytes> {
     let b = store.get(name)?;
     if blake3::hash(&b).as_bytes() != id {
         return Err(RepoError::Corrupted {

@@ -1,0 +1,508 @@
+//! `check`: find every damaged or missing object and say what it affects.
+//!
+//! Structure (always): config, key files, index objects (name hash, decryption),
+//! snapshots, every tree they reach, every data blob indexed, every indexed pack
+//! present with its indexed size. With `read_data`: every selected pack is
+//! downloaded once, hashed against its name, its header compared with the
+//! index, and every blob authenticated and re-hashed. Keyless mode only hashes
+//! objects against their names. Damage never stops the check; at the end the
+//! snapshots are walked once more to name the snapshots and paths affected.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use cairn_format::index::IndexFile;
+use cairn_format::snapshot::Snapshot;
+use cairn_format::tree::{Extent, NodeKind};
+use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
+use rayon::prelude::*;
+
+use crate::error::{RepoError, Result};
+use crate::index::Index;
+use crate::indexed::IndexedRepository;
+use crate::repo::Repository;
+use crate::store::{self, Store};
+
+/// Which packs `--read-data` reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    /// Structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Group `n` (1-based) of `m`, by pack id.
+    Subset(u32, u32),
+    /// A random fraction of the packs.
+    Fraction(f64),
+}
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The damaged or missing object (repository path) or blob.
+    pub object: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// Result of a check.
+#[derive(Clone, Debug, Default)]
+pub struct CheckReport {
+    /// Damage (non-empty = the repository is damaged).
+    pub problems: Vec<Problem>,
+    /// Harmless findings (unindexed leftovers, duplicate blobs, packs awaiting deletion).
+    pub notes: Vec<String>,
+    /// Snapshots affected by damage, with up to 20 affected paths each.
+    pub affected: BTreeMap<SnapshotId, Vec<String>>,
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Packs in the index.
+    pub packs: usize,
+    /// Packs read with `read_data`.
+    pub packs_read: usize,
+    /// Blobs authenticated with `read_data`.
+    pub blobs_read: u64,
+    /// Bytes read with `read_data`.
+    pub bytes_read: u64,
+}
+
+impl CheckReport {
+    /// True when nothing is damaged.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Check without the password: every named object must hash to its name.
+pub fn check_keyless(store: &Store) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    for prefix in ["keys", "index", "snapshots", "deletions", "data"] {
+        let objs = store.list(prefix)?;
+        let names: Vec<String> = objs.iter().map(|o| o.0.clone()).collect();
+        for (name, bytes) in names.iter().zip(store.get_many(&names, 8)) {
+            let Some(id) = name.rsplit('/').next().and_then(IndexId::from_hex) else {
+                report
+                    .notes
+                    .push(format!("{name}: not a cairn object name"));
+                continue;
+            };
+            match bytes {
+                Ok(b) => {
+                    if prefix == "data" {
+                        report.packs_read += 1;
+                        report.bytes_read += b.len() as u64;
+                    }
+                    if blake3::hash(&b).as_bytes() != &id.0 {
+                        report.problems.push(Problem {
+                            object: name.clone(),
+                            detail: format!("its {} bytes do not hash to its name", b.len()),
+                        });
+                    }
+                }
+                Err(e) => report.problems.push(Problem {
+                    object: name.clone(),
+                    detail: e.to_string(),
+                }),
+            }
+        }
+    }
+    if !store.exists(store::CONFIG)? {
+        report.problems.push(Problem {
+            object: store::CONFIG.into(),
+            detail: "missing".into(),
+        });
+    }
+    Ok(report)
+}
+
+fn selected(pack: &PackId, rd: ReadData) -> bool {
+    match rd {
+        ReadData::None => false,
+        ReadData::All => true,
+        ReadData::Subset(n, m) => {
+            u32::from_le_bytes(pack.0[..4].try_into().expect("4")) % m == n - 1
+        }
+        ReadData::Fraction(f) => {
+            let mut b = [0u8; 8];
+            cairn_format::crypto::random_bytes(&mut b);
+            (u64::from_le_bytes(b) as f64 / u64::MAX as f64) < f
+        }
+    }
+}
+
+impl Repository {
+    /// Check the repository (it was opened, so config and one key are fine).
+    pub fn check(self, read_data: ReadData) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let problem = |r: &mut CheckReport, object: &str, detail: String| {
+            r.problems.push(Problem {
+                object: object.to_string(),
+                detail,
+            })
+        };
+        // Key files.
+        for (name, _) in self.store.list("keys")? {
+            let ok = name
+                .strip_prefix("keys/")
+                .and_then(cairn_format::KeyId::from_hex)
+                .map(|id| crate::repo::get_verified(&self.store, &name, &id.0))
+                .transpose()
+                .and_then(|b| match b {
+                    Some(b) => cairn_format::keyfile::KeyFile::decode(&b)
+                        .map(|_| ())
+                        .map_err(|e| RepoError::from_format(&name, e)),
+                    None => Err(RepoError::Corrupted {
+                        object: name.clone(),
+                        detail: "bad key file name".into(),
+                    }),
+                });
+            if let Err(e) = ok {
+                problem(&mut report, &name, e.to_string());
+            }
+        }
+        // Index objects, one by one.
+        let mut files: Vec<(IndexId, IndexFile)> = Vec::new();
+        let names: Vec<String> = self.store.list("index")?.into_iter().map(|x| x.0).collect();
+        for (name, bytes) in names.iter().zip(self.store.get_many(&names, 16)) {
+            let Some(id) = name.strip_prefix("index/").and_then(IndexId::from_hex) else {
+                report
+                    .notes
+                    .push(format!("{name}: not a cairn object name"));
+                continue;
+            };
+            let r = bytes.and_then(|b| {
+                if blake3::hash(&b).as_bytes() != &id.0 {
+                    return Err(RepoError::Corrupted {
+                        object: name.clone(),
+                        detail: format!("its {} bytes do not hash to its name", b.len()),
+                    });
+                }
+                IndexFile::decode(&self.key, &b).map_err(|e| RepoError::from_format(name, e))
+            });
+            match r {
+                Ok(f) => files.push((id, f)),
+                Err(e) => problem(&mut report, name, e.to_string()),
+            }
+        }
+        let superseded: HashSet<IndexId> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        let mut index = Index::default();
+        let mut seen_blobs: HashMap<(BlobKind, ChunkId), u32> = HashMap::new();
+        for (id, f) in &files {
+            if superseded.contains(id) {
+                continue;
+            }
+            index.add_file(*id, f);
+            for p in &f.packs {
+                for b in &p.blobs {
+                    *seen_blobs.entry((b.kind, b.id)).or_default() += 1;
+                }
+            }
+        }
+        index.finish();
+        let dups = seen_blobs.values().filter(|&&n| n > 1).count();
+        if dups > 0 {
+            report.notes.push(format!(
+                "{dups} blobs are stored more than once (concurrent backups; prune consolidates)"
+            ));
+        }
+        drop(seen_blobs);
+        // Packs: present, right size.
+        let stored: HashMap<PackId, u64> = self
+            .store
+            .list("data")?
+            .into_iter()
+            .filter_map(|(n, size)| Some((PackId::from_hex(n.rsplit('/').next()?)?, size)))
+            .collect();
+        let marked: HashSet<PackId> = match self.list_deletions() {
+            Ok(m) => m.into_iter().flat_map(|(_, d)| d.packs).collect(),
+            Err(e) => {
+                problem(&mut report, "deletions", e.to_string());
+                HashSet::new()
+            }
+        };
+        report.packs = index.packs.len();
+        let mut bad_packs: HashSet<u32> = HashSet::new();
+        for (i, (p, size)) in index.packs.iter().zip(&index.pack_sizes).enumerate() {
+            match stored.get(p) {
+                None => {
+                    problem(
+                        &mut report,
+                        &store::pack_path(p),
+                        "listed in the index but missing".into(),
+                    );
+                    bad_packs.insert(i as u32);
+                }
+                Some(s) if s != size => {
+                    problem(
+                        &mut report,
+                        &store::pack_path(p),
+                        format!("{s} bytes, the index says {size}"),
+                    );
+                    bad_packs.insert(i as u32);
+                }
+                Some(_) => {}
+            }
+        }
+        let live: HashSet<PackId> = index.packs.iter().copied().collect();
+        let unindexed = stored
+            .keys()
+            .filter(|p| !live.contains(p) && !marked.contains(p))
+            .count();
+        if unindexed > 0 {
+            report.notes.push(format!("{unindexed} packs are in no index (left by an interrupted backup; prune removes them)"));
+        }
+        let awaiting = stored
+            .keys()
+            .filter(|p| marked.contains(p) && !live.contains(p))
+            .count();
+        if awaiting > 0 {
+            report
+                .notes
+                .push(format!("{awaiting} packs are marked for deletion by prune"));
+        }
+        let repo = IndexedRepository::from_parts(Arc::new(self), index);
+        // Snapshots, one by one.
+        let mut snaps: Vec<(SnapshotId, Snapshot)> = Vec::new();
+        let names: Vec<String> = repo
+            .repo
+            .store
+            .list("snapshots")?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        for name in &names {
+            let Some(id) = name
+                .strip_prefix("snapshots/")
+                .and_then(SnapshotId::from_hex)
+            else {
+                continue;
+            };
+            match repo.repo.load_snapshot(&id) {
+                Ok(s) => snaps.push((id, s)),
+                Err(e) => problem(&mut report, name, e.to_string()),
+            }
+        }
+        report.snapshots = snaps.len();
+        // Trees and blob references.
+        let mut damaged_blobs: HashSet<(BlobKind, ChunkId)> = HashSet::new();
+        let mut visited: HashSet<ChunkId> = HashSet::new();
+        for (sid, s) in &snaps {
+            let mut stack = vec![s.tree];
+            while let Some(t) = stack.pop() {
+                if !visited.insert(t) {
+                    continue;
+                }
+                match repo.load_tree(&t) {
+                    Ok(tree) => {
+                        for n in tree.nodes {
+                            match n.kind {
+                                NodeKind::Dir { tree } => stack.push(tree),
+                                NodeKind::File { extents } => {
+                                    for e in extents {
+                                        if let Extent::Chunk { id, .. } = e {
+                                            let loc = repo
+                                                .index
+                                                .read()
+                                                .expect("index")
+                                                .get(BlobKind::Data, &id);
+                                            match loc {
+                                                None => {
+                                                    if damaged_blobs.insert((BlobKind::Data, id)) {
+                                                        problem(
+                                                            &mut report,
+                                                            &format!("data blob {id}"),
+                                                            "not in any index".into(),
+                                                        );
+                                                    }
+                                                }
+                                                Some(l) if bad_packs.contains(&l.pack) => {
+                                                    damaged_blobs.insert((BlobKind::Data, id));
+                                                }
+                                                Some(_) => {}
+                                            }
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        damaged_blobs.insert((BlobKind::Tree, t));
+                        problem(
+                            &mut report,
+                            &format!("tree blob {t} (in snapshot {})", sid.short()),
+                            e.to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        // Read data.
+        if read_data != ReadData::None {
+            let idx = repo.index.read().expect("index");
+            let mut per_pack: BTreeMap<u32, Vec<(BlobKind, ChunkId)>> = BTreeMap::new();
+            for kind in [BlobKind::Data, BlobKind::Tree] {
+                for (id, loc) in idx.iter(kind) {
+                    per_pack.entry(loc.pack).or_default().push((kind, id));
+                }
+            }
+            let todo: Vec<(u32, Vec<(BlobKind, ChunkId)>)> = per_pack
+                .into_iter()
+                .filter(|(p, _)| {
+                    !bad_packs.contains(p) && selected(&idx.packs[*p as usize], read_data)
+                })
+                .collect();
+            drop(idx);
+            let found: Mutex<(Vec<Problem>, HashSet<(BlobKind, ChunkId)>, u64, u64)> =
+                Mutex::new(Default::default());
+            todo.par_iter().for_each(|(pack, blobs)| {
+                let name = repo.pack_name(*pack);
+                let res = repo.read_pack_verified(*pack);
+                let mut f = found.lock().expect("found");
+                let bytes = match res {
+                    Ok(b) => b,
+                    Err(e) => {
+                        f.0.push(Problem {
+                            object: name,
+                            detail: e.to_string(),
+                        });
+                        f.1.extend(blobs.iter().copied());
+                        return;
+                    }
+                };
+                f.3 += bytes.len() as u64;
+                drop(f);
+                // Header must agree with the index.
+                let size = bytes.len() as u64;
+                let mut errs = Vec::new();
+                let mut bad = Vec::new();
+                match cairn_format::pack::decode_header(&repo.repo.key, &bytes, size) {
+                    Ok((key, entries)) => {
+                        let in_header: HashMap<(BlobKind, ChunkId), (u32, u32)> = entries
+                            .iter()
+                            .map(|e| ((e.kind, e.id), (e.offset, e.length)))
+                            .collect();
+                        let mut plain = Vec::new();
+                        for (kind, id) in blobs {
+                            let loc = repo
+                                .index
+                                .read()
+                                .expect("index")
+                                .get(*kind, id)
+                                .expect("listed");
+                            if in_header.get(&(*kind, *id)) != Some(&(loc.offset, loc.length)) {
+                                errs.push(format!(
+                                    "{} {} is not where the index says",
+                                    kind.name(),
+                                    id.short()
+                                ));
+                                bad.push((*kind, *id));
+                                continue;
+                            }
+                            let sealed =
+                                &bytes[loc.offset as usize..(loc.offset + loc.length) as usize];
+                            if let Err(e) =
+                                repo.open_sealed(*kind, id, &loc, &key, sealed, &mut plain)
+                            {
+                                errs.push(e.to_string());
+                                bad.push((*kind, *id));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        errs.push(format!("header: {e}"));
+                        bad.extend(blobs.iter().copied());
+                    }
+                }
+                let mut f = found.lock().expect("found");
+                f.2 += blobs.len() as u64;
+                for e in errs {
+                    f.0.push(Problem {
+                        object: name.clone(),
+                        detail: e,
+                    });
+                }
+                f.1.extend(bad);
+            });
+            let (probs, bad, blobs_read, bytes_read) = found.into_inner().expect("found");
+            report.packs_read = todo.len();
+            report.blobs_read = blobs_read;
+            report.bytes_read = bytes_read;
+            report.problems.extend(probs);
+            damaged_blobs.extend(bad);
+        }
+        // Which snapshots and paths the damage reaches.
+        if !damaged_blobs.is_empty() {
+            for (sid, s) in &snaps {
+                let mut paths = Vec::new();
+                let mut hit = false;
+                affected_paths(&repo, &s.tree, b"", &damaged_blobs, &mut paths, &mut hit);
+                if hit {
+                    report.affected.insert(
+                        *sid,
+                        paths
+                            .into_iter()
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .take(20)
+                            .collect(),
+                    );
+                }
+            }
+        }
+        report.problems.sort();
+        report.problems.dedup();
+        Ok(report)
+    }
+}
+
+fn affected_paths(
+    repo: &IndexedRepository,
+    tree: &ChunkId,
+    prefix: &[u8],
+    damaged: &HashSet<(BlobKind, ChunkId)>,
+    out: &mut Vec<String>,
+    hit: &mut bool,
+) {
+    let here = if prefix.is_empty() {
+        "/".to_string()
+    } else {
+        String::from_utf8_lossy(prefix).into_owned()
+    };
+    if damaged.contains(&(BlobKind::Tree, *tree)) {
+        *hit = true;
+        out.push(format!("{here} (directory listing)"));
+        return;
+    }
+    let Ok(t) = repo.load_tree(tree) else {
+        *hit = true;
+        out.push(format!("{here} (directory listing)"));
+        return;
+    };
+    for n in t.nodes {
+        let mut p = prefix.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(&n.name);
+        match n.kind {
+            NodeKind::Dir { tree } => affected_paths(repo, &tree, &p, damaged, out, hit),
+            NodeKind::File { extents } => {
+                if extents.iter().any(|e| matches!(e, Extent::Chunk { id, .. } if damaged.contains(&(BlobKind::Data, *id)))) {
+                    *hit = true;
+                    out.push(String::from_utf8_lossy(&p).into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl IndexedRepository {
+    /// Assemble from an opened repository and an index built elsewhere.
+    pub fn from_parts(repo: Arc<Repository>, index: Index) -> Self {
+        IndexedRepository::new_internal(repo, RwLock::new(index))
+    }
+}

@@ -1,0 +1,218 @@
+//! `cairn check` on deliberately damaged repositories.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::util::{Env, prng, walk};
+
+/// A repository with three snapshots over several packs (pack size 1 MiB).
+fn fixture() -> Env {
+    let env = Env::new();
+    env.init(&[
+        "--pack-size",
+        "1M",
+        "--chunk-min",
+        "64K",
+        "--chunk-avg",
+        "256K",
+        "--chunk-max",
+        "1M",
+    ]);
+    let shared = prng(70, 1 << 20);
+    for i in 0..3u64 {
+        let src = env.path(&format!("src{i}"));
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("shared.bin"), &shared).unwrap();
+        fs::write(src.join("sub/own.bin"), prng(71 + i, 600_000)).unwrap();
+        env.ok(&[
+            "backup",
+            src.to_str().unwrap(),
+            "--service",
+            &format!("s{i}"),
+        ]);
+    }
+    env
+}
+
+fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
+    walk(&repo.join(dir))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+fn check(env: &Env) -> (i32, serde_json::Value) {
+    let o = env.run(&["check", "--read-data", "--json"]);
+    (
+        o.status.code().unwrap(),
+        serde_json::from_slice(&o.stdout).unwrap(),
+    )
+}
+
+fn restore_copy(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    crate::copy_dir(from, to);
+}
+
+#[test]
+fn check_passes_on_a_healthy_repository_and_keyless_mode_needs_no_password() {
+    let env = fixture();
+    let (code, r) = check(&env);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["snapshots"], 3);
+    assert!(r["blobs_read"].as_u64().unwrap() > 3);
+    let o = env
+        .cmd()
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .args(["check", "--no-password"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = env.run(&["check", "--read-data-subset", "1/2", "--json"]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn damaged_fixtures_are_named_with_their_snapshots() {
+    let env = fixture();
+    let pristine = env.path("pristine");
+    crate::copy_dir(&env.repo(), &pristine);
+    let packs = objects(&env.repo(), "data");
+    let biggest = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    type Damage = Box<dyn Fn(&Env)>;
+    let b1 = biggest.clone();
+    let b2 = biggest.clone();
+    let b3 = biggest.clone();
+    let cases: Vec<(&str, Damage, String)> = vec![
+        (
+            "missing pack",
+            Box::new(move |_| fs::remove_file(&b1).unwrap()),
+            name(&biggest),
+        ),
+        (
+            "flipped byte in a blob",
+            Box::new(move |_| {
+                let mut b = fs::read(&b2).unwrap();
+                let n = b.len();
+                b[n - 100] ^= 0x04;
+                fs::write(&b2, b).unwrap();
+            }),
+            name(&biggest),
+        ),
+        (
+            "truncated pack",
+            Box::new(move |_| {
+                let b = fs::read(&b3).unwrap();
+                fs::write(&b3, &b[..b.len() * 2 / 3]).unwrap();
+            }),
+            name(&biggest),
+        ),
+        (
+            "missing index",
+            Box::new(|e: &Env| {
+                for i in objects(&e.repo(), "index") {
+                    fs::remove_file(i).unwrap();
+                }
+            }),
+            "not in any index".to_string(),
+        ),
+        (
+            "deleted tree blobs (tree pack)",
+            Box::new(|e: &Env| {
+                // The smallest packs hold the trees.
+                let p = objects(&e.repo(), "data")
+                    .into_iter()
+                    .min_by_key(|p| fs::metadata(p).unwrap().len())
+                    .unwrap();
+                fs::remove_file(p).unwrap();
+            }),
+            String::new(),
+        ),
+    ];
+    for (what, damage, expect) in cases {
+        restore_copy(&pristine, &env.repo());
+        damage(&env);
+        let (code, r) = check(&env);
+        assert_eq!(code, 1, "{what}: {r}");
+        let problems = r["problems"].to_string();
+        assert!(
+            problems.contains(&expect),
+            "{what}: problems do not name {expect:?}: {problems}"
+        );
+        assert!(
+            !r["affected_snapshots"].as_array().unwrap().is_empty(),
+            "{what}: no affected snapshot named: {r}"
+        );
+    }
+}
+
+#[test]
+fn two_hundred_random_corruptions_are_all_detected() {
+    let env = fixture();
+    let pristine = env.path("pristine");
+    crate::copy_dir(&env.repo(), &pristine);
+    let mut seed = 0x5eed_u64;
+    let mut next = |n: usize| -> usize {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut detected = 0;
+    let mut by_kind = std::collections::BTreeMap::<&str, usize>::new();
+    for round in 0..200 {
+        restore_copy(&pristine, &env.repo());
+        let mut candidates = objects(&env.repo(), "data");
+        candidates.extend(objects(&env.repo(), "index"));
+        candidates.extend(objects(&env.repo(), "snapshots"));
+        let target = candidates[next(candidates.len())].clone();
+        let is_snapshot = target.to_str().unwrap().contains("/snapshots/");
+        // A deleted snapshot cannot be told from a forgotten one; snapshots get flips and truncations.
+        let kind = match next(if is_snapshot { 2 } else { 3 }) {
+            0 => "flip",
+            1 => "truncate",
+            _ => "delete",
+        };
+        let mut b = fs::read(&target).unwrap();
+        match kind {
+            "flip" => {
+                let i = next(b.len());
+                b[i] ^= 1 << next(8);
+                fs::write(&target, b).unwrap();
+            }
+            "truncate" => {
+                let n = next(b.len());
+                fs::write(&target, &b[..n]).unwrap();
+            }
+            _ => fs::remove_file(&target).unwrap(),
+        }
+        *by_kind.entry(kind).or_default() += 1;
+        let (code, r) = check(&env);
+        let affected = !r["affected_snapshots"].as_array().unwrap().is_empty();
+        let named = r["problems"]
+            .to_string()
+            .contains(target.file_name().unwrap().to_str().unwrap());
+        assert_eq!(
+            code, 1,
+            "round {round}: {kind} of {target:?} not detected: {r}"
+        );
+        assert!(
+            affected || named,
+            "round {round}: {kind} of {target:?}: neither object nor snapshot named: {r}"
+        );
+        if !is_snapshot {
+            assert!(
+                affected,
+                "round {round}: {kind} of {target:?}: affected snapshots not named: {r}"
+            );
+        }
+        detected += 1;
+    }
+    eprintln!("corruptions detected: {detected}/200 ({by_kind:?})");
+    assert_eq!(detected, 200);
+}
