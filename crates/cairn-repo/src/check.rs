@@ -357,8 +357,7 @@ impl Repository {
                 })
                 .collect();
             drop(idx);
-            let found: Mutex<(Vec<Problem>, HashSet<(BlobKind, ChunkId)>, u64, u64)> =
-                Mutex::new(Default::default());
+            let found: Mutex<ReadFindings> = Mutex::new(ReadFindings::default());
             todo.par_iter().for_each(|(pack, blobs)| {
                 let name = repo.pack_name(*pack);
                 let res = repo.read_pack_verified(*pack);
@@ -366,15 +365,15 @@ impl Repository {
                 let bytes = match res {
                     Ok(b) => b,
                     Err(e) => {
-                        f.0.push(Problem {
+                        f.problems.push(Problem {
                             object: name,
                             detail: e.to_string(),
                         });
-                        f.1.extend(blobs.iter().copied());
+                        f.bad.extend(blobs.iter().copied());
                         return;
                     }
                 };
-                f.3 += bytes.len() as u64;
+                f.bytes += bytes.len() as u64;
                 drop(f);
                 // Header must agree with the index.
                 let size = bytes.len() as u64;
@@ -419,16 +418,21 @@ impl Repository {
                     }
                 }
                 let mut f = found.lock().expect("found");
-                f.2 += blobs.len() as u64;
+                f.blobs += blobs.len() as u64;
                 for e in errs {
-                    f.0.push(Problem {
+                    f.problems.push(Problem {
                         object: name.clone(),
                         detail: e,
                     });
                 }
-                f.1.extend(bad);
+                f.bad.extend(bad);
             });
-            let (probs, bad, blobs_read, bytes_read) = found.into_inner().expect("found");
+            let ReadFindings {
+                problems: probs,
+                bad,
+                blobs: blobs_read,
+                bytes: bytes_read,
+            } = found.into_inner().expect("found");
             report.packs_read = todo.len();
             report.blobs_read = blobs_read;
             report.bytes_read = bytes_read;
@@ -460,6 +464,15 @@ impl Repository {
     }
 }
 
+/// What the parallel pack reads found.
+#[derive(Default)]
+struct ReadFindings {
+    problems: Vec<Problem>,
+    bad: HashSet<(BlobKind, ChunkId)>,
+    blobs: u64,
+    bytes: u64,
+}
+
 fn affected_paths(
     repo: &IndexedRepository,
     tree: &ChunkId,
@@ -489,11 +502,11 @@ fn affected_paths(
         p.extend_from_slice(&n.name);
         match n.kind {
             NodeKind::Dir { tree } => affected_paths(repo, &tree, &p, damaged, out, hit),
-            NodeKind::File { extents } => {
-                if extents.iter().any(|e| matches!(e, Extent::Chunk { id, .. } if damaged.contains(&(BlobKind::Data, *id)))) {
-                    *hit = true;
-                    out.push(String::from_utf8_lossy(&p).into_owned());
-                }
+            NodeKind::File { extents }
+                if extents.iter().any(|e| matches!(e, Extent::Chunk { id, .. } if damaged.contains(&(BlobKind::Data, *id)))) =>
+            {
+                *hit = true;
+                out.push(String::from_utf8_lossy(&p).into_owned());
             }
             _ => {}
         }
