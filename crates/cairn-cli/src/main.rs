@@ -67,6 +67,11 @@ enum Cmd {
     Forget(forget::ForgetArgs),
     /// Verify the repository (structure; --read-data for every byte)
     Check(check::CheckArgs),
+    /// Repair a damaged repository
+    Repair {
+        #[command(subcommand)]
+        cmd: check::RepairCmd,
+    },
     /// Remove data no snapshot uses (two phases, safe alongside backups)
     Prune(forget::PruneCmdArgs),
     /// Change snapshot tags; --protect keeps a snapshot from forget
@@ -101,6 +106,7 @@ fn main() {
         Cmd::Tag(a) => forget::tag_cmd(&cli.global, a),
         Cmd::Prune(a) => forget::prune_cmd(&cli.global, a),
         Cmd::Check(a) => check::check_cmd(&cli.global, a),
+        Cmd::Repair { cmd } => check::repair_cmd(&cli.global, cmd),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),

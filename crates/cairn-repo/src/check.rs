@@ -64,6 +64,8 @@ pub struct CheckReport {
     pub blobs_read: u64,
     /// Bytes read with `read_data`.
     pub bytes_read: u64,
+    /// Blobs found missing or damaged (what `repair snapshots` removes).
+    pub damaged_blobs: HashSet<(BlobKind, ChunkId)>,
 }
 
 impl CheckReport {
@@ -460,6 +462,7 @@ impl Repository {
         }
         report.problems.sort();
         report.problems.dedup();
+        report.damaged_blobs = damaged_blobs;
         Ok(report)
     }
 }

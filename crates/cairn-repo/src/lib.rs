@@ -41,6 +41,7 @@ pub mod index;
 mod indexed;
 mod packer;
 mod prune;
+pub mod repair;
 mod repo;
 mod restore;
 pub mod store;
