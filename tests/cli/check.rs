@@ -301,14 +301,9 @@ fn repair_snapshots_recovers_every_snapshot_the_damage_does_not_touch() {
     );
     // The repaired snapshot restores, without the damaged file; the others are intact.
     let t = env.path("t1");
-    let o = env.run(&[
-        "restore",
-        "latest",
-        "--service",
-        "s1",
-        "--target",
-        t.to_str().unwrap(),
-    ]);
+    // The copy keeps the original's time, so name it by id rather than `latest`.
+    let repaired = rep["repaired"][0]["repaired"].as_str().unwrap();
+    let o = env.run(&["restore", repaired, "--target", t.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = t.join(env.path("src1").strip_prefix("/").unwrap());
     assert!(out.join("shared.bin").exists());
