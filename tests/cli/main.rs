@@ -1,6 +1,7 @@
 //! End-to-end tests of the `cairn` binary. Each test names what it guards.
 
 mod check;
+mod concurrent;
 mod stack;
 mod util;
 

@@ -519,8 +519,13 @@ impl IndexedRepository {
         match id {
             None => Ok(None),
             Some(id) => {
-                let snap = self.repo.load_snapshot(&id)?;
-                Ok(Some((id, self.load_tree(&snap.tree)?)))
+                // The parent only saves reading unchanged files: if it cannot be
+                // read (forgotten or being pruned meanwhile), read everything.
+                let tree = self
+                    .repo
+                    .load_snapshot(&id)
+                    .and_then(|s| self.load_tree(&s.tree));
+                Ok(tree.ok().map(|t| (id, t)))
             }
         }
     }
@@ -638,12 +643,24 @@ impl IndexedRepository {
         // a deleted pack, and re-list packs a prune marked meanwhile.
         self.guard_reused(reused)?;
         let id = self.repo.save_snapshot(&snapshot)?;
-        self.relist_marked(reused)?;
+        // The snapshot is committed: from here on nothing may turn this backup
+        // into a failure. If re-listing fails, the next prune's phase 2 still
+        // recomputes what this snapshot uses and keeps it.
+        let mut late_warning = None;
+        if let Err(e) = self.relist_marked(reused, &stats.packs_written) {
+            late_warning = Some(format!(
+                "snapshot committed, but re-listing packs a concurrent prune marked failed ({e}); the next prune keeps them"
+            ));
+        }
         Ok(BackupResult {
             id,
             snapshot,
             stats,
-            warnings: progress.warnings.lock().expect("warnings").clone(),
+            warnings: {
+                let mut w = progress.warnings.lock().expect("warnings").clone();
+                w.extend(late_warning);
+                w
+            },
         })
     }
 

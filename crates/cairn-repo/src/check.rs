@@ -162,6 +162,14 @@ impl Repository {
                 problem(&mut report, &name, e.to_string());
             }
         }
+        // Snapshot names before the index: a snapshot is written after its
+        // index, so every snapshot listed here has its index among those read below.
+        let snapshot_names: Vec<String> = self
+            .store
+            .list("snapshots")?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         // Index objects, one by one.
         let mut files: Vec<(IndexId, IndexFile)> = Vec::new();
         let names: Vec<String> = self.store.list("index")?.into_iter().map(|x| x.0).collect();
@@ -268,14 +276,7 @@ impl Repository {
         let repo = IndexedRepository::from_parts(Arc::new(self), index);
         // Snapshots, one by one.
         let mut snaps: Vec<(SnapshotId, Snapshot)> = Vec::new();
-        let names: Vec<String> = repo
-            .repo
-            .store
-            .list("snapshots")?
-            .into_iter()
-            .map(|x| x.0)
-            .collect();
-        for name in &names {
+        for name in &snapshot_names {
             let Some(id) = name
                 .strip_prefix("snapshots/")
                 .and_then(SnapshotId::from_hex)
@@ -284,6 +285,7 @@ impl Repository {
             };
             match repo.repo.load_snapshot(&id) {
                 Ok(s) => snaps.push((id, s)),
+                Err(RepoError::NotFound { .. }) => {} // forgotten meanwhile
                 Err(e) => problem(&mut report, name, e.to_string()),
             }
         }

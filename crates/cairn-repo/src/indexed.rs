@@ -39,6 +39,18 @@ impl Repository {
 
     /// Read every live (not superseded) index object into an in-memory index.
     pub fn read_index(&self) -> Result<Index> {
+        // An index object can vanish between the listing and the read when a
+        // prune finishes meanwhile (it was superseded): list again.
+        let mut attempt = 0;
+        loop {
+            match self.read_index_once() {
+                Err(RepoError::NotFound { .. }) if attempt < 5 => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn read_index_once(&self) -> Result<Index> {
         let names: Vec<(String, IndexId)> = self
             .store
             .list("index")?
@@ -89,6 +101,13 @@ impl IndexedRepository {
             pack_keys: Mutex::new(HashMap::new()),
             tree_packs: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Swap in a freshly read index; caches keyed by pack position are dropped.
+    pub fn replace_index(&self, index: Index) {
+        *self.index.write().expect("index lock") = index;
+        self.pack_keys.lock().expect("key cache").clear();
+        self.tree_packs.lock().expect("tree cache").clear();
     }
 
     /// Object path of the pack at an index position.

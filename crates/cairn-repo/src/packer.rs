@@ -51,6 +51,8 @@ pub struct PackerStats {
     pub packs: u64,
     /// Index object written, if any.
     pub index: Option<IndexId>,
+    /// The packs written (for the prune protocol's re-listing).
+    pub packs_written: Vec<IndexPack>,
 }
 
 /// One writer session: blobs in, packs and an index object out.
@@ -232,6 +234,7 @@ impl<'r> Packer<'r> {
             bytes_added: self.bytes_added.load(Ordering::Relaxed),
             packs: st.done.len() as u64,
             index: None,
+            packs_written: Vec::new(),
         };
         if !st.done.is_empty() {
             let file = IndexFile {
@@ -250,6 +253,7 @@ impl<'r> Packer<'r> {
                 idx.add_recent(p);
             }
             stats.index = Some(id);
+            stats.packs_written = file.packs.clone();
         }
         Ok(stats)
     }

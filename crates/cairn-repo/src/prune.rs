@@ -220,8 +220,12 @@ impl IndexedRepository {
     /// After a snapshot is written: packs holding reused blobs that a prune has
     /// marked meanwhile are listed again in a new index object, so the prune's
     /// second phase keeps them.
-    pub(crate) fn relist_marked(&self, reused: &HashSet<(BlobKind, ChunkId)>) -> Result<()> {
-        if reused.is_empty() {
+    pub(crate) fn relist_marked(
+        &self,
+        reused: &HashSet<(BlobKind, ChunkId)>,
+        own: &[IndexPack],
+    ) -> Result<()> {
+        if reused.is_empty() && own.is_empty() {
             return Ok(());
         }
         let marked: HashSet<PackId> = self
@@ -242,10 +246,15 @@ impl IndexedRepository {
                 .filter(|(p, _)| marked.contains(p))
                 .collect()
         };
-        if needed.is_empty() {
+        let own_marked: Vec<IndexPack> = own
+            .iter()
+            .filter(|p| marked.contains(&p.id))
+            .cloned()
+            .collect();
+        if needed.is_empty() && own_marked.is_empty() {
             return Ok(());
         }
-        let mut packs = Vec::new();
+        let mut packs = own_marked;
         for (p, size) in needed {
             packs.push(IndexPack {
                 id: p,
@@ -265,11 +274,16 @@ impl IndexedRepository {
 
     /// Remove what no snapshot uses: finish due deletions (phase 2), then mark
     /// unused and mostly-unused packs (phase 1). Never deletes a pack a live
-    /// index lists or a snapshot needs.
+    /// index lists or a snapshot needs. Packs are the truth, the index a
+    /// summary of them: any stored pack that no live index lists but that holds
+    /// data a snapshot uses is indexed again.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let now = now_ns();
+        // Snapshots first, then the index: a snapshot is written after its
+        // index, so every snapshot seen here has its index in what we load.
         let snaps = self.repo.list_snapshots()?;
         let markers = self.repo.list_deletions()?;
+        self.replace_index(self.repo.read_index()?);
         let stored: HashMap<PackId, u64> = self
             .repo
             .store
@@ -277,20 +291,6 @@ impl IndexedRepository {
             .into_iter()
             .filter_map(|(n, size)| Some((PackId::from_hex(n.rsplit('/').next()?)?, size)))
             .collect();
-        // Trees in marked packs stay readable for the walk: a snapshot written
-        // after a marking may need them (phase 2 then recovers the pack).
-        let mut marked_trees = HashMap::new();
-        for (_, m) in &markers {
-            for p in &m.packs {
-                let Some(&size) = stored.get(p) else { continue };
-                if let Ok(entries) = self.read_pack_header(p, size) {
-                    for e in entries.into_iter().filter(|e| e.kind == BlobKind::Tree) {
-                        marked_trees.insert(e.id, (*p, size, e));
-                    }
-                }
-            }
-        }
-        let used = self.used_blobs_with(&snaps, &marked_trees)?;
         let (packs, sizes, loaded_ids) = {
             let idx = self.index.read().expect("index lock");
             (
@@ -304,67 +304,90 @@ impl IndexedRepository {
             snapshots: snaps.len(),
             packs_before: packs.len(),
             bytes_before: sizes.iter().sum(),
-            blobs_used: used.len(),
             ..Default::default()
         };
 
-        // Phase 2: markers whose grace period is over.
-        let mut recovered: Vec<IndexPack> = Vec::new();
-        let mut still_marked: HashSet<PackId> = HashSet::new();
+        // Stored packs outside the live index: marked ones, and leftovers of
+        // interrupted (or still running) backups. Their headers tell what they hold.
+        let mut orphans: HashMap<PackId, IndexPack> = HashMap::new();
+        let mut unreadable: HashSet<PackId> = HashSet::new();
+        for (p, &size) in &stored {
+            if live.contains(p) {
+                continue;
+            }
+            match self.read_pack_header(p, size) {
+                Ok(blobs) => {
+                    orphans.insert(
+                        *p,
+                        IndexPack {
+                            id: *p,
+                            size,
+                            blobs,
+                        },
+                    );
+                }
+                // Cannot prove it unused: never delete it.
+                Err(_) => {
+                    unreadable.insert(*p);
+                }
+            }
+        }
+        let mut orphan_trees = HashMap::new();
+        for o in orphans.values() {
+            for e in o.blobs.iter().filter(|e| e.kind == BlobKind::Tree) {
+                orphan_trees.insert(e.id, (o.id, o.size, *e));
+            }
+        }
+        let used = self.used_blobs_with(&snaps, &orphan_trees)?;
+        r.blobs_used = used.len();
+        // Orphans holding used blobs that no live pack has: index them again.
+        let recovered: Vec<IndexPack> = {
+            let idx = self.index.read().expect("index lock");
+            orphans
+                .values()
+                .filter(|o| {
+                    o.blobs
+                        .iter()
+                        .any(|e| used.contains(&(e.kind, e.id)) && !idx.contains(e.kind, &e.id))
+                })
+                .cloned()
+                .collect()
+        };
+        r.packs_recovered = recovered.len();
+        let recovered_ids: HashSet<PackId> = recovered.iter().map(|p| p.id).collect();
+
+        // Phase 2: markers whose grace period is over. Their packs go unless
+        // live or recovered; the markers themselves are removed only after the
+        // new index is written (below), so a failure here loses nothing.
+        let mut completed: Vec<(String, Vec<IndexId>)> = Vec::new();
+        let mut pending: HashSet<PackId> = HashSet::new();
+        let mut deleted: HashSet<PackId> = HashSet::new();
         for (name, m) in &markers {
             let due = opts.instant_delete || now - m.time_ns >= opts.keep_delete.as_nanos() as i64;
             if !due {
                 r.markers_pending += 1;
-                still_marked.extend(m.packs.iter().copied());
+                pending.extend(m.packs.iter().copied());
                 continue;
             }
             for p in &m.packs {
                 let Some(&size) = stored.get(p) else { continue };
-                if live.contains(p) {
-                    continue; // listed again by a backup: not deletable
-                }
-                let entries = match self.read_pack_header(p, size) {
-                    Ok(e) => e,
-                    Err(_) => {
-                        // An unreadable header cannot prove the pack unused: keep it.
-                        still_marked.insert(*p);
-                        continue;
-                    }
-                };
-                let needed = entries.iter().any(|e| {
-                    used.contains(&(e.kind, e.id))
-                        && !self
-                            .index
-                            .read()
-                            .expect("index lock")
-                            .contains(e.kind, &e.id)
-                });
-                if needed {
-                    recovered.push(IndexPack {
-                        id: *p,
-                        size,
-                        blobs: entries,
-                    });
-                    r.packs_recovered += 1;
+                if live.contains(p)
+                    || recovered_ids.contains(p)
+                    || unreadable.contains(p)
+                    || deleted.contains(p)
+                {
                     continue;
                 }
                 if !opts.dry_run {
                     self.repo.store.delete(&store::pack_path(p))?;
                 }
+                deleted.insert(*p);
                 r.packs_deleted += 1;
                 r.bytes_deleted += size;
             }
-            if !opts.dry_run {
-                for i in &m.indexes {
-                    match self.repo.store.delete(&store::index_path(i)) {
-                        Ok(()) | Err(RepoError::NotFound { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.repo.store.delete(name)?;
-            }
-            r.markers_completed += 1;
+            completed.push((name.clone(), m.indexes.clone()));
         }
+        r.markers_completed = completed.len();
 
         // Phase 1: per live pack, the blobs the index points to in it.
         let mut by_pack: Vec<Vec<PackEntry>> = vec![Vec::new(); packs.len()];
@@ -384,7 +407,6 @@ impl IndexedRepository {
         }
         let mut keep: Vec<IndexPack> = Vec::new();
         let mut mark: Vec<PackId> = Vec::new();
-        // Contents of the live packs being marked (for the re-check below).
         let mut marked_contents: HashMap<PackId, IndexPack> = HashMap::new();
         let mut repack: Vec<(u32, Vec<PackEntry>)> = Vec::new();
         for (i, entries) in by_pack.into_iter().enumerate() {
@@ -436,22 +458,19 @@ impl IndexedRepository {
                 });
             }
         }
-        // Packs in storage that no index and no marker knows: a crashed (or a
-        // running) backup's uploads. Marked, so phase 2 decides after the grace period.
-        let marked_now: HashSet<PackId> = mark.iter().copied().collect();
-        let recovered_ids: HashSet<PackId> = recovered.iter().map(|p| p.id).collect();
-        for (p, size) in &stored {
-            if !live.contains(p)
-                && !still_marked.contains(p)
-                && !marked_now.contains(p)
-                && !recovered_ids.contains(p)
+        // Orphans that hold nothing needed and are not already awaiting deletion.
+        for o in orphans.values() {
+            if !recovered_ids.contains(&o.id)
+                && !pending.contains(&o.id)
+                && !deleted.contains(&o.id)
             {
-                let finished = markers.iter().any(|(_, m)| m.packs.contains(p));
-                if !finished {
-                    mark.push(*p);
+                let in_completed = markers.iter().any(|(_, m)| m.packs.contains(&o.id));
+                if !in_completed {
                     r.unindexed_marked += 1;
-                    r.bytes_marked += size;
                 }
+                mark.push(o.id);
+                marked_contents.insert(o.id, o.clone());
+                r.bytes_marked += o.size;
             }
         }
         r.packs_marked = mark.len();
@@ -481,8 +500,8 @@ impl IndexedRepository {
             r.bytes_repacked = stats.bytes_added;
         }
 
-        // The new index (everything kept plus recovered packs) supersedes
-        // every index object loaded; then the marker.
+        // The new index (kept plus recovered packs) supersedes every index
+        // object loaded; then the marker; then the completed markers go.
         keep.extend(recovered);
         let file = IndexFile {
             supersedes: loaded_ids.clone(),
@@ -499,10 +518,7 @@ impl IndexedRepository {
                 r.bytes_deleted += stored.get(p).copied().unwrap_or(0);
             }
             for i in &loaded_ids {
-                match self.repo.store.delete(&store::index_path(i)) {
-                    Ok(()) | Err(RepoError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                delete_if_present(&self.repo.store, &store::index_path(i))?;
             }
         } else if !mark.is_empty() || !loaded_ids.is_empty() {
             let d = Deletion {
@@ -515,6 +531,14 @@ impl IndexedRepository {
                 &format!("deletions/{}", IndexId::of(&bytes).to_hex()),
                 bytes,
             )?;
+        }
+        for (name, indexes) in &completed {
+            for i in indexes {
+                delete_if_present(&self.repo.store, &store::index_path(i))?;
+            }
+            delete_if_present(&self.repo.store, name)?;
+        }
+        if !opts.instant_delete {
             // A backup may have committed after `used` was computed and before
             // the marker existed (its own re-check then found no marker): list
             // again the marked packs that any new snapshot needs.
@@ -525,8 +549,19 @@ impl IndexedRepository {
                 .into_iter()
                 .filter(|s| !known.contains(&s.0))
                 .collect();
-            if !new.is_empty() {
-                let used_new = self.used_blobs(&new)?;
+            // Their own index objects are newer than what we read: read again.
+            // Best effort: if this fails, phase 2's recomputation still keeps
+            // every pack a snapshot needs.
+            let used_new = if new.is_empty() {
+                None
+            } else {
+                self.repo
+                    .read_index()
+                    .ok()
+                    .map(|i| self.replace_index(i))
+                    .and_then(|_| self.used_blobs_with(&new, &orphan_trees).ok())
+            };
+            if let Some(used_new) = used_new {
                 let relist: Vec<IndexPack> = marked_contents
                     .into_values()
                     .filter(|p| p.blobs.iter().any(|e| used_new.contains(&(e.kind, e.id))))
@@ -545,5 +580,12 @@ impl IndexedRepository {
             }
         }
         Ok(r)
+    }
+}
+
+fn delete_if_present(store: &crate::store::Store, name: &str) -> Result<()> {
+    match store.delete(name) {
+        Ok(()) | Err(RepoError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }

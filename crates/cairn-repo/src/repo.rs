@@ -208,7 +208,13 @@ impl Repository {
         let just_names: Vec<String> = names.iter().map(|x| x.0.clone()).collect();
         let mut out = Vec::with_capacity(names.len());
         for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just_names, 16)) {
-            out.push((*id, self.decode_snapshot(name, id, bytes?)?));
+            let bytes = match bytes {
+                Ok(b) => b,
+                // Forgotten between the listing and the read.
+                Err(RepoError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push((*id, self.decode_snapshot(name, id, bytes)?));
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
         Ok(out)
@@ -271,7 +277,12 @@ impl Repository {
             else {
                 continue;
             };
-            let b = get_verified(&self.store, &name, &id.0)?;
+            let b = match get_verified(&self.store, &name, &id.0) {
+                Ok(b) => b,
+                // Completed (removed) by a prune between the listing and the read.
+                Err(RepoError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let d = cairn_format::deletion::Deletion::decode(&self.key, &b)
                 .map_err(|e| RepoError::from_format(&name, e))?;
             out.push((name, d));
