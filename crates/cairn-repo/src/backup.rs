@@ -641,7 +641,7 @@ impl IndexedRepository {
         };
         // Prune protocol (format-spec §5.1): never commit a snapshot that needs
         // a deleted pack, and re-list packs a prune marked meanwhile.
-        self.guard_reused(reused)?;
+        self.guard_reused(reused, &stats.packs_written)?;
         let id = self.repo.save_snapshot(&snapshot)?;
         // The snapshot is committed: from here on nothing may turn this backup
         // into a failure. If re-listing fails, the next prune's phase 2 still

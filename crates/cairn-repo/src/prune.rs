@@ -172,8 +172,12 @@ impl IndexedRepository {
     /// Before a snapshot is written: if index objects this session loaded are
     /// gone, a prune's second phase ran meanwhile; make sure every reused blob
     /// still exists, or fail without writing the snapshot.
-    pub(crate) fn guard_reused(&self, reused: &HashSet<(BlobKind, ChunkId)>) -> Result<()> {
-        if reused.is_empty() {
+    pub(crate) fn guard_reused(
+        &self,
+        reused: &HashSet<(BlobKind, ChunkId)>,
+        own: &[IndexPack],
+    ) -> Result<()> {
+        if reused.is_empty() && own.is_empty() {
             return Ok(());
         }
         let loaded: Vec<IndexId> = self.index.read().expect("index lock").index_ids.clone();
@@ -186,6 +190,15 @@ impl IndexedRepository {
             .collect();
         if loaded.iter().all(|i| now.contains(&store::index_path(i))) {
             return Ok(());
+        }
+        // A phase 2 ran during this backup: what it wrote itself must still exist too.
+        for p in own {
+            if !self.repo.store.exists(&store::pack_path(&p.id))? {
+                return Err(RepoError::InvalidInput(format!(
+                    "a prune that ran during this backup removed pack {} that the backup wrote; no snapshot was written, run the backup again",
+                    p.id.short()
+                )));
+            }
         }
         let fresh = self.repo.read_index()?;
         let marked: HashSet<PackId> = self

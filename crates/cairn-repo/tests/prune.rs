@@ -165,3 +165,60 @@ fn mostly_unused_packs_are_repacked() {
     assert_restores(&s, &b, &prefix);
     assert!(r.packs_marked >= 1, "{r:?}");
 }
+
+/// The critical boundary of a backup: its packs and index are written, its
+/// snapshot is not. A prune's phase 1 there sees the new packs as unused and
+/// marks them; the backup re-lists them when it commits.
+#[test]
+fn prune_between_a_backups_index_and_its_snapshot() {
+    let s = setup();
+    let d = data(6, 2 << 20);
+    let writer = open(&s);
+    let r = writer
+        .backup_stream(
+            &d[..],
+            "f",
+            &BackupOptions::default(),
+            &Progress::default(),
+            || {
+                let p = open(&s).prune(&PruneOptions::default()).unwrap();
+                assert!(
+                    p.packs_marked >= 1,
+                    "phase 1 should mark the uncommitted backup's packs: {p:?}"
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_restores(&s, &r.id, &d); // at once, during the grace period
+    let p2 = open(&s).prune(&phase2()).unwrap();
+    assert_eq!(p2.packs_deleted, 0, "{p2:?}");
+    assert_restores(&s, &r.id, &d);
+}
+
+/// A backup that outlasts the grace period: both phases run between its index
+/// and its snapshot and delete its packs. It must fail without a snapshot,
+/// never commit one that references deleted packs.
+#[test]
+fn backup_outlasting_the_grace_period_fails_cleanly() {
+    let s = setup();
+    let old = data(7, 1 << 20);
+    backup(&open(&s), &old); // gives the writer an index to load
+    let writer = open(&s);
+    let e = writer
+        .backup_stream(
+            &data(8, 2 << 20)[..],
+            "f",
+            &BackupOptions::default(),
+            &Progress::default(),
+            || {
+                open(&s).prune(&PruneOptions::default()).unwrap();
+                let p2 = open(&s).prune(&phase2()).unwrap();
+                assert!(p2.packs_deleted >= 1, "{p2:?}");
+                Ok(())
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("run the backup again"), "{e}");
+    assert_eq!(open(&s).repo.list_snapshots().unwrap().len(), 1);
+}
