@@ -6,7 +6,8 @@
 //! snapshot of each of the last N hours/days/... that have a snapshot;
 //! `keep-within D` keeps everything within D of the group's newest snapshot;
 //! `keep-tag T` keeps every snapshot tagged T. A snapshot is kept if any rule
-//! keeps it. Protected snapshots are always kept. Calendar buckets are in UTC
+//! keeps it. A calendar rule that finds fewer buckets than it may keep also
+//! keeps the group's oldest snapshot (restic 0.17+: "oldest daily", ...). Protected snapshots are always kept. Calendar buckets are in UTC
 //! (cairn records snapshot times in UTC; restic uses local time).
 
 use std::time::Duration;
@@ -178,6 +179,16 @@ pub fn apply(policy: &RetentionPolicy, group: &[(SnapshotId, Snapshot)]) -> Vec<
             keep: !reasons.is_empty(),
             reasons,
         });
+    }
+    // As restic (0.17+): a calendar rule that found fewer buckets than it may
+    // keep also keeps the group's oldest snapshot ("oldest daily", ...).
+    if let Some(oldest) = out.last_mut() {
+        for (i, (name, n, _)) in rules.iter().enumerate() {
+            if n.is_some_and(|n| n > 0) && left[i] > 0 {
+                oldest.keep = true;
+                oldest.reasons.push(format!("oldest {name}"));
+            }
+        }
     }
     out
 }
@@ -363,9 +374,10 @@ mod tests {
             // keep-weekly 2 (ISO weeks, Monday first): Jan 31 2016 is a Sunday
             // (week 4, newest 101) and week 3 ends Sunday Jan 24.
             (p(|p| p.keep_weekly = Some(2)), vec![24, 101]),
-            // keep-monthly / yearly with one month of data: the newest only.
-            (p(|p| p.keep_monthly = Some(5)), vec![101]),
-            (p(|p| p.keep_yearly = Some(5)), vec![101]),
+            // keep-monthly / yearly with one month of data: the newest, and, as
+            // the rule cannot be filled, the oldest (restic 0.17+).
+            (p(|p| p.keep_monthly = Some(5)), vec![1, 101]),
+            (p(|p| p.keep_yearly = Some(5)), vec![1, 101]),
             // keep-within 2 days of the newest (Jan 31 12:00): Jan 29 12:00 onwards.
             (
                 p(|p| p.keep_within = Some(Duration::from_secs(2 * 86_400))),
@@ -385,6 +397,125 @@ mod tests {
         for (policy, expected) in cases {
             assert_eq!(kept(&policy, &g), expected, "{policy:?}");
         }
+    }
+
+    /// restic's documentation, "Removing snapshots according to a policy":
+    /// one backup every Sunday for 12 weeks; `--keep-daily 4` keeps the last four.
+    #[test]
+    fn restic_doc_example_twelve_sundays_keep_daily_4() {
+        let g: Vec<_> = (0..12u8)
+            .map(|w| {
+                snap(
+                    w,
+                    at(2019, 9, 1, 11, 0) + w as i64 * 7 * 86_400 * 1_000_000_000,
+                    &[],
+                )
+            })
+            .collect();
+        let p = RetentionPolicy {
+            keep_daily: Some(4),
+            ..Default::default()
+        };
+        assert_eq!(kept(&p, &g), vec![8, 9, 10, 11]);
+        assert!(
+            apply(&p, &g)
+                .iter()
+                .filter(|d| d.keep)
+                .all(|d| d.reasons == vec!["daily"])
+        );
+    }
+
+    /// The same page: a backup every day for 100 years, then
+    /// `--keep-daily 7 --keep-weekly 5 --keep-monthly 12 --keep-yearly 75` keeps
+    /// 7 dailies, 4 more weeklies, 12 or 11 more monthlies, 75 or 74 more yearlies.
+    #[test]
+    fn restic_doc_example_hundred_years_of_dailies() {
+        let start = days_from_civil(1920, 1, 1);
+        let g: Vec<(SnapshotId, Snapshot)> = (0..36_525i64)
+            .map(|d| {
+                let mut s = snap(0, ((start + d) * 86_400 + 10 * 3600) * 1_000_000_000, &[]);
+                s.0 = SnapshotId(*blake3::hash(&d.to_le_bytes()).as_bytes());
+                s
+            })
+            .collect();
+        let p = RetentionPolicy {
+            keep_daily: Some(7),
+            keep_weekly: Some(5),
+            keep_monthly: Some(12),
+            keep_yearly: Some(75),
+            ..Default::default()
+        };
+        let d = apply(&p, &g);
+        let kept: Vec<&Decision> = d.iter().filter(|d| d.keep).collect();
+        let only = |r: &str| {
+            kept.iter()
+                .filter(|d| d.reasons.iter().any(|x| x == r))
+                .count()
+        };
+        assert_eq!(only("daily"), 7);
+        assert_eq!(only("weekly"), 5);
+        assert_eq!(only("monthly"), 12);
+        assert_eq!(only("yearly"), 75);
+        // Independently: the newest snapshot per bucket, N newest buckets per rule.
+        let newest_per = |n: usize, f: &dyn Fn(&Civil) -> i64| -> Vec<SnapshotId> {
+            let mut by: std::collections::BTreeMap<i64, (i64, SnapshotId)> = Default::default();
+            for (id, s) in &g {
+                let e = by
+                    .entry(f(&Civil::from_ns(s.time_ns)))
+                    .or_insert((s.time_ns, *id));
+                if s.time_ns > e.0 {
+                    *e = (s.time_ns, *id);
+                }
+            }
+            by.values().rev().take(n).map(|x| x.1).collect()
+        };
+        let mut expected: std::collections::BTreeSet<SnapshotId> = Default::default();
+        expected.extend(newest_per(7, &|c| {
+            (c.year * 100 + c.month as i64) * 100 + c.day as i64
+        }));
+        expected.extend(newest_per(5, &|c| c.iso_year * 100 + c.iso_week as i64));
+        expected.extend(newest_per(12, &|c| c.year * 100 + c.month as i64));
+        expected.extend(newest_per(75, &|c| c.year));
+        let got: std::collections::BTreeSet<SnapshotId> = kept.iter().map(|d| d.id).collect();
+        assert_eq!(got, expected);
+        // The documentation's arithmetic, allowing for where the week falls:
+        // 7 dailies + 3..4 weeklies + 11..12 monthlies + 74..75 yearlies.
+        assert!(
+            (7 + 3 + 11 + 74..=7 + 4 + 12 + 75).contains(&got.len()),
+            "kept {}",
+            got.len()
+        );
+        assert!(
+            d[..7]
+                .iter()
+                .all(|x| x.reasons.contains(&"daily".to_string()))
+        );
+    }
+
+    /// Not enough buckets for a rule: the oldest snapshot is kept additionally.
+    #[test]
+    fn unfilled_rule_keeps_the_oldest_additionally() {
+        let g = vec![
+            snap(1, at(2024, 5, 1, 8, 0), &[]),
+            snap(2, at(2024, 5, 1, 9, 0), &[]),
+            snap(3, at(2024, 5, 1, 10, 0), &[]),
+        ];
+        let p = RetentionPolicy {
+            keep_daily: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(kept(&p, &g), vec![1, 3]);
+        let d = apply(&p, &g);
+        assert_eq!(
+            d.iter().find(|x| x.id.0[0] == 1).unwrap().reasons,
+            vec!["oldest daily"]
+        );
+        // keep-last is not a calendar rule: nothing extra.
+        let p = RetentionPolicy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(kept(&p, &g), vec![3]);
     }
 
     #[test]

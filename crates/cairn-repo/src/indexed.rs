@@ -39,43 +39,51 @@ impl Repository {
 
     /// Read every live (not superseded) index object into an in-memory index.
     pub fn read_index(&self) -> Result<Index> {
-        // An index object can vanish between the listing and the read when a
-        // prune finishes meanwhile (it was superseded): list again.
-        let mut attempt = 0;
+        // An index object vanishes only after the index superseding it was
+        // written (prune phase 2, repair). So: read what is listed, skipping
+        // what vanished, then list again and read what is new; once a round
+        // loses nothing, every superseder of a vanished object has been read.
+        let mut files: Vec<(IndexId, IndexFile)> = Vec::new();
+        let mut seen: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
         loop {
-            match self.read_index_once() {
-                Err(RepoError::NotFound { .. }) if attempt < 5 => attempt += 1,
-                r => return r,
+            let names: Vec<(String, IndexId)> = self
+                .store
+                .list("index")?
+                .into_iter()
+                .filter_map(|(n, _)| {
+                    let id = n.strip_prefix("index/").and_then(IndexId::from_hex)?;
+                    Some((n, id))
+                })
+                .filter(|(_, id)| !seen.contains(id))
+                .collect();
+            let just: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
+            let mut vanished = false;
+            for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just, 16)) {
+                seen.insert(*id);
+                let bytes = match bytes {
+                    Ok(b) => b,
+                    Err(RepoError::NotFound { .. }) => {
+                        vanished = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if blake3::hash(&bytes).as_bytes() != &id.0 {
+                    return Err(RepoError::Corrupted {
+                        object: name.clone(),
+                        detail: format!(
+                            "content ({} bytes) does not hash to its name (altered or truncated)",
+                            bytes.len()
+                        ),
+                    });
+                }
+                let file = IndexFile::decode(&self.key, &bytes)
+                    .map_err(|e| RepoError::from_format(name, e))?;
+                files.push((*id, file));
             }
-        }
-    }
-
-    fn read_index_once(&self) -> Result<Index> {
-        let names: Vec<(String, IndexId)> = self
-            .store
-            .list("index")?
-            .into_iter()
-            .filter_map(|(n, _)| {
-                let id = n.strip_prefix("index/").and_then(IndexId::from_hex)?;
-                Some((n, id))
-            })
-            .collect();
-        let just: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
-        let mut files = Vec::with_capacity(names.len());
-        for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just, 16)) {
-            let bytes = bytes?;
-            if blake3::hash(&bytes).as_bytes() != &id.0 {
-                return Err(RepoError::Corrupted {
-                    object: name.clone(),
-                    detail: format!(
-                        "content ({} bytes) does not hash to its name (altered or truncated)",
-                        bytes.len()
-                    ),
-                });
+            if !vanished {
+                break;
             }
-            let file = IndexFile::decode(&self.key, &bytes)
-                .map_err(|e| RepoError::from_format(name, e))?;
-            files.push((*id, file));
         }
         // An index object named in another's `supersedes` is ignored (format-spec §5.1).
         let superseded: std::collections::HashSet<IndexId> = files
