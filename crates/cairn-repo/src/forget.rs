@@ -74,7 +74,8 @@ pub struct Civil {
     pub iso_week: u32,
 }
 
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// (year, month, day) of a day number (days since 1970-01-01), proleptic Gregorian.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -436,21 +436,13 @@ impl IndexedRepository {
                 .partition(|e| used.contains(&(e.kind, e.id)));
             r.blobs_unused += unused_e.len();
             let used_bytes: u64 = used_e.iter().map(|e| e.length as u64).sum();
-            if used_e.is_empty() {
-                mark.push(pid);
-                marked_contents.insert(
-                    pid,
-                    IndexPack {
-                        id: pid,
-                        size,
-                        blobs: all_entries,
-                    },
-                );
-                r.bytes_marked += size;
-            } else if (size - used_bytes.min(size)) as f64 > opts.max_unused * size as f64
-                && !unused_e.is_empty()
-            {
-                repack.push((i as u32, used_e));
+            let mostly_unused = (size - used_bytes.min(size)) as f64
+                > opts.max_unused * size as f64
+                && !unused_e.is_empty();
+            if used_e.is_empty() || mostly_unused {
+                if !used_e.is_empty() {
+                    repack.push((i as u32, used_e));
+                }
                 mark.push(pid);
                 marked_contents.insert(
                     pid,
