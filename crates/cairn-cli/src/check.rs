@@ -60,7 +60,11 @@ pub fn check_cmd(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
             .ok_or_else(|| anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY"))?;
         check_keyless(&Store::new(store::open_location(&loc, false)?))?
     } else {
-        crate::commands::open(g)?.check(read)?
+        let stage = cairn_repo::Stage::default();
+        let ticker = crate::util::Ticker::stage(!g.quiet && !g.json, stage.clone());
+        let r = crate::commands::open(g)?.check_with_progress(read, Some(stage));
+        drop(ticker);
+        r?
     };
     if g.json {
         println!(

@@ -318,8 +318,12 @@ pub fn run_prune(
         keep_delete: a.keep_delete,
         instant_delete: a.instant_delete,
         dry_run,
+        stage: Some(cairn_repo::Stage::default()),
     };
-    let r = repo.prune(&opts)?;
+    let ticker = crate::util::Ticker::stage(!g.quiet && !g.json, opts.stage.clone().expect("set"));
+    let r = repo.prune(&opts);
+    drop(ticker);
+    let r = r?;
     let h = crate::util::human_bytes;
     if g.json {
         println!(

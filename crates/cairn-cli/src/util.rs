@@ -153,6 +153,34 @@ impl Ticker {
     }
 }
 
+impl Ticker {
+    /// A spinner with a changing message (for work without a byte count).
+    pub fn stage(enabled: bool, stage: cairn_repo::Stage) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Ticker { stop, handle: None };
+        }
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .expect("template"),
+            );
+            while !s.load(Ordering::Relaxed) {
+                bar.set_message(stage.lock().expect("stage").clone());
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Ticker {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

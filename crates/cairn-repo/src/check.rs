@@ -135,6 +135,16 @@ fn selected(pack: &PackId, rd: ReadData) -> bool {
 impl Repository {
     /// Check the repository (it was opened, so config and one key are fine).
     pub fn check(self, read_data: ReadData) -> Result<CheckReport> {
+        self.check_with_progress(read_data, None)
+    }
+
+    /// [`Repository::check`], reporting what it is doing to `stage`.
+    pub fn check_with_progress(
+        self,
+        read_data: ReadData,
+        stage: Option<crate::Stage>,
+    ) -> Result<CheckReport> {
+        crate::set_stage(&stage, "checking key files and index objects");
         let mut report = CheckReport::default();
         let problem = |r: &mut CheckReport, object: &str, detail: String| {
             r.problems.push(Problem {
@@ -290,6 +300,10 @@ impl Repository {
             }
         }
         report.snapshots = snaps.len();
+        crate::set_stage(
+            &stage,
+            format!("checking the trees of {} snapshots", snaps.len()),
+        );
         // Trees and blob references.
         let mut damaged_blobs: HashSet<(BlobKind, ChunkId)> = HashSet::new();
         let mut visited: HashSet<ChunkId> = HashSet::new();
@@ -362,7 +376,11 @@ impl Repository {
                 .collect();
             drop(idx);
             let found: Mutex<ReadFindings> = Mutex::new(ReadFindings::default());
+            let done = std::sync::atomic::AtomicUsize::new(0);
+            let total = todo.len();
             todo.par_iter().for_each(|(pack, blobs)| {
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                crate::set_stage(&stage, format!("reading packs: {n}/{total}"));
                 let name = repo.pack_name(*pack);
                 let res = repo.read_pack_verified(*pack);
                 let mut f = found.lock().expect("found");

@@ -49,6 +49,15 @@ mod sys;
 
 pub use backup::{BackupOptions, BackupResult, ParentChoice, Progress, clean_absolute};
 pub use error::{RepoError, Result};
+
+/// What a long operation is doing now, for progress displays.
+pub type Stage = std::sync::Arc<std::sync::Mutex<String>>;
+
+pub(crate) fn set_stage(stage: &Option<Stage>, msg: impl Into<String>) {
+    if let Some(s) = stage {
+        *s.lock().expect("stage") = msg.into();
+    }
+}
 pub use indexed::IndexedRepository;
 pub use packer::{Packer, PackerStats};
 pub use prune::{PruneOptions, PruneReport};

@@ -28,6 +28,8 @@ pub struct PruneOptions {
     pub instant_delete: bool,
     /// Report only.
     pub dry_run: bool,
+    /// Where to report what prune is doing.
+    pub stage: Option<crate::Stage>,
 }
 
 impl Default for PruneOptions {
@@ -37,6 +39,7 @@ impl Default for PruneOptions {
             keep_delete: Duration::from_secs(24 * 3600),
             instant_delete: false,
             dry_run: false,
+            stage: None,
         }
     }
 }
@@ -292,6 +295,7 @@ impl IndexedRepository {
     /// data a snapshot uses is indexed again.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
         let now = now_ns();
+        crate::set_stage(&opts.stage, "reading snapshots and index");
         // Snapshots first, then the index: a snapshot is written after its
         // index, so every snapshot seen here has its index in what we load.
         let snaps = self.repo.list_snapshots()?;
@@ -351,8 +355,16 @@ impl IndexedRepository {
                 orphan_trees.insert(e.id, (o.id, o.size, *e));
             }
         }
+        crate::set_stage(
+            &opts.stage,
+            format!("walking the trees of {} snapshots", snaps.len()),
+        );
         let used = self.used_blobs_with(&snaps, &orphan_trees)?;
         r.blobs_used = used.len();
+        crate::set_stage(
+            &opts.stage,
+            "phase 2: deleting packs whose grace period is over",
+        );
         // Orphans holding used blobs that no live pack has: index them again.
         let recovered: Vec<IndexPack> = {
             let idx = self.index.read().expect("index lock");
@@ -403,6 +415,7 @@ impl IndexedRepository {
         r.markers_completed = completed.len();
 
         // Phase 1: per live pack, the blobs the index points to in it.
+        crate::set_stage(&opts.stage, "phase 1: finding unused packs");
         let mut by_pack: Vec<Vec<PackEntry>> = vec![Vec::new(); packs.len()];
         {
             let idx = self.index.read().expect("index lock");
@@ -486,6 +499,7 @@ impl IndexedRepository {
 
         // Copy the used blobs of repacked packs (a normal writer session).
         if !repack.is_empty() {
+            crate::set_stage(&opts.stage, format!("repacking {} packs", repack.len()));
             let packer = Packer::new(self);
             for (pack, entries) in &repack {
                 let bytes = self.read_pack_verified(*pack)?;
