@@ -204,12 +204,7 @@ impl IndexedRepository {
             }
         }
         let fresh = self.repo.read_index()?;
-        let marked: HashSet<PackId> = self
-            .repo
-            .list_deletions()?
-            .into_iter()
-            .flat_map(|(_, d)| d.packs)
-            .collect();
+        let marked = self.repo.marked_packs()?;
         let idx = self.index.read().expect("index lock");
         for (kind, id) in reused {
             if fresh.contains(*kind, id) {
@@ -244,12 +239,7 @@ impl IndexedRepository {
         if reused.is_empty() && own.is_empty() {
             return Ok(());
         }
-        let marked: HashSet<PackId> = self
-            .repo
-            .list_deletions()?
-            .into_iter()
-            .flat_map(|(_, d)| d.packs)
-            .collect();
+        let marked = self.repo.marked_packs()?;
         if marked.is_empty() {
             return Ok(());
         }

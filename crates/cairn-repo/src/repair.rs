@@ -43,11 +43,7 @@ impl Repository {
     /// Packs awaiting deletion by prune are left out.
     pub fn repair_index(&self, dry_run: bool) -> Result<IndexRepair> {
         let mut out = IndexRepair::default();
-        let marked: HashSet<PackId> = self
-            .list_deletions()?
-            .into_iter()
-            .flat_map(|(_, d)| d.packs)
-            .collect();
+        let marked = self.marked_packs()?;
         let old: Vec<String> = self.store.list("index")?.into_iter().map(|x| x.0).collect();
         // An empty index is enough to read pack headers.
         let reader = IndexedRepository::from_parts(

@@ -291,6 +291,15 @@ impl Repository {
         Ok(out)
     }
 
+    /// Every pack some deletion marker names (awaiting deletion by prune).
+    pub fn marked_packs(&self) -> Result<std::collections::HashSet<cairn_format::PackId>> {
+        Ok(self
+            .list_deletions()?
+            .into_iter()
+            .flat_map(|(_, d)| d.packs)
+            .collect())
+    }
+
     /// Remove snapshot objects (what `forget` does; their data stays until prune).
     pub fn delete_snapshots(&self, ids: &[SnapshotId]) -> Result<()> {
         for id in ids {
