@@ -49,6 +49,22 @@ fn check(env: &Env) -> (i32, serde_json::Value) {
     )
 }
 
+/// The latest snapshot of fixture service `s{i}` restores byte-identical to `src{i}`.
+fn assert_service_restores(env: &Env, i: u64) {
+    let t = env.path(&format!("t{i}"));
+    let svc = format!("s{i}");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--service",
+        &svc,
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    let src = env.path(&format!("src{i}"));
+    crate::util::assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
+}
+
 fn restore_copy(from: &Path, to: &Path) {
     let _ = fs::remove_dir_all(to);
     crate::copy_dir(from, to);
@@ -235,17 +251,7 @@ fn repair_index_rebuilds_a_lost_or_damaged_index() {
     let (code, r) = check(&env);
     assert_eq!(code, 0, "{r}");
     for i in 0..3 {
-        let t = env.path(&format!("t{i}"));
-        env.ok(&[
-            "restore",
-            "latest",
-            "--service",
-            &format!("s{i}"),
-            "--target",
-            t.to_str().unwrap(),
-        ]);
-        let src = env.path(&format!("src{i}"));
-        crate::util::assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
+        assert_service_restores(&env, i);
     }
 }
 
@@ -309,17 +315,7 @@ fn repair_snapshots_recovers_every_snapshot_the_damage_does_not_touch() {
     assert!(out.join("shared.bin").exists());
     assert!(!Path::new(&format!("{}{}", t.display(), own)).exists());
     for i in [0, 2] {
-        let t = env.path(&format!("t{i}"));
-        env.ok(&[
-            "restore",
-            "latest",
-            "--service",
-            &format!("s{i}"),
-            "--target",
-            t.to_str().unwrap(),
-        ]);
-        let src = env.path(&format!("src{i}"));
-        crate::util::assert_same_tree(&src, &t.join(src.strip_prefix("/").unwrap()));
+        assert_service_restores(&env, i);
     }
     // The original stays until forgotten; afterwards check is clean apart from the damaged pack's unused data.
     env.ok(&["forget", &s1]);

@@ -54,6 +54,24 @@ fn psql(db: &str, sql: &str) -> String {
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
+/// Drop a PostgreSQL database this test created (ignoring errors: cleanup).
+fn drop_pg(db: &str) {
+    let _ = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-X",
+            "-q",
+            "-d",
+            "postgres",
+            "-c",
+        ])
+        .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .output();
+}
+
 fn mariadb(sql: &str) -> String {
     let o = Command::new("mariadb")
         .args([
@@ -121,23 +139,7 @@ impl Drop for Stack {
         self.envs(&mut c);
         let _ = c.output();
         for db in ["orders", "catalog"] {
-            let _ = Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-X",
-                    "-q",
-                    "-d",
-                    "postgres",
-                    "-c",
-                ])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS \"{}_{db}_staging\" WITH (FORCE)",
-                    self.prefix
-                ))
-                .output();
+            drop_pg(&format!("{}_{db}_staging", self.prefix));
             let _ = Command::new("mariadb")
                 .args(["--protocol=TCP", "-h", "127.0.0.1", "-u", "root", "-e"])
                 .arg(format!(
@@ -395,23 +397,7 @@ fn unreachable_database_fails_its_service_stops_dependents_and_spares_the_rest()
     struct Drop1(String);
     impl Drop for Drop1 {
         fn drop(&mut self) {
-            let _ = Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-X",
-                    "-q",
-                    "-d",
-                    "postgres",
-                    "-c",
-                ])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.0
-                ))
-                .output();
+            drop_pg(&self.0);
         }
     }
     let _guard = Drop1(db.clone());

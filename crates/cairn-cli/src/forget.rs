@@ -174,7 +174,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
             repo.delete_snapshots(&ids)?;
         }
         if a.prune {
-            return run_prune(g, repo.load_index()?, &a.prune_args, a.dry_run);
+            return run_prune(g, repo, &a.prune_args, a.dry_run);
         }
         if g.json {
             println!(
@@ -216,7 +216,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
         );
     }
     if a.prune {
-        return run_prune(g, repo.load_index()?, &a.prune_args, a.dry_run);
+        return run_prune(g, repo, &a.prune_args, a.dry_run);
     }
     Ok(0)
 }
@@ -302,12 +302,7 @@ pub struct PruneCmdArgs {
 }
 
 /// Run a prune and print its report.
-pub fn run_prune(
-    g: &GlobalArgs,
-    repo: cairn_repo::IndexedRepository,
-    a: &PruneArgs,
-    dry_run: bool,
-) -> Result<i32> {
+pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool) -> Result<i32> {
     if a.instant_delete && !g.json {
         eprintln!(
             "warning: --instant-delete: packs are deleted now, without a grace period; a backup running at the same time can lose data"
@@ -385,6 +380,5 @@ pub fn run_prune(
 }
 
 pub fn prune_cmd(g: &GlobalArgs, a: PruneCmdArgs) -> Result<i32> {
-    let repo = crate::commands::open(g)?.load_index()?;
-    run_prune(g, repo, &a.prune, a.dry_run)
+    run_prune(g, crate::commands::open(g)?, &a.prune, a.dry_run)
 }

@@ -46,8 +46,8 @@ pub struct StackForgetArgs {
 fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
     let cat = Catalog::load(&a.catalog, None)?;
     let selected = cat.select(&a.only, false)?;
-    let repo = open(g, &cat)?;
-    let all = repo.repo.list_snapshots()?;
+    let repo = open_repo(g, &cat)?;
+    let all = repo.list_snapshots()?;
     let mut report = Vec::new();
     let mut removed = 0;
     for name in &selected {
@@ -65,8 +65,7 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
             .cloned()
             .collect();
         let groups = crate::forget::decide(&policy, cairn_repo::forget::GroupBy::default(), snaps);
-        let (n, v) =
-            crate::forget::execute(g, &repo.repo, &groups, a.dry_run, &format!("{name}: "))?;
+        let (n, v) = crate::forget::execute(g, &repo, &groups, a.dry_run, &format!("{name}: "))?;
         removed += n;
         report.push(json!({"service": name, "removed": n, "groups": v}));
     }
@@ -79,8 +78,6 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
         );
     }
     if a.prune {
-        // Snapshots changed: read them (and the index) afresh.
-        let repo = open(g, &cat)?;
         return crate::forget::run_prune(g, repo, &a.prune_args, a.dry_run);
     }
     Ok(0)
@@ -114,7 +111,8 @@ pub struct StackArgs {
     metrics_file: Option<PathBuf>,
 }
 
-fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
+/// The repository the catalog (or the options) name, index not loaded.
+fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
     let mut g = g.clone();
     if g.repo.is_none() {
         g.repo = cat.repository.clone();
@@ -130,9 +128,11 @@ fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
     })?;
     let s = store::open_location(&loc, false)?;
     let pw = read_password(&g, false)?;
-    Ok(Repository::open(s, &pw)
-        .with_context(|| format!("opening repository {loc}"))?
-        .load_index()?)
+    Repository::open(s, &pw).with_context(|| format!("opening repository {loc}"))
+}
+
+fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
+    Ok(open_repo(g, cat)?.load_index()?)
 }
 
 fn write_out(path: &Option<PathBuf>, text: &str) -> Result<()> {

@@ -64,5 +64,4 @@ pub use prune::{PruneOptions, PruneReport};
 pub use repo::{KeyInfo, Repository, now_ns, whoami};
 pub use restore::{
     Damage, Entry, RestoreOptions, RestoreProgress, RestoreReport, normalize_snapshot_path,
-    target_path,
 };

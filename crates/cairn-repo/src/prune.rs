@@ -14,8 +14,20 @@ use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
 use crate::packer::Packer;
-use crate::repo::now_ns;
+use crate::repo::{Repository, now_ns};
 use crate::store;
+
+impl Repository {
+    /// Prune a repository whose index is not loaded yet: lists snapshots and
+    /// markers first, then reads the index once (what the CLI uses; see
+    /// [`IndexedRepository::prune`] for an already indexed repository).
+    pub fn prune(self, opts: &PruneOptions) -> Result<PruneReport> {
+        crate::set_stage(&opts.stage, "reading snapshots and index");
+        let snaps = self.list_snapshots()?;
+        let markers = self.list_deletions()?;
+        self.load_index()?.prune_listed(snaps, markers, opts)
+    }
+}
 
 /// Settings of a prune.
 #[derive(Clone, Debug)]
@@ -284,13 +296,24 @@ impl IndexedRepository {
     /// summary of them: any stored pack that no live index lists but that holds
     /// data a snapshot uses is indexed again.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
-        let now = now_ns();
         crate::set_stage(&opts.stage, "reading snapshots and index");
         // Snapshots first, then the index: a snapshot is written after its
         // index, so every snapshot seen here has its index in what we load.
         let snaps = self.repo.list_snapshots()?;
         let markers = self.repo.list_deletions()?;
         self.replace_index(self.repo.read_index()?);
+        self.prune_listed(snaps, markers, opts)
+    }
+
+    /// The prune proper; `snaps` and `markers` were listed before the index
+    /// now held was read.
+    fn prune_listed(
+        &self,
+        snaps: Vec<(SnapshotId, Snapshot)>,
+        markers: Vec<(String, Deletion)>,
+        opts: &PruneOptions,
+    ) -> Result<PruneReport> {
+        let now = now_ns();
         let stored: HashMap<PackId, u64> = self
             .repo
             .store

@@ -47,12 +47,7 @@ impl Repository {
         let old: Vec<String> = self.store.list("index")?.into_iter().map(|x| x.0).collect();
         // An empty index is enough to read pack headers.
         let reader = IndexedRepository::from_parts(
-            std::sync::Arc::new(Repository {
-                store: self.store.clone(),
-                key: self.key.clone(),
-                config: self.config.clone(),
-                key_id: self.key_id,
-            }),
+            std::sync::Arc::new(self.clone()),
             crate::index::Index::default(),
         );
         let mut packs = Vec::new();
@@ -97,7 +92,7 @@ impl Repository {
     /// missing data are left out, unreadable directories become empty; the
     /// copies are tagged `repaired`, the originals stay until forgotten.
     pub fn repair_snapshots(self, dry_run: bool) -> Result<SnapshotRepair> {
-        let report = self.clone_handle().check(ReadData::All)?;
+        let report = self.clone().check(ReadData::All)?;
         let damaged = report.damaged_blobs;
         let repo = self.load_index()?;
         let mut out = SnapshotRepair::default();
@@ -138,15 +133,6 @@ impl Repository {
             out.repaired.push((id, Some(new)));
         }
         Ok(out)
-    }
-
-    fn clone_handle(&self) -> Repository {
-        Repository {
-            store: self.store.clone(),
-            key: self.key.clone(),
-            config: self.config.clone(),
-            key_id: self.key_id,
-        }
     }
 }
 

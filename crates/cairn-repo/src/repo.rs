@@ -13,7 +13,7 @@ use crate::store::{self, Store};
 
 /// An opened repository: its key and config are known, its index is not
 /// loaded yet (see [`crate::IndexedRepository`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Repository {
     /// Storage access.
     pub store: Store,

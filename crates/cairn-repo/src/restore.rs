@@ -13,7 +13,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -514,11 +514,4 @@ impl IndexedRepository {
             }
         }
     }
-}
-
-/// Check that every path in `p` is inside a directory (helper for callers).
-pub fn target_path(target: &Path, snapshot_path: &[u8]) -> PathBuf {
-    target.join(OsStr::from_bytes(
-        snapshot_path.strip_prefix(b"/").unwrap_or(snapshot_path),
-    ))
 }
