@@ -2,6 +2,7 @@
 
 mod check;
 mod concurrent;
+mod mount;
 mod stack;
 mod util;
 

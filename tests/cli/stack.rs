@@ -10,7 +10,7 @@ use cairn_stack::redis::{Conn, Reply};
 
 use crate::util::{CHEAP_KDF, Env, assert_same_tree};
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -30,7 +30,7 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack")
 }
 
-fn psql(db: &str, sql: &str) -> String {
+pub(crate) fn psql(db: &str, sql: &str) -> String {
     let o = Command::new("psql")
         .args([
             "-h",
@@ -55,7 +55,7 @@ fn psql(db: &str, sql: &str) -> String {
 }
 
 /// Drop a PostgreSQL database this test created (ignoring errors: cleanup).
-fn drop_pg(db: &str) {
+pub(crate) fn drop_pg(db: &str) {
     let _ = Command::new("psql")
         .args([
             "-h",
@@ -152,7 +152,7 @@ impl Drop for Stack {
 }
 
 /// Content fingerprints independent of physical layout.
-fn pg_content(db: &str) -> String {
+pub(crate) fn pg_content(db: &str) -> String {
     let tables = psql(
         db,
         "select tablename from pg_tables where schemaname = 'public' order by 1",

@@ -6,6 +6,7 @@
 mod check;
 mod commands;
 mod forget;
+mod mount;
 mod stack;
 mod util;
 
@@ -80,6 +81,8 @@ enum Cmd {
     Stats,
     /// Print a decoded object (for debugging)
     Cat(commands::CatArgs),
+    /// Mount the repository as a read-only filesystem (FUSE)
+    Mount(mount::MountArgs),
     /// Service catalog: group backups, restore plans, ordered restores
     Stack {
         #[command(subcommand)]
@@ -109,6 +112,7 @@ fn main() {
         Cmd::Repair { cmd } => check::repair_cmd(&cli.global, cmd),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
+        Cmd::Mount(a) => mount::mount_cmd(&cli.global, a),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),
     };
     match r {

@@ -1,0 +1,895 @@
+//! The filesystem: a table of inodes over virtual directories (snapshots,
+//! services, groups) and the trees of the snapshots themselves, answering the
+//! kernel's FUSE requests from it.
+//!
+//! Inode numbers are assigned on first sight of a (parent, name) pair and kept
+//! for the life of the mount, so the kernel's caches stay coherent. Snapshot
+//! content is immutable, so its attributes and pages are cached by the kernel
+//! for long; the virtual directories change when snapshots are added or
+//! forgotten and are given a short time to live.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_format::snapshot::Snapshot;
+use cairn_format::tree::{Extent, Node, NodeKind, Time};
+use cairn_format::{ChunkId, SnapshotId};
+use cairn_repo::IndexedRepository;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+
+use crate::cache::ChunkCache;
+
+/// Time to live of snapshot content in the kernel's caches: it never changes.
+const CONTENT_TTL: Duration = Duration::from_secs(3600);
+/// Time to live of the virtual directories, which change on refresh.
+const VIRTUAL_TTL: Duration = Duration::from_secs(1);
+/// Refreshes triggered by lookups of missing names are at most this frequent
+/// (shells and file managers probe for names that do not exist).
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which snapshots the mount shows.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only these services (empty: all).
+    pub services: Vec<String>,
+    /// Only snapshots carrying every one of these tags.
+    pub tags: Vec<String>,
+    /// Only these hosts (empty: all).
+    pub hosts: Vec<String>,
+}
+
+impl Filter {
+    fn admits(&self, s: &Snapshot) -> bool {
+        (self.services.is_empty() || self.services.contains(&s.service))
+            && (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
+            && self.tags.iter().all(|t| s.tags.contains(t))
+    }
+}
+
+/// A file's extents with their starting offsets, for reads at any offset.
+pub(crate) struct Layout {
+    extents: Vec<Extent>,
+    starts: Vec<u64>,
+    size: u64,
+}
+
+impl Layout {
+    fn new(extents: &[Extent]) -> Layout {
+        let mut starts = Vec::with_capacity(extents.len());
+        let mut at = 0u64;
+        for e in extents {
+            starts.push(at);
+            at += e.len();
+        }
+        Layout {
+            extents: extents.to_vec(),
+            starts,
+            size: at,
+        }
+    }
+
+    /// Index of the extent holding byte `off` (which must be < size).
+    fn extent_at(&self, off: u64) -> usize {
+        match self.starts.binary_search(&off) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        }
+    }
+
+    /// Stored bytes (holes excluded), for `st_blocks`.
+    fn allocated(&self) -> u64 {
+        self.extents
+            .iter()
+            .map(|e| match e {
+                Extent::Chunk { len, .. } => *len as u64,
+                Extent::Hole { .. } => 0,
+            })
+            .sum()
+    }
+}
+
+/// One directory listing: names in order, with inode and type.
+type Listing = Vec<(Vec<u8>, u64, FileType)>;
+
+enum Kind {
+    /// A directory; `tree` is None for virtual ones, whose listing is set by
+    /// refresh. Snapshot directories fill their listing on first use.
+    Dir {
+        tree: Option<ChunkId>,
+        listing: Mutex<Option<Arc<Listing>>>,
+    },
+    Link(Vec<u8>),
+    File(Arc<Layout>),
+    Special,
+}
+
+struct Inode {
+    parent: u64,
+    attr: FileAttr,
+    kind: Kind,
+    /// Path below the mountpoint, for error messages.
+    path: String,
+    virtual_: bool,
+}
+
+struct Table {
+    inodes: HashMap<u64, Arc<Inode>>,
+    by_name: HashMap<(u64, Vec<u8>), u64>,
+    next: u64,
+}
+
+struct Handle {
+    /// Where a sequential reader will read next.
+    next: AtomicU64,
+}
+
+/// Tunables of the filesystem.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Which snapshots to show.
+    pub filter: Filter,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: usize,
+}
+
+/// The mounted repository.
+pub struct CairnFs {
+    repo: Arc<IndexedRepository>,
+    cache: Arc<ChunkCache>,
+    opts: FsOptions,
+    table: Mutex<Table>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// Ids of the snapshots shown, and when they were last listed.
+    shown: Mutex<(Vec<SnapshotId>, Option<Instant>)>,
+    /// Every snapshot read so far, shown or not.
+    known: Mutex<HashMap<SnapshotId, Snapshot>>,
+    refresh_lock: Mutex<()>,
+    owner: (u32, u32),
+    started: SystemTime,
+}
+
+const ROOT: u64 = 1;
+
+fn to_system_time(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn ns_to_system_time(ns: i64) -> SystemTime {
+    to_system_time(Time {
+        sec: ns.div_euclid(1_000_000_000),
+        nsec: ns.rem_euclid(1_000_000_000) as u32,
+    })
+}
+
+/// `2026-11-23T10:11:12Z` for a time in nanoseconds since the epoch (UTC).
+pub fn snapshot_dir_name(time_ns: i64) -> String {
+    let secs = time_ns.div_euclid(1_000_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = cairn_repo::forget::civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn file_type(k: &NodeKind) -> FileType {
+    match k {
+        NodeKind::File { .. } => FileType::RegularFile,
+        NodeKind::Dir { .. } => FileType::Directory,
+        NodeKind::Symlink { .. } => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::CharDevice { .. } => FileType::CharDevice,
+        NodeKind::BlockDevice { .. } => FileType::BlockDevice,
+        NodeKind::Socket => FileType::Socket,
+    }
+}
+
+/// The entries of one virtual directory, before inodes are assigned.
+enum VEntry {
+    Dir(BTreeMap<Vec<u8>, VEntry>, SystemTime),
+    Snapshot(ChunkId, SystemTime),
+    Link(Vec<u8>),
+}
+
+/// Give each snapshot in `items` a unique name: its time, with the short id
+/// appended where two share a second.
+fn unique_names(items: &[(String, SnapshotId)]) -> Vec<String> {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (n, _) in items {
+        *count.entry(n.as_str()).or_default() += 1;
+    }
+    items
+        .iter()
+        .map(|(n, id)| {
+            if count[n.as_str()] > 1 {
+                format!("{n}-{}", id.short())
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
+}
+
+/// A directory of snapshots (oldest first in `snaps`) with a `latest` link.
+fn snapshot_dir(snaps: &[&(SnapshotId, Snapshot)], label: impl Fn(&Snapshot) -> String) -> VEntry {
+    let items: Vec<(String, SnapshotId)> = snaps.iter().map(|(id, s)| (label(s), *id)).collect();
+    let names = unique_names(&items);
+    let mut m = BTreeMap::new();
+    let mut newest = UNIX_EPOCH;
+    for ((_, s), name) in snaps.iter().zip(&names) {
+        let t = ns_to_system_time(s.time_ns);
+        newest = newest.max(t);
+        m.insert(name.clone().into_bytes(), VEntry::Snapshot(s.tree, t));
+    }
+    if let Some(last) = names.last() {
+        if !m.contains_key(b"latest".as_slice()) {
+            m.insert(b"latest".to_vec(), VEntry::Link(last.clone().into_bytes()));
+        }
+    }
+    VEntry::Dir(m, newest)
+}
+
+/// The virtual part of the mount for a list of snapshots.
+fn virtual_tree(snaps: &[(SnapshotId, Snapshot)]) -> BTreeMap<Vec<u8>, VEntry> {
+    let mut sorted: Vec<&(SnapshotId, Snapshot)> = snaps.iter().collect();
+    sorted.sort_by_key(|(id, s)| (s.time_ns, *id));
+    let newest = sorted
+        .last()
+        .map(|(_, s)| ns_to_system_time(s.time_ns))
+        .unwrap_or(UNIX_EPOCH);
+    let time = |s: &Snapshot| snapshot_dir_name(s.time_ns);
+
+    let mut services: BTreeMap<&str, Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
+    let mut groups: BTreeMap<[u8; 16], Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
+    for s in &sorted {
+        if !s.1.service.is_empty() {
+            services.entry(s.1.service.as_str()).or_default().push(s);
+        }
+        if let Some(g) = s.1.group {
+            groups.entry(g).or_default().push(s);
+        }
+    }
+    let mut svc_dir = BTreeMap::new();
+    for (name, list) in &services {
+        svc_dir.insert(name.as_bytes().to_vec(), snapshot_dir(list, time));
+    }
+    // Groups are named by id; `latest` points at the group backed up last.
+    let mut grp_dir = BTreeMap::new();
+    let mut latest_group: Option<(i64, String)> = None;
+    for (g, list) in &groups {
+        let gname = cairn_format::id::to_hex(g);
+        let label = |s: &Snapshot| {
+            if s.service.is_empty() {
+                "_".to_string()
+            } else {
+                s.service.clone()
+            }
+        };
+        let VEntry::Dir(mut m, t) = snapshot_dir(list, label) else {
+            unreachable!("snapshot_dir makes a directory")
+        };
+        m.remove(b"latest".as_slice());
+        let last = list.last().map(|(_, s)| s.time_ns).unwrap_or(0);
+        if latest_group.as_ref().is_none_or(|(lt, _)| last >= *lt) {
+            latest_group = Some((last, gname.clone()));
+        }
+        grp_dir.insert(gname.into_bytes(), VEntry::Dir(m, t));
+    }
+    if let Some((_, g)) = latest_group {
+        grp_dir.insert(b"latest".to_vec(), VEntry::Link(g.into_bytes()));
+    }
+    let mut root = BTreeMap::new();
+    root.insert(b"snapshots".to_vec(), snapshot_dir(&sorted, time));
+    root.insert(b"services".to_vec(), VEntry::Dir(svc_dir, newest));
+    root.insert(b"groups".to_vec(), VEntry::Dir(grp_dir, newest));
+    root
+}
+
+impl CairnFs {
+    /// A filesystem over `repo`, showing the snapshots `opts.filter` admits.
+    pub fn new(
+        repo: Arc<IndexedRepository>,
+        cache: Arc<ChunkCache>,
+        opts: FsOptions,
+    ) -> cairn_repo::Result<CairnFs> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata("/proc/self")
+            .map(|m| (m.uid(), m.gid()))
+            .unwrap_or((0, 0));
+        let started = SystemTime::now();
+        let fs = CairnFs {
+            repo,
+            cache,
+            opts,
+            table: Mutex::new(Table {
+                inodes: HashMap::new(),
+                by_name: HashMap::new(),
+                next: ROOT + 1,
+            }),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            shown: Mutex::new((Vec::new(), None)),
+            known: Mutex::new(HashMap::new()),
+            refresh_lock: Mutex::new(()),
+            owner,
+            started,
+        };
+        let root_attr = fs.dir_attr(ROOT, 0o555, started);
+        fs.table.lock().expect("inode table").inodes.insert(
+            ROOT,
+            Arc::new(Inode {
+                parent: ROOT,
+                attr: root_attr,
+                kind: Kind::Dir {
+                    tree: None,
+                    listing: Mutex::new(Some(Arc::new(Vec::new()))),
+                },
+                path: String::new(),
+                virtual_: true,
+            }),
+        );
+        fs.refresh(Duration::ZERO)?;
+        Ok(fs)
+    }
+
+    /// Number of snapshots shown.
+    pub fn snapshot_count(&self) -> usize {
+        self.shown.lock().expect("shown").0.len()
+    }
+
+    fn dir_attr(&self, ino: u64, perm: u16, mtime: SystemTime) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: FileType::Directory,
+            perm,
+            nlink: 2,
+            uid: self.owner.0,
+            gid: self.owner.1,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn inode(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.table
+            .lock()
+            .expect("inode table")
+            .inodes
+            .get(&ino)
+            .cloned()
+    }
+
+    /// The inode for `name` in `parent`: the existing one if `same` accepts
+    /// it, else a new one made by `make`.
+    fn intern(
+        &self,
+        parent: u64,
+        name: &[u8],
+        same: impl Fn(&Inode) -> bool,
+        make: impl FnOnce(u64) -> Inode,
+    ) -> u64 {
+        let mut t = self.table.lock().expect("inode table");
+        if let Some(&ino) = t.by_name.get(&(parent, name.to_vec())) {
+            if t.inodes.get(&ino).is_some_and(|i| same(i)) {
+                return ino;
+            }
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.inodes.insert(ino, Arc::new(make(ino)));
+        t.by_name.insert((parent, name.to_vec()), ino);
+        ino
+    }
+
+    fn child_path(parent: &Inode, name: &[u8]) -> String {
+        let n = String::from_utf8_lossy(name);
+        if parent.path.is_empty() {
+            n.into_owned()
+        } else {
+            format!("{}/{n}", parent.path)
+        }
+    }
+
+    /// Re-list snapshots unless that was done less than `min_age` ago; when
+    /// the shown set changed, reload the index (new snapshots reference new
+    /// packs) and rebuild the virtual directories. Only snapshots not seen
+    /// before are read, so a refresh costs one listing.
+    pub fn refresh(&self, min_age: Duration) -> cairn_repo::Result<()> {
+        let _one = self.refresh_lock.lock().expect("refresh");
+        {
+            let shown = self.shown.lock().expect("shown");
+            if shown.1.is_some_and(|t| t.elapsed() < min_age) {
+                return Ok(());
+            }
+        }
+        let repo = &self.repo.repo;
+        let listed: Vec<SnapshotId> = repo
+            .store
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|(n, _)| n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex))
+            .collect();
+        let snaps: Vec<(SnapshotId, Snapshot)> = {
+            let mut known = self.known.lock().expect("known snapshots");
+            known.retain(|id, _| listed.contains(id));
+            for id in &listed {
+                if known.contains_key(id) {
+                    continue;
+                }
+                match repo.load_snapshot(id) {
+                    Ok(s) => {
+                        known.insert(*id, s);
+                    }
+                    // Forgotten between the listing and the read.
+                    Err(cairn_repo::RepoError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            known
+                .iter()
+                .filter(|(_, s)| self.opts.filter.admits(s))
+                .map(|(id, s)| (*id, s.clone()))
+                .collect()
+        };
+        let mut ids: Vec<SnapshotId> = snaps.iter().map(|(id, _)| *id).collect();
+        ids.sort();
+        let (changed, first) = {
+            let shown = self.shown.lock().expect("shown");
+            (shown.0 != ids, shown.1.is_none())
+        };
+        if changed {
+            if !first {
+                let index = repo.read_index()?;
+                self.repo.replace_index(index);
+            }
+            let tree = virtual_tree(&snaps);
+            self.install_virtual(ROOT, &tree);
+        }
+        *self.shown.lock().expect("shown") = (ids, Some(Instant::now()));
+        Ok(())
+    }
+
+    /// Assign inodes to a virtual directory's entries and set its listing.
+    fn install_virtual(&self, dir: u64, entries: &BTreeMap<Vec<u8>, VEntry>) {
+        let Some(parent) = self.inode(dir) else {
+            return;
+        };
+        let mut listing: Listing = Vec::with_capacity(entries.len());
+        for (name, e) in entries {
+            let path = Self::child_path(&parent, name);
+            match e {
+                VEntry::Dir(children, mtime) => {
+                    let attr_time = *mtime;
+                    let ino = self.intern(
+                        dir,
+                        name,
+                        |i| matches!(&i.kind, Kind::Dir { tree: None, .. }),
+                        |ino| Inode {
+                            parent: dir,
+                            attr: self.dir_attr(ino, 0o555, attr_time),
+                            kind: Kind::Dir {
+                                tree: None,
+                                listing: Mutex::new(Some(Arc::new(Vec::new()))),
+                            },
+                            path: path.clone(),
+                            virtual_: true,
+                        },
+                    );
+                    self.install_virtual(ino, children);
+                    listing.push((name.clone(), ino, FileType::Directory));
+                }
+                VEntry::Snapshot(tree, mtime) => {
+                    let (tree, mtime) = (*tree, *mtime);
+                    let ino = self.intern(
+                        dir,
+                        name,
+                        |i| matches!(&i.kind, Kind::Dir { tree: Some(t), .. } if *t == tree),
+                        |ino| Inode {
+                            parent: dir,
+                            attr: self.dir_attr(ino, 0o755, mtime),
+                            kind: Kind::Dir {
+                                tree: Some(tree),
+                                listing: Mutex::new(None),
+                            },
+                            path: path.clone(),
+                            virtual_: false,
+                        },
+                    );
+                    listing.push((name.clone(), ino, FileType::Directory));
+                }
+                VEntry::Link(target) => {
+                    let target = target.clone();
+                    let ino = self.intern(
+                        dir,
+                        name,
+                        |i| matches!(&i.kind, Kind::Link(t) if *t == target),
+                        |ino| {
+                            let mut attr = self.dir_attr(ino, 0o777, self.started);
+                            attr.kind = FileType::Symlink;
+                            attr.size = target.len() as u64;
+                            attr.nlink = 1;
+                            Inode {
+                                parent: dir,
+                                attr,
+                                kind: Kind::Link(target.clone()),
+                                path: path.clone(),
+                                virtual_: true,
+                            }
+                        },
+                    );
+                    listing.push((name.clone(), ino, FileType::Symlink));
+                }
+            }
+        }
+        if let Kind::Dir { listing: l, .. } = &parent.kind {
+            *l.lock().expect("listing") = Some(Arc::new(listing));
+        }
+    }
+
+    fn node_inode(&self, parent: &Inode, parent_ino: u64, node: &Node, ino: u64) -> Inode {
+        let kind = match &node.kind {
+            NodeKind::File { extents } => Kind::File(Arc::new(Layout::new(extents))),
+            NodeKind::Dir { tree } => Kind::Dir {
+                tree: Some(*tree),
+                listing: Mutex::new(None),
+            },
+            NodeKind::Symlink { target } => Kind::Link(target.clone()),
+            _ => Kind::Special,
+        };
+        let (size, blocks) = match &kind {
+            Kind::File(l) => (l.size, l.allocated().div_ceil(512)),
+            Kind::Link(t) => (t.len() as u64, 0),
+            _ => (0, 0),
+        };
+        let rdev = match node.kind {
+            NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => rdev as u32,
+            _ => 0,
+        };
+        let mtime = to_system_time(node.mtime);
+        Inode {
+            parent: parent_ino,
+            attr: FileAttr {
+                ino: INodeNo(ino),
+                size,
+                blocks,
+                atime: mtime,
+                mtime,
+                ctime: to_system_time(node.ctime),
+                crtime: mtime,
+                kind: file_type(&node.kind),
+                perm: (node.mode & 0o7777) as u16,
+                nlink: if matches!(node.kind, NodeKind::Dir { .. }) {
+                    2
+                } else {
+                    1
+                },
+                uid: node.uid,
+                gid: node.gid,
+                rdev,
+                blksize: 128 * 1024,
+                flags: 0,
+            },
+            kind,
+            path: Self::child_path(parent, &node.name),
+            virtual_: false,
+        }
+    }
+
+    /// A directory's listing, loading its tree on first use.
+    fn listing(&self, ino: u64) -> Result<Arc<Listing>, Errno> {
+        let inode = self.inode(ino).ok_or(Errno::ENOENT)?;
+        let Kind::Dir { tree, listing } = &inode.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        if let Some(l) = listing.lock().expect("listing").as_ref() {
+            return Ok(l.clone());
+        }
+        let tree_id = tree.ok_or(Errno::EIO)?;
+        let tree = self.repo.load_tree(&tree_id).map_err(|e| {
+            eprintln!(
+                "cairn mount: cannot list {}: {e}",
+                if inode.path.is_empty() {
+                    "/"
+                } else {
+                    &inode.path
+                }
+            );
+            Errno::EIO
+        })?;
+        let mut out: Listing = Vec::with_capacity(tree.nodes.len());
+        for node in &tree.nodes {
+            let ft = file_type(&node.kind);
+            // The parent's tree is immutable, so a (parent, name) pair always
+            // means the same node.
+            let child = self.intern(
+                ino,
+                &node.name,
+                |_| true,
+                |c| self.node_inode(&inode, ino, node, c),
+            );
+            out.push((node.name.clone(), child, ft));
+        }
+        let out = Arc::new(out);
+        *listing.lock().expect("listing") = Some(out.clone());
+        Ok(out)
+    }
+
+    fn ttl(inode: &Inode) -> &'static Duration {
+        if inode.virtual_ {
+            &VIRTUAL_TTL
+        } else {
+            &CONTENT_TTL
+        }
+    }
+
+    fn find(&self, parent: u64, name: &[u8]) -> Result<Option<u64>, Errno> {
+        let l = self.listing(parent)?;
+        Ok(l.binary_search_by(|(n, _, _)| n.as_slice().cmp(name))
+            .ok()
+            .map(|i| l[i].1))
+    }
+
+    /// Read `size` bytes at `offset` of a file.
+    fn read_file(
+        &self,
+        inode: &Inode,
+        layout: &Layout,
+        offset: u64,
+        size: u32,
+        sequential: bool,
+    ) -> Result<Vec<u8>, Errno> {
+        if offset >= layout.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = layout.size.min(offset + size as u64);
+        let first = layout.extent_at(offset);
+        let last = layout.extent_at(end - 1);
+        // Start fetching every chunk after the first now, so that a read
+        // spanning several chunks fetches them in parallel.
+        let mut ahead: Vec<ChunkId> = Vec::new();
+        for e in &layout.extents[first + 1..=last] {
+            if let Extent::Chunk { id, .. } = e {
+                ahead.push(*id);
+            }
+        }
+        if sequential && self.opts.readahead_chunks > 0 {
+            ahead.extend(
+                layout.extents[last + 1..]
+                    .iter()
+                    .filter_map(|e| match e {
+                        Extent::Chunk { id, .. } => Some(*id),
+                        Extent::Hole { .. } => None,
+                    })
+                    .take(self.opts.readahead_chunks),
+            );
+        }
+        if !ahead.is_empty() {
+            self.cache.prefetch(ahead);
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for i in first..=last {
+            let (start, e) = (layout.starts[i], &layout.extents[i]);
+            let from = offset.max(start) - start;
+            let to = end.min(start + e.len()) - start;
+            match e {
+                Extent::Hole { .. } => out.resize(out.len() + (to - from) as usize, 0),
+                Extent::Chunk { id, len } => {
+                    let data = self.cache.get(id).map_err(|e| {
+                        eprintln!("cairn mount: cannot read {}: {e}", inode.path);
+                        Errno::EIO
+                    })?;
+                    if data.len() != *len as usize {
+                        eprintln!(
+                            "cairn mount: cannot read {}: chunk {} has {} bytes, its tree says {len}",
+                            inode.path,
+                            id.short(),
+                            data.len()
+                        );
+                        return Err(Errno::EIO);
+                    }
+                    out.extend_from_slice(&data[from as usize..to as usize]);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The filesystem as the FUSE session owns it, shared with the refresher.
+pub struct FsHandle(pub Arc<CairnFs>);
+
+impl std::ops::Deref for FsHandle {
+    type Target = CairnFs;
+    fn deref(&self) -> &CairnFs {
+        &self.0
+    }
+}
+
+impl Filesystem for FsHandle {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Ask for large kernel read-ahead; our own read-ahead works in chunks.
+        let _ = config.set_max_readahead(4 * 1024 * 1024);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let p = u64::from(parent);
+        let name = name.as_bytes();
+        let mut found = self.find(p, name);
+        if matches!(found, Ok(None)) && self.inode(p).is_some_and(|i| i.virtual_) {
+            // A snapshot made after the last refresh.
+            if self.refresh(REFRESH_MIN_INTERVAL).is_ok() {
+                found = self.find(p, name);
+            }
+        }
+        match found {
+            Ok(Some(ino)) => match self.inode(ino) {
+                Some(i) => reply.entry(CairnFs::ttl(&i), &i.attr, Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            },
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(u64::from(ino)) {
+            Some(i) => reply.attr(CairnFs::ttl(&i), &i.attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inode(u64::from(ino)).as_deref() {
+            Some(Inode {
+                kind: Kind::Link(t),
+                ..
+            }) => reply.data(t),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        match self.inode(u64::from(ino)).as_deref() {
+            Some(Inode {
+                kind: Kind::File(_),
+                ..
+            }) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.handles.lock().expect("handles").insert(
+                    fh,
+                    Arc::new(Handle {
+                        next: AtomicU64::new(0),
+                    }),
+                );
+                // Content never changes: keep the kernel's page cache across opens.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Some(Inode {
+                kind: Kind::Dir { .. },
+                ..
+            }) => reply.error(Errno::EISDIR),
+            Some(_) => reply.error(Errno::EACCES),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(inode) = self.inode(u64::from(ino)) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let Kind::File(layout) = &inode.kind else {
+            reply.error(Errno::EISDIR);
+            return;
+        };
+        let handle = self.handles.lock().expect("handles").get(&fh.0).cloned();
+        let sequential = handle.as_ref().is_some_and(|h| {
+            // The kernel's own read-ahead issues reads slightly out of order;
+            // anything starting within 4 MiB of the last end counts.
+            let prev = h.next.swap(offset + size as u64, Ordering::Relaxed);
+            offset.abs_diff(prev) <= 4 * 1024 * 1024
+        });
+        match self.read_file(&inode, layout, offset, size, sequential) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("handles").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let ino = u64::from(ino);
+        let Some(inode) = self.inode(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        if offset == 0 && inode.virtual_ {
+            if let Err(e) = self.refresh(Duration::ZERO) {
+                eprintln!("cairn mount: cannot refresh the snapshot list: {e}");
+            }
+        }
+        let listing = match self.listing(ino) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
+        };
+        let dots = [
+            (b".".as_slice(), ino, FileType::Directory),
+            (b"..".as_slice(), inode.parent, FileType::Directory),
+        ];
+        let all = dots
+            .iter()
+            .map(|(n, i, t)| (*n, *i, *t))
+            .chain(listing.iter().map(|(n, i, t)| (n.as_slice(), *i, *t)));
+        for (k, (name, child, ft)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (k + 1) as u64, ft, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.table.lock().expect("inode table").inodes.len() as u64;
+        reply.statfs(0, 0, 0, files, 0, 4096, 4096, 4096);
+    }
+}
