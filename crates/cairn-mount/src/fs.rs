@@ -659,9 +659,49 @@ impl CairnFs {
         offset: u64,
         size: u32,
         sequential: bool,
-    ) -> Result<Vec<u8>, Errno> {
+        reply: ReplyData,
+    ) {
+        match self.read_range(inode, layout, offset, size, sequential) {
+            // The common case, a read inside one chunk, replies from the
+            // cached chunk without assembling a buffer.
+            Ok(Bytes::Slice(d, from, to)) => reply.data(&d[from..to]),
+            Ok(Bytes::Owned(v)) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn chunk(
+        &self,
+        inode: &Inode,
+        id: &ChunkId,
+        len: u32,
+    ) -> Result<crate::cache::ChunkData, Errno> {
+        let data = self.cache.get(id).map_err(|e| {
+            eprintln!("cairn mount: cannot read {}: {e}", inode.path);
+            Errno::EIO
+        })?;
+        if data.len() != len as usize {
+            eprintln!(
+                "cairn mount: cannot read {}: chunk {} has {} bytes, its tree says {len}",
+                inode.path,
+                id.short(),
+                data.len()
+            );
+            return Err(Errno::EIO);
+        }
+        Ok(data)
+    }
+
+    fn read_range(
+        &self,
+        inode: &Inode,
+        layout: &Layout,
+        offset: u64,
+        size: u32,
+        sequential: bool,
+    ) -> Result<Bytes, Errno> {
         if offset >= layout.size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::Owned(Vec::new()));
         }
         let end = layout.size.min(offset + size as u64);
         let first = layout.extent_at(offset);
@@ -688,6 +728,17 @@ impl CairnFs {
         if !ahead.is_empty() {
             self.cache.prefetch(ahead);
         }
+        if first == last {
+            if let Extent::Chunk { id, len } = &layout.extents[first] {
+                let start = layout.starts[first];
+                let data = self.chunk(inode, id, *len)?;
+                return Ok(Bytes::Slice(
+                    data,
+                    (offset - start) as usize,
+                    (end - start) as usize,
+                ));
+            }
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for i in first..=last {
             let (start, e) = (layout.starts[i], &layout.extents[i]);
@@ -696,25 +747,19 @@ impl CairnFs {
             match e {
                 Extent::Hole { .. } => out.resize(out.len() + (to - from) as usize, 0),
                 Extent::Chunk { id, len } => {
-                    let data = self.cache.get(id).map_err(|e| {
-                        eprintln!("cairn mount: cannot read {}: {e}", inode.path);
-                        Errno::EIO
-                    })?;
-                    if data.len() != *len as usize {
-                        eprintln!(
-                            "cairn mount: cannot read {}: chunk {} has {} bytes, its tree says {len}",
-                            inode.path,
-                            id.short(),
-                            data.len()
-                        );
-                        return Err(Errno::EIO);
-                    }
+                    let data = self.chunk(inode, id, *len)?;
                     out.extend_from_slice(&data[from as usize..to as usize]);
                 }
             }
         }
-        Ok(out)
+        Ok(Bytes::Owned(out))
     }
+}
+
+/// The bytes of a read: a slice of one cached chunk, or assembled.
+enum Bytes {
+    Slice(crate::cache::ChunkData, usize, usize),
+    Owned(Vec<u8>),
 }
 
 /// The filesystem as the FUSE session owns it, shared with the refresher.
@@ -827,10 +872,7 @@ impl Filesystem for FsHandle {
             let prev = h.next.swap(offset + size as u64, Ordering::Relaxed);
             offset.abs_diff(prev) <= 4 * 1024 * 1024
         });
-        match self.read_file(&inode, layout, offset, size, sequential) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e),
-        }
+        self.read_file(&inode, layout, offset, size, sequential, reply);
     }
 
     fn release(
