@@ -554,3 +554,49 @@ fn postgres_stages_from_the_mount_with_parallel_pg_restore() {
     assert!(pg_content(&db).contains("orders|50000"));
     m.stop();
 }
+
+/// A damaged chunk is never served: the read fails with EIO and the mount
+/// names the file; undamaged files still read.
+#[test]
+fn damaged_chunk_fails_the_read_and_names_the_file() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("big"), prng(21, 8 << 20)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("other"), prng(22, 100_000)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    // The largest pack holds the data of `big` alone.
+    let mut packs: Vec<PathBuf> = walk(&env.repo().join("data"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let victim = packs.last().unwrap();
+    let mut bytes = fs::read(victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(victim, bytes).unwrap();
+
+    let mnt = env.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut m = Mounted::start(&env, &mnt, &[]);
+    let root = mounted_source(&mnt, &src);
+    let e = fs::read(root.join("big")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "{e}"); // EIO
+    assert_eq!(fs::read(root.join("other")).unwrap(), prng(22, 100_000));
+
+    let mut c = m.child.take().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(c.wait().unwrap().success());
+    assert!(
+        err.contains("cannot read") && err.contains("src/big") && err.contains("data/"),
+        "{err}"
+    );
+}

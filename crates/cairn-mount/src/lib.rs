@@ -180,6 +180,7 @@ pub fn mount(
         path: path.clone(),
         detail: e.to_string(),
     })?;
+    mountpoint::tune_readahead(&path, 1024);
     ready(&path);
 
     let refresher = opts.refresh.map(|every| {

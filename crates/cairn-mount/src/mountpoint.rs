@@ -17,6 +17,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// Source (`cairn` for ours).
     pub source: String,
+    /// Device number as `major:minor` (names the mount's entry in /sys/class/bdi).
+    pub dev: String,
 }
 
 impl MountEntry {
@@ -65,7 +67,9 @@ pub fn mounts() -> Vec<MountEntry> {
         .filter_map(|l| {
             // id parent major:minor root mountpoint options [optional…] - fstype source super
             let (left, right) = l.split_once(" - ")?;
-            let mountpoint = left.split(' ').nth(4)?;
+            let mut l = left.split(' ');
+            let dev = l.nth(2)?;
+            let mountpoint = l.nth(1)?;
             let mut r = right.split(' ');
             let fstype = r.next()?;
             let source = r.next().unwrap_or("");
@@ -73,6 +77,7 @@ pub fn mounts() -> Vec<MountEntry> {
                 mountpoint: PathBuf::from(unescape(mountpoint)),
                 fstype: fstype.to_string(),
                 source: unescape(source),
+                dev: dev.to_string(),
             })
         })
         .collect()
@@ -124,20 +129,26 @@ fn lazy_unmount(path: &Path) -> Result<(), String> {
 /// Make sure a mount at `path` can start; returns a note when a stale mount
 /// was cleaned up.
 pub fn prepare(path: &Path) -> Result<Option<String>, MountError> {
+    prepare_with_device(path, Path::new("/dev/fuse"))
+}
+
+fn prepare_with_device(path: &Path, device: &Path) -> Result<Option<String>, MountError> {
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/fuse")
+        .open(device)
     {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(MountError::FuseUnavailable(
-                "/dev/fuse does not exist: load the fuse kernel module (`modprobe fuse`), or give the container the device (`--device /dev/fuse`)".into(),
-            ));
+            return Err(MountError::FuseUnavailable(format!(
+                "{} does not exist: load the fuse kernel module (`modprobe fuse`), or give the container the device (`--device /dev/fuse`)",
+                device.display()
+            )));
         }
         Err(e) => {
             return Err(MountError::FuseUnavailable(format!(
-                "cannot open /dev/fuse: {e} (mounting needs access to it: run as root, or add the user to the group that owns it)"
+                "cannot open {}: {e} (mounting needs access to it: run as root, or add the user to the group that owns it)",
+                device.display()
             )));
         }
     }
@@ -206,6 +217,21 @@ pub fn prepare(path: &Path) -> Result<Option<String>, MountError> {
     Ok(note)
 }
 
+/// Raise the kernel's read-ahead for the mount at `path` to `kib`. The FUSE
+/// default (128 KiB) turns a sequential read into many small requests; a
+/// larger window lets the kernel ask for up to 1 MiB at a time and keeps
+/// several requests in flight. Needs root; without it the default stays.
+pub fn tune_readahead(path: &Path, kib: u32) -> bool {
+    let Some(m) = mounted_at(path) else {
+        return false;
+    };
+    std::fs::write(
+        format!("/sys/class/bdi/{}/read_ahead_kb", m.dev),
+        kib.to_string(),
+    )
+    .is_ok()
+}
+
 /// Unmount `path` now, or lazily when it is busy.
 pub fn unmount(path: &Path) -> Result<(), String> {
     match Command::new("umount").arg(path).output() {
@@ -227,7 +253,20 @@ mod tests {
     }
 
     #[test]
+    fn missing_fuse_device_is_a_clear_error() {
+        let dir = std::env::temp_dir();
+        let e = prepare_with_device(&dir, Path::new("/nonexistent/fuse")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("FUSE is not available"), "{msg}");
+        assert!(msg.contains("modprobe fuse"), "{msg}");
+    }
+
+    #[test]
     fn this_process_sees_its_root_mount() {
-        assert!(mounts().iter().any(|m| m.mountpoint == Path::new("/")));
+        let root = mounts()
+            .into_iter()
+            .find(|m| m.mountpoint == Path::new("/"));
+        let root = root.expect("a root mount");
+        assert!(root.dev.contains(':'), "{root:?}");
     }
 }
