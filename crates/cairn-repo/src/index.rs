@@ -79,6 +79,9 @@ pub struct Index {
     tree: Table,
     /// Index objects loaded.
     pub index_ids: Vec<IndexId>,
+    /// Index objects that were present but superseded by a loaded one (a
+    /// prune's new index supersedes these too: format-spec §5.1).
+    pub superseded_ids: Vec<IndexId>,
 }
 
 impl Index {

@@ -92,7 +92,9 @@ impl Repository {
             .collect();
         let mut index = Index::default();
         for (id, file) in &files {
-            if !superseded.contains(id) {
+            if superseded.contains(id) {
+                index.superseded_ids.push(*id);
+            } else {
                 index.add_file(*id, file);
             }
         }

@@ -321,13 +321,15 @@ impl IndexedRepository {
             .into_iter()
             .filter_map(|(n, size)| Some((PackId::from_hex(n.rsplit('/').next()?)?, size)))
             .collect();
+        // The new index supersedes every index object read, superseded ones
+        // included: otherwise deleting an index (phase 2 of some marker) could
+        // leave an older one it superseded without a superseder, live again
+        // with packs that are gone.
         let (packs, sizes, loaded_ids) = {
             let idx = self.index.read().expect("index lock");
-            (
-                idx.packs.clone(),
-                idx.pack_sizes.clone(),
-                idx.index_ids.clone(),
-            )
+            let mut ids = idx.index_ids.clone();
+            ids.extend(idx.superseded_ids.iter().copied());
+            (idx.packs.clone(), idx.pack_sizes.clone(), ids)
         };
         let live: HashSet<PackId> = packs.iter().copied().collect();
         let mut r = PruneReport {
