@@ -2,6 +2,7 @@
 
 mod check;
 mod concurrent;
+mod faults;
 mod mount;
 mod stack;
 mod util;

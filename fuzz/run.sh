@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build every fuzz target and run each for SECONDS (default 10) over the
+# committed corpus (fuzz/corpus/<target>/), extending it. Installs cargo-fuzz
+# if missing. Prints executions per target; exits non-zero on any finding.
+# Usage: fuzz/run.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")"
+SECS=${1:-10}
+shift || true
+export RUSTC_BOOTSTRAP=1
+command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(cargo fuzz list)
+cargo fuzz build -O "${TARGETS[@]}" 2>&1 | grep -v "^\s*Compiling" || true
+for t in "${TARGETS[@]}"; do
+  mkdir -p "corpus/$t"
+  log=$(mktemp)
+  if ! cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 \
+      -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+    tail -60 "$log"; echo "fuzz target $t: FINDING (artifacts in fuzz/artifacts/$t)"; exit 1
+  fi
+  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log")
+  echo "fuzz target $t: ${execs:-?} executions in ${SECS}s, no finding"
+  rm -f "$log"
+done

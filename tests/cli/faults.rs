@@ -1,0 +1,139 @@
+//! Bad days seen from the command line: a full disk under the repository, and
+//! a backup interrupted by Ctrl-C or killed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Env, prng};
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot mount a tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_fails_the_backup_cleanly_and_the_repository_stays_whole() {
+    let env = Env::new();
+    let small = env.path("small");
+    let _fs = Tmpfs::mount(&small, "24m");
+    let repo = small.join("repo");
+    let r = repo.to_str().unwrap();
+    env.ok(&[
+        "init",
+        "--repo",
+        r,
+        "--kdf-memory-kib",
+        "1024",
+        "--kdf-iterations",
+        "1",
+        "--kdf-parallelism",
+        "1",
+    ]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("first"), prng(31, 4 << 20)).unwrap();
+    env.ok(&["backup", "--repo", r, "-q", src.to_str().unwrap()]);
+
+    fs::write(src.join("too-big"), prng(32, 48 << 20)).unwrap();
+    let o = env.run(&["backup", "--repo", r, "-q", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    let snaps = env.json(&["snapshots", "--repo", r]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+
+    // Nothing committed is damaged; the leftovers are only notes, and prune
+    // reclaims them (with room to write its own index and marker).
+    let o = env.run(&["check", "--repo", r, "--read-data"]);
+    assert!(
+        o.status.success(),
+        "check after a full disk: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::remove_file(src.join("too-big")).unwrap();
+    let target = env.path("restored");
+    env.ok(&[
+        "restore",
+        "--repo",
+        r,
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(restored.join("first")).unwrap(), prng(31, 4 << 20));
+    env.ok(&["prune", "--repo", r, "--keep-delete", "0s"]);
+    env.ok(&["prune", "--repo", r, "--keep-delete", "0s"]);
+    env.ok(&["check", "--repo", r, "--read-data"]);
+    // With the space back, the next backup works.
+    fs::write(src.join("second"), prng(33, 4 << 20)).unwrap();
+    env.ok(&["backup", "--repo", r, "-q", src.to_str().unwrap()]);
+    env.ok(&["check", "--repo", r, "--read-data"]);
+}
+
+/// Ctrl-C (SIGINT) and SIGKILL in the middle of a backup: no snapshot, a
+/// repository that checks clean, and a next backup that finishes.
+#[test]
+fn interrupted_backup_leaves_no_snapshot_and_a_whole_repository() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("base"), prng(41, 2 << 20)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    for (i, signal) in ["-INT", "-KILL", "-TERM"].iter().enumerate() {
+        fs::write(src.join(format!("big{i}")), prng(42 + i as u64, 200 << 20)).unwrap();
+        let mut c = env
+            .cmd()
+            .args(["backup", "-q", src.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until it has written some packs, then interrupt.
+        let data = env.repo().join("data");
+        let before = crate::util::walk(&data).len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::util::walk(&data).len() < before + 3 {
+            assert!(Instant::now() < deadline, "backup wrote nothing");
+            assert!(
+                c.try_wait().unwrap().is_none(),
+                "backup finished before {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Command::new("kill")
+            .args([*signal, &c.id().to_string()])
+            .status()
+            .unwrap();
+        let st = c.wait().unwrap();
+        assert!(!st.success(), "{signal}: backup exited {st}");
+        let snaps = env.json(&["snapshots"]);
+        assert_eq!(snaps.as_array().unwrap().len(), 1 + i, "{signal}: {snaps}");
+        env.ok(&["check", "--read-data"]);
+        // The next backup finishes. (It does not reuse the interrupted one's
+        // packs: they are in no index until prune reads their headers.)
+        env.ok(&["backup", "-q", src.to_str().unwrap()]);
+        env.ok(&["check", "--read-data"]);
+    }
+}
