@@ -11,7 +11,7 @@ export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(cargo fuzz list)
-cargo fuzz build -O "${TARGETS[@]}" 2>&1 | grep -v "^\s*Compiling" || true
+cargo fuzz build -O 2>&1 | grep -v "^\s*Compiling" || true
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"
   log=$(mktemp)
@@ -19,7 +19,7 @@ for t in "${TARGETS[@]}"; do
       -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
     tail -60 "$log"; echo "fuzz target $t: FINDING (artifacts in fuzz/artifacts/$t)"; exit 1
   fi
-  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log")
+  execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log")
   echo "fuzz target $t: ${execs:-?} executions in ${SECS}s, no finding"
   rm -f "$log"
 done

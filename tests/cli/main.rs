@@ -228,6 +228,45 @@ fn flipped_byte_in_any_pack_fails_restore_and_names_the_file() {
     }
 }
 
+/// With a damaged data chunk, restore still writes every intact file; the
+/// damaged one is named and kept only as NAME.damaged; exit 1, or 3 with
+/// --ignore-damaged.
+#[test]
+fn restore_keeps_the_intact_files_and_marks_the_damaged_one() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), prng(24, 6 << 20)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("small.txt"), "intact").unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let data_pack = packs(&env.repo())
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&data_pack).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x01;
+    fs::write(&data_pack, &bytes).unwrap();
+    for (flag, code) in [(None, 1), (Some("--ignore-damaged"), 3)] {
+        let target = env.path(&format!("t{code}"));
+        let mut args = vec!["restore", "latest", "--target", target.to_str().unwrap()];
+        args.extend(flag);
+        let o = env.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{flag:?}: {err}");
+        assert!(err.contains("big.bin") && err.contains("kept as"), "{err}");
+        let r = restored(&target, &src);
+        assert_eq!(fs::read_to_string(r.join("small.txt")).unwrap(), "intact");
+        assert!(
+            !r.join("big.bin").exists(),
+            "a damaged file passes for a good one"
+        );
+        assert!(r.join("big.bin.damaged").exists());
+    }
+}
+
 #[test]
 fn truncated_index_names_the_object() {
     let env = Env::new();

@@ -487,6 +487,10 @@ pub struct RestoreArgs {
     /// Restore into a non-empty target, replacing entries
     #[arg(long)]
     overwrite: bool,
+    /// Exit 3 (not 1) when some files are damaged: the intact ones are
+    /// restored either way, damaged ones are listed and kept as NAME.damaged
+    #[arg(long)]
+    ignore_damaged: bool,
     #[command(flatten)]
     pick: Pick,
 }
@@ -542,8 +546,15 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         );
     }
     if !r.damaged.is_empty() {
+        if a.ignore_damaged {
+            eprintln!(
+                "warning: {} damaged files were left out (listed above); the rest is restored; the repository is damaged: run `cairn check`",
+                r.damaged.len()
+            );
+            return Ok(EXIT_WARNINGS);
+        }
         bail!(
-            "{} files could not be restored correctly (listed above); the repository is damaged",
+            "{} files could not be restored correctly (listed above); the repository is damaged (--ignore-damaged restores the rest with exit code 3)",
             r.damaged.len()
         );
     }

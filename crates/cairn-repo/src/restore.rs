@@ -331,7 +331,19 @@ impl IndexedRepository {
         self.set_metadata(&items, &mut report);
         let mut d = damaged.into_inner().expect("damage");
         d.sort_by(|a, b| a.path.cmp(&b.path));
-        d.dedup();
+        d.dedup_by(|a, b| a.path == b.path);
+        // A file with damaged content must not pass for a good one: it is
+        // kept, for what can be salvaged, under a name that says so.
+        for dmg in &mut d {
+            if fs::symlink_metadata(&dmg.path).is_ok_and(|m| m.is_file()) {
+                let mut renamed = dmg.path.clone().into_os_string();
+                renamed.push(".damaged");
+                if fs::rename(&dmg.path, &renamed).is_ok() {
+                    dmg.detail
+                        .push_str(&format!(" (kept as {})", PathBuf::from(renamed).display()));
+                }
+            }
+        }
         report.damaged.extend(d);
         Ok(report)
     }

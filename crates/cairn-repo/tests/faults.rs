@@ -121,8 +121,9 @@ fn backup_stopped_at_every_operation_loses_nothing_and_the_next_backup_reuses_it
         backup(&r, &d2).unwrap();
         f.ops() - before
     };
+    // At least three data packs, a tree pack, an index and a snapshot.
     assert!(
-        total >= 8,
+        total >= 6,
         "a backup of several packs takes more than {total} operations"
     );
 
