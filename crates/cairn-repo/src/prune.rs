@@ -584,6 +584,14 @@ impl IndexedRepository {
                 .filter(|s| !known.contains(&s.0))
                 .collect();
             // Their own index objects are newer than what we read: read again.
+            // A new snapshot's own packs may be among those just marked (its
+            // index was read, its snapshot not yet listed): their trees must
+            // be readable for this walk although no live index lists them.
+            for p in marked_contents.values() {
+                for e in p.blobs.iter().filter(|e| e.kind == BlobKind::Tree) {
+                    orphan_trees.insert(e.id, (p.id, p.size, *e));
+                }
+            }
             // Best effort: if this fails, phase 2's recomputation still keeps
             // every pack a snapshot needs.
             let used_new = if new.is_empty() {
