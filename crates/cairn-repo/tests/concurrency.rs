@@ -82,7 +82,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
             while !stop.load(Ordering::SeqCst) {
                 let mut data = Vec::new();
                 for _ in 0..(2 + rng.next() % 10) {
-                    if rng.next() % 3 == 0 {
+                    if rng.next().is_multiple_of(3) {
                         unique += 1;
                         data.extend(block(unique));
                     } else {
@@ -126,7 +126,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
                 let victims: Vec<SnapshotId> = {
                     let c = committed.lock().unwrap();
                     c.keys()
-                        .filter(|_| rng.next() % 3 == 0)
+                        .filter(|_| rng.next().is_multiple_of(3))
                         .take(4)
                         .copied()
                         .collect()
