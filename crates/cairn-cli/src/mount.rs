@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::GlobalArgs;
 use crate::commands::open;
-use crate::util::read_password;
+use crate::util::{parse_size64, read_password};
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
@@ -50,22 +50,6 @@ pub struct MountArgs {
     /// With --daemon: where the background process writes its messages
     #[arg(long, requires = "daemon")]
     pub log: Option<PathBuf>,
-}
-
-fn parse_size64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        u => return Err(format!("unknown size unit {u:?} in {s:?}")),
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 pub fn mount_cmd(g: &GlobalArgs, a: MountArgs) -> Result<i32> {

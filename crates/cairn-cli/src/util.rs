@@ -62,8 +62,13 @@ fn trim_newline(mut s: Vec<u8>) -> Vec<u8> {
     s
 }
 
-/// Parse "4M", "256KiB", "1048576".
+/// Parse "4M", "256KiB", "1048576" (at most 4 GiB - 1).
 pub fn parse_size(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_size64(s)?).map_err(|_| format!("size {s:?} too large"))
+}
+
+/// Parse "256MiB", "2G", "1048576".
+pub fn parse_size64(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -75,10 +80,8 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         "g" | "gb" | "gib" => 1 << 30,
         u => return Err(format!("unknown size unit {u:?} in {s:?}")),
     };
-    let v = n
-        .checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} too large"))?;
-    u32::try_from(v).map_err(|_| format!("size {s:?} too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 /// "1.5 MiB".

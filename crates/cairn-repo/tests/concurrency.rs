@@ -4,32 +4,20 @@
 //! byte-identical, nothing unknown may be visible, and `check --read-data`
 //! must be clean. Twenty rounds with different seeds and grace periods.
 
+mod common;
+use common::setup;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_format::config::Config;
-use cairn_format::{KdfParams, SnapshotId};
+use cairn_format::SnapshotId;
 use cairn_repo::check::ReadData;
 use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repository};
 use object_store::ObjectStore;
 
-const KDF: KdfParams = KdfParams {
-    m_cost: 64,
-    t_cost: 1,
-    p_cost: 1,
-};
-
-fn setup() -> Arc<dyn ObjectStore> {
-    let s: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let mut cfg = Config::new_default(0);
-    cfg.pack_target = 1 << 20;
-    Repository::init(s.clone(), b"pw", cfg, KDF).unwrap();
-    s
-}
-
-fn open(s: &Arc<dyn ObjectStore>) -> cairn_repo::Result<IndexedRepository> {
+fn try_open(s: &Arc<dyn ObjectStore>) -> cairn_repo::Result<IndexedRepository> {
     Repository::open(s.clone(), b"pw")?.load_index()
 }
 
@@ -89,7 +77,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
                         data.extend(block(rng.next() % 40));
                     }
                 }
-                let res = open(&raw).and_then(|r| {
+                let res = try_open(&raw).and_then(|r| {
                     r.backup_stream(
                         &data[..],
                         "f",
@@ -151,7 +139,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
         t.join().expect("a thread panicked");
     }
 
-    let r = open(&raw).unwrap();
+    let r = try_open(&raw).unwrap();
     let committed = committed.lock().unwrap();
     let forgotten = forgotten.lock().unwrap();
     assert!(
@@ -196,7 +184,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
             })
             .unwrap();
     }
-    let r = open(&raw).unwrap();
+    let r = try_open(&raw).unwrap();
     for (id, data) in committed.iter() {
         assert!(restores(&r, id).unwrap() == *data);
     }

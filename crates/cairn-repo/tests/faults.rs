@@ -4,49 +4,17 @@
 //! restores byte-identical, and on which the next backup and prune succeed.
 //! Also: transient errors never produce a visible broken snapshot.
 
+mod common;
+use common::{data, open, setup};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_format::config::Config;
-use cairn_format::{KdfParams, SnapshotId};
+use cairn_format::SnapshotId;
 use cairn_repo::check::ReadData;
 use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repository};
 use cairn_testkit::{FaultPlan, FaultyStore};
 use object_store::ObjectStore;
-
-const KDF: KdfParams = KdfParams {
-    m_cost: 64,
-    t_cost: 1,
-    p_cost: 1,
-};
-
-fn setup() -> Arc<dyn ObjectStore> {
-    let s: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let mut cfg = Config::new_default(0);
-    cfg.pack_target = 1 << 20; // several packs from little data
-    Repository::init(s.clone(), b"pw", cfg, KDF).unwrap();
-    s
-}
-
-fn open(s: &Arc<dyn ObjectStore>) -> IndexedRepository {
-    Repository::open(s.clone(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap()
-}
-
-fn data(seed: u8, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    let mut x = seed as u64 * 0x9e37_79b9 + 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 fn backup(r: &IndexedRepository, d: &[u8]) -> cairn_repo::Result<SnapshotId> {
     r.backup_stream(

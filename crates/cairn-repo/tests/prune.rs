@@ -1,35 +1,16 @@
 //! Prune against concurrent backups, driven step by step through the phase
 //! boundaries of both (format-spec §5.1), on the in-memory store.
 
+mod common;
+use common::{open, setup};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_format::config::Config;
-use cairn_format::{KdfParams, SnapshotId};
+use cairn_format::SnapshotId;
 use cairn_repo::store::Store;
 use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repository};
 use object_store::ObjectStore;
-
-const KDF: KdfParams = KdfParams {
-    m_cost: 64,
-    t_cost: 1,
-    p_cost: 1,
-};
-
-fn setup() -> Arc<dyn ObjectStore> {
-    let s: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let mut cfg = Config::new_default(0);
-    cfg.pack_target = 1 << 20; // several packs from small data
-    Repository::init(s.clone(), b"pw", cfg, KDF).unwrap();
-    s
-}
-
-fn open(s: &Arc<dyn ObjectStore>) -> IndexedRepository {
-    Repository::open(s.clone(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap()
-}
 
 fn data(seed: u8, len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
