@@ -325,3 +325,50 @@ fn repair_snapshots_recovers_every_snapshot_the_damage_does_not_touch() {
         "{r}"
     );
 }
+
+/// The objects outside packs, index and snapshots: a damaged config or key
+/// file, or a damaged deletion marker, is named and nothing is changed.
+#[test]
+fn damaged_config_key_and_marker_are_named() {
+    let env = fixture();
+    let pristine = env.path("pristine");
+    crate::copy_dir(&env.repo(), &pristine);
+    let flip = |p: &Path| {
+        let mut b = fs::read(p).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0x08;
+        fs::write(p, b).unwrap();
+    };
+    flip(&env.repo().join("config"));
+    let o = env.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("object config is corrupted"), "{err}");
+
+    restore_copy(&pristine, &env.repo());
+    let key = objects(&env.repo(), "keys").remove(0);
+    flip(&key);
+    let o = env.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let name = key.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("corrupted"), "{err}");
+
+    // A deletion marker (forget + prune writes one), then damage it.
+    restore_copy(&pristine, &env.repo());
+    let snaps = env.json(&["snapshots"]);
+    let first = snaps[0]["id"].as_str().unwrap().to_string();
+    env.ok(&["forget", &first]);
+    env.ok(&["prune"]);
+    let markers = objects(&env.repo(), "deletions");
+    assert_eq!(markers.len(), 1, "prune wrote no marker");
+    flip(&markers[0]);
+    let (code, r) = check(&env);
+    assert_eq!(code, 1, "{r}");
+    let name = markers[0].file_name().unwrap().to_str().unwrap();
+    assert!(r["problems"].to_string().contains(name), "{r}");
+    // Prune refuses to act on a marker it cannot read.
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(name));
+}
