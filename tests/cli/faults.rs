@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Env, prng};
+use crate::util::{CHEAP_KDF, Env, prng};
 
 /// A small tmpfs, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -37,17 +37,9 @@ fn full_disk_fails_the_backup_cleanly_and_the_repository_stays_whole() {
     let _fs = Tmpfs::mount(&small, "24m");
     let repo = small.join("repo");
     let r = repo.to_str().unwrap();
-    env.ok(&[
-        "init",
-        "--repo",
-        r,
-        "--kdf-memory-kib",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--kdf-parallelism",
-        "1",
-    ]);
+    let mut init = vec!["init", "--repo", r];
+    init.extend(CHEAP_KDF);
+    env.ok(&init);
     let src = env.path("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("first"), prng(31, 4 << 20)).unwrap();

@@ -2,7 +2,7 @@
 //! boundaries of both (format-spec §5.1), on the in-memory store.
 
 mod common;
-use common::{open, setup};
+use common::{data, open, setup};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +11,6 @@ use cairn_format::SnapshotId;
 use cairn_repo::store::Store;
 use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repository};
 use object_store::ObjectStore;
-
-fn data(seed: u8, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    let mut x = seed as u64 + 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 fn backup(r: &IndexedRepository, d: &[u8]) -> SnapshotId {
     r.backup_stream(
