@@ -129,3 +129,67 @@ fn interrupted_backup_leaves_no_snapshot_and_a_whole_repository() {
         env.ok(&["check", "--read-data"]);
     }
 }
+
+/// Files deleted while the backup runs: each one either is in the snapshot
+/// with its full content or is skipped with a warning naming it (exit 3);
+/// the snapshot is never torn and the repository checks clean.
+#[test]
+fn files_vanishing_during_a_backup_are_skipped_by_name() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let content = |i: usize| format!("file {i}\n").repeat(1 + i % 50);
+    let mut vanished_seen = false;
+    for attempt in 0..10 {
+        let _ = fs::remove_dir_all(&src);
+        fs::create_dir(&src).unwrap();
+        for i in 0..4000 {
+            fs::write(src.join(format!("f{i:05}")), content(i)).unwrap();
+        }
+        let child = env
+            .cmd()
+            .args(["backup", "-q", "--json", src.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Delete from the end while the backup walks from the start.
+        let deleter = {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                for i in (0..4000).rev() {
+                    let _ = fs::remove_file(src.join(format!("f{i:05}")));
+                }
+            })
+        };
+        let o = child.wait_with_output().unwrap();
+        deleter.join().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(0) => {}
+            Some(3) => {
+                assert!(err.contains("(skipped)"), "exit 3 without naming: {err}");
+                vanished_seen = true;
+            }
+            other => panic!("attempt {attempt}: backup exited {other:?}: {err}"),
+        }
+        // Whatever the snapshot holds is whole.
+        let target = env.path(&format!("t{attempt}"));
+        env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+        let r = target.join(src.strip_prefix("/").unwrap());
+        for e in fs::read_dir(&r).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let i: usize = name[1..].parse().unwrap();
+            assert_eq!(fs::read_to_string(e.path()).unwrap(), content(i), "{name}");
+        }
+        env.ok(&["check", "--read-data"]);
+        if vanished_seen {
+            break;
+        }
+    }
+    assert!(
+        vanished_seen,
+        "in 10 attempts no file vanished between listing and reading"
+    );
+}
