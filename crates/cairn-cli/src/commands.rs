@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::util::{Ticker, format_time, human_bytes, parse_size, read_password};
 use crate::{EXIT_WARNINGS, GlobalArgs};
 
-fn location(g: &GlobalArgs) -> Result<String> {
+pub fn location(g: &GlobalArgs) -> Result<String> {
     g.repo
         .clone()
         .ok_or_else(|| anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY"))
@@ -29,9 +29,14 @@ fn location(g: &GlobalArgs) -> Result<String> {
 
 pub fn open(g: &GlobalArgs) -> Result<Repository> {
     let loc = location(g)?;
-    let store = store::open_location(&loc, false)?;
     let pw = read_password(g, false)?;
-    Repository::open(store, &pw).map_err(|e| match e {
+    open_with_password(&loc, &pw)
+}
+
+/// Open the repository at `loc` with a password already read.
+pub fn open_with_password(loc: &str, pw: &[u8]) -> Result<Repository> {
+    let store = store::open_location(loc, false)?;
+    Repository::open(store, pw).map_err(|e| match e {
         RepoError::NoRepository { .. } => {
             anyhow!("no cairn repository at {loc} (run `cairn init` first)")
         }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::GlobalArgs;
-use crate::commands::open;
+use crate::commands::{location, open, open_with_password};
 use crate::util::{parse_size64, read_password};
 
 #[derive(Args, Debug)]
@@ -92,14 +92,10 @@ pub fn mount_cmd(g: &GlobalArgs, a: MountArgs) -> Result<i32> {
 /// Check what can be checked here (repository, password, mountpoint), then
 /// start a background `cairn mount` and return once its mount is in place.
 fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
-    let repo_loc = g.repo.clone().ok_or_else(|| {
-        anyhow::anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY")
-    })?;
+    let repo_loc = location(g)?;
     let password = read_password(g, false)?;
-    // Fail here, on the terminal, for a wrong password.
-    let store = cairn_repo::store::open_location(&repo_loc, false)?;
-    cairn_repo::Repository::open(store, &password)
-        .with_context(|| format!("opening repository {repo_loc}"))?;
+    // Fail here, on the terminal, for a missing repository or wrong password.
+    open_with_password(&repo_loc, &password)?;
     let path = cairn_mount::mountpoint::absolute(&a.mountpoint)?;
 
     let log = match &a.log {

@@ -103,11 +103,6 @@ impl ChunkCache {
         cache
     }
 
-    /// Bytes of plaintext held now.
-    pub fn held_bytes(&self) -> usize {
-        self.lru.lock().expect("chunk cache").bytes
-    }
-
     /// The plaintext of a data chunk: from the cache, from a fetch already
     /// running, or read and verified now.
     pub fn get(&self, id: &ChunkId) -> FetchResult {

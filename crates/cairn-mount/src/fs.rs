@@ -8,7 +8,7 @@
 //! for long; the virtual directories change when snapshots are added or
 //! forgotten and are given a short time to live.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,9 +20,9 @@ use cairn_format::tree::{Extent, Node, NodeKind, Time};
 use cairn_format::{ChunkId, SnapshotId};
 use cairn_repo::IndexedRepository;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, Request,
 };
 
 use crate::cache::ChunkCache;
@@ -347,11 +347,6 @@ impl CairnFs {
         Ok(fs)
     }
 
-    /// Number of snapshots shown.
-    pub fn snapshot_count(&self) -> usize {
-        self.shown.lock().expect("shown").0.len()
-    }
-
     fn dir_attr(&self, ino: u64, perm: u16, mtime: SystemTime) -> FileAttr {
         FileAttr {
             ino: INodeNo(ino),
@@ -425,12 +420,7 @@ impl CairnFs {
             }
         }
         let repo = &self.repo.repo;
-        let listed: Vec<SnapshotId> = repo
-            .store
-            .list("snapshots")?
-            .into_iter()
-            .filter_map(|(n, _)| n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex))
-            .collect();
+        let listed: HashSet<SnapshotId> = repo.list_snapshot_ids()?.into_iter().collect();
         let snaps: Vec<(SnapshotId, Snapshot)> = {
             let mut known = self.known.lock().expect("known snapshots");
             known.retain(|id, _| listed.contains(id));
@@ -773,12 +763,6 @@ impl std::ops::Deref for FsHandle {
 }
 
 impl Filesystem for FsHandle {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Ask for large kernel read-ahead; our own read-ahead works in chunks.
-        let _ = config.set_max_readahead(4 * 1024 * 1024);
-        Ok(())
-    }
-
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = u64::from(parent);
         let name = name.as_bytes();

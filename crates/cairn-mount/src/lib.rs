@@ -81,8 +81,9 @@ pub struct MountOptions {
     pub prefetch_threads: usize,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: usize,
-    /// Re-list snapshots this often (they are also re-listed when a virtual
-    /// directory is read, at most once a second).
+    /// Re-list snapshots this often (they are also re-listed whenever a
+    /// top-level directory is read, and at most once a second when a name
+    /// missing there is looked up).
     pub refresh: Option<Duration>,
     /// Let other users see the mount (their access is then checked against
     /// the stored modes).

@@ -195,15 +195,9 @@ impl Repository {
     /// naming it.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let names: Vec<(String, SnapshotId)> = self
-            .store
-            .list("snapshots")?
+            .list_snapshot_ids()?
             .into_iter()
-            .filter_map(|(n, _)| {
-                let id = n
-                    .strip_prefix("snapshots/")
-                    .and_then(SnapshotId::from_hex)?;
-                Some((n, id))
-            })
+            .map(|id| (store::snapshot_path(&id), id))
             .collect();
         let just_names: Vec<String> = names.iter().map(|x| x.0.clone()).collect();
         let mut out = Vec::with_capacity(names.len());
@@ -218,6 +212,16 @@ impl Repository {
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
         Ok(out)
+    }
+
+    /// The ids of the snapshots in storage (one listing, nothing read).
+    pub fn list_snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self
+            .store
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|(n, _)| n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex))
+            .collect())
     }
 
     fn decode_snapshot(&self, name: &str, id: &SnapshotId, b: bytes::Bytes) -> Result<Snapshot> {

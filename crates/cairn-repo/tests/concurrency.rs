@@ -5,7 +5,7 @@
 //! must be clean. Twenty rounds with different seeds and grace periods.
 
 mod common;
-use common::setup;
+use common::{data, setup};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,12 +34,7 @@ impl Rng {
 /// 64 KiB blocks: a shared pool all writers draw from (so their data
 /// overlaps and deduplicates), and unique ones.
 fn block(id: u64) -> Vec<u8> {
-    let mut r = Rng(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut v = Vec::with_capacity(64 << 10);
-    while v.len() < 64 << 10 {
-        v.extend_from_slice(&r.next().to_le_bytes());
-    }
-    v
+    data(id, 64 << 10)
 }
 
 fn restores(r: &IndexedRepository, id: &SnapshotId) -> cairn_repo::Result<Vec<u8>> {
