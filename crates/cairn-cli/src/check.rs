@@ -1,8 +1,7 @@
 //! `cairn check`.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use cairn_repo::check::{CheckReport, ReadData, check_keyless};
-use cairn_repo::store::{self, Store};
 use clap::Args;
 use serde_json::json;
 
@@ -54,15 +53,15 @@ pub fn check_cmd(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
         (false, None) => ReadData::None,
     };
     let report: CheckReport = if a.no_password {
-        let loc = g
-            .repo
-            .clone()
-            .ok_or_else(|| anyhow!("no repository given: use --repo or set CAIRN_REPOSITORY"))?;
-        check_keyless(&Store::new(store::open_location(&loc, false)?))?
+        check_keyless(&crate::commands::backend(g, false, false)?)?
     } else {
         let stage = cairn_repo::Stage::default();
         let ticker = crate::util::Ticker::stage(!g.quiet && !g.json, stage.clone());
-        let r = crate::commands::open(g)?.check_with_progress(read, Some(stage));
+        // Never through the cache: check judges the stored objects.
+        let pw = crate::util::read_password(g, false)?;
+        let store = crate::commands::backend(g, false, false)?;
+        let r = crate::commands::open_store_with_password(g, store, &pw)?
+            .check_with_progress(read, Some(stage));
         drop(ticker);
         r?
     };
@@ -133,7 +132,13 @@ pub enum RepairCmd {
 }
 
 pub fn repair_cmd(g: &GlobalArgs, cmd: RepairCmd) -> Result<i32> {
-    let repo = crate::commands::open(g)?;
+    // Repair works on what is stored, never on cached copies.
+    let pw = crate::util::read_password(g, false)?;
+    let repo = crate::commands::open_store_with_password(
+        g,
+        crate::commands::backend(g, false, false)?,
+        &pw,
+    )?;
     match cmd {
         RepairCmd::Index { dry_run } => {
             let r = repo.repair_index(dry_run)?;

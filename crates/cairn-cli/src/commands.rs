@@ -11,6 +11,8 @@ use cairn_format::config::Config;
 use cairn_format::snapshot::Snapshot;
 use cairn_format::tree::{Node, NodeKind};
 use cairn_format::{BlobKind, ChunkId, IndexId, KdfParams, KeyId, SnapshotId, id::to_hex};
+use cairn_repo::backend::{BackendOptions, ConditionalCreate};
+use cairn_repo::store::Store;
 use cairn_repo::{
     BackupOptions, BackupResult, IndexedRepository, ParentChoice, Progress, RepoError, Repository,
     RestoreOptions, RestoreProgress, store,
@@ -28,18 +30,39 @@ pub fn location(g: &GlobalArgs) -> Result<String> {
 }
 
 pub fn open(g: &GlobalArgs) -> Result<Repository> {
-    let loc = location(g)?;
     let pw = read_password(g, false)?;
-    open_with_password(&loc, &pw)
+    open_with_password(g, &pw)
 }
 
-/// Open the repository at `loc` with a password already read.
-pub fn open_with_password(loc: &str, pw: &[u8]) -> Result<Repository> {
-    let store = store::open_location(loc, false)?;
-    Repository::open(store, pw).map_err(|e| match e {
-        RepoError::NoRepository { .. } => {
-            anyhow!("no cairn repository at {loc} (run `cairn init` first)")
-        }
+/// The backend of the repository `g` names; `use_cache` = false for commands
+/// that must see the stored objects themselves (check, repair).
+pub fn backend(g: &GlobalArgs, create: bool, use_cache: bool) -> Result<Store> {
+    let loc = location(g)?;
+    let opts = BackendOptions {
+        options: BackendOptions::parse_options(&g.options)?,
+        cache_dir: if use_cache && !g.no_cache {
+            g.cache_dir.clone().or_else(cairn_repo::cache::default_dir)
+        } else {
+            None
+        },
+    };
+    Ok(cairn_repo::backend::open(&loc, create, &opts)?.into_store())
+}
+
+/// Open the repository `g` names with a password already read.
+pub fn open_with_password(g: &GlobalArgs, pw: &[u8]) -> Result<Repository> {
+    open_store_with_password(g, backend(g, false, true)?, pw)
+}
+
+/// Open the repository over a store already configured.
+pub fn open_store_with_password(g: &GlobalArgs, store: Store, pw: &[u8]) -> Result<Repository> {
+    let loc = location(g)?;
+    let probe = store.clone();
+    Repository::open_store(store, pw).map_err(|e| match e {
+        RepoError::NoRepository { .. } => match cairn_repo::backend::missing_bucket(&probe) {
+            Some(why) => anyhow!("no cairn repository at {loc}: {why}"),
+            None => anyhow!("no cairn repository at {loc} (run `cairn init` first)"),
+        },
         other => anyhow::Error::new(other).context(format!("opening repository {loc}")),
     })
 }
@@ -145,9 +168,24 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
     cfg.pack_target = a.pack_size;
     cfg.validate()?;
     a.kdf.params().validate()?;
-    let store = store::open_location(&loc, true)?;
+    let store = backend(g, true, true)?;
+    if store.exists(store::CONFIG)? {
+        bail!("a repository already exists at {loc}");
+    }
+    let conditional = match cairn_repo::backend::probe_conditional_create(&store) {
+        Ok(c) => c,
+        Err(e) => match cairn_repo::backend::missing_bucket(&store) {
+            Some(why) => bail!("cannot create a repository at {loc}: {why}; create it first"),
+            None => return Err(anyhow::Error::new(e).context(format!("writing a test object to {loc}"))),
+        },
+    };
+    if conditional == ConditionalCreate::Ignored {
+        eprintln!(
+            "warning: {loc} ignores create-only writes (If-None-Match); cairn names every object but the config by the hash of its bytes, so a repeated write stores the same bytes, but two `cairn init` racing on this location could replace each other's config (format-spec §1.1)"
+        );
+    }
     let pw = read_password(g, true)?;
-    let repo = Repository::init(store, &pw, cfg, a.kdf.params())?;
+    let repo = Repository::init_store(store, &pw, cfg, a.kdf.params())?;
     if g.json {
         print_json(
             &json!({"repository": loc, "id": to_hex(&repo.config.repo_id), "key": repo.key_id.to_hex()}),

@@ -33,9 +33,18 @@ struct Cli {
 /// Options every command takes.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Repository location (a directory path)
+    /// Repository location: a directory path, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true)]
     pub repo: Option<String>,
+    /// Backend option KEY=VALUE (repeatable), e.g. endpoint=http://127.0.0.1:9000, region=eu-west-1, allow_http=true, connections=16
+    #[arg(short = 'o', long = "option", global = true)]
+    pub options: Vec<String>,
+    /// Cache directory for remote repositories [default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn]
+    #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not use the local cache
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// File holding the password
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -118,8 +127,25 @@ fn main() {
     match r {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("cairn: error: {e:#}");
+            eprintln!("cairn: error: {}", error_chain(&e));
             std::process::exit(1);
         }
     }
+}
+
+/// The error and its causes, each said once: storage errors repeat their
+/// source in their own message, which `{:#}` would print again and again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }

@@ -95,7 +95,7 @@ fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
     let repo_loc = location(g)?;
     let password = read_password(g, false)?;
     // Fail here, on the terminal, for a missing repository or wrong password.
-    open_with_password(&repo_loc, &password)?;
+    open_with_password(g, &password)?;
     let path = cairn_mount::mountpoint::absolute(&a.mountpoint)?;
 
     let log = match &a.log {
@@ -109,7 +109,17 @@ fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
     cmd.arg("--repo")
         .arg(&repo_loc)
         .arg("--password-file")
-        .arg("/dev/stdin")
+        .arg("/dev/stdin");
+    for o in &g.options {
+        cmd.arg("--option").arg(o);
+    }
+    if let Some(c) = &g.cache_dir {
+        cmd.arg("--cache-dir").arg(c);
+    }
+    if g.no_cache {
+        cmd.arg("--no-cache");
+    }
+    cmd
         .arg("mount")
         .arg(&path)
         .arg("--cache-size")

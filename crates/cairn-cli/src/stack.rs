@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cairn_repo::{IndexedRepository, Repository, store};
+use cairn_repo::{IndexedRepository, Repository};
 use cairn_stack::catalog::Catalog;
 use cairn_stack::run;
 use clap::{Args, Subcommand};
@@ -126,9 +126,9 @@ fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
     let loc = g.repo.clone().ok_or_else(|| {
         anyhow!("no repository: give --repo, CAIRN_REPOSITORY or [repository] path in the catalog")
     })?;
-    let s = store::open_location(&loc, false)?;
+    g.repo = Some(loc);
     let pw = read_password(&g, false)?;
-    Repository::open(s, &pw).with_context(|| format!("opening repository {loc}"))
+    crate::commands::open_with_password(&g, &pw)
 }
 
 fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {

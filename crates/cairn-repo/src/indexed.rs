@@ -99,6 +99,15 @@ impl Repository {
             }
         }
         index.finish();
+        if let Some(c) = &self.store.cache {
+            c.add_tree_packs(
+                files
+                    .iter()
+                    .flat_map(|(_, f)| f.packs.iter())
+                    .filter(|p| p.blobs.iter().any(|b| b.kind == BlobKind::Tree))
+                    .map(|p| store::pack_path(&p.id)),
+            );
+        }
         Ok(index)
     }
 }

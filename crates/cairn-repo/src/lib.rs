@@ -34,6 +34,8 @@
 #![deny(missing_docs)]
 
 mod backup;
+pub mod backend;
+pub mod cache;
 pub mod check;
 pub mod error;
 pub mod forget;
@@ -44,6 +46,7 @@ mod prune;
 pub mod repair;
 mod repo;
 mod restore;
+pub mod retry;
 pub mod store;
 mod sys;
 

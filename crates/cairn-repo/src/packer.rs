@@ -18,9 +18,6 @@ use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
 use crate::store;
 
-/// Packs being uploaded at once per writer; bounds memory to about
-/// (this + 2) × the pack size.
-const MAX_INFLIGHT: usize = 4;
 
 #[derive(Default)]
 struct OpenPack {
@@ -178,6 +175,13 @@ impl<'r> Packer<'r> {
         let id = PackId(*h.finalize().as_bytes());
         let size = (header.len() + open.buf.len()) as u64;
         let name = store::pack_path(&id);
+        if kind == BlobKind::Tree
+            && let Some(c) = &repo.store.cache
+        {
+            // The next backup walks these trees (as the parent): keep them.
+            c.store(&name, &[header.as_slice(), &open.buf].concat());
+            c.add_tree_packs([name.clone()]);
+        }
         let payload = PutPayload::from_iter([Bytes::from(header), Bytes::from(open.buf)]);
         let s = repo.store.inner.clone();
         let handle = repo.store.rt.spawn(async move {
@@ -186,16 +190,20 @@ impl<'r> Packer<'r> {
                 .put_opts(&path, payload, PutOptions::from(PutMode::Create))
                 .await
             {
-                // The name is the hash of the bytes: an existing object with
-                // this name holds exactly these bytes already.
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                // A pack's bytes hold random nonces: an object of this name
+                // can only exist already if a retried upload landed, which the
+                // store's retry layer checks (crate::retry). Anything else is
+                // a real conflict.
+                Ok(_) => Ok(()),
                 Err(e) => Err(RepoError::from_store(&name, e)),
             }
         });
         self.bytes_added.fetch_add(size, Ordering::Relaxed);
         st.inflight
             .push_back((IndexPack { id, size, blobs }, handle));
-        while st.inflight.len() > MAX_INFLIGHT {
+        // Packs uploaded at once: the store's connections; memory stays
+        // about (connections + 2) × the pack size.
+        while st.inflight.len() > repo.store.connections.max(1) {
             self.wait_one(st)?;
         }
         Ok(())

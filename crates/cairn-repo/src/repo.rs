@@ -76,8 +76,17 @@ impl Repository {
         config: Config,
         kdf: KdfParams,
     ) -> Result<Self> {
+        Self::init_store(Store::new(store), password, config, kdf)
+    }
+
+    /// [`Repository::init`] over a configured [`Store`] (connections, cache).
+    pub fn init_store(
+        mut store: Store,
+        password: &[u8],
+        config: Config,
+        kdf: KdfParams,
+    ) -> Result<Self> {
         config.validate()?;
-        let store = Store::new(store);
         if store.exists(store::CONFIG)? {
             return Err(RepoError::InvalidInput(
                 "a repository already exists at this location".into(),
@@ -85,7 +94,9 @@ impl Repository {
         }
         let key = MasterKey::generate();
         let key_id = write_key(&store, &key, password, kdf)?;
-        store.put_new(store::CONFIG, config.encode(&key))?;
+        let cfg_bytes = config.encode(&key);
+        store.put_new(store::CONFIG, cfg_bytes.clone())?;
+        store.enable_cache(&cfg_bytes);
         Ok(Repository {
             store,
             key,
@@ -96,7 +107,11 @@ impl Repository {
 
     /// Open with a password: tries every key file.
     pub fn open(store: Arc<dyn ObjectStore>, password: &[u8]) -> Result<Self> {
-        let store = Store::new(store);
+        Self::open_store(Store::new(store), password)
+    }
+
+    /// [`Repository::open`] over a configured [`Store`] (connections, cache).
+    pub fn open_store(mut store: Store, password: &[u8]) -> Result<Self> {
         let cfg_bytes = match store.get(store::CONFIG) {
             Ok(b) => b,
             Err(RepoError::NotFound { .. }) => {
@@ -106,6 +121,7 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
+        store.enable_cache(&cfg_bytes);
         let mut damaged = Vec::new();
         for (name, _) in store.list("keys")? {
             let Some(id) = name.strip_prefix("keys/").and_then(KeyId::from_hex) else {

@@ -308,7 +308,14 @@ impl IndexedRepository {
             })
             .collect();
         let written = AtomicU64::new(0);
-        packs.par_iter().for_each(|(pack, blobs)| {
+        // Downloads at once: the store's connections (more than the cores
+        // when the store is remote and latency, not CPU, bounds a pack).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.repo.store.connections.max(rayon::current_num_threads()))
+            .thread_name(|i| format!("cairn-restore-{i}"))
+            .build()
+            .map_err(|e| RepoError::InvalidInput(format!("restore threads: {e}")))?;
+        pool.install(|| packs.par_iter().for_each(|(pack, blobs)| {
             let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str| {
                 let mut d = damaged.lock().expect("damage");
                 for (id, _) in blobs {
@@ -325,7 +332,7 @@ impl IndexedRepository {
             {
                 fail(blobs, &e.to_string());
             }
-        });
+        }));
         report.bytes_written = written.into_inner();
 
         self.set_metadata(&items, &mut report);

@@ -12,7 +12,18 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::cache::ObjectCache;
 use crate::error::{RepoError, Result};
+
+fn slice(name: &str, whole: &Bytes, r: &Range<u64>) -> Result<Bytes> {
+    if r.start > r.end || r.end > whole.len() as u64 {
+        return Err(RepoError::Corrupted {
+            object: name.to_string(),
+            detail: format!("range {r:?} is outside its {} bytes", whole.len()),
+        });
+    }
+    Ok(whole.slice(r.start as usize..r.end as usize))
+}
 
 /// Name of the config object.
 pub const CONFIG: &str = "config";
@@ -35,34 +46,11 @@ pub fn key_path(id: &KeyId) -> String {
     format!("keys/{}", id.to_hex())
 }
 
-/// Open a store from a location: a filesystem path (created if missing when
-/// `create` is set), or `memory:` for an in-process store (tests).
+/// Open a store from a location with default options (see [`crate::backend`]):
+/// a filesystem path (created if missing when `create` is set), an
+/// `s3://`/`gs://`/`az://` URL, or `memory:` for an in-process store (tests).
 pub fn open_location(location: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
-    if location == "memory:" {
-        return Ok(Arc::new(object_store::memory::InMemory::new()));
-    }
-    if let Some((scheme, _)) = location.split_once("://")
-        && scheme != "file"
-    {
-        return Err(RepoError::InvalidInput(format!(
-            "repository URL scheme {scheme}:// is not supported by this build (local paths only)"
-        )));
-    }
-    let path = location.strip_prefix("file://").unwrap_or(location);
-    let p = std::path::Path::new(path);
-    if create {
-        std::fs::create_dir_all(p).map_err(|e| RepoError::io(p, e))?;
-    } else if !p.is_dir() {
-        return Err(RepoError::NoRepository {
-            location: location.to_string(),
-        });
-    }
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(p)
-        .map_err(|e| RepoError::from_store(location, e))?
-        // Packs, index and snapshots must be durable before the objects that
-        // reference them are written (format-spec §5).
-        .with_fsync(true);
-    Ok(Arc::new(fs))
+    Ok(crate::backend::open(location, create, &Default::default())?.store)
 }
 
 /// Synchronous access to the store through a tokio runtime.
@@ -72,6 +60,12 @@ pub struct Store {
     pub inner: Arc<dyn ObjectStore>,
     /// Runtime that drives its futures.
     pub rt: Arc<tokio::runtime::Runtime>,
+    /// Parallel transfers (uploads in flight per writer, downloads at once).
+    pub connections: usize,
+    /// Where the cache of this repository goes, once its config is known.
+    pub cache_root: Option<std::path::PathBuf>,
+    /// The cache in use (see [`crate::cache`]).
+    pub cache: Option<Arc<ObjectCache>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -87,13 +81,30 @@ impl Store {
             .worker_threads(2)
             .max_blocking_threads(16)
             .enable_time()
+            .enable_io()
             .thread_name("cairn-io")
             .build()
             .expect("tokio runtime");
         Store {
             inner,
             rt: Arc::new(rt),
+            connections: 4,
+            cache_root: None,
+            cache: None,
         }
+    }
+
+    /// Start using the cache (if a cache root is set), keyed by the
+    /// repository's config object.
+    pub fn enable_cache(&mut self, config: &[u8]) {
+        if let Some(root) = &self.cache_root {
+            self.cache = ObjectCache::open(root, config).map(Arc::new);
+        }
+    }
+
+    fn cached(&self, name: &str) -> Option<(&ObjectCache, Option<Bytes>)> {
+        let c = self.cache.as_deref()?;
+        c.caches(name).then(|| (c, c.load(name)))
     }
 
     /// Write a new object; fails with `AlreadyExists` if it exists.
@@ -112,6 +123,18 @@ impl Store {
 
     /// Read a whole object.
     pub fn get(&self, name: &str) -> Result<Bytes> {
+        match self.cached(name) {
+            Some((_, Some(b))) => Ok(b),
+            Some((c, None)) => {
+                let b = self.get_uncached(name)?;
+                c.store(name, &b);
+                Ok(b)
+            }
+            None => self.get_uncached(name),
+        }
+    }
+
+    fn get_uncached(&self, name: &str) -> Result<Bytes> {
         let s = self.inner.clone();
         let path = Path::from(name);
         self.rt
@@ -121,6 +144,11 @@ impl Store {
 
     /// Read a byte range of an object.
     pub fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
+        if let Some(c) = &self.cache
+            && c.is_tree_pack(name)
+        {
+            return slice(name, &self.get(name)?, &range);
+        }
         let s = self.inner.clone();
         let path = Path::from(name);
         self.rt
@@ -130,6 +158,12 @@ impl Store {
 
     /// Read several ranges of one object (coalesced by the store).
     pub fn get_ranges(&self, name: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        if let Some(c) = &self.cache
+            && c.is_tree_pack(name)
+        {
+            let whole = self.get(name)?;
+            return ranges.iter().map(|r| slice(name, &whole, r)).collect();
+        }
         let s = self.inner.clone();
         let path = Path::from(name);
         self.rt
@@ -172,10 +206,44 @@ impl Store {
                 Ok::<_, object_store::Error>(out)
             })
             .map_err(|e| RepoError::from_store(prefix, e))
+            .inspect(|listed| {
+                if let Some(c) = &self.cache
+                    && ["index", "snapshots", "data"].contains(&prefix)
+                {
+                    let present = listed.iter().map(|(n, _)| n.as_str()).collect();
+                    c.retain(prefix, &present);
+                }
+            })
     }
 
     /// Read many whole objects concurrently; results in input order.
     pub fn get_many(&self, names: &[String], concurrency: usize) -> Vec<Result<Bytes>> {
+        let mut out: Vec<Option<Result<Bytes>>> = names
+            .iter()
+            .map(|n| self.cached(n).and_then(|(_, b)| b).map(Ok))
+            .collect();
+        let missing: Vec<String> = names
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut fetched = self.get_many_uncached(&missing, concurrency).into_iter();
+        for (n, o) in names.iter().zip(out.iter_mut()) {
+            if o.is_none() {
+                let r = fetched.next().expect("one result per name");
+                if let (Ok(b), Some(c)) = (&r, &self.cache)
+                    && c.caches(n)
+                {
+                    c.store(n, b);
+                }
+                *o = Some(r);
+            }
+        }
+        out.into_iter().map(|o| o.expect("filled")).collect()
+    }
+
+    fn get_many_uncached(&self, names: &[String], concurrency: usize) -> Vec<Result<Bytes>> {
         let s = self.inner.clone();
         let names = names.to_vec();
         self.rt.block_on(async move {

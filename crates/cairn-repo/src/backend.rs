@@ -1,0 +1,321 @@
+//! Where a repository lives: repository locations, backend options, and the
+//! one [`Store`] every layer above uses, whatever the backend.
+//!
+//! Locations:
+//! - a path (or `file://path`): a directory on local disk (the default);
+//! - `s3://bucket/prefix`: Amazon S3 or any S3-compatible server (MinIO, Ceph
+//!   RGW, Garage, …), configured by the standard `AWS_*` environment variables
+//!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//!   `AWS_REGION`, `AWS_ENDPOINT_URL`, …) and `--option KEY=VALUE`
+//!   (`endpoint=http://127.0.0.1:9000`, `region=…`, `allow_http=true`, …: any
+//!   key `object_store` accepts for S3);
+//! - `gs://bucket/prefix`: Google Cloud Storage (`GOOGLE_*` variables,
+//!   `service_account=…`);
+//! - `az://container/prefix`: Azure Blob Storage (`AZURE_*` variables,
+//!   `account_name=…`, `access_key=…`);
+//! - `memory:`: an in-process store (tests).
+//!
+//! Options that belong to cairn rather than to the backend: `connections=N`
+//! (parallel transfers, default 4 on local disk and 8 on object storage),
+//! `retries=N` (attempts after the first, default 4 in cairn plus the cloud
+//! client's own per-request retries), `retry_timeout=SECS` (the cloud client's
+//! budget per request, default 180).
+//!
+//! Every backend is wrapped in a [`RetryingStore`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+
+use crate::error::{RepoError, Result};
+use crate::retry::{RetryPolicy, RetryingStore};
+use crate::store::Store;
+
+/// Options for opening a location.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// `KEY=VALUE` pairs from `--option`.
+    pub options: Vec<(String, String)>,
+    /// Directory of the local cache (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl BackendOptions {
+    /// Parse `KEY=VALUE` strings.
+    pub fn parse_options(raw: &[String]) -> Result<Vec<(String, String)>> {
+        raw.iter()
+            .map(|o| {
+                o.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| {
+                        RepoError::InvalidInput(format!("--option {o:?}: expected KEY=VALUE"))
+                    })
+            })
+            .collect()
+    }
+}
+
+/// What kind of backend a location names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A directory on local disk.
+    Local,
+    /// An in-process store.
+    Memory,
+    /// S3 or S3-compatible.
+    S3,
+    /// Google Cloud Storage.
+    Gcs,
+    /// Azure Blob Storage.
+    Azure,
+}
+
+impl BackendKind {
+    /// Whether the backend is reached over the network.
+    pub fn is_remote(self) -> bool {
+        matches!(self, BackendKind::S3 | BackendKind::Gcs | BackendKind::Azure)
+    }
+}
+
+/// An opened location.
+pub struct Backend {
+    /// The store, wrapped for retries.
+    pub store: Arc<dyn ObjectStore>,
+    /// What it is.
+    pub kind: BackendKind,
+    /// Parallel transfers.
+    pub connections: usize,
+    /// Cache directory, if caching.
+    pub cache_dir: Option<PathBuf>,
+    /// Whether create-only puts are emulated (no conditional writes).
+    pub emulated_create: bool,
+}
+
+impl Backend {
+    /// The synchronous store over this backend.
+    pub fn into_store(self) -> Store {
+        let mut s = Store::new(self.store);
+        s.connections = self.connections;
+        s.cache_root = self.cache_dir;
+        s
+    }
+}
+
+fn split_url(location: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = location.split_once("://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((scheme, bucket, prefix.trim_matches('/')))
+}
+
+/// Open a location (see the module docs). `create` creates a missing local
+/// directory; on object storage the bucket must exist.
+pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backend> {
+    let mut backend_opts = Vec::new();
+    let mut connections = None;
+    let mut policy = RetryPolicy::default();
+    let mut retry_timeout = None;
+    for (k, v) in &opts.options {
+        let bad = || RepoError::InvalidInput(format!("--option {k}={v}: not a valid value"));
+        match k.as_str() {
+            "connections" => {
+                connections = Some(v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(bad)?)
+            }
+            "retries" => {
+                policy.retries = v.parse().map_err(|_| bad())?;
+            }
+            "retry_timeout" => {
+                retry_timeout = Some(Duration::from_secs(v.parse().map_err(|_| bad())?));
+            }
+            _ => backend_opts.push((k.clone(), v.clone())),
+        }
+    }
+    let (kind, inner, emulate): (BackendKind, Arc<dyn ObjectStore>, bool) = match split_url(
+        location,
+    ) {
+        None if location == "memory:" => (
+            BackendKind::Memory,
+            Arc::new(object_store::memory::InMemory::new()),
+            false,
+        ),
+        None | Some(("file", _, _)) => {
+            if let Some((k, _)) = backend_opts.first() {
+                return Err(RepoError::InvalidInput(format!(
+                    "--option {k}: only s3://, gs:// and az:// repositories take backend options"
+                )));
+            }
+            let path = location.strip_prefix("file://").unwrap_or(location);
+            (BackendKind::Local, open_local(location, path, create)?, false)
+        }
+        Some((scheme, bucket, prefix)) => {
+            if bucket.is_empty() {
+                return Err(RepoError::InvalidInput(format!(
+                    "{location}: no bucket or container in the URL ({scheme}://BUCKET/PREFIX)"
+                )));
+            }
+            let mut retry = RetryConfig::default();
+            if let Some(t) = retry_timeout {
+                retry.retry_timeout = t;
+            }
+            let bad_key = |k: &str, e: object_store::Error| {
+                RepoError::InvalidInput(format!("--option {k}: {e}"))
+            };
+            let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error>;
+            let mut emulate = false;
+            let kind;
+            match scheme {
+                "s3" => {
+                    kind = BackendKind::S3;
+                    let mut b = AmazonS3Builder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(retry);
+                    for (k, v) in &backend_opts {
+                        let key: AmazonS3ConfigKey = k.parse().map_err(|e| bad_key(k, e))?;
+                        if key == AmazonS3ConfigKey::ConditionalPut && v == "disabled" {
+                            emulate = true;
+                        }
+                        b = b.with_config(key, v);
+                    }
+                    if emulate {
+                        // cairn emulates create-only puts itself (RetryingStore).
+                        b = b.with_conditional_put(S3ConditionalPut::Disabled);
+                    }
+                    built = b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>);
+                }
+                "gs" => {
+                    kind = BackendKind::Gcs;
+                    let mut b = GoogleCloudStorageBuilder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_retry(retry);
+                    for (k, v) in &backend_opts {
+                        let key: GoogleConfigKey = k.parse().map_err(|e| bad_key(k, e))?;
+                        b = b.with_config(key, v);
+                    }
+                    built = b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>);
+                }
+                "az" | "azure" => {
+                    kind = BackendKind::Azure;
+                    let mut b = MicrosoftAzureBuilder::from_env()
+                        .with_container_name(bucket)
+                        .with_retry(retry);
+                    for (k, v) in &backend_opts {
+                        let key: AzureConfigKey = k.parse().map_err(|e| bad_key(k, e))?;
+                        b = b.with_config(key, v);
+                    }
+                    built = b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>);
+                }
+                other => {
+                    return Err(RepoError::InvalidInput(format!(
+                        "repository URL scheme {other}:// is not supported (use a path, s3://, gs:// or az://)"
+                    )));
+                }
+            }
+            let store = built.map_err(|e| {
+                RepoError::InvalidInput(format!("cannot configure {location}: {e}"))
+            })?;
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                store
+            } else {
+                Arc::new(PrefixStore::new(store, Path::from(prefix)))
+            };
+            (kind, store, emulate)
+        }
+    };
+    let connections = connections.unwrap_or(if kind.is_remote() { 8 } else { 4 });
+    Ok(Backend {
+        store: Arc::new(RetryingStore::new(inner, policy, emulate)),
+        kind,
+        connections,
+        cache_dir: if kind.is_remote() {
+            opts.cache_dir.clone()
+        } else {
+            // A local repository is its own cache.
+            None
+        },
+        emulated_create: emulate,
+    })
+}
+
+fn open_local(location: &str, path: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
+    let p = std::path::Path::new(path);
+    if create {
+        std::fs::create_dir_all(p).map_err(|e| RepoError::io(p, e))?;
+    } else if !p.is_dir() {
+        return Err(RepoError::NoRepository {
+            location: location.to_string(),
+        });
+    }
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(p)
+        .map_err(|e| RepoError::from_store(location, e))?
+        // Packs, index and snapshots must be durable before the objects that
+        // reference them are written (format-spec §5).
+        .with_fsync(true);
+    Ok(Arc::new(fs))
+}
+
+/// Whether a store refuses to overwrite on a create-only put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionalCreate {
+    /// The second create of one name fails: write-once is enforced.
+    Enforced,
+    /// The server accepted both writes: it ignores the condition.
+    Ignored,
+}
+
+/// Find out, with a throw-away object, whether the store enforces
+/// create-only puts (`format-spec/README.md` §1.1). Errors name the request
+/// that failed (e.g. a server that rejects conditional writes outright).
+pub fn probe_conditional_create(store: &Store) -> Result<ConditionalCreate> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| RepoError::InvalidInput(e.to_string()))?;
+    let name = format!("probe-{}", cairn_format::id::to_hex(&nonce));
+    let s = store.inner.clone();
+    let path = Path::from(name.as_str());
+    let r = store.rt.block_on(async move {
+        let create = || PutOptions::from(PutMode::Create);
+        s.put_opts(&path, PutPayload::from_static(b"1"), create())
+            .await?;
+        let second = s
+            .put_opts(&path, PutPayload::from_static(b"2"), create())
+            .await;
+        let _ = s.delete(&path).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(ConditionalCreate::Enforced),
+            Ok(_) => Ok(ConditionalCreate::Ignored),
+            Err(e) => Err(e),
+        }
+    });
+    r.map_err(|e| match e {
+        object_store::Error::NotImplemented { .. } => RepoError::InvalidInput(format!(
+            "the store does not support create-only writes ({e}); for an S3 server without conditional writes pass --option conditional_put=disabled"
+        )),
+        e => RepoError::from_store(&name, e),
+    })
+}
+
+/// Why a location holds no repository, when the reason is that its bucket or
+/// container does not exist (`None` otherwise).
+pub fn missing_bucket(store: &Store) -> Option<String> {
+    let s = store.inner.clone();
+    let e = store
+        .rt
+        .block_on(async move { s.list_with_delimiter(None).await })
+        .err()?;
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(inner) = src {
+        msg.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    ["NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist"]
+        .iter()
+        .any(|m| msg.contains(m))
+        .then(|| "its bucket (or container) does not exist".to_string())
+}

@@ -1,0 +1,332 @@
+//! [`RetryingStore`]: an `ObjectStore` wrapper that retries what the network
+//! breaks, and only that.
+//!
+//! The cloud clients of `object_store` already retry, per HTTP request, server
+//! errors (5xx, 429, 408) and connections that could not be made. They do not
+//! retry what they cannot prove harmless: a PUT whose connection dropped after
+//! the request was sent (it may have landed), or a response body cut off
+//! half-way. cairn can: every object it writes is write-once, and all but the
+//! config are named by the hash of their bytes, so re-sending is harmless and
+//! an "already exists" answer to a re-sent write is checked against the bytes
+//! that were meant to be written (equal: the first attempt landed; different:
+//! a real conflict, reported).
+//!
+//! Not retried: not found, already exists (on a first attempt), precondition
+//! failed, permission denied, unauthenticated, not supported, bad paths and
+//! configuration, and any HTTP 4xx (a bad request will not get better).
+//!
+//! A backend without conditional create (`conditional_put=disabled` on S3)
+//! gets create-only puts emulated by a HEAD before the PUT; what that does and
+//! does not guarantee is in `format-spec/README.md` §1.1.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, Error, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, Result,
+};
+
+/// How often and how patiently to retry.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Wait before the first retry; doubled each time.
+    pub first_backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 4,
+            first_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let d = self
+            .first_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        // Spread retries of parallel requests a little (±25 %).
+        let jitter = (nanos_now() % 500) as f64 / 1000.0 + 0.75;
+        d.mul_f64(jitter)
+    }
+}
+
+fn nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether trying again can help with this store error.
+pub fn is_retryable(e: &Error) -> bool {
+    match e {
+        Error::Generic { source, .. } => {
+            // object_store reports HTTP statuses in the message of its
+            // request errors; a client error (4xx) is final.
+            let mut msg = source.to_string();
+            let mut s = source.source();
+            while let Some(inner) = s {
+                msg.push_str(&inner.to_string());
+                s = inner.source();
+            }
+            // Errors the cloud client already retried ("after N retries")
+            // are not retried again: its budget (retry_timeout) is spent.
+            !msg.contains("status code: 4")
+                && !msg.contains("status code: 501")
+                && !msg.contains(" retries, max_retries")
+        }
+        Error::JoinError { .. } => true,
+        _ => false,
+    }
+}
+
+/// An `ObjectStore` that retries transient failures (see the module docs).
+pub struct RetryingStore {
+    inner: Arc<dyn ObjectStore>,
+    policy: RetryPolicy,
+    emulate_create: bool,
+    retried: AtomicU64,
+}
+
+impl fmt::Debug for RetryingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.inner)
+    }
+}
+
+impl fmt::Display for RetryingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.inner)
+    }
+}
+
+impl RetryingStore {
+    /// Wrap `inner`. With `emulate_create`, create-only puts become a HEAD
+    /// followed by a plain PUT (for servers without conditional writes).
+    pub fn new(inner: Arc<dyn ObjectStore>, policy: RetryPolicy, emulate_create: bool) -> Self {
+        RetryingStore {
+            inner,
+            policy,
+            emulate_create,
+            retried: AtomicU64::new(0),
+        }
+    }
+
+    /// Retries made so far.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
+    }
+
+    async fn wait(&self, attempt: u32, what: &str, location: &str, e: &Error) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        let d = self.policy.backoff(attempt);
+        if std::env::var_os("CAIRN_LOG_RETRIES").is_some() {
+            eprintln!(
+                "cairn: {what} {location} failed ({e}); retry {} of {} in {:.1}s",
+                attempt + 1,
+                self.policy.retries,
+                d.as_secs_f32()
+            );
+        }
+        tokio::time::sleep(d).await;
+    }
+
+    async fn put_once(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        if self.emulate_create && opts.mode == PutMode::Create {
+            match self.inner.head(location).await {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        path: location.to_string(),
+                        source: "the object exists (checked before writing: this store has no conditional create)".into(),
+                    });
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let mut o = opts;
+            o.mode = PutMode::Overwrite;
+            return self.inner.put_opts(location, payload, o).await;
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    /// After an ambiguous failure, a create that finds the object already
+    /// there succeeded if the object holds exactly our bytes.
+    async fn landed_earlier(&self, location: &Path, payload: &PutPayload) -> Result<bool> {
+        let stored = self.inner.get(location).await?.bytes().await?;
+        let ours: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
+        Ok(stored.as_ref() == ours.as_slice())
+    }
+
+    async fn get_whole(&self, location: &Path, options: &GetOptions) -> Result<GetResult> {
+        let r = self.inner.get_opts(location, options.clone()).await?;
+        match r.payload {
+            GetResultPayload::Stream(s) => {
+                // Read the body here, so a connection cut half-way is retried
+                // like any other failure of the request.
+                let chunks: Vec<Bytes> = s.try_collect().await?;
+                let body = if chunks.len() == 1 {
+                    chunks.into_iter().next().expect("one chunk")
+                } else {
+                    Bytes::from(chunks.concat())
+                };
+                Ok(GetResult {
+                    payload: GetResultPayload::Stream(
+                        futures::stream::once(async move { Ok(body) }).boxed(),
+                    ),
+                    meta: r.meta,
+                    range: r.range,
+                    attributes: r.attributes,
+                    extensions: r.extensions,
+                })
+            }
+            file => Ok(GetResult { payload: file, ..r }),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for RetryingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let mut attempt = 0;
+        loop {
+            match self.put_once(location, payload.clone(), opts.clone()).await {
+                Err(Error::AlreadyExists { .. })
+                    if attempt > 0 && self.landed_earlier(location, &payload).await? =>
+                {
+                    return Ok(PutResult {
+                        e_tag: None,
+                        version: None,
+                        extensions: Default::default(),
+                    });
+                }
+                Err(e) if attempt < self.policy.retries && is_retryable(&e) => {
+                    self.wait(attempt, "writing", location.as_ref(), &e).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        // cairn writes every object with one put; multipart is passed through.
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let mut attempt = 0;
+        loop {
+            match self.get_whole(location, &options).await {
+                Err(e) if attempt < self.policy.retries && is_retryable(&e) => {
+                    self.wait(attempt, "reading", location.as_ref(), &e).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let inner = self.inner.clone();
+        let policy = self.policy;
+        locations
+            .then(move |p| {
+                let inner = inner.clone();
+                async move {
+                    let p = p?;
+                    let mut attempt = 0;
+                    loop {
+                        match inner.delete(&p).await {
+                            Ok(()) => return Ok(p),
+                            // A retried delete that finds nothing: the first one landed.
+                            Err(Error::NotFound { .. }) if attempt > 0 => return Ok(p),
+                            Err(e) if attempt < policy.retries && is_retryable(&e) => {
+                                tokio::time::sleep(policy.backoff(attempt)).await;
+                                attempt += 1;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        // A listing that fails half-way is started again from the top; the
+        // caller sees it only once it is complete.
+        let inner = self.inner.clone();
+        let policy = self.policy;
+        let prefix = prefix.cloned();
+        futures::stream::once(async move {
+            let mut attempt = 0;
+            loop {
+                let r: Result<Vec<ObjectMeta>> = inner.list(prefix.as_ref()).try_collect().await;
+                match r {
+                    Ok(v) => return futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+                    Err(e) if attempt < policy.retries && is_retryable(&e) => {
+                        tokio::time::sleep(policy.backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+                }
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        let mut attempt = 0;
+        loop {
+            match self.inner.list_with_delimiter(prefix).await {
+                Err(e) if attempt < self.policy.retries && is_retryable(&e) => {
+                    self.wait(attempt, "listing", prefix.map_or("", |p| p.as_ref()), &e)
+                        .await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
