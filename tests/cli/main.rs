@@ -4,6 +4,7 @@ mod check;
 mod concurrent;
 mod faults;
 mod mount;
+mod s3;
 mod stack;
 mod util;
 

@@ -176,7 +176,11 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
         Ok(c) => c,
         Err(e) => match cairn_repo::backend::missing_bucket(&store) {
             Some(why) => bail!("cannot create a repository at {loc}: {why}; create it first"),
-            None => return Err(anyhow::Error::new(e).context(format!("writing a test object to {loc}"))),
+            None => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("writing a test object to {loc}"))
+                );
+            }
         },
     };
     if conditional == ConditionalCreate::Ignored {

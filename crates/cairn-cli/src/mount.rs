@@ -119,8 +119,7 @@ fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
     if g.no_cache {
         cmd.arg("--no-cache");
     }
-    cmd
-        .arg("mount")
+    cmd.arg("mount")
         .arg(&path)
         .arg("--cache-size")
         .arg(a.cache_size.to_string())

@@ -80,7 +80,10 @@ pub enum BackendKind {
 impl BackendKind {
     /// Whether the backend is reached over the network.
     pub fn is_remote(self) -> bool {
-        matches!(self, BackendKind::S3 | BackendKind::Gcs | BackendKind::Azure)
+        matches!(
+            self,
+            BackendKind::S3 | BackendKind::Gcs | BackendKind::Azure
+        )
     }
 }
 
@@ -151,7 +154,11 @@ pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backe
                 )));
             }
             let path = location.strip_prefix("file://").unwrap_or(location);
-            (BackendKind::Local, open_local(location, path, create)?, false)
+            (
+                BackendKind::Local,
+                open_local(location, path, create)?,
+                false,
+            )
         }
         Some((scheme, bucket, prefix)) => {
             if bucket.is_empty() {
@@ -314,8 +321,12 @@ pub fn missing_bucket(store: &Store) -> Option<String> {
         msg.push_str(&inner.to_string());
         src = inner.source();
     }
-    ["NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist"]
-        .iter()
-        .any(|m| msg.contains(m))
-        .then(|| "its bucket (or container) does not exist".to_string())
+    [
+        "NoSuchBucket",
+        "ContainerNotFound",
+        "The specified bucket does not exist",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+    .then(|| "its bucket (or container) does not exist".to_string())
 }

@@ -80,8 +80,7 @@ impl ObjectCache {
 
     /// Whether an object of this name is kept in the cache.
     pub fn caches(&self, name: &str) -> bool {
-        (name.starts_with("index/") || name.starts_with("snapshots/"))
-            && name_hash(name).is_some()
+        (name.starts_with("index/") || name.starts_with("snapshots/")) && name_hash(name).is_some()
             || self.is_tree_pack(name)
     }
 

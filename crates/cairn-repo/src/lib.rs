@@ -33,8 +33,8 @@
 //! ```
 #![deny(missing_docs)]
 
-mod backup;
 pub mod backend;
+mod backup;
 pub mod cache;
 pub mod check;
 pub mod error;

@@ -18,7 +18,6 @@ use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
 use crate::store;
 
-
 #[derive(Default)]
 struct OpenPack {
     buf: Vec<u8>,
@@ -33,7 +32,16 @@ struct State {
     tree: OpenPack,
     inflight: VecDeque<Upload>,
     done: Vec<IndexPack>,
+    /// `done[..indexed]` are listed in index objects already written.
+    indexed: usize,
+    index_bytes: u64,
+    last_index: Option<IndexId>,
 }
+
+/// Uploaded packs between two index objects of one session: a backup cut off
+/// by a crash or the network leaves at most this many unindexed packs behind;
+/// everything before is indexed and reused by the next backup (format-spec §5).
+const PACKS_PER_INDEX: usize = 16;
 
 /// What a writer session added to the repository.
 #[derive(Debug, Default, Clone)]
@@ -46,7 +54,8 @@ pub struct PackerStats {
     pub bytes_added: u64,
     /// Packs written.
     pub packs: u64,
-    /// Index object written, if any.
+    /// The last index object written, if any (a long session writes one
+    /// every few packs).
     pub index: Option<IndexId>,
     /// The packs written (for the prune protocol's re-listing).
     pub packs_written: Vec<IndexPack>,
@@ -223,7 +232,31 @@ impl<'r> Packer<'r> {
                 })?;
             r?;
             st.done.push(ip);
+            if st.done.len() - st.indexed >= PACKS_PER_INDEX {
+                self.write_index(st)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Write an index object for the uploaded packs not yet indexed.
+    fn write_index(&self, st: &mut State) -> Result<()> {
+        if st.indexed == st.done.len() {
+            return Ok(());
+        }
+        let file = IndexFile {
+            supersedes: vec![],
+            packs: st.done[st.indexed..].to_vec(),
+        };
+        let bytes = file.encode(&self.repo.repo.key);
+        let id = IndexId::of(&bytes);
+        self.repo
+            .repo
+            .store
+            .put_new(&store::index_path(&id), bytes.clone())?;
+        st.index_bytes += bytes.len() as u64;
+        st.indexed = st.done.len();
+        st.last_index = Some(id);
         Ok(())
     }
 
@@ -236,32 +269,18 @@ impl<'r> Packer<'r> {
         while !st.inflight.is_empty() {
             self.wait_one(&mut st)?;
         }
-        let mut stats = PackerStats {
+        self.write_index(&mut st)?;
+        let stats = PackerStats {
             data_blobs: self.data_blobs.load(Ordering::Relaxed),
             tree_blobs: self.tree_blobs.load(Ordering::Relaxed),
-            bytes_added: self.bytes_added.load(Ordering::Relaxed),
+            bytes_added: self.bytes_added.load(Ordering::Relaxed) + st.index_bytes,
             packs: st.done.len() as u64,
-            index: None,
-            packs_written: Vec::new(),
+            index: st.last_index,
+            packs_written: st.done.clone(),
         };
-        if !st.done.is_empty() {
-            let file = IndexFile {
-                supersedes: vec![],
-                packs: st.done,
-            };
-            let bytes = file.encode(&self.repo.repo.key);
-            let id = IndexId::of(&bytes);
-            stats.bytes_added += bytes.len() as u64;
-            self.repo
-                .repo
-                .store
-                .put_new(&store::index_path(&id), bytes)?;
-            let mut idx = self.repo.index.write().expect("index lock");
-            for p in &file.packs {
-                idx.add_recent(p);
-            }
-            stats.index = Some(id);
-            stats.packs_written = file.packs.clone();
+        let mut idx = self.repo.index.write().expect("index lock");
+        for p in &st.done {
+            idx.add_recent(p);
         }
         Ok(stats)
     }

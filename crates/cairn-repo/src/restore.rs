@@ -311,28 +311,35 @@ impl IndexedRepository {
         // Downloads at once: the store's connections (more than the cores
         // when the store is remote and latency, not CPU, bounds a pack).
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.repo.store.connections.max(rayon::current_num_threads()))
+            .num_threads(
+                self.repo
+                    .store
+                    .connections
+                    .max(rayon::current_num_threads()),
+            )
             .thread_name(|i| format!("cairn-restore-{i}"))
             .build()
             .map_err(|e| RepoError::InvalidInput(format!("restore threads: {e}")))?;
-        pool.install(|| packs.par_iter().for_each(|(pack, blobs)| {
-            let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str| {
-                let mut d = damaged.lock().expect("damage");
-                for (id, _) in blobs {
-                    for (i, _) in &targets[id] {
-                        d.push(Damage {
-                            path: items[*i as usize].0.clone(),
-                            detail: detail.to_string(),
-                        });
+        pool.install(|| {
+            packs.par_iter().for_each(|(pack, blobs)| {
+                let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str| {
+                    let mut d = damaged.lock().expect("damage");
+                    for (id, _) in blobs {
+                        for (i, _) in &targets[id] {
+                            d.push(Damage {
+                                path: items[*i as usize].0.clone(),
+                                detail: detail.to_string(),
+                            });
+                        }
                     }
+                };
+                if let Err(e) =
+                    self.restore_pack(*pack, blobs, &items, &targets, &written, progress, &fail)
+                {
+                    fail(blobs, &e.to_string());
                 }
-            };
-            if let Err(e) =
-                self.restore_pack(*pack, blobs, &items, &targets, &written, progress, &fail)
-            {
-                fail(blobs, &e.to_string());
-            }
-        }));
+            })
+        });
         report.bytes_written = written.into_inner();
 
         self.set_metadata(&items, &mut report);

@@ -8,8 +8,8 @@
 //! half-way. cairn can: every object it writes is write-once, and all but the
 //! config are named by the hash of their bytes, so re-sending is harmless and
 //! an "already exists" answer to a re-sent write is checked against the bytes
-//! that were meant to be written (equal: the first attempt landed; different:
-//! a real conflict, reported).
+//! that were meant to be written (equal: an earlier attempt — ours or the
+//! cloud client's own re-send — landed; different: a real conflict, reported).
 //!
 //! Not retried: not found, already exists (on a first attempt), precondition
 //! failed, permission denied, unauthenticated, not supported, bad paths and
@@ -219,8 +219,10 @@ impl ObjectStore for RetryingStore {
         let mut attempt = 0;
         loop {
             match self.put_once(location, payload.clone(), opts.clone()).await {
+                // Also on a first attempt: the cloud client may have re-sent
+                // the request itself after losing the first answer.
                 Err(Error::AlreadyExists { .. })
-                    if attempt > 0 && self.landed_earlier(location, &payload).await? =>
+                    if self.landed_earlier(location, &payload).await? =>
                 {
                     return Ok(PutResult {
                         e_tag: None,

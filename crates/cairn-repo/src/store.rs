@@ -111,14 +111,30 @@ impl Store {
     pub fn put_new(&self, name: &str, data: impl Into<PutPayload>) -> Result<()> {
         let s = self.inner.clone();
         let path = Path::from(name);
-        let payload = data.into();
-        self.rt
+        let payload: PutPayload = data.into();
+        // What this process writes and will read again (its index objects and
+        // snapshots) goes into the cache too.
+        let keep = self.cache.as_ref().filter(|c| c.caches(name)).map(|c| {
+            (
+                c.clone(),
+                payload
+                    .iter()
+                    .flat_map(|b| b.iter().copied())
+                    .collect::<Vec<u8>>(),
+            )
+        });
+        let r = self
+            .rt
             .block_on(async move {
                 s.put_opts(&path, payload, PutOptions::from(PutMode::Create))
                     .await
             })
             .map(|_| ())
-            .map_err(|e| RepoError::from_store(name, e))
+            .map_err(|e| RepoError::from_store(name, e));
+        if let (Ok(()), Some((c, bytes))) = (&r, keep) {
+            c.store(name, &bytes);
+        }
+        r
     }
 
     /// Read a whole object.

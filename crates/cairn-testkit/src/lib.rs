@@ -26,6 +26,9 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod proxy;
+pub mod s3;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

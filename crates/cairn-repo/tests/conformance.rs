@@ -1,0 +1,511 @@
+//! One storage conformance suite, run against the in-memory store, local disk
+//! and a real S3 server (moto, started and stopped here): init, backup of a
+//! tree, an incremental backup, restore byte-identical, write-once, forget,
+//! two prunes, `check --read-data`, and the local cache. Then S3 under
+//! network faults (a proxy that answers 503, drops requests, loses answers to
+//! writes that landed, cuts responses, and goes away for good): 50 backup
+//! attempts either commit a snapshot that restores byte-identical or fail with
+//! an error naming the object and leave no visible snapshot; the repository
+//! passes `check --read-data` after every one.
+
+mod common;
+use common::{KDF, data};
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_format::config::Config;
+use cairn_repo::backend::{self, BackendOptions, ConditionalCreate};
+use cairn_repo::check::ReadData;
+use cairn_repo::store::Store;
+use cairn_repo::{
+    BackupOptions, IndexedRepository, Progress, PruneOptions, RepoError, Repository,
+    RestoreOptions, RestoreProgress,
+};
+use cairn_testkit::proxy::{FaultProxy, ProxyPlan};
+use cairn_testkit::s3::S3Server;
+
+/// A tree of files: small ones, a few MiB of random data, a compressible one.
+fn make_tree(dir: &Path, seed: u64) {
+    fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    for i in 0..40u64 {
+        fs::write(
+            dir.join(format!("sub/small-{i}")),
+            data(seed * 100 + i, 100 + i as usize * 37),
+        )
+        .unwrap();
+    }
+    fs::write(dir.join("big"), data(seed, 5 << 20)).unwrap();
+    fs::write(
+        dir.join("sub/deeper/text"),
+        "INSERT INTO t VALUES (1);\n".repeat(40_000),
+    )
+    .unwrap();
+    fs::write(dir.join("empty"), b"").unwrap();
+}
+
+fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn restore_and_compare(r: &IndexedRepository, id: &cairn_format::SnapshotId, src: &Path) {
+    let snap = r.repo.load_snapshot(id).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("out");
+    let report = r
+        .restore(
+            &snap.tree,
+            &RestoreOptions {
+                target: target.clone(),
+                includes: vec![],
+                overwrite: false,
+            },
+            &RestoreProgress::default(),
+        )
+        .unwrap();
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert!(
+        read_tree(src) == read_tree(&restored),
+        "restored tree differs from {src:?}"
+    );
+}
+
+fn config() -> Config {
+    let mut cfg = Config::new_default(0);
+    cfg.pack_target = 1 << 20;
+    cfg
+}
+
+fn open_store(location: &str, options: Vec<(String, String)>, cache: Option<PathBuf>) -> Store {
+    backend::open(
+        location,
+        true,
+        &BackendOptions {
+            options,
+            cache_dir: cache,
+        },
+    )
+    .unwrap()
+    .into_store()
+}
+
+/// The suite. `reopen` gives a fresh store over the same location.
+fn suite(reopen: &dyn Fn() -> Store) {
+    let store = reopen();
+    assert_eq!(
+        backend::probe_conditional_create(&store).unwrap(),
+        ConditionalCreate::Enforced
+    );
+    Repository::init_store(store, b"pw", config(), KDF).unwrap();
+    // A second init on the same location is refused.
+    assert!(Repository::init_store(reopen(), b"pw", config(), KDF).is_err());
+    assert!(matches!(
+        Repository::open_store(reopen(), b"wrong"),
+        Err(RepoError::WrongPassword)
+    ));
+
+    let src = tempfile::tempdir().unwrap();
+    let src = src.path().join("tree");
+    make_tree(&src, 1);
+    let r = Repository::open_store(reopen(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let first = r
+        .backup_paths(
+            std::slice::from_ref(&src),
+            &BackupOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+    // Several packs (how many depends on the order parallel chunks arrive in).
+    assert!(first.stats.packs >= 3, "{:?}", first.stats.packs);
+    restore_and_compare(&r, &first.id, &src);
+
+    // Write-once: an existing object is never replaced.
+    let (pack, _) = r
+        .repo
+        .store
+        .list("data")
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    assert!(matches!(
+        r.repo.store.put_new(&pack, b"other".to_vec()),
+        Err(RepoError::AlreadyExists { .. })
+    ));
+
+    // Incremental: one file changed; unchanged content is not stored again.
+    fs::write(src.join("sub/small-3"), b"changed").unwrap();
+    let r = Repository::open_store(reopen(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let second = r
+        .backup_paths(
+            std::slice::from_ref(&src),
+            &BackupOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+    assert!(
+        second.stats.bytes_added < 64 << 10,
+        "{}",
+        second.stats.bytes_added
+    );
+    restore_and_compare(&r, &second.id, &src);
+
+    // Forget the first, prune twice (mark, then delete), check everything.
+    let repo = Repository::open_store(reopen(), b"pw").unwrap();
+    repo.delete_snapshots(&[first.id]).unwrap();
+    let opts = PruneOptions {
+        keep_delete: Duration::ZERO,
+        ..Default::default()
+    };
+    Repository::open_store(reopen(), b"pw")
+        .unwrap()
+        .prune(&opts)
+        .unwrap();
+    Repository::open_store(reopen(), b"pw")
+        .unwrap()
+        .prune(&opts)
+        .unwrap();
+    let report = Repository::open_store(reopen(), b"pw")
+        .unwrap()
+        .check(ReadData::All)
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    let r = Repository::open_store(reopen(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    assert_eq!(r.repo.list_snapshots().unwrap().len(), 1);
+    restore_and_compare(&r, &second.id, &src);
+}
+
+#[test]
+fn conformance_in_memory() {
+    let mem = backend::open("memory:", true, &Default::default())
+        .unwrap()
+        .store;
+    suite(&|| Store::new(mem.clone()));
+}
+
+#[test]
+fn conformance_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("repo").to_str().unwrap().to_string();
+    suite(&|| open_store(&loc, vec![], None));
+}
+
+#[test]
+fn conformance_s3() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("conformance").unwrap();
+    suite(&|| open_store("s3://conformance/some/prefix", s3.options(), None));
+    // The prefix kept the repository in its place.
+    let whole = open_store("s3://conformance", s3.options(), None);
+    assert!(whole.exists("some/prefix/config").unwrap());
+    assert!(!whole.exists("config").unwrap());
+}
+
+#[test]
+fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("cache").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let loc = "s3://cache/repo";
+    let direct = || open_store(loc, s3.options(), None);
+    Repository::init_store(direct(), b"pw", config(), KDF).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let src = src.path().join("tree");
+    make_tree(&src, 2);
+    // Through a proxy that counts connections (no faults): one per request.
+    let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
+    let mut opts = s3.options();
+    opts[0].1 = proxy.endpoint();
+    opts.push(("pool_max_idle_per_host".into(), "0".into()));
+    let cached = || open_store(loc, opts.clone(), Some(cache.path().to_path_buf()));
+    let r = Repository::open_store(cached(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let b = r
+        .backup_paths(
+            std::slice::from_ref(&src),
+            &BackupOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+    drop(r);
+    // Warm: listing snapshots, loading the index and walking the trees.
+    let walk = |r: &IndexedRepository| {
+        let snaps = r.repo.list_snapshots().unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert!(
+            r.find_node(
+                &snaps[0].1.tree,
+                format!("{}/sub/deeper/text", src.display()).as_bytes()
+            )
+            .unwrap()
+            .is_some()
+        );
+    };
+    let r = Repository::open_store(cached(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    walk(&r);
+    drop(r);
+    let before = proxy.connections();
+    let r = Repository::open_store(cached(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    walk(&r);
+    let warm = proxy.connections() - before;
+    drop(r);
+    // Uncached, the same work downloads the index, the snapshot and the tree packs.
+    let plain = opts.clone();
+    let before = proxy.connections();
+    let r = Repository::open_store(open_store(loc, plain, None), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    walk(&r);
+    let cold = proxy.connections() - before;
+    // Warm: config, the key listing and key, the snapshot and index listings.
+    assert!(warm <= 5, "warm open+list+walk made {warm} requests");
+    assert!(cold >= warm + 3, "cold {cold} vs warm {warm}");
+    // A damaged cache file is detected, dropped and fetched again.
+    let snap_name = format!("snapshots/{}", b.id.to_hex());
+    let cached_file = fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path()
+        .join(&snap_name);
+    fs::write(&cached_file, b"tampered").unwrap();
+    let r = Repository::open_store(cached(), b"pw").unwrap();
+    assert_eq!(r.load_snapshot(&b.id).unwrap().tree, b.snapshot.tree);
+    assert_ne!(fs::read(&cached_file).unwrap(), b"tampered");
+    // A forgotten snapshot leaves the cache at the next listing.
+    r.delete_snapshots(&[b.id]).unwrap();
+    assert!(r.list_snapshots().unwrap().is_empty());
+    assert!(!cached_file.exists());
+}
+
+#[test]
+fn s3_backups_under_network_faults_commit_whole_or_nothing() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("faults").unwrap();
+    let loc = "s3://faults/repo";
+    let direct = || open_store(loc, s3.options(), None);
+    Repository::init_store(direct(), b"pw", config(), KDF).unwrap();
+    let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
+    let mut opts = s3.options();
+    opts[0].1 = proxy.endpoint();
+    opts.extend([
+        ("pool_max_idle_per_host".to_string(), "0".to_string()),
+        // Keep the cloud client's own patience short so that the network
+        // "gone for good" attempts end quickly.
+        ("retry_timeout".to_string(), "4".to_string()),
+    ]);
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("tree");
+    make_tree(&src, 3);
+    let (mut committed, mut failed) = (Vec::new(), 0);
+    for attempt in 0..50u64 {
+        // New content each time, so that every attempt uploads.
+        fs::write(
+            src.join(format!("new-{attempt}")),
+            data(1000 + attempt, 1_500_000),
+        )
+        .unwrap();
+        let gone = attempt % 5 == 4;
+        proxy.set_plan(ProxyPlan {
+            unavailable_per_mille: 40,
+            drop_request_per_mille: 20,
+            lose_response_per_mille: 30,
+            cut_response_per_mille: 20,
+            latency: Duration::from_millis(attempt % 3),
+            stop_after: gone.then(|| proxy.connections() + 5 + attempt),
+            seed: attempt,
+        });
+        let before = Repository::open_store(direct(), b"pw")
+            .unwrap()
+            .list_snapshot_ids()
+            .unwrap();
+        let r = Repository::open_store(open_store(loc, opts.clone(), None), b"pw")
+            .and_then(|r| r.load_index())
+            .and_then(|r| {
+                r.backup_paths(
+                    std::slice::from_ref(&src),
+                    &BackupOptions::default(),
+                    &Progress::default(),
+                )
+            });
+        proxy.set_plan(ProxyPlan::default());
+        let after = Repository::open_store(direct(), b"pw")
+            .unwrap()
+            .list_snapshot_ids()
+            .unwrap();
+        match r {
+            Ok(b) => {
+                assert_eq!(after.len(), before.len() + 1, "attempt {attempt}");
+                let r = Repository::open_store(direct(), b"pw")
+                    .unwrap()
+                    .load_index()
+                    .unwrap();
+                restore_and_compare(&r, &b.id, &src);
+                committed.push(b.id);
+            }
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    gone,
+                    "attempt {attempt} failed without the network going away: {e}"
+                );
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("config")
+                        || msg.contains("keys")
+                        || msg.contains("data/")
+                        || msg.contains("index")
+                        || msg.contains("snapshots"),
+                    "attempt {attempt}: the error does not name an object: {msg}"
+                );
+                assert_eq!(
+                    after, before,
+                    "attempt {attempt}: a failed backup changed the snapshots"
+                );
+            }
+        }
+        if attempt % 10 == 9 {
+            let report = Repository::open_store(direct(), b"pw")
+                .unwrap()
+                .check(ReadData::All)
+                .unwrap();
+            assert!(
+                report.ok(),
+                "after attempt {attempt}: {:?}",
+                report.problems
+            );
+        }
+    }
+    eprintln!(
+        "50 attempts: {} committed, {failed} failed cleanly; {} faults injected over {} connections",
+        committed.len(),
+        proxy.faults(),
+        proxy.connections()
+    );
+    assert!(
+        committed.len() >= 30,
+        "only {} attempts committed",
+        committed.len()
+    );
+    assert!(failed >= 1, "no attempt met the network going away");
+    // Every committed snapshot still restores.
+    let r = Repository::open_store(direct(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    for id in committed.iter().rev().take(3) {
+        let snap = r.repo.load_snapshot(id).unwrap();
+        assert!(r.find_node(&snap.tree, b"/").is_ok());
+    }
+}
+
+/// An interrupted backup's uploads are indexed (every 16 packs) and the next
+/// backup reuses them instead of uploading them again.
+#[test]
+fn s3_backup_cut_off_by_the_network_is_reused_by_the_next() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("resume").unwrap();
+    let loc = "s3://resume/repo";
+    let direct = || open_store(loc, s3.options(), None);
+    Repository::init_store(direct(), b"pw", config(), KDF).unwrap();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("big");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        fs::write(src.join(format!("f{i}")), data(50 + i, 6 << 20)).unwrap();
+    }
+    let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
+    let mut opts = s3.options();
+    opts[0].1 = proxy.endpoint();
+    opts.extend([
+        ("pool_max_idle_per_host".to_string(), "0".to_string()),
+        ("retry_timeout".to_string(), "3".to_string()),
+    ]);
+    // The network goes away after 40 requests: about 34 of the ~50 packs are
+    // uploaded, 32 of them indexed (an index object every 16 packs).
+    proxy.set_plan(ProxyPlan {
+        stop_after: Some(proxy.connections() + 40),
+        ..Default::default()
+    });
+    let cut = Repository::open_store(open_store(loc, opts.clone(), None), b"pw")
+        .and_then(|r| r.load_index())
+        .and_then(|r| {
+            r.backup_paths(
+                std::slice::from_ref(&src),
+                &BackupOptions::default(),
+                &Progress::default(),
+            )
+        });
+    assert!(cut.is_err(), "the backup should have been cut off");
+    assert!(
+        Repository::open_store(direct(), b"pw")
+            .unwrap()
+            .list_snapshot_ids()
+            .unwrap()
+            .is_empty()
+    );
+    let r = Repository::open_store(direct(), b"pw")
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let b = r
+        .backup_paths(
+            std::slice::from_ref(&src),
+            &BackupOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+    let total = 72u64 << 20;
+    eprintln!(
+        "after the cut: {} of {} bytes uploaded again",
+        b.stats.bytes_added, total
+    );
+    assert!(
+        b.stats.bytes_added < total * 3 / 4,
+        "the next backup uploaded {} of {total} bytes again",
+        b.stats.bytes_added
+    );
+    restore_and_compare(&r, &b.id, &src);
+    let report = Repository::open_store(direct(), b"pw")
+        .unwrap()
+        .check(ReadData::All)
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}

@@ -1,0 +1,153 @@
+//! The binary against a real S3 server (moto, started here): an s3:// URL
+//! with `--option`s through init, backup, snapshots (from the cache),
+//! restore and check; and the errors for a missing bucket and an unreachable
+//! endpoint.
+
+use std::fs;
+
+use cairn_testkit::s3::{S3Server, free_port};
+
+use crate::util::{CHEAP_KDF, Env};
+
+fn s3_args(s3: &S3Server, url: &str) -> Vec<String> {
+    let mut a = vec!["--repo".to_string(), url.to_string()];
+    for (k, v) in s3.options() {
+        a.push("--option".into());
+        a.push(format!("{k}={v}"));
+    }
+    a
+}
+
+fn run(env: &Env, base: &[String], args: &[&str]) -> std::process::Output {
+    let mut c = env.cmd();
+    c.env("CAIRN_CACHE_DIR", env.path("cache"));
+    c.args(base).args(args).output().unwrap()
+}
+
+fn ok(env: &Env, base: &[String], args: &[&str]) -> String {
+    let o = run(env, base, args);
+    assert!(
+        o.status.success(),
+        "cairn {args:?} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn s3_url_backup_restore_check_through_the_binary() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("cli").unwrap();
+    let env = Env::new();
+    let base = s3_args(&s3, "s3://cli/team/repo");
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    ok(&env, &base, &init);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/a"), "hello s3\n".repeat(10_000)).unwrap();
+    fs::write(src.join("b"), crate::util::prng(7, 3 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    let listed = ok(&env, &base, &["snapshots"]);
+    assert!(listed.contains("1 snapshots"), "{listed}");
+    // The cache holds the snapshot and the index.
+    let cache_dirs: Vec<_> = fs::read_dir(env.path("cache"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(cache_dirs.len(), 1);
+    assert!(
+        cache_dirs[0]
+            .path()
+            .join("snapshots")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+    // ... and the index object this backup wrote.
+    assert!(
+        cache_dirs[0]
+            .path()
+            .join("index")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 1
+    );
+    let target = env.path("out");
+    ok(
+        &env,
+        &base,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read(restored.join("d/a")).unwrap(),
+        fs::read(src.join("d/a")).unwrap()
+    );
+    assert_eq!(
+        fs::read(restored.join("b")).unwrap(),
+        fs::read(src.join("b")).unwrap()
+    );
+    let checked = ok(&env, &base, &["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    // A second init on the same location is refused.
+    let o = run(&env, &base, &init);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn missing_bucket_and_unreachable_endpoint_are_named() {
+    let s3 = S3Server::start().unwrap();
+    let env = Env::new();
+    let base = s3_args(&s3, "s3://no-such-bucket/repo");
+    for args in [vec!["snapshots"], vec!["init"]] {
+        let o = run(&env, &base, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("s3://no-such-bucket/repo"), "{err}");
+        assert!(
+            err.contains("bucket (or container) does not exist"),
+            "{err}"
+        );
+    }
+    // Nothing listens on this port; the client's retry budget is cut short.
+    let port = free_port();
+    let mut base = vec!["--repo".to_string(), "s3://b/repo".to_string()];
+    for o in [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "allow_http=true".into(),
+        "access_key_id=x".into(),
+        "secret_access_key=y".into(),
+        "region=us-east-1".into(),
+        "retry_timeout=2".into(),
+    ] {
+        base.push("--option".into());
+        base.push(o);
+    }
+    let o = run(&env, &base, &["snapshots"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("s3://b/repo") && err.contains("config"),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+    // A bad option is named.
+    let o = run(
+        &env,
+        &[
+            "--repo".into(),
+            "s3://b/repo".into(),
+            "--option".into(),
+            "no_such_key=1".into(),
+        ],
+        &["snapshots"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no_such_key"), "{err}");
+}
