@@ -53,7 +53,7 @@ verify() {
   rm -rf "$1"
 }
 for r in $(seq 1 "$ROUNDS"); do
-  B=r$r
+  B=bench-r$r
   curl -sf -X PUT "http://127.0.0.1:$PORT/$B" >/dev/null
   # cairn on S3
   "$CAIRN" -r "s3://$B/cairn" "${S3OPTS[@]}" init >/dev/null 2>&1
