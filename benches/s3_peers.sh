@@ -4,7 +4,7 @@
 # one run. Peers at their defaults (restic: repository v2, zstd auto, 5 S3
 # connections); cairn at its defaults (8 connections on object storage).
 # Usage: benches/s3_peers.sh [SCALE] [ROUNDS]   (default 0.1 ≈ 240 MB, 3 rounds)
-# Writes benches/results/s3-YYYY-MM-DD.md and .csv (medians of ROUNDS).
+# Writes benches/results/s3-YYYY-MM-DD-scaleSCALE.md and .csv (medians of ROUNDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-0.1}
@@ -75,7 +75,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 DATE=$(date -u +%Y-%m-%d)
-OUT=benches/results/s3-$DATE
+OUT=benches/results/s3-$DATE-scale$SCALE
 mkdir -p benches/results
 cp "$CSV" "$OUT.csv"
 python3 - "$CSV" "$BYTES" "$SCALE" "$ROUNDS" "$(restic version | head -1)" >"$OUT.md" <<'EOF'
