@@ -151,3 +151,22 @@ fn missing_bucket_and_unreachable_endpoint_are_named() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("no_such_key"), "{err}");
 }
+
+#[test]
+fn wrong_credentials_are_refused_at_once_and_named() {
+    // moto checks signatures against its (empty) IAM from the first request.
+    let s3 = S3Server::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]).unwrap();
+    let env = Env::new();
+    let base = s3_args(&s3, "s3://any/repo");
+    let started = std::time::Instant::now();
+    let o = run(&env, &base, &["snapshots"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("s3://any/repo") && err.contains("config"),
+        "{err}"
+    );
+    assert!(err.contains("InvalidAccessKeyId"), "{err}");
+    // A refusal is final: not retried for minutes.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

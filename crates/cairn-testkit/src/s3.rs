@@ -32,8 +32,15 @@ impl S3Server {
     /// Start a server (installing moto first if needed) and wait until it
     /// answers.
     pub fn start() -> Result<S3Server, String> {
+        Self::start_with_env(&[])
+    }
+
+    /// [`S3Server::start`] with extra environment for moto (for example
+    /// `INITIAL_NO_AUTH_ACTION_COUNT=0`, which makes it check credentials).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<S3Server, String> {
         let port = free_port();
         let child = Command::new("bash")
+            .envs(env.iter().copied())
             .arg(script())
             .arg(port.to_string())
             .stdin(Stdio::null())
@@ -48,8 +55,9 @@ impl S3Server {
             if let Ok(Some(status)) = s.child.try_wait() {
                 return Err(format!("the S3 server exited: {status}"));
             }
+            // Any answer will do (with credential checks on, it is a 403).
             if s.request("GET", "/", b"")
-                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 "))
             {
                 return Ok(s);
             }
