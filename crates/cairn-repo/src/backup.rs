@@ -7,7 +7,7 @@
 //! parallel. A file whose size, mtime, ctime and inode match the parent
 //! snapshot is not read at all.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -109,6 +109,8 @@ struct Walker<'a> {
     packer: &'a Packer<'a>,
     progress: &'a Progress,
     params: ChunkerParams,
+    /// Encode windows from a thread outside the walk pool (see `backup_paths`).
+    isolate_windows: bool,
 }
 
 #[derive(Default)]
@@ -189,13 +191,26 @@ impl Walker<'_> {
     fn stream_extents(&self, reader: impl Read, out: &mut Vec<Extent>) -> Result<u64> {
         let mut total = 0u64;
         StreamChunker::new(self.params).run(reader, |window, cuts| {
-            let ids = process_window(
-                &self.packer.encoder,
-                window,
-                cuts,
-                |id| self.packer.claim(BlobKind::Data, id),
-                |b| self.packer.add(b),
-            )?;
+            let encode = || {
+                process_window(
+                    &self.packer.encoder,
+                    window,
+                    cuts,
+                    |id| self.packer.claim(BlobKind::Data, id),
+                    |b| self.packer.add(b),
+                )
+            };
+            // On a walk thread, wait for the window's encoding on a plain
+            // thread: a rayon worker waiting in a parallel call would take up
+            // other walk tasks meanwhile (each possibly with a window of its
+            // own), and memory would no longer be bounded.
+            let ids = if self.isolate_windows {
+                std::thread::scope(|s| s.spawn(encode).join()).map_err(|_| {
+                    RepoError::InvalidInput("a chunk encoder thread panicked".into())
+                })??
+            } else {
+                encode()?
+            };
             for (id, c) in ids.into_iter().zip(cuts) {
                 out.push(Extent::Chunk {
                     id,
@@ -393,8 +408,29 @@ impl Walker<'_> {
             Ok(())
         })?;
 
+        // Subdirectories in parallel (the walk runs on its own pool, see
+        // `backup_paths`); their trees are put in place below, in order.
+        let mut subtrees: HashMap<usize, Option<ChunkId>> = todo
+            .par_iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t {
+                Todo::Dir(n, path) => Some((i, n, path)),
+                _ => None,
+            })
+            .map(|(i, n, path)| -> Result<(usize, Option<ChunkId>)> {
+                let prev_tree = match parent.and_then(|t| t.find(&n.name)) {
+                    Some(Node {
+                        kind: NodeKind::Dir { tree },
+                        ..
+                    }) => self.repo.load_tree(tree).ok(),
+                    _ => None,
+                };
+                Ok((i, self.backup_dir(path, prev_tree.as_ref())?))
+            })
+            .collect::<Result<_>>()?;
+
         let mut nodes = Vec::with_capacity(todo.len());
-        for t in todo {
+        for (i, t) in todo.into_iter().enumerate() {
             match t {
                 Todo::Done(n) | Todo::Small(n, _, _) => nodes.push(n),
                 Todo::Large(mut n, path, md) => {
@@ -402,15 +438,8 @@ impl Walker<'_> {
                         nodes.push(n);
                     }
                 }
-                Todo::Dir(mut n, path) => {
-                    let prev_tree = match parent.and_then(|t| t.find(&n.name)) {
-                        Some(Node {
-                            kind: NodeKind::Dir { tree },
-                            ..
-                        }) => self.repo.load_tree(tree).ok(),
-                        _ => None,
-                    };
-                    if let Some(id) = self.backup_dir(&path, prev_tree.as_ref())? {
+                Todo::Dir(mut n, _) => {
+                    if let Some(id) = subtrees.remove(&i).flatten() {
                         n.kind = NodeKind::Dir { tree: id };
                         nodes.push(n);
                     }
@@ -485,6 +514,7 @@ impl IndexedRepository {
             packer,
             progress,
             params: self.chunker_params(),
+            isolate_windows: false,
         }
     }
 
@@ -573,16 +603,28 @@ impl IndexedRepository {
             }
         }
         let packer = Packer::new(self);
-        let walker = self.walker(&packer, progress);
-        let root_nodes = if trie.target {
-            // "/" itself was given: its entries are the root.
-            let parent_tree = parent.as_ref().map(|p| &p.1);
-            walker
-                .dir_nodes(Path::new("/"), parent_tree)?
-                .ok_or_else(|| RepoError::InvalidInput("cannot read the directory /".into()))?
-        } else {
-            walker.backup_trie(&trie, Path::new("/"), parent.as_ref().map(|p| &p.1))?
-        };
+        let mut walker = self.walker(&packer, progress);
+        walker.isolate_windows = true;
+        // The walk (directories and small files in parallel) runs on a pool
+        // of its own, as many threads as cores; large files' windows are
+        // encoded on the global pool (`isolate_windows`), so at most one
+        // window per walk thread is in memory.
+        let walk_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("cairn-walk-{i}"))
+            .build()
+            .map_err(|e| RepoError::InvalidInput(format!("backup threads: {e}")))?;
+        let root_nodes = walk_pool.install(|| {
+            if trie.target {
+                // "/" itself was given: its entries are the root.
+                let parent_tree = parent.as_ref().map(|p| &p.1);
+                walker
+                    .dir_nodes(Path::new("/"), parent_tree)?
+                    .ok_or_else(|| RepoError::InvalidInput("cannot read the directory /".into()))
+            } else {
+                walker.backup_trie(&trie, Path::new("/"), parent.as_ref().map(|p| &p.1))
+            }
+        })?;
         let root = packer.store_tree(&Tree { nodes: root_nodes })?;
         let reused = packer.reused();
         let stats = packer.finish()?;
