@@ -9,13 +9,18 @@ use cairn_testkit::s3::{S3Server, free_port};
 
 use crate::util::{CHEAP_KDF, Env};
 
-fn s3_args(s3: &S3Server, url: &str) -> Vec<String> {
+/// `--repo URL` and one `--option K=V` per option.
+fn repo_args(url: &str, options: &[(String, String)]) -> Vec<String> {
     let mut a = vec!["--repo".to_string(), url.to_string()];
-    for (k, v) in s3.options() {
+    for (k, v) in options {
         a.push("--option".into());
         a.push(format!("{k}={v}"));
     }
     a
+}
+
+fn s3_args(s3: &S3Server, url: &str) -> Vec<String> {
+    repo_args(url, &s3.options())
 }
 
 fn run(env: &Env, base: &[String], args: &[&str]) -> std::process::Output {
@@ -33,6 +38,14 @@ fn ok(env: &Env, base: &[String], args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).unwrap()
+}
+
+/// Run, require exit code 1, return stderr.
+fn fails(env: &Env, base: &[String], args: &[&str]) -> String {
+    let o = run(env, base, args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "cairn {args:?}: {err}");
+    err
 }
 
 #[test]
@@ -95,8 +108,7 @@ fn s3_url_backup_restore_check_through_the_binary() {
     let checked = ok(&env, &base, &["check", "--read-data"]);
     assert!(checked.contains("no errors were found"), "{checked}");
     // A second init on the same location is refused.
-    let o = run(&env, &base, &init);
-    assert_eq!(o.status.code(), Some(1));
+    fails(&env, &base, &init);
 }
 
 #[test]
@@ -104,10 +116,8 @@ fn missing_bucket_and_unreachable_endpoint_are_named() {
     let s3 = S3Server::start().unwrap();
     let env = Env::new();
     let base = s3_args(&s3, "s3://no-such-bucket/repo");
-    for args in [vec!["snapshots"], vec!["init"]] {
-        let o = run(&env, &base, &args);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    for args in [["snapshots"], ["init"]] {
+        let err = fails(&env, &base, &args);
         assert!(err.contains("s3://no-such-bucket/repo"), "{err}");
         assert!(
             err.contains("bucket (or container) does not exist"),
@@ -116,39 +126,26 @@ fn missing_bucket_and_unreachable_endpoint_are_named() {
     }
     // Nothing listens on this port; the client's retry budget is cut short.
     let port = free_port();
-    let mut base = vec!["--repo".to_string(), "s3://b/repo".to_string()];
-    for o in [
-        format!("endpoint=http://127.0.0.1:{port}"),
-        "allow_http=true".into(),
-        "access_key_id=x".into(),
-        "secret_access_key=y".into(),
-        "region=us-east-1".into(),
-        "retry_timeout=2".into(),
-    ] {
-        base.push("--option".into());
-        base.push(o);
-    }
-    let o = run(&env, &base, &["snapshots"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let options: Vec<(String, String)> = [
+        ("endpoint", format!("http://127.0.0.1:{port}")),
+        ("allow_http", "true".into()),
+        ("access_key_id", "x".into()),
+        ("secret_access_key", "y".into()),
+        ("region", "us-east-1".into()),
+        ("retry_timeout", "2".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let err = fails(&env, &repo_args("s3://b/repo", &options), &["snapshots"]);
     assert!(
         err.contains("s3://b/repo") && err.contains("config"),
         "{err}"
     );
     assert!(err.contains("Connection refused"), "{err}");
     // A bad option is named.
-    let o = run(
-        &env,
-        &[
-            "--repo".into(),
-            "s3://b/repo".into(),
-            "--option".into(),
-            "no_such_key=1".into(),
-        ],
-        &["snapshots"],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let bad = [("no_such_key".to_string(), "1".to_string())];
+    let err = fails(&env, &repo_args("s3://b/repo", &bad), &["snapshots"]);
     assert!(err.contains("no_such_key"), "{err}");
 }
 
@@ -159,9 +156,7 @@ fn wrong_credentials_are_refused_at_once_and_named() {
     let env = Env::new();
     let base = s3_args(&s3, "s3://any/repo");
     let started = std::time::Instant::now();
-    let o = run(&env, &base, &["snapshots"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = fails(&env, &base, &["snapshots"]);
     assert!(
         err.contains("s3://any/repo") && err.contains("config"),
         "{err}"

@@ -57,11 +57,7 @@ pub fn check_cmd(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
     } else {
         let stage = cairn_repo::Stage::default();
         let ticker = crate::util::Ticker::stage(!g.quiet && !g.json, stage.clone());
-        // Never through the cache: check judges the stored objects.
-        let pw = crate::util::read_password(g, false)?;
-        let store = crate::commands::backend(g, false, false)?;
-        let r = crate::commands::open_store_with_password(g, store, &pw)?
-            .check_with_progress(read, Some(stage));
+        let r = crate::commands::open_uncached(g)?.check_with_progress(read, Some(stage));
         drop(ticker);
         r?
     };
@@ -132,13 +128,7 @@ pub enum RepairCmd {
 }
 
 pub fn repair_cmd(g: &GlobalArgs, cmd: RepairCmd) -> Result<i32> {
-    // Repair works on what is stored, never on cached copies.
-    let pw = crate::util::read_password(g, false)?;
-    let repo = crate::commands::open_store_with_password(
-        g,
-        crate::commands::backend(g, false, false)?,
-        &pw,
-    )?;
+    let repo = crate::commands::open_uncached(g)?;
     match cmd {
         RepairCmd::Index { dry_run } => {
             let r = repo.repair_index(dry_run)?;

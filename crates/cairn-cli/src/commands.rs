@@ -49,13 +49,20 @@ pub fn backend(g: &GlobalArgs, create: bool, use_cache: bool) -> Result<Store> {
     Ok(cairn_repo::backend::open(&loc, create, &opts)?.into_store())
 }
 
+/// Open without the local cache: for commands that judge the stored objects
+/// themselves (check, repair).
+pub fn open_uncached(g: &GlobalArgs) -> Result<Repository> {
+    let pw = read_password(g, false)?;
+    open_store_with_password(g, backend(g, false, false)?, &pw)
+}
+
 /// Open the repository `g` names with a password already read.
 pub fn open_with_password(g: &GlobalArgs, pw: &[u8]) -> Result<Repository> {
     open_store_with_password(g, backend(g, false, true)?, pw)
 }
 
 /// Open the repository over a store already configured.
-pub fn open_store_with_password(g: &GlobalArgs, store: Store, pw: &[u8]) -> Result<Repository> {
+fn open_store_with_password(g: &GlobalArgs, store: Store, pw: &[u8]) -> Result<Repository> {
     let loc = location(g)?;
     let probe = store.clone();
     Repository::open_store(store, pw).map_err(|e| match e {

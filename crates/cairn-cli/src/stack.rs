@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::GlobalArgs;
-use crate::util::{format_time, human_bytes, read_password};
+use crate::util::{format_time, human_bytes};
 
 #[derive(Subcommand, Debug)]
 pub enum StackCmd {
@@ -123,12 +123,10 @@ fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
     {
         g.password_file = cat.password_file.clone();
     }
-    let loc = g.repo.clone().ok_or_else(|| {
-        anyhow!("no repository: give --repo, CAIRN_REPOSITORY or [repository] path in the catalog")
-    })?;
-    g.repo = Some(loc);
-    let pw = read_password(&g, false)?;
-    crate::commands::open_with_password(&g, &pw)
+    if g.repo.is_none() {
+        bail!("no repository: give --repo, CAIRN_REPOSITORY or [repository] path in the catalog");
+    }
+    crate::commands::open(&g)
 }
 
 fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {

@@ -97,8 +97,6 @@ pub struct Backend {
     pub connections: usize,
     /// Cache directory, if caching.
     pub cache_dir: Option<PathBuf>,
-    /// Whether create-only puts are emulated (no conditional writes).
-    pub emulated_create: bool,
 }
 
 impl Backend {
@@ -245,7 +243,6 @@ pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backe
             // A local repository is its own cache.
             None
         },
-        emulated_create: emulate,
     })
 }
 

@@ -109,8 +109,6 @@ struct Walker<'a> {
     packer: &'a Packer<'a>,
     progress: &'a Progress,
     params: ChunkerParams,
-    /// Encode windows from a thread outside the walk pool (see `backup_paths`).
-    isolate_windows: bool,
 }
 
 #[derive(Default)]
@@ -200,11 +198,12 @@ impl Walker<'_> {
                     |b| self.packer.add(b),
                 )
             };
-            // On a walk thread, wait for the window's encoding on a plain
-            // thread: a rayon worker waiting in a parallel call would take up
-            // other walk tasks meanwhile (each possibly with a window of its
-            // own), and memory would no longer be bounded.
-            let ids = if self.isolate_windows {
+            // On a rayon worker (the walk of `backup_paths`), wait for the
+            // window's encoding on a plain thread: a worker waiting in a
+            // parallel call would take up other walk tasks meanwhile (each
+            // possibly with a window of its own), and memory would no longer
+            // be bounded.
+            let ids = if rayon::current_thread_index().is_some() {
                 std::thread::scope(|s| s.spawn(encode).join()).map_err(|_| {
                     RepoError::InvalidInput("a chunk encoder thread panicked".into())
                 })??
@@ -514,7 +513,6 @@ impl IndexedRepository {
             packer,
             progress,
             params: self.chunker_params(),
-            isolate_windows: false,
         }
     }
 
@@ -603,12 +601,11 @@ impl IndexedRepository {
             }
         }
         let packer = Packer::new(self);
-        let mut walker = self.walker(&packer, progress);
-        walker.isolate_windows = true;
+        let walker = self.walker(&packer, progress);
         // The walk (directories and small files in parallel) runs on a pool
         // of its own, as many threads as cores; large files' windows are
-        // encoded on the global pool (`isolate_windows`), so at most one
-        // window per walk thread is in memory.
+        // encoded from a plain thread (`Walker::stream_extents`), so at most
+        // one window per walk thread is in memory.
         let walk_pool = rayon::ThreadPoolBuilder::new()
             .num_threads(rayon::current_num_threads())
             .thread_name(|i| format!("cairn-walk-{i}"))

@@ -73,11 +73,6 @@ impl ObjectCache {
         })
     }
 
-    /// The cache's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Whether an object of this name is kept in the cache.
     pub fn caches(&self, name: &str) -> bool {
         (name.starts_with("index/") || name.starts_with("snapshots/")) && name_hash(name).is_some()

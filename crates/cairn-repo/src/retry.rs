@@ -15,13 +15,14 @@
 //! failed, permission denied, unauthenticated, not supported, bad paths and
 //! configuration, and any HTTP 4xx (a bad request will not get better).
 //!
+//! With `CAIRN_LOG_RETRIES` set, every retry is reported on stderr.
+//!
 //! A backend without conditional create (`conditional_put=disabled` on S3)
 //! gets create-only puts emulated by a HEAD before the PUT; what that does and
 //! does not guarantee is in `format-spec/README.md` §1.1.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,6 +69,38 @@ impl RetryPolicy {
     }
 }
 
+/// Run `op` (given the attempt number) until it succeeds, fails for good, or
+/// the policy's retries are spent; the one retry loop of this module.
+async fn with_retries<T, Fut>(
+    policy: RetryPolicy,
+    what: &str,
+    location: &str,
+    mut op: impl FnMut(u32) -> Fut,
+) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op(attempt).await {
+            Err(e) if attempt < policy.retries && is_retryable(&e) => {
+                let d = policy.backoff(attempt);
+                if std::env::var_os("CAIRN_LOG_RETRIES").is_some() {
+                    eprintln!(
+                        "cairn: {what} {location} failed ({e}); retry {} of {} in {:.1}s",
+                        attempt + 1,
+                        policy.retries,
+                        d.as_secs_f32()
+                    );
+                }
+                tokio::time::sleep(d).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn nanos_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -103,7 +136,6 @@ pub struct RetryingStore {
     inner: Arc<dyn ObjectStore>,
     policy: RetryPolicy,
     emulate_create: bool,
-    retried: AtomicU64,
 }
 
 impl fmt::Debug for RetryingStore {
@@ -126,27 +158,7 @@ impl RetryingStore {
             inner,
             policy,
             emulate_create,
-            retried: AtomicU64::new(0),
         }
-    }
-
-    /// Retries made so far.
-    pub fn retried(&self) -> u64 {
-        self.retried.load(Ordering::Relaxed)
-    }
-
-    async fn wait(&self, attempt: u32, what: &str, location: &str, e: &Error) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
-        let d = self.policy.backoff(attempt);
-        if std::env::var_os("CAIRN_LOG_RETRIES").is_some() {
-            eprintln!(
-                "cairn: {what} {location} failed ({e}); retry {} of {} in {:.1}s",
-                attempt + 1,
-                self.policy.retries,
-                d.as_secs_f32()
-            );
-        }
-        tokio::time::sleep(d).await;
     }
 
     async fn put_once(
@@ -216,27 +228,23 @@ impl ObjectStore for RetryingStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        let mut attempt = 0;
-        loop {
+        with_retries(self.policy, "writing", location.as_ref(), |_| async {
             match self.put_once(location, payload.clone(), opts.clone()).await {
                 // Also on a first attempt: the cloud client may have re-sent
                 // the request itself after losing the first answer.
                 Err(Error::AlreadyExists { .. })
                     if self.landed_earlier(location, &payload).await? =>
                 {
-                    return Ok(PutResult {
+                    Ok(PutResult {
                         e_tag: None,
                         version: None,
                         extensions: Default::default(),
-                    });
+                    })
                 }
-                Err(e) if attempt < self.policy.retries && is_retryable(&e) => {
-                    self.wait(attempt, "writing", location.as_ref(), &e).await;
-                    attempt += 1;
-                }
-                r => return r,
+                r => r,
             }
-        }
+        })
+        .await
     }
 
     async fn put_multipart_opts(
@@ -249,16 +257,10 @@ impl ObjectStore for RetryingStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let mut attempt = 0;
-        loop {
-            match self.get_whole(location, &options).await {
-                Err(e) if attempt < self.policy.retries && is_retryable(&e) => {
-                    self.wait(attempt, "reading", location.as_ref(), &e).await;
-                    attempt += 1;
-                }
-                r => return r,
-            }
-        }
+        with_retries(self.policy, "reading", location.as_ref(), |_| {
+            self.get_whole(location, &options)
+        })
+        .await
     }
 
     fn delete_stream(
@@ -272,19 +274,18 @@ impl ObjectStore for RetryingStore {
                 let inner = inner.clone();
                 async move {
                     let p = p?;
-                    let mut attempt = 0;
-                    loop {
-                        match inner.delete(&p).await {
-                            Ok(()) => return Ok(p),
-                            // A retried delete that finds nothing: the first one landed.
-                            Err(Error::NotFound { .. }) if attempt > 0 => return Ok(p),
-                            Err(e) if attempt < policy.retries && is_retryable(&e) => {
-                                tokio::time::sleep(policy.backoff(attempt)).await;
-                                attempt += 1;
+                    with_retries(policy, "deleting", p.as_ref(), |attempt| {
+                        let (inner, p) = (&inner, &p);
+                        async move {
+                            match inner.delete(p).await {
+                                // A retried delete that finds nothing: the first one landed.
+                                Err(Error::NotFound { .. }) if attempt > 0 => Ok(()),
+                                r => r,
                             }
-                            Err(e) => return Err(e),
                         }
-                    }
+                    })
+                    .await?;
+                    Ok(p)
                 }
             })
             .boxed()
@@ -297,17 +298,14 @@ impl ObjectStore for RetryingStore {
         let policy = self.policy;
         let prefix = prefix.cloned();
         futures::stream::once(async move {
-            let mut attempt = 0;
-            loop {
-                let r: Result<Vec<ObjectMeta>> = inner.list(prefix.as_ref()).try_collect().await;
-                match r {
-                    Ok(v) => return futures::stream::iter(v.into_iter().map(Ok)).boxed(),
-                    Err(e) if attempt < policy.retries && is_retryable(&e) => {
-                        tokio::time::sleep(policy.backoff(attempt)).await;
-                        attempt += 1;
-                    }
-                    Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
-                }
+            let what = prefix.as_ref().map_or("", |p| p.as_ref());
+            let r: Result<Vec<ObjectMeta>> = with_retries(policy, "listing", what, |_| {
+                inner.list(prefix.as_ref()).try_collect()
+            })
+            .await;
+            match r {
+                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             }
         })
         .flatten()
@@ -315,17 +313,11 @@ impl ObjectStore for RetryingStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let mut attempt = 0;
-        loop {
-            match self.inner.list_with_delimiter(prefix).await {
-                Err(e) if attempt < self.policy.retries && is_retryable(&e) => {
-                    self.wait(attempt, "listing", prefix.map_or("", |p| p.as_ref()), &e)
-                        .await;
-                    attempt += 1;
-                }
-                r => return r,
-            }
-        }
+        let what = prefix.map_or("", |p| p.as_ref());
+        with_retries(self.policy, "listing", what, |_| {
+            self.inner.list_with_delimiter(prefix)
+        })
+        .await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {

@@ -21,7 +21,7 @@ use cairn_repo::backend::{self, BackendOptions, ConditionalCreate};
 use cairn_repo::check::ReadData;
 use cairn_repo::store::Store;
 use cairn_repo::{
-    BackupOptions, IndexedRepository, Progress, PruneOptions, RepoError, Repository,
+    BackupOptions, BackupResult, IndexedRepository, Progress, PruneOptions, RepoError, Repository,
     RestoreOptions, RestoreProgress,
 };
 use cairn_testkit::proxy::{FaultProxy, ProxyPlan};
@@ -107,6 +107,41 @@ fn open_store(location: &str, options: Vec<(String, String)>, cache: Option<Path
     .into_store()
 }
 
+/// Open with the test password.
+fn repo(s: Store) -> Repository {
+    Repository::open_store(s, b"pw").unwrap()
+}
+
+/// Open and load the index.
+fn indexed(s: Store) -> IndexedRepository {
+    repo(s).load_index().unwrap()
+}
+
+/// Back up one directory with default options.
+fn backup(r: &IndexedRepository, src: &Path) -> cairn_repo::Result<BackupResult> {
+    r.backup_paths(
+        &[src.to_path_buf()],
+        &BackupOptions::default(),
+        &Progress::default(),
+    )
+}
+
+/// `check --read-data` finds nothing.
+fn assert_checks_clean(s: Store, when: &str) {
+    let report = repo(s).check(ReadData::All).unwrap();
+    assert!(report.ok(), "{when}: {:?}", report.problems);
+}
+
+/// The server's options, but through `proxy`, one connection per request
+/// (so the proxy's faults hit single requests), plus `extra`.
+fn via_proxy(s3: &S3Server, proxy: &FaultProxy, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut opts = s3.options();
+    opts[0].1 = proxy.endpoint();
+    opts.push(("pool_max_idle_per_host".into(), "0".into()));
+    opts.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    opts
+}
+
 /// The suite. `reopen` gives a fresh store over the same location.
 fn suite(reopen: &dyn Fn() -> Store) {
     let store = reopen();
@@ -125,17 +160,8 @@ fn suite(reopen: &dyn Fn() -> Store) {
     let src = tempfile::tempdir().unwrap();
     let src = src.path().join("tree");
     make_tree(&src, 1);
-    let r = Repository::open_store(reopen(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let first = r
-        .backup_paths(
-            std::slice::from_ref(&src),
-            &BackupOptions::default(),
-            &Progress::default(),
-        )
-        .unwrap();
+    let r = indexed(reopen());
+    let first = backup(&r, &src).unwrap();
     // Several packs (how many depends on the order parallel chunks arrive in).
     assert!(first.stats.packs >= 3, "{:?}", first.stats.packs);
     restore_and_compare(&r, &first.id, &src);
@@ -156,17 +182,8 @@ fn suite(reopen: &dyn Fn() -> Store) {
 
     // Incremental: one file changed; unchanged content is not stored again.
     fs::write(src.join("sub/small-3"), b"changed").unwrap();
-    let r = Repository::open_store(reopen(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let second = r
-        .backup_paths(
-            std::slice::from_ref(&src),
-            &BackupOptions::default(),
-            &Progress::default(),
-        )
-        .unwrap();
+    let r = indexed(reopen());
+    let second = backup(&r, &src).unwrap();
     assert!(
         second.stats.bytes_added < 64 << 10,
         "{}",
@@ -175,29 +192,15 @@ fn suite(reopen: &dyn Fn() -> Store) {
     restore_and_compare(&r, &second.id, &src);
 
     // Forget the first, prune twice (mark, then delete), check everything.
-    let repo = Repository::open_store(reopen(), b"pw").unwrap();
-    repo.delete_snapshots(&[first.id]).unwrap();
+    repo(reopen()).delete_snapshots(&[first.id]).unwrap();
     let opts = PruneOptions {
         keep_delete: Duration::ZERO,
         ..Default::default()
     };
-    Repository::open_store(reopen(), b"pw")
-        .unwrap()
-        .prune(&opts)
-        .unwrap();
-    Repository::open_store(reopen(), b"pw")
-        .unwrap()
-        .prune(&opts)
-        .unwrap();
-    let report = Repository::open_store(reopen(), b"pw")
-        .unwrap()
-        .check(ReadData::All)
-        .unwrap();
-    assert!(report.ok(), "{:?}", report.problems);
-    let r = Repository::open_store(reopen(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
+    repo(reopen()).prune(&opts).unwrap();
+    repo(reopen()).prune(&opts).unwrap();
+    assert_checks_clean(reopen(), "at the end");
+    let r = indexed(reopen());
     assert_eq!(r.repo.list_snapshots().unwrap().len(), 1);
     restore_and_compare(&r, &second.id, &src);
 }
@@ -241,21 +244,10 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
     make_tree(&src, 2);
     // Through a proxy that counts connections (no faults): one per request.
     let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
-    let mut opts = s3.options();
-    opts[0].1 = proxy.endpoint();
-    opts.push(("pool_max_idle_per_host".into(), "0".into()));
+    let opts = via_proxy(&s3, &proxy, &[]);
     let cached = || open_store(loc, opts.clone(), Some(cache.path().to_path_buf()));
-    let r = Repository::open_store(cached(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let b = r
-        .backup_paths(
-            std::slice::from_ref(&src),
-            &BackupOptions::default(),
-            &Progress::default(),
-        )
-        .unwrap();
+    let r = indexed(cached());
+    let b = backup(&r, &src).unwrap();
     drop(r);
     // Warm: listing snapshots, loading the index and walking the trees.
     let walk = |r: &IndexedRepository| {
@@ -270,27 +262,17 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
             .is_some()
         );
     };
-    let r = Repository::open_store(cached(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
+    let r = indexed(cached());
     walk(&r);
     drop(r);
     let before = proxy.connections();
-    let r = Repository::open_store(cached(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
+    let r = indexed(cached());
     walk(&r);
     let warm = proxy.connections() - before;
     drop(r);
     // Uncached, the same work downloads the index, the snapshot and the tree packs.
-    let plain = opts.clone();
     let before = proxy.connections();
-    let r = Repository::open_store(open_store(loc, plain, None), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
+    let r = indexed(open_store(loc, opts.clone(), None));
     walk(&r);
     let cold = proxy.connections() - before;
     // Warm: config, the key listing and key, the snapshot and index listings.
@@ -306,7 +288,7 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
         .path()
         .join(&snap_name);
     fs::write(&cached_file, b"tampered").unwrap();
-    let r = Repository::open_store(cached(), b"pw").unwrap();
+    let r = repo(cached());
     assert_eq!(r.load_snapshot(&b.id).unwrap().tree, b.snapshot.tree);
     assert_ne!(fs::read(&cached_file).unwrap(), b"tampered");
     // A forgotten snapshot leaves the cache at the next listing.
@@ -323,14 +305,9 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
     let direct = || open_store(loc, s3.options(), None);
     Repository::init_store(direct(), b"pw", config(), KDF).unwrap();
     let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
-    let mut opts = s3.options();
-    opts[0].1 = proxy.endpoint();
-    opts.extend([
-        ("pool_max_idle_per_host".to_string(), "0".to_string()),
-        // Keep the cloud client's own patience short so that the network
-        // "gone for good" attempts end quickly.
-        ("retry_timeout".to_string(), "4".to_string()),
-    ]);
+    // Keep the cloud client's own patience short so that the network "gone
+    // for good" attempts end quickly.
+    let opts = via_proxy(&s3, &proxy, &[("retry_timeout", "4")]);
     let src_dir = tempfile::tempdir().unwrap();
     let src = src_dir.path().join("tree");
     make_tree(&src, 3);
@@ -352,31 +329,16 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
             stop_after: gone.then(|| proxy.connections() + 5 + attempt),
             seed: attempt,
         });
-        let before = Repository::open_store(direct(), b"pw")
-            .unwrap()
-            .list_snapshot_ids()
-            .unwrap();
+        let before = repo(direct()).list_snapshot_ids().unwrap();
         let r = Repository::open_store(open_store(loc, opts.clone(), None), b"pw")
             .and_then(|r| r.load_index())
-            .and_then(|r| {
-                r.backup_paths(
-                    std::slice::from_ref(&src),
-                    &BackupOptions::default(),
-                    &Progress::default(),
-                )
-            });
+            .and_then(|r| backup(&r, &src));
         proxy.set_plan(ProxyPlan::default());
-        let after = Repository::open_store(direct(), b"pw")
-            .unwrap()
-            .list_snapshot_ids()
-            .unwrap();
+        let after = repo(direct()).list_snapshot_ids().unwrap();
         match r {
             Ok(b) => {
                 assert_eq!(after.len(), before.len() + 1, "attempt {attempt}");
-                let r = Repository::open_store(direct(), b"pw")
-                    .unwrap()
-                    .load_index()
-                    .unwrap();
+                let r = indexed(direct());
                 restore_and_compare(&r, &b.id, &src);
                 committed.push(b.id);
             }
@@ -402,15 +364,7 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
             }
         }
         if attempt % 10 == 9 {
-            let report = Repository::open_store(direct(), b"pw")
-                .unwrap()
-                .check(ReadData::All)
-                .unwrap();
-            assert!(
-                report.ok(),
-                "after attempt {attempt}: {:?}",
-                report.problems
-            );
+            assert_checks_clean(direct(), &format!("after attempt {attempt}"));
         }
     }
     eprintln!(
@@ -426,10 +380,7 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
     );
     assert!(failed >= 1, "no attempt met the network going away");
     // Every committed snapshot still restores.
-    let r = Repository::open_store(direct(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
+    let r = indexed(direct());
     for id in committed.iter().rev().take(3) {
         let snap = r.repo.load_snapshot(id).unwrap();
         assert!(r.find_node(&snap.tree, b"/").is_ok());
@@ -452,12 +403,7 @@ fn s3_backup_cut_off_by_the_network_is_reused_by_the_next() {
         fs::write(src.join(format!("f{i}")), data(50 + i, 6 << 20)).unwrap();
     }
     let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
-    let mut opts = s3.options();
-    opts[0].1 = proxy.endpoint();
-    opts.extend([
-        ("pool_max_idle_per_host".to_string(), "0".to_string()),
-        ("retry_timeout".to_string(), "3".to_string()),
-    ]);
+    let opts = via_proxy(&s3, &proxy, &[("retry_timeout", "3")]);
     // The network goes away after 40 requests: about 34 of the ~50 packs are
     // uploaded, 32 of them indexed (an index object every 16 packs).
     proxy.set_plan(ProxyPlan {
@@ -466,32 +412,11 @@ fn s3_backup_cut_off_by_the_network_is_reused_by_the_next() {
     });
     let cut = Repository::open_store(open_store(loc, opts.clone(), None), b"pw")
         .and_then(|r| r.load_index())
-        .and_then(|r| {
-            r.backup_paths(
-                std::slice::from_ref(&src),
-                &BackupOptions::default(),
-                &Progress::default(),
-            )
-        });
+        .and_then(|r| backup(&r, &src));
     assert!(cut.is_err(), "the backup should have been cut off");
-    assert!(
-        Repository::open_store(direct(), b"pw")
-            .unwrap()
-            .list_snapshot_ids()
-            .unwrap()
-            .is_empty()
-    );
-    let r = Repository::open_store(direct(), b"pw")
-        .unwrap()
-        .load_index()
-        .unwrap();
-    let b = r
-        .backup_paths(
-            std::slice::from_ref(&src),
-            &BackupOptions::default(),
-            &Progress::default(),
-        )
-        .unwrap();
+    assert!(repo(direct()).list_snapshot_ids().unwrap().is_empty());
+    let r = indexed(direct());
+    let b = backup(&r, &src).unwrap();
     let total = 72u64 << 20;
     eprintln!(
         "after the cut: {} of {} bytes uploaded again",
@@ -503,9 +428,5 @@ fn s3_backup_cut_off_by_the_network_is_reused_by_the_next() {
         b.stats.bytes_added
     );
     restore_and_compare(&r, &b.id, &src);
-    let report = Repository::open_store(direct(), b"pw")
-        .unwrap()
-        .check(ReadData::All)
-        .unwrap();
-    assert!(report.ok(), "{:?}", report.problems);
+    assert_checks_clean(direct(), "at the end");
 }
