@@ -6,8 +6,10 @@
 mod check;
 mod commands;
 mod forget;
+mod history_html;
 mod mount;
 mod stack;
+mod stack_ops;
 mod util;
 
 use std::path::PathBuf;

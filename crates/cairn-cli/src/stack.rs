@@ -23,6 +23,74 @@ pub enum StackCmd {
     Restore(StackArgs),
     /// Apply each service's catalog retention to its snapshots
     Forget(StackForgetArgs),
+    /// Put back the safety snapshots a restore took of what it overwrote
+    Rollback(RollbackArgs),
+    /// Rehearse: restore the latest group into staging, verify, time, tear down
+    Drill(DrillArgs),
+    /// RTO per service across restores and drills, with the trend
+    History(HistoryArgs),
+    /// List the audit trail; --verify proves the hash chain is intact
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The restore to undo (id or unique prefix, as printed by `stack restore`)
+    pub restore_id: String,
+    /// Service catalog
+    #[arg(long, env = "CAIRN_CATALOG", default_value = "cairn.toml")]
+    pub catalog: PathBuf,
+    /// Services at once
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Do not snapshot what the rollback overwrites
+    #[arg(long)]
+    pub no_safety_snapshot: bool,
+    /// Write the JSON report here
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Service catalog
+    #[arg(long, env = "CAIRN_CATALOG", default_value = "cairn.toml")]
+    pub catalog: PathBuf,
+    /// Environment to drill into (never production)
+    #[arg(long, default_value = "staging")]
+    pub env: String,
+    /// Group to restore: id, id prefix or `latest`
+    #[arg(long, default_value = "latest")]
+    pub group: String,
+    /// Only these services (repeatable; their dependencies are added)
+    #[arg(long = "only")]
+    pub only: Vec<String>,
+    /// Services at once
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Leave the restored copy in place (default: the catalog's [drill] teardown, else remove it)
+    #[arg(long)]
+    pub keep: bool,
+    /// Write the JSON report here
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Only this service
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Write a self-contained HTML page with a chart here
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Check every record and the hash chain; exit 1 naming any record removed or changed
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]
@@ -109,10 +177,16 @@ pub struct StackArgs {
     /// Write Prometheus textfile metrics here
     #[arg(long)]
     metrics_file: Option<PathBuf>,
+    /// Restore: continue an interrupted restore (skips services that completed and still verify)
+    #[arg(long, value_name = "RESTORE_ID")]
+    resume: Option<String>,
+    /// Restore: do not snapshot live targets before overwriting them
+    #[arg(long)]
+    no_safety_snapshot: bool,
 }
 
 /// The repository the catalog (or the options) name, index not loaded.
-fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
+pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
     let mut g = g.clone();
     if g.repo.is_none() {
         g.repo = cat.repository.clone();
@@ -141,14 +215,58 @@ fn write_out(path: &Option<PathBuf>, text: &str) -> Result<()> {
 }
 
 pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
-    if let StackCmd::Forget(f) = cmd {
-        return stack_forget(g, f);
-    }
-    let (StackCmd::Backup(a) | StackCmd::Plan(a) | StackCmd::Restore(a)) = &cmd else {
-        unreachable!("forget returned above")
+    let cmd = match cmd {
+        StackCmd::Forget(f) => return stack_forget(g, f),
+        StackCmd::Rollback(a) => return crate::stack_ops::rollback(g, a),
+        StackCmd::Drill(a) => return crate::stack_ops::drill(g, a),
+        StackCmd::History(a) => return crate::stack_ops::history(g, a),
+        StackCmd::Audit(a) => return crate::stack_ops::audit(g, a),
+        other => other,
     };
-    let cat = Catalog::load(&a.catalog, a.env.as_deref())?;
-    let selected: BTreeSet<String> = cat.select(&a.only, a.with_deps)?;
+    let (StackCmd::Backup(a) | StackCmd::Plan(a) | StackCmd::Restore(a)) = &cmd else {
+        unreachable!("the others returned above")
+    };
+    let mut env = a.env.clone();
+    let journal = match (&cmd, &a.resume) {
+        (StackCmd::Restore(_), Some(rid)) => {
+            let j = cairn_stack::trail::read_journal(
+                &open_repo(g, &Catalog::load(&a.catalog, env.as_deref())?)?,
+                rid,
+            )?;
+            if j.begin.kind != "restore" {
+                bail!(
+                    "{} is a {}, not a restore: resume it with `cairn stack {}`",
+                    j.begin.restore_id,
+                    j.begin.kind,
+                    j.begin.kind
+                );
+            }
+            if let Some(true) = j.ended {
+                eprintln!(
+                    "restore {} already ended; verifying and finishing what did not pass",
+                    j.begin.restore_id
+                );
+            }
+            env = (j.begin.env != "production").then(|| j.begin.env.clone());
+            Some(j)
+        }
+        _ => None,
+    };
+    let cat = Catalog::load(&a.catalog, env.as_deref())?;
+    let selected: BTreeSet<String> = match &journal {
+        Some(j) => {
+            for s in &j.begin.services {
+                if !cat.services.contains_key(s) {
+                    bail!(
+                        "restore {} included service {s:?}, which the catalog no longer has",
+                        j.begin.restore_id
+                    );
+                }
+            }
+            j.begin.services.iter().cloned().collect()
+        }
+        None => cat.select(&a.only, a.with_deps)?,
+    };
     let repo = open(g, &cat)?;
     let jobs = a.jobs.unwrap_or(cat.jobs);
     match cmd {
@@ -156,6 +274,18 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             let (host, user) = cairn_repo::whoami();
             let r = run::stack_backup(&cat, &repo, &selected, jobs, &host, &user);
             let v = serde_json::to_value(&r)?;
+            let failed_n = r.services.iter().filter(|s| !s.ok).count();
+            crate::stack_ops::audit_append(
+                &repo.repo,
+                "backup",
+                format!(
+                    "stack backup of group {} ({} services, {} failed)",
+                    &r.group[..8],
+                    r.services.len(),
+                    failed_n
+                ),
+                v.clone(),
+            )?;
             write_out(&a.report, &serde_json::to_string_pretty(&v)?)?;
             write_out(&a.metrics_file, &run::backup_metrics(&r))?;
             if g.json {
@@ -225,77 +355,35 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        StackCmd::Forget(_) => unreachable!("handled above"),
+        StackCmd::Forget(_)
+        | StackCmd::Rollback(_)
+        | StackCmd::Drill(_)
+        | StackCmd::History(_)
+        | StackCmd::Audit(_) => unreachable!("handled above"),
         StackCmd::Restore(a) => {
             let quiet = g.json || g.quiet;
-            let r = run::stack_restore(&cat, &repo, &a.group, &selected, jobs, &|msg| {
+            let req = run::RestoreRequest {
+                kind: run::RestoreKind::Restore,
+                group: journal
+                    .as_ref()
+                    .map(|j| j.begin.group.clone())
+                    .unwrap_or_else(|| a.group.clone()),
+                selected,
+                jobs,
+                safety: journal
+                    .as_ref()
+                    .map(|j| j.begin.safety)
+                    .unwrap_or(!a.no_safety_snapshot),
+                resume: journal,
+                undoes: None,
+            };
+            let r = run::stack_restore(&cat, &repo, req, &|msg| {
                 if !quiet {
                     eprintln!("{msg}");
                 }
             })?;
-            let v = serde_json::to_value(&r)?;
-            write_out(&a.report, &serde_json::to_string_pretty(&v)?)?;
             write_out(&a.metrics_file, &run::restore_metrics(&r))?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "restore {} of group {} ({})",
-                    r.restore_id,
-                    &r.group[..8],
-                    r.env
-                );
-                println!(
-                    "{:<20} {:<8} {:>9} {:>9} {:<6}  stages",
-                    "service", "status", "seconds", "budget", "met"
-                );
-                for s in &r.services {
-                    println!(
-                        "{:<20} {:<8} {:>9.2} {:>9} {:<6}  {}",
-                        s.service,
-                        s.status,
-                        s.seconds,
-                        s.rto_budget_seconds
-                            .map(|b| format!("{b:.0}s"))
-                            .unwrap_or_else(|| "-".into()),
-                        match s.rto_met {
-                            Some(true) => "yes",
-                            Some(false) => "NO",
-                            None => "-",
-                        },
-                        s.stages
-                            .iter()
-                            .map(|st| format!("{} {:.2}s", st.name, st.seconds))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                    if let Some(e) = &s.error {
-                        eprintln!("  {}: {e}", s.service);
-                    }
-                }
-                println!(
-                    "wall {:.2}s, sum of services {:.2}s, critical path {:.2}s ({})",
-                    r.wall_seconds,
-                    r.sum_service_seconds,
-                    r.critical_path_seconds,
-                    r.critical_path.join(" -> ")
-                );
-            }
-            if !r.ok() {
-                let bad: Vec<&str> = r
-                    .services
-                    .iter()
-                    .filter(|s| s.status != "passed")
-                    .map(|s| s.service.as_str())
-                    .collect();
-                bail!("restore incomplete: {} did not pass", bad.join(", "));
-            }
-            let missed = r
-                .services
-                .iter()
-                .filter(|s| s.rto_met == Some(false))
-                .count();
-            Ok(if missed > 0 { crate::EXIT_WARNINGS } else { 0 })
+            crate::stack_ops::finish_restore(g, &repo, &r, &a.report)
         }
     }
 }

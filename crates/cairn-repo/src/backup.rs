@@ -714,6 +714,21 @@ impl IndexedRepository {
         progress: &Progress,
         before_commit: impl FnOnce() -> Result<()>,
     ) -> Result<BackupResult> {
+        self.backup_stream_measured(reader, name, opts, progress, || {
+            before_commit().map(|()| Vec::new())
+        })
+    }
+
+    /// [`Self::backup_stream`] whose `before_commit` also returns fingerprints
+    /// measured while the stream was read; they are added to `opts`'s.
+    pub fn backup_stream_measured(
+        &self,
+        reader: impl Read,
+        name: &str,
+        opts: &BackupOptions,
+        progress: &Progress,
+        before_commit: impl FnOnce() -> Result<Vec<(String, Vec<u8>)>>,
+    ) -> Result<BackupResult> {
         let start = Instant::now();
         let time_ns = now_ns();
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
@@ -750,10 +765,12 @@ impl IndexedRepository {
         let root = packer.store_tree(&Tree { nodes: vec![node] })?;
         let reused = packer.reused();
         let stats = packer.finish()?;
-        before_commit()?;
+        let measured = before_commit()?;
+        let mut opts = opts.clone();
+        opts.fingerprints.extend(measured);
         let path = format!("/{name}").into_bytes();
         self.commit(
-            opts,
+            &opts,
             time_ns,
             root,
             vec![path],

@@ -75,7 +75,8 @@ impl ObjectCache {
 
     /// Whether an object of this name is kept in the cache.
     pub fn caches(&self, name: &str) -> bool {
-        (name.starts_with("index/") || name.starts_with("snapshots/")) && name_hash(name).is_some()
+        (name.starts_with("index/") || name.starts_with("snapshots/") || name.starts_with("audit/"))
+            && name_hash(name).is_some()
             || self.is_tree_pack(name)
     }
 

@@ -43,6 +43,7 @@ pub mod index;
 mod indexed;
 mod packer;
 mod prune;
+pub mod records;
 pub mod repair;
 mod repo;
 mod restore;

@@ -224,7 +224,7 @@ impl Store {
             .map_err(|e| RepoError::from_store(prefix, e))
             .inspect(|listed| {
                 if let Some(c) = &self.cache
-                    && ["index", "snapshots", "data"].contains(&prefix)
+                    && ["index", "snapshots", "data", "audit"].contains(&prefix)
                 {
                     let present = listed.iter().map(|(n, _)| n.as_str()).collect();
                     c.retain(prefix, &present);

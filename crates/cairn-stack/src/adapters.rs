@@ -13,7 +13,7 @@
 //! data out of order in parallel), which a pipe is not.
 
 use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use cairn_format::snapshot::Snapshot;
@@ -25,6 +25,7 @@ use cairn_repo::{
 
 use crate::StackError;
 use crate::catalog::{Kind, Service};
+use crate::fingerprint::{self, Fingerprint};
 use crate::redis::{Conn, Reply};
 
 /// Name of the stream file inside a datastore snapshot.
@@ -38,7 +39,7 @@ fn err(svc: &Service, detail: impl Into<String>) -> StackError {
 }
 
 /// Apply connection settings to a tool's command.
-fn tool(svc: &Service, program: &str) -> Command {
+pub(crate) fn tool(svc: &Service, program: &str) -> Command {
     let mut c = Command::new(program);
     c.stdin(Stdio::null());
     match svc.kind {
@@ -146,19 +147,7 @@ fn quote_lit(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-fn parse_counts(out: &str) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = out
-        .lines()
-        .filter_map(|l| {
-            let (k, n) = l.rsplit_once('\t')?;
-            Some((k.to_string(), n.trim().parse().ok()?))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn redis_conn(svc: &Service) -> Result<Conn, StackError> {
+pub(crate) fn redis_conn(svc: &Service) -> Result<Conn, StackError> {
     let addr = format!(
         "{}:{}",
         svc.host.as_deref().unwrap_or("127.0.0.1"),
@@ -168,169 +157,49 @@ fn redis_conn(svc: &Service) -> Result<Conn, StackError> {
         .map_err(|e| err(svc, format!("redis at {addr}: {e}")))
 }
 
-/// Row, key or file counts of the live service, by name (sorted): what the
-/// snapshot records at backup time.
-pub fn counts(svc: &Service) -> Result<Vec<(String, u64)>, StackError> {
-    counts_at(svc, svc.path.as_deref())
-}
-
-/// The same counts where a restore put the data (a files service's target).
-pub fn restored_counts(svc: &Service) -> Result<Vec<(String, u64)>, StackError> {
-    counts_at(svc, svc.target.as_deref().or(svc.path.as_deref()))
-}
-
-fn counts_at(svc: &Service, dir: Option<&Path>) -> Result<Vec<(String, u64)>, StackError> {
-    match svc.kind {
-        Kind::Postgres => {
-            let db = svc.database.as_deref().unwrap_or_default();
-            let mut c = tool(svc, "psql");
-            c.args(["-X", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-d", db, "-c"]).arg(
-                "select schemaname, tablename from pg_tables where schemaname not in ('pg_catalog','information_schema') order by 1, 2",
-            );
-            let tables = run(svc, c, None)?;
-            let parts: Vec<String> = tables
-                .lines()
-                .filter_map(|l| l.split_once('\t'))
-                .map(|(s, t)| {
-                    format!(
-                        "select {}, count(*) from {}.{}",
-                        quote_lit(&format!("{s}.{t}")),
-                        quote_ident_pg(s),
-                        quote_ident_pg(t)
-                    )
-                })
-                .collect();
-            if parts.is_empty() {
-                return Ok(vec![]);
-            }
-            let mut c = tool(svc, "psql");
-            c.args([
-                "-X",
-                "-At",
-                "-F",
-                "\t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                db,
-                "-c",
-            ])
-            .arg(parts.join(" union all "));
-            Ok(parse_counts(&run(svc, c, None)?))
-        }
-        Kind::Mariadb => {
-            let db = svc.database.as_deref().unwrap_or_default();
-            let mut c = tool(svc, "mariadb");
-            c.args(["-N", "-B", "-e"]).arg(format!(
-                "select table_name from information_schema.tables where table_schema = {} and table_type = 'BASE TABLE' order by 1",
-                quote_lit(db)
-            ));
-            let tables = run(svc, c, None)?;
-            let parts: Vec<String> = tables
-                .lines()
-                .filter(|t| !t.is_empty())
-                .map(|t| {
-                    format!(
-                        "select {}, count(*) from {}.{}",
-                        quote_lit(t),
-                        quote_ident_my(db),
-                        quote_ident_my(t)
-                    )
-                })
-                .collect();
-            if parts.is_empty() {
-                return Ok(vec![]);
-            }
-            let mut c = tool(svc, "mariadb");
-            c.args(["-N", "-B", "-e"]).arg(parts.join(" union all "));
-            Ok(parse_counts(&run(svc, c, None)?))
-        }
-        Kind::Redis => {
-            let mut conn = redis_conn(svc)?;
-            let mut out = Vec::new();
-            for db in &svc.databases {
-                conn.call(&[b"SELECT", db.to_string().as_bytes()])
-                    .map_err(|e| err(svc, e.to_string()))?;
-                let n = conn
-                    .scan(&svc.key_pattern)
-                    .map_err(|e| err(svc, e.to_string()))?
-                    .len();
-                out.push((format!("db{db}"), n as u64));
-            }
-            Ok(out)
-        }
-        Kind::Files => {
-            let root = dir.expect("validated: files services have a path");
-            let (mut files, mut bytes) = (0u64, 0u64);
-            count_files(root, &mut files, &mut bytes)
-                .map_err(|e| err(svc, format!("{}: {e}", root.display())))?;
-            Ok(vec![("bytes".into(), bytes), ("files".into(), files)])
-        }
-        Kind::Command => Ok(vec![]),
-    }
-}
-
-fn count_files(p: &Path, files: &mut u64, bytes: &mut u64) -> std::io::Result<()> {
-    for e in std::fs::read_dir(p)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            count_files(&e.path(), files, bytes)?;
-        } else if ft.is_file() {
-            *files += 1;
-            *bytes += e.metadata()?.len();
-        }
-    }
-    Ok(())
-}
-
-/// Encode counts as snapshot fingerprints (`count:NAME` → u64 LE).
-pub fn counts_to_fingerprints(c: &[(String, u64)]) -> Vec<(String, Vec<u8>)> {
-    c.iter()
-        .map(|(k, v)| (format!("count:{k}"), v.to_le_bytes().to_vec()))
-        .collect()
-}
-
-/// Decode the counts a snapshot recorded.
-pub fn fingerprints_to_counts(s: &Snapshot) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = s
-        .fingerprints
-        .iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("count:")?;
-            let b: [u8; 8] = v.as_slice().try_into().ok()?;
-            Some((name.to_string(), u64::from_le_bytes(b)))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// Back up one service.
+/// Back up one service, recording its fingerprint (see [`crate::fingerprint`]).
 pub fn backup(
     svc: &Service,
     repo: &IndexedRepository,
-    mut opts: BackupOptions,
+    opts: BackupOptions,
 ) -> Result<BackupResult, StackError> {
     let progress = Progress::default();
-    // Counts first: the service must be reachable before anything is written.
-    let c = counts(svc)?;
-    opts.fingerprints = counts_to_fingerprints(&c);
-    let stream = |mut child: Child, what: &str| -> Result<BackupResult, StackError> {
+    let repo_err = |e: StackError| match e {
+        StackError::Repo(r) => r,
+        other => RepoError::InvalidInput(other.to_string()),
+    };
+    // Stream a tool's stdout while `measure` fingerprints the same state on
+    // another thread; the snapshot commits only when both succeeded.
+    let stream = |mut child: Child,
+                  what: &str,
+                  measure: &(dyn Fn() -> Result<Fingerprint, StackError> + Sync)|
+     -> Result<BackupResult, StackError> {
         let out = child.stdout.take().expect("piped");
-        let what = what.to_string();
-        Ok(
-            repo.backup_stream(out, STREAM_NAME, &opts, &progress, move || {
-                finish(svc, child, &what)
-            })?,
-        )
+        std::thread::scope(|s| {
+            let fp = s.spawn(measure);
+            let what = what.to_string();
+            Ok(
+                repo.backup_stream_measured(out, STREAM_NAME, &opts, &progress, move || {
+                    finish(svc, child, &what)?;
+                    let fp = fp
+                        .join()
+                        .map_err(|_| RepoError::InvalidInput("fingerprint thread panicked".into()))?
+                        .map_err(repo_err)?;
+                    Ok(fingerprint::encode(&fp))
+                })?,
+            )
+        })
     };
     match svc.kind {
         Kind::Postgres => {
+            // pg_dump and the fingerprint read the same exported snapshot.
+            let snap = fingerprint::pg_export_snapshot(svc)?;
             let mut c = tool(svc, "pg_dump");
             c.args([
                 "-Fc",
                 "-Z0",
+                "--snapshot",
+                &snap.id,
                 "-d",
                 svc.database.as_deref().unwrap_or_default(),
             ]);
@@ -339,9 +208,17 @@ pub fn backup(
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| err(svc, format!("pg_dump: {e}")))?;
-            stream(child, "pg_dump")
+            let r = stream(child, "pg_dump", &|| {
+                fingerprint::postgres(svc, Some(&snap.id))
+            });
+            drop(snap);
+            r
         }
         Kind::Mariadb => {
+            // Reachability first: nothing is written for an unreachable server.
+            let mut c = tool(svc, "mariadb");
+            c.args(["-N", "-e", "SELECT 1"]);
+            run(svc, c, None)?;
             let mut c = tool(svc, "mariadb-dump");
             c.args([
                 "--single-transaction",
@@ -357,7 +234,7 @@ pub fn backup(
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| err(svc, format!("mariadb-dump: {e}")))?;
-            stream(child, "mariadb-dump")
+            stream(child, "mariadb-dump", &|| fingerprint::mariadb(svc))
         }
         Kind::Command => {
             let child = shell(svc, svc.backup.as_deref().expect("validated"))
@@ -365,30 +242,40 @@ pub fn backup(
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| err(svc, format!("backup command: {e}")))?;
-            stream(child, "backup command")
+            stream(child, "backup command", &|| Ok(Fingerprint::new()))
         }
         Kind::Files => {
             let path = svc.path.clone().expect("validated");
+            if !path.is_dir() {
+                return Err(err(svc, format!("{} is not a directory", path.display())));
+            }
             Ok(repo.backup_paths(&[path], &opts, &progress)?)
         }
         Kind::Redis => {
             let (mut r, mut w) = std::io::pipe().map_err(|e| err(svc, e.to_string()))?;
             let mut conn = redis_conn(svc)?;
             std::thread::scope(|s| {
-                let writer = s.spawn(move || -> Result<(), StackError> {
+                let writer = s.spawn(move || -> Result<Fingerprint, StackError> {
                     let mut bw = BufWriter::with_capacity(1 << 20, &mut w);
                     let r = redis_dump(svc, &mut conn, &mut bw);
                     let f = bw.flush().map_err(|e| err(svc, e.to_string()));
                     drop(bw);
                     drop(w);
-                    r.and(f)
+                    let fp = r?;
+                    f?;
+                    Ok(fp)
                 });
-                let res = repo.backup_stream(&mut r, STREAM_NAME, &opts, &progress, || Ok(()));
+                let res =
+                    repo.backup_stream_measured(&mut r, STREAM_NAME, &opts, &progress, || {
+                        let fp = writer
+                            .join()
+                            .map_err(|_| {
+                                RepoError::InvalidInput("redis dump thread panicked".into())
+                            })?
+                            .map_err(repo_err)?;
+                        Ok(fingerprint::encode(&fp))
+                    });
                 drop(r);
-                let w = writer
-                    .join()
-                    .map_err(|_| err(svc, "redis dump thread panicked"))?;
-                w?;
                 Ok(res?)
             })
         }
@@ -398,48 +285,75 @@ pub fn backup(
 const REDIS_MAGIC: &[u8] = b"CAIRN-REDIS-DUMP 1\n";
 
 /// Stream format: magic line, then per key `db u32 | key bytes32 | pttl i64
-/// (-1 = no expiry) | DUMP payload bytes32`, all little-endian.
-fn redis_dump(svc: &Service, conn: &mut Conn, w: &mut impl Write) -> Result<(), StackError> {
+/// (-1 = no expiry) | DUMP payload bytes32`, all little-endian. Returns the
+/// fingerprint of exactly the keys written.
+fn redis_dump(
+    svc: &Service,
+    conn: &mut Conn,
+    w: &mut impl Write,
+) -> Result<Fingerprint, StackError> {
     let io = |e: std::io::Error| err(svc, format!("redis: {e}"));
     w.write_all(REDIS_MAGIC).map_err(io)?;
-    for db in &svc.databases {
-        conn.call(&[b"SELECT", db.to_string().as_bytes()])
+    let mut fp = fingerprint::RedisFingerprint::default();
+    fingerprint::redis_keys(svc, conn, |k| {
+        fp.add(&k);
+        w.write_all(&k.db.to_le_bytes()).map_err(io)?;
+        w.write_all(&(k.key.len() as u32).to_le_bytes())
             .map_err(io)?;
-        let keys = conn.scan(&svc.key_pattern).map_err(io)?;
-        for batch in keys.chunks(500) {
-            let mut cmds = Vec::with_capacity(batch.len() * 2);
-            for k in batch {
-                cmds.push(vec![b"PTTL".to_vec(), k.clone()]);
-                cmds.push(vec![b"DUMP".to_vec(), k.clone()]);
-            }
-            let replies = conn.pipeline(&cmds).map_err(io)?;
-            for (k, pair) in batch.iter().zip(replies.chunks(2)) {
-                let (Reply::Int(ttl), Reply::Bulk(Some(payload))) = (&pair[0], &pair[1]) else {
-                    continue; // expired or deleted since SCAN
-                };
-                if *ttl == -2 {
-                    continue;
-                }
-                w.write_all(&db.to_le_bytes()).map_err(io)?;
-                w.write_all(&(k.len() as u32).to_le_bytes()).map_err(io)?;
-                w.write_all(k).map_err(io)?;
-                w.write_all(&ttl.to_le_bytes()).map_err(io)?;
-                w.write_all(&(payload.len() as u32).to_le_bytes())
-                    .map_err(io)?;
-                w.write_all(payload).map_err(io)?;
-            }
-        }
-    }
-    Ok(())
+        w.write_all(&k.key).map_err(io)?;
+        w.write_all(&k.pttl.to_le_bytes()).map_err(io)?;
+        w.write_all(&(k.dump.len() as u32).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&k.dump).map_err(io)
+    })?;
+    Ok(fp.finish(&svc.databases))
 }
 
-fn redis_load(svc: &Service, conn: &mut Conn, r: &mut impl Read) -> Result<(), StackError> {
-    let io = |e: std::io::Error| err(svc, format!("redis restore: {e}"));
+/// Read a cairn Redis dump stream record by record: `(db, key, pttl, payload)`.
+pub(crate) fn read_redis_dump(
+    svc: &Service,
+    r: &mut dyn Read,
+    mut each: impl FnMut(u32, Vec<u8>, i64, Vec<u8>) -> Result<(), StackError>,
+) -> Result<(), StackError> {
+    let io = |e: std::io::Error| err(svc, format!("redis dump: {e}"));
     let mut magic = vec![0u8; REDIS_MAGIC.len()];
     r.read_exact(&mut magic).map_err(io)?;
     if magic != REDIS_MAGIC {
         return Err(err(svc, "the snapshot does not hold a cairn redis dump"));
     }
+    loop {
+        let mut dbb = [0u8; 4];
+        match r.read_exact(&mut dbb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io(e)),
+        }
+        let read_bytes = |r: &mut dyn Read| -> Result<Vec<u8>, StackError> {
+            let mut n = [0u8; 4];
+            r.read_exact(&mut n).map_err(io)?;
+            let n = u32::from_le_bytes(n) as usize;
+            if n > 512 << 20 {
+                return Err(err(svc, "redis dump record too large (damaged dump?)"));
+            }
+            let mut v = vec![0u8; n];
+            r.read_exact(&mut v).map_err(io)?;
+            Ok(v)
+        };
+        let key = read_bytes(r)?;
+        let mut t = [0u8; 8];
+        r.read_exact(&mut t).map_err(io)?;
+        let payload = read_bytes(r)?;
+        each(u32::from_le_bytes(dbb), key, i64::from_le_bytes(t), payload)?;
+    }
+}
+
+fn redis_load(
+    svc: &Service,
+    conn: &mut Conn,
+    r: &mut impl Read,
+    map: &std::collections::BTreeMap<u32, u32>,
+) -> Result<(), StackError> {
+    let io = |e: std::io::Error| err(svc, format!("redis restore: {e}"));
     // Remove the service's keys first, so the result equals the backup.
     for db in &svc.databases {
         conn.call(&[b"SELECT", db.to_string().as_bytes()])
@@ -462,30 +376,8 @@ fn redis_load(svc: &Service, conn: &mut Conn, r: &mut impl Read) -> Result<(), S
         cmds.clear();
         Ok(())
     };
-    loop {
-        let mut dbb = [0u8; 4];
-        match r.read_exact(&mut dbb) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(io(e)),
-        }
-        let db = u32::from_le_bytes(dbb);
-        let read_bytes = |r: &mut dyn Read| -> Result<Vec<u8>, StackError> {
-            let mut n = [0u8; 4];
-            r.read_exact(&mut n).map_err(io)?;
-            let n = u32::from_le_bytes(n) as usize;
-            if n > 512 << 20 {
-                return Err(err(svc, "redis dump record too large (damaged dump?)"));
-            }
-            let mut v = vec![0u8; n];
-            r.read_exact(&mut v).map_err(io)?;
-            Ok(v)
-        };
-        let key = read_bytes(r)?;
-        let mut t = [0u8; 8];
-        r.read_exact(&mut t).map_err(io)?;
-        let ttl = i64::from_le_bytes(t).max(0); // -1 (no expiry) → 0
-        let payload = read_bytes(r)?;
+    read_redis_dump(svc, r, |db, key, pttl, payload| {
+        let db = map.get(&db).copied().unwrap_or(db);
         if current_db != Some(db) {
             flush(conn, &mut cmds)?;
             conn.call(&[b"SELECT", db.to_string().as_bytes()])
@@ -495,14 +387,15 @@ fn redis_load(svc: &Service, conn: &mut Conn, r: &mut impl Read) -> Result<(), S
         cmds.push(vec![
             b"RESTORE".to_vec(),
             key,
-            ttl.to_string().into_bytes(),
+            pttl.max(0).to_string().into_bytes(), // -1 (no expiry) → 0
             payload,
             b"REPLACE".to_vec(),
         ]);
         if cmds.len() >= 500 {
             flush(conn, &mut cmds)?;
         }
-    }
+        Ok(())
+    })?;
     flush(conn, &mut cmds)
 }
 
@@ -586,7 +479,12 @@ pub fn restore(
                     res
                 });
                 let mut br = std::io::BufReader::with_capacity(1 << 20, &mut r);
-                let loaded = redis_load(svc, &mut conn, &mut br);
+                let loaded = redis_load(
+                    svc,
+                    &mut conn,
+                    &mut br,
+                    &fingerprint::redis_db_map(svc, snap),
+                );
                 drop(br);
                 drop(r);
                 let fed = t.join().map_err(|_| err(svc, "dump thread panicked"))?;
@@ -641,16 +539,7 @@ fn restore_files(
 ) -> Result<u64, StackError> {
     let src = svc.path.as_ref().expect("validated");
     let target: PathBuf = svc.target.clone().unwrap_or_else(|| src.clone());
-    let abs = cairn_repo::clean_absolute(src)?;
-    let node = repo
-        .find_node(&snap.tree, abs.as_os_str().as_encoded_bytes())?
-        .ok_or_else(|| err(svc, "snapshot root is not the service directory"))?;
-    let NodeKind::Dir { tree } = node.kind else {
-        return Err(err(
-            svc,
-            format!("{} is not a directory in the snapshot", abs.display()),
-        ));
-    };
+    let tree = service_tree(svc, repo, snap)?;
     // The service's directory must end up equal to the snapshot: empty it first.
     if target.exists() {
         for e in std::fs::read_dir(&target)
@@ -683,4 +572,199 @@ fn restore_files(
         ));
     }
     Ok(report.bytes_written)
+}
+
+/// The tree a files service's directory has in its snapshot.
+pub fn service_tree(
+    svc: &Service,
+    repo: &IndexedRepository,
+    snap: &Snapshot,
+) -> Result<cairn_format::ChunkId, StackError> {
+    let src = svc.path.as_ref().expect("validated");
+    let abs = cairn_repo::clean_absolute(src)?;
+    let node = repo
+        .find_node(&snap.tree, abs.as_os_str().as_encoded_bytes())?
+        .ok_or_else(|| err(svc, "snapshot root is not the service directory"))?;
+    match node.kind {
+        NodeKind::Dir { tree } => Ok(tree),
+        _ => Err(err(
+            svc,
+            format!("{} is not a directory in the snapshot", abs.display()),
+        )),
+    }
+}
+
+/// Reads a dump stream and reports what it found.
+pub type DumpReader<'a> = dyn FnMut(&mut dyn Read) -> Result<Vec<String>, StackError> + 'a;
+
+/// Run `f` over the snapshot's dump stream, read from the repository as `f`
+/// consumes it.
+pub fn with_dump(
+    svc: &Service,
+    repo: &IndexedRepository,
+    snap: &Snapshot,
+    f: &mut DumpReader,
+) -> Result<Vec<String>, StackError> {
+    let node = repo
+        .find_node(&snap.tree, format!("/{STREAM_NAME}").as_bytes())?
+        .ok_or_else(|| err(svc, "snapshot holds no dump stream"))?;
+    let (r, mut w) = std::io::pipe().map_err(|e| err(svc, e.to_string()))?;
+    std::thread::scope(|s| {
+        let t = s.spawn(move || {
+            let mut bw = BufWriter::with_capacity(1 << 20, &mut w);
+            let res = repo.dump_file(&node, &mut bw);
+            let _ = bw.flush();
+            res
+        });
+        let mut br = std::io::BufReader::with_capacity(1 << 20, r);
+        let out = f(&mut br);
+        drop(br);
+        let _ = t.join();
+        out
+    })
+}
+
+/// Run a SQL query in a postgres or mariadb service's database; its output
+/// in batch form (tab-separated, no headers).
+pub fn query(svc: &Service, sql: &str) -> Result<String, StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    match svc.kind {
+        Kind::Postgres => {
+            let mut c = tool(svc, "psql");
+            c.args([
+                "-X",
+                "-At",
+                "-F",
+                "\t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+            ])
+            .arg(sql);
+            run(svc, c, None)
+        }
+        Kind::Mariadb => {
+            let mut c = tool(svc, "mariadb");
+            c.args(["-N", "-B", "-e"]).arg(sql).arg(db);
+            run(svc, c, None)
+        }
+        _ => Err(err(
+            svc,
+            "sql invariants need a postgres or mariadb service (use `command` for others)",
+        )),
+    }
+}
+
+/// Whether the service's restore target holds anything a restore would
+/// overwrite (a database that exists, matching keys, a non-empty directory;
+/// command services are asked through their backup command).
+pub fn holds_data(svc: &Service) -> Result<bool, StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    match svc.kind {
+        Kind::Postgres => {
+            let mut c = tool(svc, "psql");
+            c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+                .arg(format!(
+                    "select count(*) from pg_database where datname = {}",
+                    quote_lit(db)
+                ));
+            Ok(run(svc, c, None)?.trim() != "0")
+        }
+        Kind::Mariadb => {
+            let mut c = tool(svc, "mariadb");
+            c.args(["-N", "-B", "-e"]).arg(format!(
+                "select count(*) from information_schema.schemata where schema_name = {}",
+                quote_lit(db)
+            ));
+            Ok(run(svc, c, None)?.trim() != "0")
+        }
+        Kind::Redis => {
+            let mut conn = redis_conn(svc)?;
+            for d in &svc.databases {
+                conn.call(&[b"SELECT", d.to_string().as_bytes()])
+                    .map_err(|e| err(svc, e.to_string()))?;
+                if !conn
+                    .scan(&svc.key_pattern)
+                    .map_err(|e| err(svc, e.to_string()))?
+                    .is_empty()
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Kind::Files => {
+            let t = svc
+                .target
+                .as_ref()
+                .or(svc.path.as_ref())
+                .expect("validated");
+            Ok(std::fs::read_dir(t).is_ok_and(|mut d| d.next().is_some()))
+        }
+        Kind::Command => Ok(true),
+    }
+}
+
+/// Remove what a drill restored: drop the database, unlink the keys, remove
+/// the directory, or run the service's `teardown` command.
+pub fn teardown(svc: &Service) -> Result<String, StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    match svc.kind {
+        Kind::Postgres => {
+            let mut c = tool(svc, "psql");
+            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident_pg(db)
+                ));
+            run(svc, c, None)?;
+            Ok(format!("dropped database {db}"))
+        }
+        Kind::Mariadb => {
+            let mut c = tool(svc, "mariadb");
+            c.arg("-e")
+                .arg(format!("DROP DATABASE IF EXISTS {}", quote_ident_my(db)));
+            run(svc, c, None)?;
+            Ok(format!("dropped database {db}"))
+        }
+        Kind::Redis => {
+            let mut conn = redis_conn(svc)?;
+            let mut n = 0;
+            for d in &svc.databases {
+                conn.call(&[b"SELECT", d.to_string().as_bytes()])
+                    .map_err(|e| err(svc, e.to_string()))?;
+                let keys = conn
+                    .scan(&svc.key_pattern)
+                    .map_err(|e| err(svc, e.to_string()))?;
+                for batch in keys.chunks(500) {
+                    let mut cmd: Vec<&[u8]> = vec![b"UNLINK"];
+                    cmd.extend(batch.iter().map(|k| k.as_slice()));
+                    conn.call(&cmd).map_err(|e| err(svc, e.to_string()))?;
+                }
+                n += keys.len();
+            }
+            Ok(format!("removed {n} keys"))
+        }
+        Kind::Files => {
+            let t = svc
+                .target
+                .as_ref()
+                .or(svc.path.as_ref())
+                .expect("validated");
+            if t.exists() {
+                std::fs::remove_dir_all(t)
+                    .map_err(|e| err(svc, format!("{}: {e}", t.display())))?;
+            }
+            Ok(format!("removed {}", t.display()))
+        }
+        Kind::Command => match svc.teardown.as_deref().or(svc.stop.as_deref()) {
+            Some(c) => {
+                run(svc, shell(svc, c), None)?;
+                Ok(format!("ran `{c}`"))
+            }
+            None => Ok("no teardown command".into()),
+        },
+    }
 }

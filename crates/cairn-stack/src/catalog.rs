@@ -80,6 +80,51 @@ impl Retention {
     }
 }
 
+/// What an invariant's output must satisfy.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "op", content = "value")]
+pub enum Expect {
+    /// Trimmed output equals this text (numbers compare as numbers).
+    Equals(String),
+    /// Output is a number ≥ this.
+    AtLeast(f64),
+    /// Output is a number ≤ this.
+    AtMost(f64),
+    /// Output matches this regular expression.
+    Matches(String),
+}
+
+/// How an invariant is evaluated.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// A SQL query run in a service's database (psql / mariadb, batch output).
+    Sql {
+        /// The service whose database runs it.
+        on: String,
+        /// The query.
+        query: String,
+    },
+    /// A shell command (in the catalog's directory, with every service's
+    /// connection settings in `CAIRN_<SERVICE>_<FIELD>` variables).
+    Command(String),
+}
+
+/// A business invariant checked after a restore.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Invariant {
+    /// Name shown in reports.
+    pub name: String,
+    /// Services that must be restored before it runs.
+    pub services: Vec<String>,
+    /// What runs.
+    pub check: Check,
+    /// What the output must satisfy.
+    pub expect: Expect,
+    /// Catalog line.
+    pub line: usize,
+}
+
 /// A service after defaults and environment overrides.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Service {
@@ -130,6 +175,27 @@ pub struct Service {
     pub retention: Option<Retention>,
     /// Directory commands run in (the catalog's directory).
     pub workdir: PathBuf,
+    /// Command that removes a drill's copy (command services).
+    pub teardown: Option<String>,
+    /// Whether the catalog has overrides for the environment applied.
+    pub has_env_override: bool,
+    /// Invariants of this service alone.
+    pub invariants: Vec<Invariant>,
+}
+
+impl Service {
+    /// The service as its restore target: a files service whose `target`
+    /// differs from `path` is described by the target (what a safety
+    /// snapshot backs up and a rollback restores).
+    pub fn live_view(&self) -> Service {
+        let mut s = self.clone();
+        if s.kind == Kind::Files
+            && let Some(t) = s.target.take()
+        {
+            s.path = Some(t);
+        }
+        s
+    }
 }
 
 /// A parsed, validated catalog for one environment.
@@ -147,6 +213,10 @@ pub struct Catalog {
     pub services: BTreeMap<String, Service>,
     /// Default number of services run at once.
     pub jobs: usize,
+    /// Invariants across services (`[[invariant]]`).
+    pub invariants: Vec<Invariant>,
+    /// Whether `stack drill` removes what it restored (default true).
+    pub drill_teardown: bool,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +226,30 @@ struct RawCatalog {
     defaults: Option<RawDefaults>,
     #[serde(default)]
     service: BTreeMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    invariant: Vec<Spanned<RawInvariant>>,
+    drill: Option<RawDrill>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    teardown: Option<bool>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawInvariant {
+    name: Option<String>,
+    #[serde(default)]
+    services: Vec<Spanned<String>>,
+    sql: Option<String>,
+    on: Option<Spanned<String>>,
+    command: Option<String>,
+    equals: Option<toml::Value>,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
+    matches: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +295,7 @@ struct RawOverride {
     restore: Option<String>,
     start: Option<String>,
     stop: Option<String>,
+    teardown: Option<String>,
     ready: Option<RawReady>,
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
@@ -216,6 +311,8 @@ struct RawService {
     retention: Option<Retention>,
     #[serde(default)]
     env: BTreeMap<String, RawOverride>,
+    #[serde(default)]
+    invariant: Vec<Spanned<RawInvariant>>,
     host: Option<String>,
     port: Option<u16>,
     user: Option<String>,
@@ -229,6 +326,7 @@ struct RawService {
     restore: Option<String>,
     start: Option<String>,
     stop: Option<String>,
+    teardown: Option<String>,
     ready: Option<RawReady>,
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
@@ -253,6 +351,7 @@ impl RawService {
             restore,
             start,
             stop,
+            teardown,
             ready,
             rto,
             parallelism
@@ -325,6 +424,123 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// Validate one invariant; `owner` is the service it belongs to (None:
+    /// top level).
+    fn invariant(
+        &mut self,
+        raw: &Spanned<RawInvariant>,
+        default_name: &str,
+        owner: Option<&str>,
+        names: &BTreeSet<String>,
+    ) -> Option<Invariant> {
+        let at = raw.span().start;
+        let r = raw.get_ref();
+        let name = r.name.clone().unwrap_or_else(|| default_name.to_string());
+        let mut services: Vec<String> = owner.map(|o| vec![o.to_string()]).unwrap_or_default();
+        let mut ok = true;
+        for s in &r.services {
+            if !names.contains(s.get_ref()) {
+                self.err(
+                    s.span().start,
+                    format!("invariant {name:?} names unknown service {:?}", s.get_ref()),
+                );
+                ok = false;
+            } else if !services.contains(s.get_ref()) {
+                services.push(s.get_ref().clone());
+            }
+        }
+        if owner.is_none() && services.is_empty() {
+            self.err(
+                at,
+                format!("invariant {name:?}: list the services it needs in `services`"),
+            );
+            ok = false;
+        }
+        let check = match (&r.sql, &r.command) {
+            (Some(q), None) => {
+                let on = match (&r.on, owner) {
+                    (Some(o), _) => {
+                        if !names.contains(o.get_ref()) {
+                            self.err(
+                                o.span().start,
+                                format!(
+                                    "invariant {name:?}: `on` names unknown service {:?}",
+                                    o.get_ref()
+                                ),
+                            );
+                            ok = false;
+                        } else if !services.contains(o.get_ref()) {
+                            services.push(o.get_ref().clone());
+                        }
+                        o.get_ref().clone()
+                    }
+                    (None, Some(o)) => o.to_string(),
+                    (None, None) => {
+                        self.err(
+                            at,
+                            format!("invariant {name:?}: a top-level sql invariant needs `on = \"SERVICE\"`"),
+                        );
+                        ok = false;
+                        String::new()
+                    }
+                };
+                Check::Sql {
+                    on,
+                    query: q.clone(),
+                }
+            }
+            (None, Some(c)) => Check::Command(c.clone()),
+            _ => {
+                self.err(
+                    at,
+                    format!("invariant {name:?} needs exactly one of `sql` or `command`"),
+                );
+                return None;
+            }
+        };
+        let mut expects = Vec::new();
+        if let Some(v) = &r.equals {
+            expects.push(Expect::Equals(match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }));
+        }
+        if let Some(v) = r.at_least {
+            expects.push(Expect::AtLeast(v));
+        }
+        if let Some(v) = r.at_most {
+            expects.push(Expect::AtMost(v));
+        }
+        if let Some(v) = &r.matches {
+            if let Err(e) = regex_lite::Regex::new(v) {
+                self.err(
+                    at,
+                    format!("invariant {name:?}: bad `matches` pattern: {e}"),
+                );
+                ok = false;
+            }
+            expects.push(Expect::Matches(v.clone()));
+        }
+        if expects.len() != 1 {
+            self.err(
+                at,
+                format!(
+                    "invariant {name:?} needs exactly one of equals, at_least, at_most, matches"
+                ),
+            );
+            return None;
+        }
+        ok.then(|| Invariant {
+            name,
+            services,
+            check,
+            expect: expects.pop().expect("one"),
+            line: self.line(at),
+        })
+    }
+}
+
 fn merge(base: &RawOverride, o: &RawOverride) -> RawOverride {
     macro_rules! pick {
         ($($f:ident),*) => { RawOverride { $($f: o.$f.clone().or_else(|| base.$f.clone())),* } };
@@ -343,6 +559,7 @@ fn merge(base: &RawOverride, o: &RawOverride) -> RawOverride {
         restore,
         start,
         stop,
+        teardown,
         ready,
         rto,
         parallelism
@@ -544,9 +761,27 @@ impl Catalog {
                     parallelism: m.parallelism.unwrap_or(default_par).max(1),
                     retention,
                     workdir: dir.clone(),
+                    teardown: m.teardown,
+                    has_env_override: env.is_some_and(|e| rs.env.contains_key(e)),
+                    invariants: rs
+                        .invariant
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, inv)| {
+                            cx.invariant(inv, &format!("{name}#{}", i + 1), Some(name), &names)
+                        })
+                        .collect(),
                 },
             );
         }
+        let invariants: Vec<Invariant> = raw
+            .invariant
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inv)| {
+                cx.invariant(inv, &format!("invariant #{}", i + 1), None, &names)
+            })
+            .collect();
         if let Some(cycle) = find_cycle(&services) {
             let first = &services[&cycle[0]];
             cx.errors.push(format!(
@@ -579,7 +814,18 @@ impl Catalog {
                 .and_then(|r| r.password_file.clone())),
             services,
             jobs: defaults.and_then(|d| d.jobs).unwrap_or(4).max(1),
+            invariants,
+            drill_teardown: raw.drill.and_then(|d| d.teardown).unwrap_or(true),
         })
+    }
+
+    /// The catalog with every service as its restore target ([`Service::live_view`]).
+    pub fn live_view(&self) -> Catalog {
+        let mut c = self.clone();
+        for s in c.services.values_mut() {
+            *s = s.live_view();
+        }
+        c
     }
 
     /// The services selected by `only` (all when empty), plus their

@@ -25,9 +25,11 @@
 
 pub mod adapters;
 pub mod catalog;
+pub mod fingerprint;
 pub mod ready;
 pub mod redis;
 pub mod run;
+pub mod trail;
 
 /// Errors of the orchestrator.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use crate::StackError;
 use crate::adapters;
-use crate::catalog::{Catalog, Kind, Service};
+use crate::catalog::{Catalog, Invariant, Kind, Service};
+use crate::fingerprint::{self, Fingerprint};
+use crate::trail::{self, Journal, JournalEvent};
 
 fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
@@ -40,8 +42,8 @@ pub struct ServiceBackup {
     pub bytes_read: u64,
     /// Bytes added to the repository.
     pub bytes_added: u64,
-    /// Counts recorded (rows, keys, files).
-    pub counts: BTreeMap<String, u64>,
+    /// Fingerprint recorded (tables, Redis databases).
+    pub fingerprint: Fingerprint,
 }
 
 /// Result of `stack backup`.
@@ -58,7 +60,11 @@ pub struct StackBackupReport {
 }
 
 /// Run `f` over `items` on up to `jobs` threads, results in input order.
-fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|s| {
@@ -118,9 +124,7 @@ pub fn stack_backup(
                 seconds: t0.elapsed().as_secs_f64(),
                 bytes_read: r.snapshot.summary.bytes_read,
                 bytes_added: r.snapshot.summary.bytes_added,
-                counts: adapters::fingerprints_to_counts(&r.snapshot)
-                    .into_iter()
-                    .collect(),
+                fingerprint: fingerprint::decode(&r.snapshot),
             },
             Err(e) => ServiceBackup {
                 service: svc.name.clone(),
@@ -131,7 +135,7 @@ pub fn stack_backup(
                 seconds: t0.elapsed().as_secs_f64(),
                 bytes_read: 0,
                 bytes_added: 0,
-                counts: BTreeMap::new(),
+                fingerprint: Fingerprint::new(),
             },
         }
     });
@@ -313,12 +317,50 @@ pub fn plan(
 /// One timed stage of a service restore.
 #[derive(Debug, Serialize, Clone)]
 pub struct Stage {
-    /// stop | fetch+load | start | ready | check
+    /// verify (resumed) | safety-snapshot | stop | fetch+load | start | ready | verify | invariants
     pub name: String,
     /// Seconds since the restore began.
     pub start: f64,
     /// Seconds since the restore began.
     pub end: f64,
+    /// Duration.
+    pub seconds: f64,
+}
+
+/// The restored state compared with the backed-up state.
+#[derive(Debug, Serialize, Clone, Default)]
+pub struct FingerprintReport {
+    /// tables | keys | tree | none
+    pub method: String,
+    /// Recorded at backup time.
+    pub expected: Fingerprint,
+    /// Recomputed from the live service after the restore.
+    pub actual: Fingerprint,
+    /// The snapshot tree of a files service (hex).
+    pub tree: Option<String>,
+    /// What differs, naming the table, key or path.
+    pub differences: Vec<String>,
+    /// Whether it matched (None: nothing to compare, command services).
+    pub verified: Option<bool>,
+}
+
+/// One invariant's evaluation.
+#[derive(Debug, Serialize, Clone)]
+pub struct InvariantResult {
+    /// Name.
+    pub name: String,
+    /// Services it needs.
+    pub services: Vec<String>,
+    /// What ran.
+    pub check: crate::catalog::Check,
+    /// What was expected.
+    pub expect: crate::catalog::Expect,
+    /// What it printed (trimmed).
+    pub actual: Option<String>,
+    /// passed | failed | skipped
+    pub status: String,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
     /// Duration.
     pub seconds: f64,
 }
@@ -350,21 +392,76 @@ pub struct ServiceRestore {
     pub rto_budget_seconds: Option<f64>,
     /// Whether the budget was met (None without a budget or when not passed).
     pub rto_met: Option<bool>,
-    /// Counts recorded at backup.
-    pub expected_counts: BTreeMap<String, u64>,
-    /// Counts found after restore.
-    pub actual_counts: BTreeMap<String, u64>,
+    /// Safety snapshot of what the target held before (hex).
+    pub safety_snapshot: Option<String>,
+    /// Why there is no safety snapshot.
+    pub safety_note: Option<String>,
+    /// True when a resumed restore found it complete and still verified.
+    pub resumed: bool,
+    /// Fingerprint check.
+    pub fingerprint: FingerprintReport,
+    /// The service's own invariants.
+    pub invariants: Vec<InvariantResult>,
 }
 
-/// Result of `stack restore`.
+/// What `stack_restore` does.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreKind {
+    /// A restore of a backup group.
+    Restore,
+    /// Putting a restore's safety snapshots back.
+    Rollback,
+    /// A rehearsal into another environment.
+    Drill,
+}
+
+impl RestoreKind {
+    /// As written in reports and the audit trail.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestoreKind::Restore => "restore",
+            RestoreKind::Rollback => "rollback",
+            RestoreKind::Drill => "drill",
+        }
+    }
+}
+
+/// A restore to run.
+pub struct RestoreRequest {
+    /// What it is.
+    pub kind: RestoreKind,
+    /// Group: hex id, prefix or `latest`.
+    pub group: String,
+    /// Services.
+    pub selected: BTreeSet<String>,
+    /// Services at once.
+    pub jobs: usize,
+    /// Take safety snapshots of live targets before overwriting them.
+    pub safety: bool,
+    /// The journal of the restore being resumed.
+    pub resume: Option<Journal>,
+    /// For a rollback: the restore it undoes.
+    pub undoes: Option<String>,
+}
+
+/// Result of `stack restore` (and rollback, drill).
 #[derive(Debug, Serialize)]
 pub struct RestoreReport {
-    /// Random id of this restore.
+    /// Id of this restore (its journal).
     pub restore_id: String,
+    /// restore | rollback | drill
+    pub kind: RestoreKind,
     /// Group restored.
     pub group: String,
     /// Environment.
     pub env: String,
+    /// Whether this run resumed an interrupted one.
+    pub resumed: bool,
+    /// For a rollback: the restore undone.
+    pub undoes: Option<String>,
+    /// Group id of the safety snapshots taken (hex).
+    pub safety_group: Option<String>,
     /// Start, Unix seconds.
     pub started_at: f64,
     /// Wall time of the whole restore.
@@ -377,33 +474,130 @@ pub struct RestoreReport {
     pub critical_path_seconds: f64,
     /// Per service, in start order.
     pub services: Vec<ServiceRestore>,
+    /// Cross-service invariants.
+    pub invariants: Vec<InvariantResult>,
 }
 
 impl RestoreReport {
-    /// True when every service passed.
+    /// True when every service and every invariant passed.
     pub fn ok(&self) -> bool {
         self.services.iter().all(|s| s.status == "passed")
+            && self.invariants.iter().all(|i| i.status == "passed")
     }
 }
 
-/// Restore the group's snapshots: each service starts as soon as all its
-/// (selected) dependencies have passed; at most `jobs` run at once; a failure
-/// skips its dependents while independent services continue.
+/// Current time, Unix seconds.
+pub fn now() -> f64 {
+    unix_secs(SystemTime::now())
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(t: f64) -> String {
+    let secs = t.floor() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+struct Ctx<'a> {
+    cat: &'a Catalog,
+    repo: &'a IndexedRepository,
+    restore_id: String,
+    safety_group: [u8; 16],
+    safety: bool,
+    journal: Option<&'a Journal>,
+    existing_safety: BTreeMap<String, String>,
+    t0: Instant,
+    on_event: &'a (dyn Fn(&str) + Sync),
+}
+
+/// Restore a group: each service starts as soon as all its (selected)
+/// dependencies have passed; at most `jobs` run at once; a failure skips its
+/// dependents while independent services continue. Every step is journaled
+/// in the repository so an interrupted restore can be resumed.
 pub fn stack_restore(
     cat: &Catalog,
     repo: &IndexedRepository,
-    group: &str,
-    selected: &BTreeSet<String>,
-    jobs: usize,
+    req: RestoreRequest,
     on_event: &(dyn Fn(&str) + Sync),
 ) -> Result<RestoreReport, StackError> {
-    let (g, snaps) = group_snapshots(repo, group)?;
+    let (g, snaps) = group_snapshots(repo, &req.group)?;
     let t0 = Instant::now();
-    let started_at = unix_secs(SystemTime::now());
-    let mut rid = [0u8; 8];
-    cairn_format::crypto::random_bytes(&mut rid);
+    let started_at = now();
+    let selected = &req.selected;
+    let (restore_id, safety_group) = match &req.resume {
+        Some(j) => (
+            j.begin.restore_id.clone(),
+            hex16(&j.begin.safety_group).unwrap_or_default(),
+        ),
+        None => {
+            let mut rid = [0u8; 8];
+            cairn_format::crypto::random_bytes(&mut rid);
+            let mut sg = [0u8; 16];
+            cairn_format::crypto::random_bytes(&mut sg);
+            (to_hex(&rid), sg)
+        }
+    };
+    if req.resume.is_none() {
+        let (host, user) = cairn_repo::whoami();
+        trail::journal(
+            &repo.repo,
+            &restore_id,
+            &JournalEvent::Begin(trail::Begin {
+                restore_id: restore_id.clone(),
+                kind: req.kind.name().into(),
+                group: to_hex(&g),
+                env: cat.env.clone(),
+                services: selected.iter().cloned().collect(),
+                safety: req.safety,
+                safety_group: to_hex(&safety_group),
+                undoes: req.undoes.clone(),
+                time: started_at,
+                user,
+                host,
+            }),
+        )?;
+    }
+    // Safety snapshots a previous run of this restore already took.
+    let mut existing_safety = BTreeMap::new();
+    if req.resume.is_some() {
+        for (id, s) in repo.repo.list_snapshots()? {
+            if s.group == Some(safety_group) {
+                existing_safety.insert(s.service.clone(), id.to_hex());
+            }
+        }
+    }
+    let cx = Ctx {
+        cat,
+        repo,
+        restore_id: restore_id.clone(),
+        safety_group,
+        safety: req.safety,
+        journal: req.resume.as_ref(),
+        existing_safety,
+        t0,
+        on_event,
+    };
+    let jobs = req.jobs;
     let mut status: BTreeMap<String, Option<ServiceRestore>> =
         selected.iter().map(|s| (s.clone(), None)).collect();
+    let mut invariants: Vec<InvariantResult> = Vec::new();
+    let mut inv_done: BTreeSet<usize> = BTreeSet::new();
     let mut running = 0usize;
     let (tx, rx) = mpsc::channel::<ServiceRestore>();
     std::thread::scope(|scope| {
@@ -434,6 +628,51 @@ pub fn stack_restore(
                     }
                 }
             }
+            // Cross-service invariants whose services have all finished.
+            for (i, inv) in cat.invariants.iter().enumerate() {
+                if inv_done.contains(&i) {
+                    continue;
+                }
+                let states: Vec<Option<&str>> = inv
+                    .services
+                    .iter()
+                    .map(|s| {
+                        if !selected.contains(s) {
+                            Some("not selected")
+                        } else {
+                            match &status[s] {
+                                Some(r) if r.status == "running" => None,
+                                Some(r) => Some(r.status.as_str()),
+                                None => None,
+                            }
+                        }
+                    })
+                    .collect();
+                if states.iter().any(|s| s.is_none()) {
+                    continue;
+                }
+                inv_done.insert(i);
+                let r = if let Some((s, st)) = inv
+                    .services
+                    .iter()
+                    .zip(&states)
+                    .find(|(_, st)| **st != Some("passed"))
+                {
+                    skipped_invariant(inv, format!("service {s} {}", st.unwrap_or("")))
+                } else {
+                    run_invariant(cat, inv)
+                };
+                on_event(&format!(
+                    "invariant {:?}: {}{}",
+                    r.name,
+                    r.status,
+                    r.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+                invariants.push(r);
+            }
             // Start every service whose dependencies all passed.
             for name in selected {
                 if running >= jobs.max(1) {
@@ -457,8 +696,9 @@ pub fn stack_restore(
                 let svc = &cat.services[name];
                 let snap = snaps.get(name).cloned();
                 let tx = tx.clone();
+                let cx = &cx;
                 scope.spawn(move || {
-                    let r = restore_one(svc, repo, snap, t0, on_event);
+                    let r = restore_one(cx, svc, snap);
                     let _ = tx.send(r);
                 });
             }
@@ -478,17 +718,42 @@ pub fn stack_restore(
             .then(a.service.cmp(&b.service))
     });
     let (critical_path, critical_path_seconds) = critical_path(cat, selected, &services);
-    Ok(RestoreReport {
-        restore_id: to_hex(&rid),
+    let report = RestoreReport {
+        restore_id: restore_id.clone(),
+        kind: req.kind,
         group: to_hex(&g),
         env: cat.env.clone(),
+        resumed: req.resume.is_some(),
+        undoes: req.undoes.clone(),
+        safety_group: req.safety.then(|| to_hex(&safety_group)),
         started_at,
         wall_seconds: t0.elapsed().as_secs_f64(),
         sum_service_seconds: services.iter().map(|s| s.seconds).sum(),
         critical_path,
         critical_path_seconds,
         services,
-    })
+        invariants,
+    };
+    trail::journal(
+        &repo.repo,
+        &restore_id,
+        &JournalEvent::End {
+            ok: report.ok(),
+            time: now(),
+        },
+    )?;
+    Ok(report)
+}
+
+fn hex16(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
@@ -505,8 +770,24 @@ fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
         bytes_restored: 0,
         rto_budget_seconds: svc.rto.map(|d| d.as_secs_f64()),
         rto_met: None,
-        expected_counts: BTreeMap::new(),
-        actual_counts: BTreeMap::new(),
+        safety_snapshot: None,
+        safety_note: None,
+        resumed: false,
+        fingerprint: FingerprintReport::default(),
+        invariants: vec![],
+    }
+}
+
+fn skipped_invariant(inv: &Invariant, why: String) -> InvariantResult {
+    InvariantResult {
+        name: inv.name.clone(),
+        services: inv.services.clone(),
+        check: inv.check.clone(),
+        expect: inv.expect.clone(),
+        actual: None,
+        status: "skipped".into(),
+        error: Some(why),
+        seconds: 0.0,
     }
 }
 
@@ -527,13 +808,183 @@ fn run_shell(svc: &Service, cmd: &str) -> Result<(), String> {
     }
 }
 
-fn restore_one(
+/// `CAIRN_<SERVICE>_<FIELD>` variables for invariant commands: every
+/// service's connection settings in the environment applied.
+pub fn service_env(cat: &Catalog) -> Vec<(String, String)> {
+    let mut v = vec![("CAIRN_ENV".to_string(), cat.env.clone())];
+    for s in cat.services.values() {
+        let p: String = s
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut put = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push((format!("CAIRN_{p}_{k}"), val));
+            }
+        };
+        put("HOST", s.host.clone());
+        put("PORT", s.port.map(|x| x.to_string()));
+        put("USER", s.user.clone());
+        put("DATABASE", s.database.clone());
+        put(
+            "PATH",
+            s.target
+                .as_ref()
+                .or(s.path.as_ref())
+                .map(|x| x.display().to_string()),
+        );
+        if s.kind == Kind::Redis {
+            put("DATABASES", Some(format!("{:?}", s.databases)));
+            put("KEY_PATTERN", Some(s.key_pattern.clone()));
+        }
+    }
+    v
+}
+
+/// Evaluate one invariant now.
+pub fn run_invariant(cat: &Catalog, inv: &Invariant) -> InvariantResult {
+    use crate::catalog::{Check, Expect};
+    let t = Instant::now();
+    let mut r = skipped_invariant(inv, String::new());
+    r.error = None;
+    let out: Result<String, String> = match &inv.check {
+        Check::Sql { on, query } => {
+            let svc = &cat.services[on];
+            adapters::query(svc, query).map_err(|e| e.to_string())
+        }
+        Check::Command(c) => {
+            let dir = cat
+                .services
+                .values()
+                .next()
+                .map(|s| s.workdir.clone())
+                .unwrap_or_else(|| ".".into());
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .current_dir(dir)
+                .envs(service_env(cat))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+                    } else {
+                        Err(format!(
+                            "command failed ({}): {}",
+                            o.status,
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        ))
+                    }
+                })
+        }
+    };
+    r.seconds = t.elapsed().as_secs_f64();
+    let out = match out {
+        Ok(o) => o.trim().to_string(),
+        Err(e) => {
+            r.status = "failed".into();
+            r.error = Some(e);
+            return r;
+        }
+    };
+    let num = |s: &str| s.trim().parse::<f64>().ok();
+    let ok = match &inv.expect {
+        Expect::Equals(e) => {
+            out == e.trim() || matches!((num(&out), num(e)), (Some(a), Some(b)) if a == b)
+        }
+        Expect::AtLeast(b) => num(&out).is_some_and(|a| a >= *b),
+        Expect::AtMost(b) => num(&out).is_some_and(|a| a <= *b),
+        Expect::Matches(p) => regex_lite::Regex::new(p).is_ok_and(|re| re.is_match(&out)),
+    };
+    r.actual = Some(out.clone());
+    if ok {
+        r.status = "passed".into();
+    } else {
+        r.status = "failed".into();
+        let want = match &inv.expect {
+            Expect::Equals(e) => format!("equal to {e:?}"),
+            Expect::AtLeast(b) => format!("at least {b}"),
+            Expect::AtMost(b) => format!("at most {b}"),
+            Expect::Matches(p) => format!("matching /{p}/"),
+        };
+        let what = match &inv.check {
+            Check::Sql { on, query } => format!("query `{query}` on {on}"),
+            Check::Command(c) => format!("command `{c}`"),
+        };
+        r.error = Some(format!("{what}: expected {want}, got {out:?}"));
+    }
+    r
+}
+
+/// Compare a service's live state with the snapshot it was restored from.
+pub fn verify_service(
     svc: &Service,
     repo: &IndexedRepository,
-    snap: Option<(SnapshotId, Snapshot)>,
-    t0: Instant,
-    on_event: &(dyn Fn(&str) + Sync),
-) -> ServiceRestore {
+    snap: &Snapshot,
+) -> Result<FingerprintReport, StackError> {
+    let mut f = FingerprintReport {
+        expected: fingerprint::decode(snap),
+        ..Default::default()
+    };
+    match svc.kind {
+        Kind::Files => {
+            f.method = "tree".into();
+            let tree = adapters::service_tree(svc, repo, snap)?;
+            f.tree = Some(tree.to_hex());
+            let dir = svc
+                .target
+                .as_ref()
+                .or(svc.path.as_ref())
+                .expect("validated");
+            f.differences = fingerprint::verify_tree(repo, &tree, dir, 20)?;
+            f.verified = Some(f.differences.is_empty());
+        }
+        Kind::Command => {
+            f.method = "none".into();
+        }
+        Kind::Postgres | Kind::Mariadb | Kind::Redis => {
+            f.method = if svc.kind == Kind::Redis {
+                "keys".into()
+            } else {
+                "tables".into()
+            };
+            let map = fingerprint::redis_db_map(svc, snap);
+            if svc.kind == Kind::Redis {
+                f.expected = fingerprint::remap(&f.expected, &map);
+            }
+            f.actual = fingerprint::live(svc)?.unwrap_or_default();
+            f.differences = fingerprint::compare(&f.expected, &f.actual);
+            if svc.kind == Kind::Redis && !f.differences.is_empty() {
+                // Name the keys: compare the stored dump with the live keys.
+                let mut conn = adapters::redis_conn(svc)?;
+                let keys = adapters::with_dump(svc, repo, snap, &mut |r| {
+                    fingerprint::redis_differences(svc, &mut conn, r, &map)
+                })?;
+                f.differences.extend(keys.into_iter().take(20));
+            }
+            f.verified = Some(f.differences.is_empty());
+        }
+    }
+    Ok(f)
+}
+
+/// Whether the service's target holds anything a restore would overwrite.
+fn holds_data(svc: &Service) -> Result<bool, StackError> {
+    adapters::holds_data(svc)
+}
+
+fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) -> ServiceRestore {
+    let t0 = cx.t0;
+    let on_event = cx.on_event;
     let start = t0.elapsed().as_secs_f64();
     let mut r = skipped(svc, String::new(), start);
     r.error = None;
@@ -563,6 +1014,19 @@ fn restore_one(
             }
         }
     };
+    let verify = |r: &mut ServiceRestore, snap: &Snapshot| -> Result<(), String> {
+        let f = verify_service(svc, cx.repo, snap).map_err(|e| e.to_string())?;
+        let diffs = f.differences.clone();
+        r.fingerprint = f;
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the restored state differs from the backup: {}",
+                diffs.join("; ")
+            ))
+        }
+    };
     let ok = (|| {
         let Some((id, snap)) = &snap else {
             r.status = "failed".into();
@@ -570,14 +1034,90 @@ fn restore_one(
             return false;
         };
         r.snapshot = Some(id.to_hex());
-        r.expected_counts = adapters::fingerprints_to_counts(snap).into_iter().collect();
+        // A resumed restore skips what completed and still verifies.
+        if let Some(j) = cx.journal
+            && j.passed.get(&svc.name) == Some(&id.to_hex())
+        {
+            let mut rr = r.clone();
+            if stage(&mut rr, "verify (resumed)", &mut |r| verify(r, snap)) {
+                rr.resumed = true;
+                rr.safety_snapshot = j.prepared.get(&svc.name).cloned().flatten();
+                r = rr;
+                return true;
+            }
+            on_event(&format!(
+                "{}: completed before the interruption but no longer verifies; restoring it again",
+                svc.name
+            ));
+            r.stages = rr.stages;
+            r.status = String::new();
+            r.error = None;
+        }
+        // Safety snapshot, once per restore, before anything is overwritten.
+        let prepared = cx.journal.and_then(|j| j.prepared.get(&svc.name).cloned());
+        if let Some(p) = prepared {
+            r.safety_snapshot = p;
+        } else if let Some(id) = cx.existing_safety.get(&svc.name) {
+            r.safety_snapshot = Some(id.clone());
+        } else if cx.safety {
+            if !stage(&mut r, "safety-snapshot", &mut |r| {
+                match holds_data(svc) {
+                    Ok(false) => {
+                        r.safety_note = Some("the target held no data".into());
+                        return Ok(());
+                    }
+                    Ok(true) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                let (host, user) = cairn_repo::whoami();
+                let opts = BackupOptions {
+                    service: svc.name.clone(),
+                    hostname: host,
+                    username: user,
+                    tags: vec![
+                        "safety".into(),
+                        format!("restore:{}", cx.restore_id),
+                        format!("kind:{}", kind_name(svc.kind)),
+                    ],
+                    parent: ParentChoice::Auto,
+                    group: Some(cx.safety_group),
+                    fingerprints: vec![],
+                };
+                match adapters::backup(&svc.live_view(), cx.repo, opts) {
+                    Ok(b) => r.safety_snapshot = Some(b.id.to_hex()),
+                    Err(e) if svc.kind == Kind::Command => {
+                        r.safety_note = Some(format!("backup command failed: {e}"))
+                    }
+                    Err(e) => return Err(format!("{e} (nothing was overwritten)")),
+                }
+                Ok(())
+            }) {
+                return false;
+            }
+        } else {
+            r.safety_note = Some("safety snapshots off".into());
+        }
+        if let Err(e) = trail::journal(
+            &cx.repo.repo,
+            &cx.restore_id,
+            &JournalEvent::Prepared {
+                service: svc.name.clone(),
+                safety_snapshot: r.safety_snapshot.clone(),
+                note: r.safety_note.clone(),
+                time: now(),
+            },
+        ) {
+            r.status = "failed".into();
+            r.error = Some(format!("journal: {e}"));
+            return false;
+        }
         if let Some(stop) = &svc.stop
             && !stage(&mut r, "stop", &mut |_| run_shell(svc, stop))
         {
             return false;
         }
         if !stage(&mut r, "fetch+load", &mut |r| {
-            r.bytes_restored = adapters::restore(svc, repo, snap).map_err(|e| e.to_string())?;
+            r.bytes_restored = adapters::restore(svc, cx.repo, snap).map_err(|e| e.to_string())?;
             Ok(())
         }) {
             return false;
@@ -594,36 +1134,51 @@ fn restore_one(
         {
             return false;
         }
-        stage(&mut r, "check", &mut |r| {
-            let actual: BTreeMap<String, u64> = adapters::restored_counts(svc)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-            r.actual_counts = actual.clone();
-            if svc.kind == Kind::Command || actual == r.expected_counts {
-                Ok(())
-            } else {
-                let diffs: Vec<String> = r
-                    .expected_counts
-                    .keys()
-                    .chain(actual.keys())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .filter(|k| r.expected_counts.get(*k) != actual.get(*k))
-                    .map(|k| {
-                        format!(
-                            "{k}: expected {:?}, found {:?}",
-                            r.expected_counts.get(k),
-                            actual.get(k)
-                        )
-                    })
+        // Test hook: change the service between load and verification.
+        if let Ok(hook) = std::env::var("CAIRN_TEST_HOOK_BEFORE_VERIFY") {
+            let _ = adapters::shell(svc, &hook)
+                .env("CAIRN_SERVICE", &svc.name)
+                .status();
+        }
+        if !stage(&mut r, "verify", &mut |r| verify(r, snap)) {
+            return false;
+        }
+        if !svc.invariants.is_empty()
+            && !stage(&mut r, "invariants", &mut |r| {
+                let res: Vec<InvariantResult> = svc
+                    .invariants
+                    .iter()
+                    .map(|i| run_invariant(cx.cat, i))
                     .collect();
-                Err(format!(
-                    "counts differ from the snapshot: {}",
-                    diffs.join("; ")
-                ))
-            }
-        })
+                let bad: Vec<String> = res
+                    .iter()
+                    .filter(|i| i.status != "passed")
+                    .map(|i| format!("{}: {}", i.name, i.error.as_deref().unwrap_or("")))
+                    .collect();
+                r.invariants = res;
+                if bad.is_empty() {
+                    Ok(())
+                } else {
+                    Err(bad.join("; "))
+                }
+            })
+        {
+            return false;
+        }
+        if let Err(e) = trail::journal(
+            &cx.repo.repo,
+            &cx.restore_id,
+            &JournalEvent::Passed {
+                service: svc.name.clone(),
+                snapshot: id.to_hex(),
+                time: now(),
+            },
+        ) {
+            r.status = "failed".into();
+            r.error = Some(format!("journal: {e}"));
+            return false;
+        }
+        true
     })();
     r.end = t0.elapsed().as_secs_f64();
     r.seconds = r.end - r.start;
