@@ -6,6 +6,7 @@ mod faults;
 mod mount;
 mod s3;
 mod stack;
+mod stack_proof;
 mod util;
 
 use std::ffi::OsStr;

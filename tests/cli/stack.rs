@@ -18,7 +18,7 @@ pub(crate) fn unique() -> String {
     format!("cairn_t_{}_{}", std::process::id(), t % 1_000_000_000)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -26,7 +26,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn example() -> PathBuf {
+pub(crate) fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stack")
 }
 
@@ -72,7 +72,7 @@ pub(crate) fn drop_pg(db: &str) {
         .output();
 }
 
-fn mariadb(sql: &str) -> String {
+pub(crate) fn mariadb(sql: &str) -> String {
     let o = Command::new("mariadb")
         .args([
             "--protocol=TCP",
@@ -96,10 +96,10 @@ fn mariadb(sql: &str) -> String {
 }
 
 /// The example's data under unique names; removed on drop.
-struct Stack {
-    prefix: String,
-    state: PathBuf,
-    port: u16,
+pub(crate) struct Stack {
+    pub(crate) prefix: String,
+    pub(crate) state: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Stack {
@@ -109,7 +109,7 @@ impl Stack {
             .env("REDIS_PREFIX", &self.prefix)
             .env("STATE", &self.state);
     }
-    fn script(&self, name: &str, scale: &str) {
+    pub(crate) fn script(&self, name: &str, scale: &str) {
         let mut c = Command::new(example().join(name));
         self.envs(&mut c);
         c.env("SCALE", scale);
@@ -121,11 +121,12 @@ impl Stack {
         );
     }
     /// The example catalog, pointed at this stack's names.
-    fn catalog(&self, dir: &Path) -> PathBuf {
+    pub(crate) fn catalog(&self, dir: &Path) -> PathBuf {
         let src = fs::read_to_string(example().join("cairn.toml")).unwrap();
         let text = src
             .replace("cairn_example", &self.prefix)
             .replace("18080", &self.port.to_string())
+            .replace("18081", &free_port().to_string())
             .replace("state/", &format!("{}/", self.state.display()));
         let p = dir.join("cairn.toml");
         fs::write(&p, text).unwrap();
@@ -171,7 +172,7 @@ pub(crate) fn pg_content(db: &str) -> String {
         .join("\n")
 }
 
-fn redis_content(pattern: &str) -> BTreeMap<Vec<u8>, (Vec<u8>, bool)> {
+pub(crate) fn redis_content(pattern: &str) -> BTreeMap<Vec<u8>, (Vec<u8>, bool)> {
     let mut c = Conn::connect("127.0.0.1:6379", None).unwrap();
     let mut out = BTreeMap::new();
     for k in c.scan(pattern).unwrap() {
@@ -187,11 +188,11 @@ fn redis_content(pattern: &str) -> BTreeMap<Vec<u8>, (Vec<u8>, bool)> {
     out
 }
 
-fn report(path: &Path) -> serde_json::Value {
+pub(crate) fn report(path: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn svc<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+pub(crate) fn svc<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     r["services"]
         .as_array()
         .unwrap()
@@ -503,13 +504,20 @@ target = "{target}"
     assert!(err.contains("pg") && err.contains("app"), "{err}");
     let r = report(&rep);
     assert_eq!(svc(&r, "pg")["status"], "failed");
+    // The unreachable server is found by the first stage that talks to it
+    // (the safety snapshot of what the target holds), before anything is
+    // overwritten.
+    let pg_err = svc(&r, "pg")["error"].as_str().unwrap().to_string();
     assert!(
-        svc(&r, "pg")["error"]
-            .as_str()
+        pg_err.starts_with("safety-snapshot:") && pg_err.contains("Connection refused"),
+        "{pg_err}"
+    );
+    assert!(
+        !svc(&r, "pg")["stages"]
+            .as_array()
             .unwrap()
-            .contains("fetch+load"),
-        "{}",
-        svc(&r, "pg")
+            .iter()
+            .any(|s| s["name"] == "fetch+load")
     );
     assert_eq!(svc(&r, "app")["status"], "skipped");
     assert!(

@@ -49,7 +49,6 @@ pub fn page(rows: &serde_json::Value, summary: &[serde_json::Value]) -> String {
         ymax = ymax.max(y);
         if let Some(b) = r["budget"].as_f64() {
             budgets.insert(s, b);
-            ymax = ymax.max(b);
         }
         series.entry(s).or_default().push((
             x,
@@ -58,8 +57,10 @@ pub fn page(rows: &serde_json::Value, summary: &[serde_json::Value]) -> String {
             r["kind"].as_str().unwrap_or_default(),
         ));
     }
-    let ymax = ymax * 1.1;
-    let (w, h, l, rpad, t, b) = (900.0, 420.0, 60.0, 180.0, 30.0, 50.0);
+    // Scaled to the times; budgets far above them are named in the legend
+    // instead of flattening every line to the axis.
+    let ymax = ymax * 1.25;
+    let (w, h, l, rpad, t, b) = (960.0, 420.0, 60.0, 240.0, 30.0, 50.0);
     let pw = w - l - rpad;
     let ph = h - t - b;
     let n = runs.len().max(2) as f64 - 1.0;
@@ -123,7 +124,7 @@ pub fn page(rows: &serde_json::Value, summary: &[serde_json::Value]) -> String {
                 if *ok { "" } else { " (failed)" }
             );
         }
-        if let Some(bud) = budgets.get(s) {
+        if let Some(bud) = budgets.get(s).filter(|b| **b <= ymax) {
             let _ = write!(
                 svg,
                 r#"<line x1="{l}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="{c}" stroke-dasharray="6 4" opacity="0.6"><title>{2} RTO budget {bud:.0}s</title></line>"#,
@@ -140,7 +141,10 @@ pub fn page(rows: &serde_json::Value, summary: &[serde_json::Value]) -> String {
             ly - 10.0,
             l + pw + 32.0,
             ly,
-            esc(s)
+            esc(&match budgets.get(s) {
+                Some(b) => format!("{s} (budget {b:.0}s)"),
+                None => s.to_string(),
+            })
         );
     }
     svg += "</svg>";
@@ -219,5 +223,5 @@ tr.failed td {{ color: #b00; }}
 fn crate_time(t: f64) -> String {
     let s = cairn_stack::run::rfc3339(t);
     // "YYYY-MM-DDTHH:MM:SSZ" → "MM-DD HH:MM"
-    format!("{} {}", &s[5..10], &s[11..16])
+    format!("{} {}", &s[5..10], &s[11..19])
 }

@@ -1007,6 +1007,60 @@ depends_on = ["api"]
     }
 
     #[test]
+    fn invariants_parse_and_bad_ones_name_their_line() {
+        let c = parse(
+            r#"
+[service.db]
+kind = "postgres"
+database = "x"
+[[service.db.invariant]]
+sql = "select count(*) from t"
+at_least = 10
+[service.other]
+kind = "mariadb"
+database = "y"
+[[invariant]]
+name = "cross"
+services = ["db", "other"]
+command = "echo 0"
+equals = 0
+"#,
+        )
+        .unwrap();
+        let i = &c.services["db"].invariants[0];
+        assert_eq!(i.name, "db#1");
+        assert_eq!(i.expect, Expect::AtLeast(10.0));
+        assert_eq!(
+            i.check,
+            Check::Sql {
+                on: "db".into(),
+                query: "select count(*) from t".into()
+            }
+        );
+        assert_eq!(c.invariants[0].services, vec!["db", "other"]);
+        assert_eq!(c.invariants[0].expect, Expect::Equals("0".into()));
+        assert_eq!(c.invariants[0].line, 11);
+
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\n[[invariant]]\nservices = [\"a\", \"ghost\"]\ncommand = \"true\"\nequals = 1\n").unwrap_err();
+        assert!(
+            e.0[0].starts_with("cairn.toml:5:") && e.0[0].contains("unknown service \"ghost\""),
+            "{:?}",
+            e.0
+        );
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\n[[service.a.invariant]]\ncommand = \"true\"\n").unwrap_err();
+        assert!(
+            e.0[0].starts_with("cairn.toml:4:")
+                && e.0[0].contains("equals, at_least, at_most, matches"),
+            "{:?}",
+            e.0
+        );
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\n[[invariant]]\nservices = [\"a\"]\nsql = \"select 1\"\nequals = 1\n").unwrap_err();
+        assert!(e.0[0].contains("needs `on"), "{:?}", e.0);
+        let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\n[[service.a.invariant]]\ncommand = \"x\"\nmatches = \"(\"\n").unwrap_err();
+        assert!(e.0[0].contains("bad `matches` pattern"), "{:?}", e.0);
+    }
+
+    #[test]
     fn environment_overrides_apply() {
         let src = "[service.db]\nkind = \"postgres\"\ndatabase = \"orders\"\n[service.db.env.staging]\ndatabase = \"orders_staging\"\n";
         let prod = Catalog::parse(Path::new("c"), src, None).unwrap();

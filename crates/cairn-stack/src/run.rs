@@ -573,6 +573,20 @@ pub fn stack_restore(
             }),
         )?;
     }
+    on_event(&format!(
+        "{} {restore_id} {}{}",
+        req.kind.name(),
+        if req.resume.is_some() {
+            "resumed"
+        } else {
+            "started"
+        },
+        if req.kind == RestoreKind::Restore {
+            format!(" (if interrupted: cairn stack restore --resume {restore_id})")
+        } else {
+            String::new()
+        }
+    ));
     // Safety snapshots a previous run of this restore already took.
     let mut existing_safety = BTreeMap::new();
     if req.resume.is_some() {
