@@ -382,6 +382,12 @@ fn rollback_after_restoring_over_live_data_brings_back_the_pre_restore_state() {
         );
     }
     let rid = r["restore_id"].as_str().unwrap().to_string();
+    // The safety snapshots form a group of their own, but `latest` still
+    // means the latest backup.
+    let plan: serde_json::Value =
+        serde_json::from_str(&f.ok(&["stack", "plan", "--catalog", f.cat(), "--json"])).unwrap();
+    assert_eq!(plan["group"], r["group"]);
+    assert_ne!(r["safety_group"], r["group"]);
 
     let rep = f.env.path("rollback.json");
     let out = f.ok(&[

@@ -129,7 +129,7 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
         let policy = ret.policy().map_err(|e| anyhow!("service {name}: {e}"))?;
         let snaps: Vec<_> = all
             .iter()
-            .filter(|(_, s)| &s.service == name)
+            .filter(|(_, s)| &s.service == name && !run::is_safety(s))
             .cloned()
             .collect();
         let groups = crate::forget::decide(&policy, cairn_repo::forget::GroupBy::default(), snaps);

@@ -84,3 +84,63 @@ impl Repository {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cairn_format::KdfParams;
+    use cairn_format::config::Config;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    #[test]
+    fn records_are_named_by_their_hash_and_damage_is_reported() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let kdf = KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let repo = Repository::init(store.clone(), b"pw", Config::new_default(0), kdf).unwrap();
+        let a = repo.put_record("audit", AUDIT_MAGIC, b"{\"a\":1}").unwrap();
+        let b = repo
+            .put_record("journal/0123456789abcdef", JOURNAL_MAGIC, b"{}")
+            .unwrap();
+        assert_eq!(
+            repo.list_record_dirs("journal").unwrap(),
+            vec!["0123456789abcdef"]
+        );
+        let got = repo.list_records("audit", AUDIT_MAGIC).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, a);
+        assert_eq!(got[0].body.as_deref().unwrap(), b"{\"a\":1}");
+        let raw = repo.store.get(&format!("audit/{a}")).unwrap();
+        assert_eq!(blake3::hash(&raw).to_hex().as_str(), a);
+        assert_eq!(&raw[..8], b"CAIRNAUD");
+        // A journal record is not an audit record.
+        let j = repo
+            .list_records("journal/0123456789abcdef", AUDIT_MAGIC)
+            .unwrap();
+        assert_eq!(j[0].id, b);
+        assert!(j[0].body.is_err());
+        // Edited in place: named, not skipped.
+        let mut bad = raw.to_vec();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        let path = object_store::path::Path::from(format!("audit/{a}"));
+        repo.store
+            .rt
+            .block_on(store.put(&path, bad.into()))
+            .unwrap();
+        let got = repo.list_records("audit", AUDIT_MAGIC).unwrap();
+        assert!(
+            got[0]
+                .body
+                .as_ref()
+                .unwrap_err()
+                .contains("does not hash to its name")
+        );
+    }
+}

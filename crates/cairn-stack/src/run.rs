@@ -207,6 +207,11 @@ pub fn describe_target(s: &Service) -> String {
     }
 }
 
+/// Whether a snapshot is a restore's safety snapshot (tag `safety`).
+pub fn is_safety(s: &Snapshot) -> bool {
+    s.tags.iter().any(|t| t == "safety")
+}
+
 /// A group's snapshots by service.
 pub type GroupSnapshots = BTreeMap<String, (SnapshotId, Snapshot)>;
 
@@ -217,9 +222,14 @@ pub fn group_snapshots(
 ) -> Result<([u8; 16], GroupSnapshots), StackError> {
     let all = repo.repo.list_snapshots()?;
     let group = if spec == "latest" {
-        all.iter().rev().find_map(|(_, s)| s.group).ok_or_else(|| {
-            StackError::Invalid("no stack backup (group) in the repository".into())
-        })?
+        // Safety snapshots form groups too; `latest` means the latest backup.
+        all.iter()
+            .rev()
+            .filter(|(_, s)| !is_safety(s))
+            .find_map(|(_, s)| s.group)
+            .ok_or_else(|| {
+                StackError::Invalid("no stack backup (group) in the repository".into())
+            })?
     } else {
         let spec = spec.to_ascii_lowercase();
         let gs: BTreeSet<[u8; 16]> = all
