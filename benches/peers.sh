@@ -53,8 +53,8 @@ measure() { # tool step cmd...
   shift 2
   sync
   echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  if ! /usr/bin/time -f "%e %U %S %M" -o "$WORK/t" "$@" >"$WORK/out" 2>"$WORK/err"; then
-    cat "$WORK/err" "$WORK/out" | tail -20
+  if ! /usr/bin/time -f "%e %U %S %M" -o "$WORK/t" "$@" >"$WORK/stdout" 2>"$WORK/err"; then
+    cat "$WORK/err" "$WORK/stdout" | tail -20
     echo "$tool $step failed"
     exit 1
   fi
