@@ -138,5 +138,87 @@ impl StreamChunker {
     }
 }
 
+/// Cuts a stream like [`StreamChunker`], but hands each window to `f` on a
+/// helper thread while the calling thread reads and cuts the next one, so
+/// reading and chunking (sequential by nature) overlap with the window's
+/// encoding. Two windows of `window` bytes each are in use.
+pub fn run_overlapped<R: Read, E: From<io::Error> + Send>(
+    params: ChunkerParams,
+    window: usize,
+    mut reader: R,
+    mut f: impl FnMut(&[u8], &[Cut]) -> Result<(), E> + Send,
+) -> Result<(), E> {
+    use std::sync::mpsc;
+    let cap = window.max(2 * params.max as usize);
+    // Filled windows go to the worker; emptied buffers come back.
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, Vec<Cut>, usize)>(1);
+    let (free_tx, free_rx) = mpsc::channel::<(Vec<u8>, Vec<Cut>)>();
+    let _ = free_tx.send((Vec::with_capacity(cap), Vec::new()));
+    let _ = free_tx.send((Vec::with_capacity(cap), Vec::new()));
+    let recycle = free_tx.clone();
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || -> Result<(), E> {
+            for (buf, cuts, used) in full_rx {
+                let r = f(&buf[..used], &cuts);
+                // Hand the buffer back even on error; the reader sees the
+                // error when it joins.
+                let _ = free_tx.send((buf, cuts));
+                r?;
+            }
+            Ok(())
+        });
+        let mut carry: Vec<u8> = Vec::new();
+        let mut eof = false;
+        let mut read_err: Option<E> = None;
+        while !eof {
+            let Ok((mut buf, mut cuts)) = free_rx.recv() else {
+                break; // the worker stopped (error): join reports it
+            };
+            buf.clear();
+            buf.extend_from_slice(&carry);
+            let mut filled = buf.len();
+            buf.resize(cap, 0);
+            while filled < cap {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        read_err = Some(e.into());
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+            if read_err.is_some() {
+                break;
+            }
+            buf.truncate(filled);
+            params.cut(&buf, eof, &mut cuts);
+            let used = cuts.last().map_or(0, |c| c.offset + c.len);
+            carry.clear();
+            carry.extend_from_slice(&buf[used..]);
+            if cuts.is_empty() {
+                let _ = recycle.send((buf, cuts));
+                continue;
+            }
+            if full_tx.send((buf, cuts, used)).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+        let w = worker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        match read_err {
+            Some(e) => Err(e),
+            None => w,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -95,6 +95,66 @@ fn window_size_does_not_change_boundaries() {
 }
 
 #[test]
+fn overlapped_chunking_gives_the_same_chunks_and_content() {
+    let key = golden_key();
+    let params = golden_params(&key);
+    for len in [0, 1, 300_000, 20 * 1024 * 1024 + 12345] {
+        let data = prng_bytes(9, len);
+        let want = chunk_all(params, &data, 8 << 20);
+        let mut got = Vec::new();
+        let mut content = Vec::new();
+        let mut base = 0;
+        crate::run_overlapped(params, 8 << 20, &data[..], |w, cuts| {
+            for c in cuts {
+                got.push((base + c.offset, c.len));
+            }
+            content.extend_from_slice(w);
+            base += w.len();
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap();
+        assert_eq!(got, want, "len {len}");
+        assert_eq!(content, data, "len {len}");
+    }
+}
+
+#[test]
+fn overlapped_chunking_stops_on_the_first_error_of_either_side() {
+    let key = golden_key();
+    let params = golden_params(&key);
+    let data = prng_bytes(3, 40 * 1024 * 1024);
+    // The consumer fails on its second window.
+    let mut calls = 0;
+    let r = crate::run_overlapped(params, 8 << 20, &data[..], |_, _| {
+        calls += 1;
+        if calls == 2 {
+            Err(std::io::Error::other("sink failed"))
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(r.unwrap_err().to_string(), "sink failed");
+    assert_eq!(calls, 2);
+    // The reader fails after 12 MiB.
+    struct Failing<'a>(&'a [u8], usize);
+    impl std::io::Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.1 >= 12 << 20 {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            let n = buf.len().min(1 << 20).min(self.0.len() - self.1);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+    let r = crate::run_overlapped(params, 8 << 20, Failing(&data, 0), |_, _| {
+        Ok::<(), std::io::Error>(())
+    });
+    assert_eq!(r.unwrap_err().to_string(), "disk gone");
+}
+
+#[test]
 fn seed_changes_boundaries() {
     let data = prng_bytes(3, 8 * 1024 * 1024);
     let k1 = golden_key();

@@ -18,7 +18,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use cairn_chunk::{ChunkerParams, StreamChunker, process_window};
+use cairn_chunk::{ChunkerParams, process_window};
+
+/// Window of a streamed file or dump; two are in use per stream (one being
+/// read and cut, one being encoded), 16 MiB together as before the overlap.
+const STREAM_WINDOW: usize = 8 << 20;
 use cairn_format::snapshot::{Snapshot, Summary};
 use cairn_format::tree::{Extent, Node, NodeKind, Time, Tree};
 use cairn_format::{BlobKind, ChunkId, SnapshotId};
@@ -188,28 +192,19 @@ impl Walker<'_> {
     /// Chunk a stream through a window; ids are processed in parallel.
     fn stream_extents(&self, reader: impl Read, out: &mut Vec<Extent>) -> Result<u64> {
         let mut total = 0u64;
-        StreamChunker::new(self.params).run(reader, |window, cuts| {
-            let encode = || {
-                process_window(
-                    &self.packer.encoder,
-                    window,
-                    cuts,
-                    |id| self.packer.claim(BlobKind::Data, id),
-                    |b| self.packer.add(b),
-                )
-            };
-            // On a rayon worker (the walk of `backup_paths`), wait for the
-            // window's encoding on a plain thread: a worker waiting in a
-            // parallel call would take up other walk tasks meanwhile (each
-            // possibly with a window of its own), and memory would no longer
-            // be bounded.
-            let ids = if rayon::current_thread_index().is_some() {
-                std::thread::scope(|s| s.spawn(encode).join()).map_err(|_| {
-                    RepoError::InvalidInput("a chunk encoder thread panicked".into())
-                })??
-            } else {
-                encode()?
-            };
+        // Reading and cutting the next window overlaps with the encoding of
+        // this one, which runs on a plain helper thread: a rayon worker (the
+        // walk of `backup_paths`) waiting in a parallel call would take up
+        // other walk tasks meanwhile, each with windows of its own, and memory
+        // would no longer be bounded.
+        cairn_chunk::run_overlapped(self.params, STREAM_WINDOW, reader, |window, cuts| {
+            let ids = process_window(
+                &self.packer.encoder,
+                window,
+                cuts,
+                |id| self.packer.claim(BlobKind::Data, id),
+                |b| self.packer.add(b),
+            )?;
             for (id, c) in ids.into_iter().zip(cuts) {
                 out.push(Extent::Chunk {
                     id,
