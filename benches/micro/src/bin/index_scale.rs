@@ -74,7 +74,7 @@ fn build(dir: &str, entries: u64) {
             }
             file.packs.push(IndexPack {
                 id: PackId(*blake3::hash(format!("pack {p}").as_bytes()).as_bytes()),
-                size: 16 << 20,
+                size: 17 << 20,
                 blobs,
             });
         }
