@@ -175,6 +175,38 @@ pub fn compress_blob(
     }
 }
 
+/// Like [`open_blob`], but leave the blob's stored form (compressed or not,
+/// as sealed) in `stored`, after checking that it opens and decompresses to
+/// plaintext hashing to `id`: what a repack re-seals without recompressing.
+pub fn open_blob_stored(
+    key: &PackKey,
+    hasher: &crate::crypto::IdHasher,
+    kind: BlobKind,
+    id: &ChunkId,
+    sealed: &[u8],
+    raw_len: u32,
+    stored: &mut Vec<u8>,
+) -> Result<()> {
+    check_lengths(kind.name(), sealed.len() as u32, raw_len)?;
+    key.open_blob(kind, id, sealed, stored)?;
+    let matches = if stored.len() == raw_len as usize {
+        hasher.id(stored) == *id
+    } else {
+        let plain = decompress_bounded(kind.name(), stored, raw_len as usize)?;
+        if plain.len() != raw_len as usize {
+            return Err(FormatError::malformed(
+                kind.name(),
+                "decompressed length differs from the index",
+            ));
+        }
+        hasher.id(&plain) == *id
+    };
+    if !matches {
+        return Err(FormatError::IdMismatch { what: kind.name() });
+    }
+    Ok(())
+}
+
 /// Open a sealed blob, decompress it if its lengths say so, and check that its
 /// plaintext hashes to `id`. `out` receives the plaintext.
 pub fn open_blob(

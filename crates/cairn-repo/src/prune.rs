@@ -519,14 +519,43 @@ impl IndexedRepository {
             for (pack, entries) in &repack {
                 let bytes = self.read_pack_verified(*pack)?;
                 let key = self.pack_key(*pack, Some(&bytes[..cairn_format::pack::PREFIX_LEN]))?;
-                let mut plain = Vec::new();
+                // Each blob is verified (opened, decompressed, its id
+                // recomputed), then its stored form is re-sealed under this
+                // session's key as it is: no recompression (which was half
+                // of a prune's cycles).
+                let (mut stored, mut resealed) = (Vec::new(), Vec::new());
                 for e in entries {
                     let loc = self.locate(e.kind, &e.id)?;
                     let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
-                    self.open_sealed(e.kind, &e.id, &loc, &key, sealed, &mut plain)?;
+                    cairn_format::pack::open_blob_stored(
+                        &key,
+                        &self.repo.key.id_hasher(),
+                        e.kind,
+                        &e.id,
+                        sealed,
+                        loc.raw_len,
+                        &mut stored,
+                    )
+                    .map_err(|x| RepoError::Corrupted {
+                        object: self.pack_name(loc.pack),
+                        detail: format!(
+                            "{} {} at offset {}: {x}",
+                            e.kind.name(),
+                            e.id.short(),
+                            loc.offset
+                        ),
+                    })?;
+                    resealed.clear();
                     packer
                         .encoder
-                        .encode(e.kind, e.id, &plain, |b| packer.add(b))?;
+                        .key
+                        .seal_blob(e.kind, &e.id, &stored, &mut resealed);
+                    packer.add(cairn_chunk::EncodedBlob {
+                        kind: e.kind,
+                        id: e.id,
+                        raw_len: loc.raw_len,
+                        sealed: &resealed,
+                    })?;
                     r.blobs_repacked += 1;
                 }
             }
