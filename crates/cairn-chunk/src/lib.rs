@@ -112,21 +112,7 @@ impl StreamChunker {
         self.buf.clear();
         let mut eof = false;
         while !eof {
-            // Fill the window.
-            let mut filled = self.buf.len();
-            self.buf.resize(cap, 0);
-            while filled < cap {
-                match reader.read(&mut self.buf[filled..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            self.buf.truncate(filled);
+            eof = fill(&mut reader, &mut self.buf, cap)?;
             self.params.cut(&self.buf, eof, &mut self.cuts);
             let used = self.cuts.last().map_or(0, |c| c.offset + c.len);
             if !self.cuts.is_empty() {
@@ -136,6 +122,30 @@ impl StreamChunker {
         }
         Ok(())
     }
+}
+
+/// Read into `buf` (keeping what it holds) until it holds `cap` bytes or the
+/// reader ends; returns whether it ended.
+fn fill(reader: &mut impl Read, buf: &mut Vec<u8>, cap: usize) -> io::Result<bool> {
+    let mut filled = buf.len();
+    buf.resize(cap, 0);
+    let mut eof = false;
+    while filled < cap {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(filled);
+                return Err(e);
+            }
+        }
+    }
+    buf.truncate(filled);
+    Ok(eof)
 }
 
 /// Cuts a stream like [`StreamChunker`], but hands each window to `f` on a
@@ -176,27 +186,13 @@ pub fn run_overlapped<R: Read, E: From<io::Error> + Send>(
             };
             buf.clear();
             buf.extend_from_slice(&carry);
-            let mut filled = buf.len();
-            buf.resize(cap, 0);
-            while filled < cap {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        read_err = Some(e.into());
-                        eof = true;
-                        break;
-                    }
+            match fill(&mut reader, &mut buf, cap) {
+                Ok(e) => eof = e,
+                Err(e) => {
+                    read_err = Some(e.into());
+                    break;
                 }
             }
-            if read_err.is_some() {
-                break;
-            }
-            buf.truncate(filled);
             params.cut(&buf, eof, &mut cuts);
             let used = cuts.last().map_or(0, |c| c.offset + c.len);
             carry.clear();

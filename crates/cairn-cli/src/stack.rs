@@ -203,7 +203,7 @@ pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
     crate::commands::open(&g)
 }
 
-fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
+pub(crate) fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
     Ok(open_repo(g, cat)?.load_index()?)
 }
 
@@ -227,12 +227,14 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
         unreachable!("the others returned above")
     };
     let mut env = a.env.clone();
+    // A resumed restore opens the repository first (the journal says which
+    // environment applies), and keeps it.
+    let mut opened = None;
     let journal = match (&cmd, &a.resume) {
         (StackCmd::Restore(_), Some(rid)) => {
-            let j = cairn_stack::trail::read_journal(
-                &open_repo(g, &Catalog::load(&a.catalog, env.as_deref())?)?,
-                rid,
-            )?;
+            let repo = open(g, &Catalog::load(&a.catalog, env.as_deref())?)?;
+            let j = cairn_stack::trail::read_journal(&repo.repo, rid)?;
+            opened = Some(repo);
             if j.begin.kind != "restore" {
                 bail!(
                     "{} is a {}, not a restore: resume it with `cairn stack {}`",
@@ -267,7 +269,10 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
         }
         None => cat.select(&a.only, a.with_deps)?,
     };
-    let repo = open(g, &cat)?;
+    let repo = match opened {
+        Some(r) => r,
+        None => open(g, &cat)?,
+    };
     let jobs = a.jobs.unwrap_or(cat.jobs);
     match cmd {
         StackCmd::Backup(a) => {

@@ -178,13 +178,9 @@ pub fn finish_restore(
     Ok(if missed > 0 { crate::EXIT_WARNINGS } else { 0 })
 }
 
-fn catalog_repo(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
-    Ok(crate::stack::open_repo(g, cat)?.load_index()?)
-}
-
 pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
     let probe = Catalog::load(&a.catalog, None)?;
-    let repo = catalog_repo(g, &probe)?;
+    let repo = crate::stack::open(g, &probe)?;
     let j = trail::read_journal(&repo.repo, &a.restore_id)?;
     let env = (j.begin.env != "production").then_some(j.begin.env.as_str());
     // The live view: a files service's safety snapshot is of its target.
@@ -257,7 +253,7 @@ pub fn drill(g: &GlobalArgs, a: DrillArgs) -> Result<i32> {
             unsafe_.join(", ")
         );
     }
-    let repo = catalog_repo(g, &cat)?;
+    let repo = crate::stack::open(g, &cat)?;
     let quiet = g.json || g.quiet;
     let r = run::stack_restore(
         &cat,

@@ -175,6 +175,23 @@ pub fn compress_blob(
     }
 }
 
+/// The plaintext of a blob's stored form: `None` when it was stored
+/// uncompressed (the stored bytes are the plaintext), else the decompressed
+/// bytes, checked against `raw_len`.
+fn decompressed(kind: BlobKind, stored: &[u8], raw_len: u32) -> Result<Option<Vec<u8>>> {
+    if stored.len() == raw_len as usize {
+        return Ok(None);
+    }
+    let plain = decompress_bounded(kind.name(), stored, raw_len as usize)?;
+    if plain.len() != raw_len as usize {
+        return Err(FormatError::malformed(
+            kind.name(),
+            "decompressed length differs from the index",
+        ));
+    }
+    Ok(Some(plain))
+}
+
 /// Like [`open_blob`], but leave the blob's stored form (compressed or not,
 /// as sealed) in `stored`, after checking that it opens and decompresses to
 /// plaintext hashing to `id`: what a repack re-seals without recompressing.
@@ -189,19 +206,8 @@ pub fn open_blob_stored(
 ) -> Result<()> {
     check_lengths(kind.name(), sealed.len() as u32, raw_len)?;
     key.open_blob(kind, id, sealed, stored)?;
-    let matches = if stored.len() == raw_len as usize {
-        hasher.id(stored) == *id
-    } else {
-        let plain = decompress_bounded(kind.name(), stored, raw_len as usize)?;
-        if plain.len() != raw_len as usize {
-            return Err(FormatError::malformed(
-                kind.name(),
-                "decompressed length differs from the index",
-            ));
-        }
-        hasher.id(&plain) == *id
-    };
-    if !matches {
+    let plain = decompressed(kind, stored, raw_len)?;
+    if hasher.id(plain.as_deref().unwrap_or(stored)) != *id {
         return Err(FormatError::IdMismatch { what: kind.name() });
     }
     Ok(())
@@ -221,17 +227,7 @@ pub fn open_blob(
     check_lengths(kind.name(), sealed.len() as u32, raw_len)?;
     let mut stored = Vec::new();
     key.open_blob(kind, id, sealed, &mut stored)?;
-    if stored.len() == raw_len as usize {
-        *out = stored;
-    } else {
-        *out = decompress_bounded(kind.name(), &stored, raw_len as usize)?;
-        if out.len() != raw_len as usize {
-            return Err(FormatError::malformed(
-                kind.name(),
-                "decompressed length differs from the index",
-            ));
-        }
-    }
+    *out = decompressed(kind, &stored, raw_len)?.unwrap_or(stored);
     if hasher.id(out) != *id {
         return Err(FormatError::IdMismatch { what: kind.name() });
     }

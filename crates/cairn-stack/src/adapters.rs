@@ -79,7 +79,11 @@ pub(crate) fn tool(svc: &Service, program: &str) -> Command {
 }
 
 /// Run to completion; stdout on success, an error with stderr otherwise.
-fn run(svc: &Service, mut c: Command, input: Option<&[u8]>) -> Result<String, StackError> {
+pub(crate) fn run(
+    svc: &Service,
+    mut c: Command,
+    input: Option<&[u8]>,
+) -> Result<String, StackError> {
     let desc = format!("{:?}", c.get_program());
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
@@ -347,6 +351,23 @@ pub(crate) fn read_redis_dump(
     }
 }
 
+/// UNLINK every key of the service's pattern in each of its databases;
+/// returns how many there were.
+fn unlink_service_keys(svc: &Service, conn: &mut Conn) -> std::io::Result<usize> {
+    let mut n = 0;
+    for db in &svc.databases {
+        conn.call(&[b"SELECT", db.to_string().as_bytes()])?;
+        let keys = conn.scan(&svc.key_pattern)?;
+        for batch in keys.chunks(500) {
+            let mut cmd: Vec<&[u8]> = vec![b"UNLINK"];
+            cmd.extend(batch.iter().map(|k| k.as_slice()));
+            conn.call(&cmd)?;
+        }
+        n += keys.len();
+    }
+    Ok(n)
+}
+
 fn redis_load(
     svc: &Service,
     conn: &mut Conn,
@@ -355,16 +376,7 @@ fn redis_load(
 ) -> Result<(), StackError> {
     let io = |e: std::io::Error| err(svc, format!("redis restore: {e}"));
     // Remove the service's keys first, so the result equals the backup.
-    for db in &svc.databases {
-        conn.call(&[b"SELECT", db.to_string().as_bytes()])
-            .map_err(io)?;
-        let keys = conn.scan(&svc.key_pattern).map_err(io)?;
-        for batch in keys.chunks(500) {
-            let mut cmd: Vec<&[u8]> = vec![b"UNLINK"];
-            cmd.extend(batch.iter().map(|k| k.as_slice()));
-            conn.call(&cmd).map_err(io)?;
-        }
-    }
+    unlink_service_keys(svc, conn).map_err(io)?;
     let mut current_db: Option<u32> = None;
     let mut cmds: Vec<Vec<Vec<u8>>> = Vec::new();
     let flush = |conn: &mut Conn, cmds: &mut Vec<Vec<Vec<u8>>>| -> Result<(), StackError> {
@@ -730,21 +742,8 @@ pub fn teardown(svc: &Service) -> Result<String, StackError> {
             Ok(format!("dropped database {db}"))
         }
         Kind::Redis => {
-            let mut conn = redis_conn(svc)?;
-            let mut n = 0;
-            for d in &svc.databases {
-                conn.call(&[b"SELECT", d.to_string().as_bytes()])
-                    .map_err(|e| err(svc, e.to_string()))?;
-                let keys = conn
-                    .scan(&svc.key_pattern)
-                    .map_err(|e| err(svc, e.to_string()))?;
-                for batch in keys.chunks(500) {
-                    let mut cmd: Vec<&[u8]> = vec![b"UNLINK"];
-                    cmd.extend(batch.iter().map(|k| k.as_slice()));
-                    conn.call(&cmd).map_err(|e| err(svc, e.to_string()))?;
-                }
-                n += keys.len();
-            }
+            let n = unlink_service_keys(svc, &mut redis_conn(svc)?)
+                .map_err(|e| err(svc, e.to_string()))?;
             Ok(format!("removed {n} keys"))
         }
         Kind::Files => {

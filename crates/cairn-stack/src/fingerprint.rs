@@ -267,7 +267,7 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
     };
     // Tables (partitions through their parent) with their primary-key columns.
     let list = "COPY (SELECT n.nspname, c.relname, coalesce((SELECT string_agg(quote_ident(a.attname) || CASE WHEN a.attcollation <> 0 THEN ' COLLATE \"C\"' ELSE '' END, ', ' ORDER BY k.ord) FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum WHERE i.indrelid = c.oid AND i.indisprimary), '') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2) TO STDOUT WITH (FORMAT csv);";
-    let out = run_capture(svc, psql(), &pg_script(snapshot, list), "psql (table list)")?;
+    let out = crate::adapters::run(svc, psql(), Some(pg_script(snapshot, list).as_bytes()))?;
     let mut tables = Vec::new();
     for rec in parse_csv(&out) {
         if rec.len() == 3 {
@@ -308,7 +308,7 @@ pub fn mariadb(svc: &Service) -> Result<Fingerprint, StackError> {
         "SELECT t.table_name, coalesce((SELECT group_concat(concat('`', replace(k.column_name, '`', '``'), '`') ORDER BY k.ordinal_position SEPARATOR ', ') FROM information_schema.key_column_usage k WHERE k.table_schema = t.table_schema AND k.table_name = t.table_name AND k.constraint_name = 'PRIMARY'), ''), (SELECT count(*) FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name) FROM information_schema.tables t WHERE t.table_schema = '{}' AND t.table_type = 'BASE TABLE' ORDER BY 1;",
         db.replace('\\', "\\\\").replace('\'', "''")
     );
-    let out = run_capture(svc, cli(), &list, "mariadb (table list)")?;
+    let out = crate::adapters::run(svc, cli(), Some(list.as_bytes()))?;
     let tables: Vec<(String, String, usize)> = out
         .lines()
         .filter_map(|l| {
@@ -338,37 +338,6 @@ pub fn mariadb(svc: &Service) -> Result<Fingerprint, StackError> {
             .map(|p| (format!("table:{t}"), p))
     });
     parts.into_iter().collect()
-}
-
-fn run_capture(
-    svc: &Service,
-    mut c: Command,
-    input: &str,
-    what: &str,
-) -> Result<String, StackError> {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(svc, format!("{what}: {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let _ = stdin.write_all(input.as_bytes());
-    drop(stdin);
-    let o = child
-        .wait_with_output()
-        .map_err(|e| err(svc, format!("{what}: {e}")))?;
-    if !o.status.success() {
-        return Err(err(
-            svc,
-            format!(
-                "{what} failed ({}): {}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Minimal CSV (PostgreSQL's `FORMAT csv` output) reader.

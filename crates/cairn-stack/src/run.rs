@@ -553,7 +553,7 @@ pub fn stack_restore(
     let (restore_id, safety_group) = match &req.resume {
         Some(j) => (
             j.begin.restore_id.clone(),
-            hex16(&j.begin.safety_group).unwrap_or_default(),
+            cairn_format::id::from_hex::<16>(&j.begin.safety_group).unwrap_or_default(),
         ),
         None => {
             let mut rid = [0u8; 8];
@@ -769,17 +769,6 @@ pub fn stack_restore(
     Ok(report)
 }
 
-fn hex16(s: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    if s.len() != 32 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
     ServiceRestore {
         service: svc.name.clone(),
@@ -982,9 +971,7 @@ pub fn verify_service(
                 "tables".into()
             };
             let map = fingerprint::redis_db_map(svc, snap);
-            if svc.kind == Kind::Redis {
-                f.expected = fingerprint::remap(&f.expected, &map);
-            }
+            f.expected = fingerprint::remap(&f.expected, &map);
             f.actual = fingerprint::live(svc)?.unwrap_or_default();
             f.differences = fingerprint::compare(&f.expected, &f.actual);
             if svc.kind == Kind::Redis && !f.differences.is_empty() {
@@ -999,11 +986,6 @@ pub fn verify_service(
         }
     }
     Ok(f)
-}
-
-/// Whether the service's target holds anything a restore would overwrite.
-fn holds_data(svc: &Service) -> Result<bool, StackError> {
-    adapters::holds_data(svc)
 }
 
 fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) -> ServiceRestore {
@@ -1085,7 +1067,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             r.safety_snapshot = Some(id.clone());
         } else if cx.safety {
             if !stage(&mut r, "safety-snapshot", &mut |r| {
-                match holds_data(svc) {
+                match adapters::holds_data(svc) {
                     Ok(false) => {
                         r.safety_note = Some("the target held no data".into());
                         return Ok(());

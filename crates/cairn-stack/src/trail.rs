@@ -230,10 +230,10 @@ pub fn verify(repo: &Repository, entries: &[AuditEntry], state_dir: Option<&Path
             }
         }
     }
-    if let Some(d) = state_dir
-        && let Some(a) = read_anchor(d, repo)
-    {
-        if !by_id.contains_key(a.id.as_str()) {
+    if let Some(d) = state_dir {
+        if let Some(a) = read_anchor(d, repo)
+            && !by_id.contains_key(a.id.as_str())
+        {
             problems.push(format!(
                 "audit record {} (seq {}) is missing or was changed: this host saw it at {}",
                 a.id,
@@ -241,16 +241,12 @@ pub fn verify(repo: &Repository, entries: &[AuditEntry], state_dir: Option<&Path
                 crate::run::rfc3339(a.time)
             ));
         }
+        // An intact chain moves the anchor to its newest record.
         if problems.is_empty()
             && let Some((id, r)) = by_id.iter().max_by_key(|(_, r)| r.seq)
         {
             write_anchor(d, repo, r.seq, id);
         }
-    } else if problems.is_empty()
-        && let Some(d) = state_dir
-        && let Some((id, r)) = by_id.iter().max_by_key(|(_, r)| r.seq)
-    {
-        write_anchor(d, repo, r.seq, id);
     }
     problems
 }
