@@ -106,34 +106,9 @@ enum Cmd {
     },
 }
 
-/// Allocator settings (glibc), chosen by measurement (benches/results/peers-*.md):
-/// one malloc arena instead of one per thread (freed buffers of the worker
-/// threads were kept in their own arenas: peak RSS of a 1.2 GB backup 230 →
-/// 130 MB, restore 128 → 89 MB, no slower), and for the commands that read a
-/// stream through large buffers (backup, dump, stack) buffers of 1 MiB and
-/// more mapped on their own and returned on free (backup 130 → 94 MB).
-/// `check` and `restore` keep the default threshold: mapping every pack and
-/// chunk buffer anew cost `check` 20 % and `restore` 1.3 s of system time on
-/// 2.5 GB (benches/results/peers-2026-11-24-final-a.md).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn tune_allocator(streaming: bool) {
-    // SAFETY: mallopt only changes glibc malloc parameters; it is called at
-    // the start of main, before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        if streaming {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator(_streaming: bool) {}
-
 fn main() {
     let cli = Cli::parse();
-    tune_allocator(matches!(
+    cairn_repo::sys::tune_allocator(matches!(
         cli.command,
         Cmd::Backup(_) | Cmd::Stack { .. } | Cmd::Dump(_)
     ));

@@ -40,8 +40,9 @@ impl Repository {
     /// Read every live (not superseded) index object into an in-memory index.
     ///
     /// Each index object is decoded and added at once, so memory holds the
-    /// index and one decoded object, not every decoded object (a 10-million
-    /// entry index: 110 → about 53 bytes per entry after loading). An object
+    /// index and one decoded object, not every decoded object; the table is
+    /// reserved up front from the objects' sizes so it is never copied to
+    /// grow, and compacted once sorted (`index.rs`). An object
     /// found superseded by another (only after a prune, until its phase 2)
     /// makes the load start over, skipping what is superseded.
     pub fn read_index(&self) -> Result<Index> {
@@ -53,6 +54,7 @@ impl Repository {
                 continue;
             }
             index.finish();
+            crate::sys::release_free_memory();
             if let Some(c) = &self.store.cache {
                 c.add_tree_packs(tree_packs);
             }
@@ -76,9 +78,11 @@ impl Repository {
         let mut tree_packs = Vec::new();
         let mut seen: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
         loop {
-            let names: Vec<(String, IndexId)> = self
-                .store
-                .list("index")?
+            let listed = self.store.list("index")?;
+            if seen.is_empty() {
+                index.reserve_for_index_bytes(listed.iter().map(|(_, size)| *size).sum());
+            }
+            let names: Vec<(String, IndexId)> = listed
                 .into_iter()
                 .filter_map(|(n, _)| {
                     let id = n.strip_prefix("index/").and_then(IndexId::from_hex)?;

@@ -49,7 +49,7 @@ mod repo;
 mod restore;
 pub mod retry;
 pub mod store;
-mod sys;
+pub mod sys;
 
 pub use backup::{BackupOptions, BackupResult, ParentChoice, Progress, clean_absolute};
 pub use error::{RepoError, Result};

@@ -138,3 +138,41 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Give the allocator's free pages back to the kernel (glibc keeps freed
+/// memory in its heaps, fragmented, and in the arenas of threads that have
+/// finished; after loading an index that is tens of MB of dead decode
+/// buffers). Elsewhere a no-op.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only returns whole free pages
+    // of glibc's heaps to the kernel and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Allocator settings (glibc), chosen by measurement (benches/results/peers-*.md):
+/// one malloc arena instead of one per thread (freed buffers of the worker
+/// threads were kept in their own arenas: peak RSS of a 1.2 GB backup 230 →
+/// 130 MB, restore 128 → 89 MB, no slower), and for the commands that read a
+/// stream through large buffers (backup, dump, stack) buffers of 1 MiB and
+/// more mapped on their own and returned on free (backup 130 → 94 MB).
+/// `check` and `restore` keep the default threshold: mapping every pack and
+/// chunk buffer anew cost `check` 20 % and `restore` 1.3 s of system time on
+/// 2.5 GB (benches/results/peers-2026-11-24-final-a.md).
+///
+/// Call it at the start of `main`, before any other thread exists.
+pub fn tune_allocator(streaming: bool) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc malloc parameters; the caller runs
+    // it before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        if streaming {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = streaming;
+}

@@ -151,6 +151,9 @@ fn measure(dir: &str, entries: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--measure") {
+        // The allocator settings of every cairn command (index loading is
+        // the same for all of them).
+        cairn_repo::sys::tune_allocator(false);
         measure(&args[2], args[3].parse().unwrap());
         return;
     }
