@@ -110,7 +110,7 @@ fn main() {
     let cli = Cli::parse();
     cairn_repo::sys::tune_allocator(matches!(
         cli.command,
-        Cmd::Backup(_) | Cmd::Stack { .. } | Cmd::Dump(_)
+        Cmd::Backup(_) | Cmd::Stack { .. } | Cmd::Dump(_) | Cmd::Forget(_) | Cmd::Prune(_)
     ));
     let r = match cli.command {
         Cmd::Init(a) => commands::init(&cli.global, a),

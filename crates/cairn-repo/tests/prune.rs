@@ -7,7 +7,7 @@ use common::{data, open, setup};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_format::SnapshotId;
+use cairn_format::{BlobKind, SnapshotId};
 use cairn_repo::store::Store;
 use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repository};
 use object_store::ObjectStore;
@@ -132,6 +132,77 @@ fn mostly_unused_packs_are_repacked() {
     open(&s).prune(&phase2()).unwrap();
     assert_restores(&s, &b, &prefix);
     assert!(r.packs_marked >= 1, "{r:?}");
+}
+
+/// A pack being repacked is read window by window; damage where prune copies
+/// nothing from (an unused blob) is caught by the pack's hash, damage inside a
+/// copied blob by that blob's check. Either way the prune fails naming the
+/// pack and writes no index: every index object and pack is still there.
+#[test]
+fn repacking_a_damaged_pack_fails_naming_it_and_writes_no_index() {
+    for damage_used in [false, true] {
+        // Small chunks, so that a 1 MiB pack holds dozens of blobs and spans
+        // several 256 KiB read windows.
+        let s: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut cfg = cairn_format::config::Config::new_default(0);
+        (cfg.pack_target, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max) =
+            (1 << 20, 8 << 10, 32 << 10, 128 << 10);
+        Repository::init(s.clone(), b"pw", cfg, common::KDF).unwrap();
+        let full = data(5, 3 << 20);
+        let a = backup(&open(&s), &full);
+        let prefix = full[..1 << 20].to_vec();
+        let b = backup(&open(&s), &prefix);
+        open(&s).repo.delete_snapshots(&[a]).unwrap();
+        let r = open(&s);
+        let snaps = r.repo.list_snapshots().unwrap();
+        assert_eq!(snaps.len(), 1);
+        let used = r.used_blobs(&snaps).unwrap();
+        // A pack holding used and unused data blobs: the one prune repacks.
+        let mut by_pack: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+        for (id, loc) in r.index.read().unwrap().iter(BlobKind::Data) {
+            by_pack
+                .entry(loc.pack)
+                .or_default()
+                .push((used.contains(&(BlobKind::Data, id)), loc));
+        }
+        let (pack, blobs) = by_pack
+            .into_iter()
+            .find(|(_, v)| v.iter().any(|b| b.0) && v.iter().any(|b| !b.0))
+            .expect("a partly used pack");
+        let target = blobs.iter().find(|b| b.0 == damage_used).unwrap().1;
+        let name = r.pack_name(pack);
+        let store = Store::new(s.clone());
+        let mut bytes = store.get(&name).unwrap().to_vec();
+        bytes[(target.offset + target.length / 2) as usize] ^= 0x20;
+        let path = object_store::path::Path::from(name.as_str());
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(object_store::ObjectStoreExt::put(&*s, &path, bytes.into()))
+            .unwrap();
+        let before = (store.list("index").unwrap(), store.list("data").unwrap());
+        drop(r);
+
+        let err = open(&s)
+            .prune(&PruneOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&name), "damage_used={damage_used}: {err}");
+        if damage_used {
+            assert!(err.contains("at offset"), "{err}");
+        } else {
+            assert!(err.contains("do not hash to its name"), "{err}");
+        }
+        let after = (store.list("index").unwrap(), store.list("data").unwrap());
+        assert_eq!(after.0, before.0, "no index written or removed");
+        assert!(
+            before.1.iter().all(|p| after.1.contains(p)),
+            "no pack removed"
+        );
+        if !damage_used {
+            assert_restores(&s, &b, &prefix);
+        }
+    }
 }
 
 /// The critical boundary of a backup: its packs and index are written, its
