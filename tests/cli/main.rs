@@ -269,6 +269,38 @@ fn restore_keeps_the_intact_files_and_marks_the_damaged_one() {
     }
 }
 
+/// A data pack cut short: the restore reads it window by window, reports
+/// the file whose chunks lie past the cut and the pack, writes the rest.
+#[test]
+fn restore_from_a_truncated_pack_names_it_and_keeps_the_intact_files() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), prng(25, 10 << 20)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("small.txt"), "intact").unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let data_pack = packs(&env.repo())
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let bytes = fs::read(&data_pack).unwrap();
+    assert!(bytes.len() > 9 << 20, "one pack holds big.bin");
+    fs::write(&data_pack, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let target = env.path("t");
+    let o = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let name = data_pack.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains("big.bin") && err.contains(name), "{err}");
+    assert!(err.contains("shorter than"), "{err}");
+    let r = restored(&target, &src);
+    assert_eq!(fs::read_to_string(r.join("small.txt")).unwrap(), "intact");
+    assert!(!r.join("big.bin").exists());
+    assert!(r.join("big.bin.damaged").exists());
+}
+
 #[test]
 fn truncated_index_names_the_object() {
     let env = Env::new();

@@ -333,3 +333,109 @@ impl IndexedRepository {
         })
     }
 }
+
+/// Reads one pack front to back in windows, handing out the sealed bytes of
+/// requested blobs (in offset order) and hashing every byte, so the pack is
+/// checked against its name at the end while memory holds a window, not the
+/// pack. A blob inside the current window is a slice of it (no copy); one
+/// spanning two windows is copied together.
+pub(crate) struct PackReader<'a> {
+    repo: &'a IndexedRepository,
+    name: String,
+    id: PackId,
+    size: u64,
+    window: u64,
+    pos: u64,
+    cur: bytes::Bytes,
+    cur_start: u64,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> PackReader<'a> {
+    /// A reader of the pack at index position `pack`, `window` bytes at a time.
+    pub(crate) fn new(repo: &'a IndexedRepository, pack: u32, window: u64) -> Self {
+        let (id, size) = {
+            let idx = repo.index.read().expect("index lock");
+            (idx.packs[pack as usize], idx.pack_sizes[pack as usize])
+        };
+        PackReader {
+            repo,
+            name: store::pack_path(&id),
+            id,
+            size,
+            window: window.max(1),
+            pos: 0,
+            cur: bytes::Bytes::new(),
+            cur_start: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// The pack's object name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn corrupted(&self, detail: String) -> RepoError {
+        RepoError::Corrupted {
+            object: self.name.clone(),
+            detail,
+        }
+    }
+
+    /// Read the next window (at least up to `min_end`), making it current.
+    fn advance(&mut self, min_end: u64) -> Result<()> {
+        let to = (self.pos + self.window).max(min_end).min(self.size);
+        let w = self.repo.repo.store.get_range(&self.name, self.pos..to)?;
+        if (w.len() as u64) < to - self.pos {
+            return Err(self.corrupted(format!(
+                "shorter than the {} bytes the index says (ends at {})",
+                self.size,
+                self.pos + w.len() as u64
+            )));
+        }
+        self.hasher.update(&w);
+        self.cur_start = self.pos;
+        self.pos = to;
+        self.cur = w;
+        Ok(())
+    }
+
+    /// The bytes `start..end` of the pack; calls must come in offset order.
+    pub(crate) fn read(&mut self, start: u64, end: u64) -> Result<bytes::Bytes> {
+        if end > self.size || start < self.cur_start || start > end {
+            return Err(self.corrupted(format!(
+                "bytes {start}..{end} lie past its end ({} bytes) or overlap what was read",
+                self.size
+            )));
+        }
+        while self.cur_start + self.cur.len() as u64 <= start && self.pos < self.size {
+            self.advance(end)?;
+        }
+        let cur_end = self.cur_start + self.cur.len() as u64;
+        if end <= cur_end {
+            let s = (start - self.cur_start) as usize;
+            return Ok(self.cur.slice(s..s + (end - start) as usize));
+        }
+        let mut v = Vec::with_capacity((end - start) as usize);
+        v.extend_from_slice(&self.cur[(start - self.cur_start) as usize..]);
+        while self.cur_start + (self.cur.len() as u64) < end {
+            self.advance(end)?;
+            let take = (end.min(self.cur_start + self.cur.len() as u64) - self.cur_start) as usize;
+            v.extend_from_slice(&self.cur[..take]);
+        }
+        Ok(bytes::Bytes::from(v))
+    }
+
+    /// Read the rest of the pack and check it against its name.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.cur = bytes::Bytes::new();
+        while self.pos < self.size {
+            self.advance(0)?;
+        }
+        if self.hasher.finalize().as_bytes() != &self.id.0 {
+            return Err(self.corrupted(format!("its {} bytes do not hash to its name", self.size)));
+        }
+        Ok(())
+    }
+}

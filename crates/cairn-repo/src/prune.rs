@@ -522,67 +522,30 @@ impl IndexedRepository {
                 // blob is kept: memory is a window, not a pack. A failed
                 // check aborts before the new index exists, so what was
                 // already copied is unindexed garbage for a later prune.
-                let name = self.pack_name(*pack);
-                let size = self.index.read().expect("index lock").pack_sizes[*pack as usize];
-                let pid = self.index.read().expect("index lock").packs[*pack as usize];
+                let mut reader = crate::indexed::PackReader::new(
+                    self,
+                    *pack,
+                    repack_window(self.repo.config.pack_target),
+                );
+                let name = reader.name().to_string();
                 let mut entries = entries.clone();
                 entries.sort_by_key(|e| e.offset);
-                let window = repack_window(self.repo.config.pack_target);
-                let mut hasher = blake3::Hasher::new();
-                let (mut buf, mut buf_start, mut pos) = (Vec::<u8>::new(), 0u64, 0u64);
-                let mut read_to = |end: u64, buf: &mut Vec<u8>, pos: &mut u64| -> Result<()> {
-                    while *pos < end {
-                        let to = (*pos + window).min(size).max(end.min(size));
-                        let w = self.repo.store.get_range(&name, *pos..to)?;
-                        if w.len() as u64 != to - *pos {
-                            return Err(RepoError::Corrupted {
-                                object: name.clone(),
-                                detail: format!(
-                                    "shorter than the {size} bytes the index says (ends at {})",
-                                    *pos + w.len() as u64
-                                ),
-                            });
-                        }
-                        hasher.update(&w);
-                        buf.extend_from_slice(&w);
-                        *pos = to;
-                    }
-                    Ok(())
-                };
-                read_to(cairn_format::pack::PREFIX_LEN as u64, &mut buf, &mut pos)?;
-                let key = self.pack_key(*pack, Some(&buf[..cairn_format::pack::PREFIX_LEN]))?;
+                let prefix = reader.read(0, cairn_format::pack::PREFIX_LEN as u64)?;
+                let key = self.pack_key(*pack, Some(&prefix))?;
+                drop(prefix);
                 // Each blob is verified (opened, decompressed, its id
                 // recomputed), then its stored form is re-sealed under this
                 // session's key as it is: no recompression (which was half
                 // of a prune's cycles).
                 let (mut stored, mut resealed) = (Vec::new(), Vec::new());
                 for e in &entries {
-                    let (start, end) = (e.offset as u64, e.offset as u64 + e.length as u64);
-                    if end > size || start < buf_start {
-                        return Err(RepoError::Corrupted {
-                            object: name.clone(),
-                            detail: format!(
-                                "{} {} lies past the end of the pack or overlaps another blob",
-                                e.kind.name(),
-                                e.id.short()
-                            ),
-                        });
-                    }
-                    // Bytes before this blob are dropped only when a window
-                    // is to be appended (one move per window, not per blob).
-                    if end > pos && start > buf_start {
-                        let drop = ((start - buf_start) as usize).min(buf.len());
-                        buf.drain(..drop);
-                        buf_start += drop as u64;
-                    }
-                    read_to(end, &mut buf, &mut pos)?;
-                    let sealed = &buf[(start - buf_start) as usize..(end - buf_start) as usize];
+                    let sealed = reader.read(e.offset as u64, e.offset as u64 + e.length as u64)?;
                     cairn_format::pack::open_blob_stored(
                         &key,
                         &self.repo.key.id_hasher(),
                         e.kind,
                         &e.id,
-                        sealed,
+                        &sealed,
                         e.raw_len,
                         &mut stored,
                     )
@@ -609,18 +572,7 @@ impl IndexedRepository {
                     r.blobs_repacked += 1;
                 }
                 // The rest of the pack, for its hash.
-                buf.clear();
-                buf.shrink_to_fit();
-                while pos < size {
-                    let mut scratch = Vec::new();
-                    read_to((pos + window).min(size), &mut scratch, &mut pos)?;
-                }
-                if hasher.finalize().as_bytes() != &pid.0 {
-                    return Err(RepoError::Corrupted {
-                        object: name,
-                        detail: format!("its {size} bytes do not hash to its name"),
-                    });
-                }
+                reader.finish()?;
             }
             let stats = packer.finish()?;
             r.bytes_repacked = stats.bytes_added;

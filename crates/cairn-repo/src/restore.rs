@@ -26,6 +26,9 @@ use crate::error::{RepoError, Result};
 use crate::index::BlobLocation;
 use crate::indexed::IndexedRepository;
 
+/// Bytes of a pack read at once when most of it is restored.
+const RESTORE_WINDOW: u64 = 4 << 20;
+
 /// Reports blobs (and so the files using them) as damaged.
 type FailFn<'a> = dyn Fn(&[(ChunkId, BlobLocation)], &str) + Sync + 'a;
 
@@ -375,51 +378,13 @@ impl IndexedRepository {
         fail: &FailFn<'_>,
     ) -> Result<()> {
         let name = self.pack_name(pack);
-        let (size, pack_id) = {
-            let idx = self.index.read().expect("index lock");
-            (idx.pack_sizes[pack as usize], idx.packs[pack as usize])
-        };
+        let size = self.index.read().expect("index lock").pack_sizes[pack as usize];
         let needed: u64 = blobs.iter().map(|b| b.1.length as u64).sum();
-        let mut sealed_parts: Vec<bytes::Bytes> = Vec::with_capacity(blobs.len());
-        let key;
-        if needed * 2 >= size {
-            let whole = self.repo.store.get(&name)?;
-            if whole.len() as u64 != size || blake3::hash(&whole).as_bytes() != &pack_id.0 {
-                // Keep going: blobs are authenticated one by one below, but the
-                // files that use this pack are reported.
-                fail(
-                    blobs,
-                    &format!(
-                        "pack {name} is corrupted: its {} bytes do not hash to its name",
-                        whole.len()
-                    ),
-                );
-            }
-            key = self.pack_key(pack, Some(&whole[..PREFIX_LEN.min(whole.len())]))?;
-            for (_, loc) in blobs {
-                let (s, e) = (
-                    loc.offset as usize,
-                    loc.offset as usize + loc.length as usize,
-                );
-                sealed_parts.push(if e <= whole.len() {
-                    whole.slice(s..e)
-                } else {
-                    bytes::Bytes::new()
-                });
-            }
-        } else {
-            key = self.pack_key(pack, None)?;
-            let ranges: Vec<_> = blobs
-                .iter()
-                .map(|(_, l)| l.offset as u64..l.offset as u64 + l.length as u64)
-                .collect();
-            sealed_parts = self.repo.store.get_ranges(&name, &ranges)?;
-        }
         let mut plain = Vec::new();
-        for ((id, loc), sealed) in blobs.iter().zip(&sealed_parts) {
-            if let Err(e) = self.open_sealed(BlobKind::Data, id, loc, &key, sealed, &mut plain) {
+        let mut put = |id: &ChunkId, loc: &BlobLocation, key: &_, sealed: &[u8]| {
+            if let Err(e) = self.open_sealed(BlobKind::Data, id, loc, key, sealed, &mut plain) {
                 fail(&[(*id, *loc)], &e.to_string());
-                continue;
+                return;
             }
             for (i, off) in &targets[id] {
                 let path = &items[*i as usize].0;
@@ -435,6 +400,33 @@ impl IndexedRepository {
                 progress
                     .bytes_written
                     .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            }
+        };
+        if needed * 2 >= size {
+            // Most of the pack: read it front to back in windows, checked
+            // against its name at the end (memory: a window, not a pack).
+            let mut reader = crate::indexed::PackReader::new(self, pack, RESTORE_WINDOW);
+            let key = self.pack_key(pack, Some(&reader.read(0, PREFIX_LEN as u64)?))?;
+            for (id, loc) in blobs {
+                match reader.read(loc.offset as u64, loc.offset as u64 + loc.length as u64) {
+                    Ok(sealed) => put(id, loc, &key, &sealed),
+                    Err(e) => fail(&[(*id, *loc)], &e.to_string()),
+                }
+            }
+            // Keep going on a mismatch: blobs were authenticated one by one,
+            // but the files that use this pack are reported.
+            if let Err(e) = reader.finish() {
+                fail(blobs, &e.to_string());
+            }
+        } else {
+            let key = self.pack_key(pack, None)?;
+            let ranges: Vec<_> = blobs
+                .iter()
+                .map(|(_, l)| l.offset as u64..l.offset as u64 + l.length as u64)
+                .collect();
+            let sealed_parts = self.repo.store.get_ranges(&name, &ranges)?;
+            for ((id, loc), sealed) in blobs.iter().zip(&sealed_parts) {
+                put(id, loc, &key, sealed);
             }
         }
         Ok(())

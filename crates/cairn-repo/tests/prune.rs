@@ -183,10 +183,14 @@ fn repacking_a_damaged_pack_fails_naming_it_and_writes_no_index() {
         let before = (store.list("index").unwrap(), store.list("data").unwrap());
         drop(r);
 
-        let err = open(&s)
-            .prune(&PruneOptions::default())
-            .unwrap_err()
-            .to_string();
+        // Every partly used pack is repacked (chunk boundaries depend on the
+        // repository's secret gear seed, so which packs are mostly unused
+        // varies from run to run).
+        let every_partly_used = PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        };
+        let err = open(&s).prune(&every_partly_used).unwrap_err().to_string();
         assert!(err.contains(&name), "damage_used={damage_used}: {err}");
         if damage_used {
             assert!(err.contains("at offset"), "{err}");
