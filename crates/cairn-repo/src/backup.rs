@@ -5,7 +5,10 @@
 //! task each, no nested parallelism, so memory stays bounded); large files are
 //! taken one at a time through a fixed window with their chunks processed in
 //! parallel. A file whose size, mtime, ctime and inode match the parent
-//! snapshot is not read at all.
+//! snapshot is not read at all. The kernel is asked to read ahead: all small
+//! files of a directory at once, large files 32 MiB ahead of the reader (on a
+//! cold cache, reading 50,000 small files one per worker at a time left the
+//! cores waiting on the device most of the time).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -19,6 +22,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use cairn_chunk::{ChunkerParams, process_window};
+
+/// Reads a file front to back, asking the kernel to read ahead of it
+/// ([`PREFETCH`] bytes, renewed every half of that), so that the device works
+/// while the window before is cut and encoded.
+struct Prefetching<'f> {
+    file: &'f File,
+    pos: u64,
+    asked: u64,
+}
+
+/// Bytes of a large file asked for ahead of the reader.
+const PREFETCH: u64 = 32 << 20;
+
+impl Read for Prefetching<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.asked < self.pos + PREFETCH / 2 {
+            crate::sys::prefetch_range(self.file, self.asked, self.pos + PREFETCH - self.asked);
+            self.asked = self.pos + PREFETCH;
+        }
+        let n = self.file.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
 
 /// Window of a streamed file or dump; two are in use per stream (one being
 /// read and cut, one being encoded), 16 MiB together as before the overlap.
@@ -259,8 +286,13 @@ impl Walker<'_> {
             }
             f.seek(SeekFrom::Start(start))
                 .map_err(|e| RepoError::io(path, e))?;
+            let reader = Prefetching {
+                file: &f,
+                pos: start,
+                asked: start,
+            };
             let got = self
-                .stream_extents((&mut f).take(end - start), &mut extents)
+                .stream_extents(reader.take(end - start), &mut extents)
                 .map_err(|e| match e {
                     RepoError::Io { source, .. } => RepoError::io(path, source),
                     other => other,
@@ -392,6 +424,16 @@ impl Walker<'_> {
             }
         };
 
+        // Start reading every small file of this directory at once: on a
+        // cold cache the device then serves them together instead of one
+        // read per worker at a time.
+        for t in &todo {
+            if let Todo::Small(_, path, _) = t
+                && let Ok(f) = File::open(path)
+            {
+                crate::sys::prefetch(&f);
+            }
+        }
         // Small files in parallel; each task is sequential inside.
         todo.par_iter_mut().try_for_each(|t| -> Result<()> {
             if let Todo::Small(node, path, md) = t
