@@ -5,8 +5,7 @@
 //! wrap those 32 bytes. All sealing is XChaCha20-Poly1305 with a fresh random 192-bit
 //! nonce: many writers never have to coordinate nonces.
 
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::error::{FormatError, Result};
 use crate::id::{BlobKind, ChunkId};
@@ -70,8 +69,8 @@ impl MasterKey {
         MasterKey {
             secret,
             id_key,
-            metadata: XChaCha20Poly1305::new(&metadata.into()),
-            pack_wrap: XChaCha20Poly1305::new(&pack_wrap.into()),
+            metadata: XChaCha20Poly1305::new(metadata),
+            pack_wrap: XChaCha20Poly1305::new(pack_wrap),
             chunker_seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
         }
     }
@@ -146,7 +145,7 @@ impl PackKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         PackKey {
             bytes,
-            cipher: XChaCha20Poly1305::new(&bytes.into()),
+            cipher: XChaCha20Poly1305::new(bytes),
         }
     }
     /// The raw key (to be wrapped into the pack's key slot).
@@ -202,10 +201,11 @@ fn seal_with_nonce(
     out.extend_from_slice(nonce);
     let start = out.len();
     out.extend_from_slice(plaintext);
-    let tag = cipher
-        .encrypt_inout_detached(&XNonce::from(*nonce), aad, (&mut out[start..]).into())
-        .expect("XChaCha20-Poly1305 accepts messages up to 256 GiB");
-    out.extend_from_slice(tag.as_slice());
+    let (key, n) = cipher.subkey(nonce);
+    let tag = key
+        .seal_in_place_separate_tag(n, Aad::from(aad), &mut out[start..])
+        .expect("ChaCha20-Poly1305 accepts messages up to 256 GiB");
+    out.extend_from_slice(tag.as_ref());
 }
 
 fn open_with(
@@ -237,18 +237,87 @@ fn open_into(
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
-    let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+    let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
     out.clear();
     out.extend_from_slice(ct);
-    cipher
-        .decrypt_inout_detached(
-            &XNonce::from(nonce),
-            aad,
-            out.as_mut_slice().into(),
-            &Tag::from(tag),
-        )
-        .map_err(|_| FormatError::AuthenticationFailed { what })
+    out.extend_from_slice(tag);
+    let (key, n) = cipher.subkey(nonce);
+    let opened = key
+        .open_in_place(n, Aad::from(aad), out.as_mut_slice())
+        .map(|p| p.len());
+    match opened {
+        Ok(len) => {
+            out.truncate(len);
+            Ok(())
+        }
+        Err(_) => {
+            out.clear();
+            Err(FormatError::AuthenticationFailed { what })
+        }
+    }
+}
+
+/// XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha): HChaCha20 of the key and
+/// the nonce's first 16 bytes gives a subkey for ChaCha20-Poly1305 (RFC 8439,
+/// ring's assembly implementation) with the nonce `0u32 || nonce[16..24]`.
+#[derive(Clone)]
+struct XChaCha20Poly1305 {
+    key: [u8; 32],
+}
+
+impl XChaCha20Poly1305 {
+    fn new(key: [u8; 32]) -> Self {
+        XChaCha20Poly1305 { key }
+    }
+
+    fn subkey(&self, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
+        let sub = hchacha20(&self.key, nonce[..16].try_into().expect("16 bytes"));
+        let key = LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &sub).expect("a 32-byte ChaCha20 key"),
+        );
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&nonce[16..]);
+        (key, Nonce::assume_unique_for_key(n))
+    }
+}
+
+/// HChaCha20: the ChaCha20 state of ("expand 32-byte k", key, input) after
+/// 20 rounds, without the final addition; words 0–3 and 12–15.
+fn hchacha20(key: &[u8; 32], input: &[u8; 16]) -> [u8; 32] {
+    let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let mut s = [0u32; 16];
+    s[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+    for i in 0..8 {
+        s[4 + i] = word(&key[4 * i..4 * i + 4]);
+    }
+    for i in 0..4 {
+        s[12 + i] = word(&input[4 * i..4 * i + 4]);
+    }
+    fn qr(s: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
+        s[a] = s[a].wrapping_add(s[b]);
+        s[d] = (s[d] ^ s[a]).rotate_left(16);
+        s[c] = s[c].wrapping_add(s[d]);
+        s[b] = (s[b] ^ s[c]).rotate_left(12);
+        s[a] = s[a].wrapping_add(s[b]);
+        s[d] = (s[d] ^ s[a]).rotate_left(8);
+        s[c] = s[c].wrapping_add(s[d]);
+        s[b] = (s[b] ^ s[c]).rotate_left(7);
+    }
+    for _ in 0..10 {
+        qr(&mut s, 0, 4, 8, 12);
+        qr(&mut s, 1, 5, 9, 13);
+        qr(&mut s, 2, 6, 10, 14);
+        qr(&mut s, 3, 7, 11, 15);
+        qr(&mut s, 0, 5, 10, 15);
+        qr(&mut s, 1, 6, 11, 12);
+        qr(&mut s, 2, 7, 8, 13);
+        qr(&mut s, 3, 4, 9, 14);
+    }
+    let mut out = [0u8; 32];
+    for (i, w) in s[..4].iter().chain(&s[12..]).enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
 }
 
 /// Argon2id cost parameters of a key file.
@@ -304,13 +373,13 @@ pub fn password_key(password: &[u8], salt: &[u8; 32], params: KdfParams) -> Resu
 
 /// Seal the master secret under a password-derived key (used by key files).
 pub(crate) fn wrap_secret(kek: &[u8; 32], aad: &[u8], secret: &[u8; 32], out: &mut Vec<u8>) {
-    let c = XChaCha20Poly1305::new(&(*kek).into());
+    let c = XChaCha20Poly1305::new(*kek);
     seal_with(&c, aad, secret, out);
 }
 
 /// Open the master secret of a key file; a failed tag means a wrong password.
 pub(crate) fn unwrap_secret(kek: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<[u8; 32]> {
-    let c = XChaCha20Poly1305::new(&(*kek).into());
+    let c = XChaCha20Poly1305::new(*kek);
     let v = open_with(&c, "key file", aad, sealed).map_err(|e| match e {
         FormatError::AuthenticationFailed { .. } => FormatError::WrongPassword,
         other => other,
@@ -336,6 +405,65 @@ pub fn seal_blob_with_nonce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// draft-irtf-cfrg-xchacha-03 §2.2.1.
+    #[test]
+    fn hchacha20_matches_the_draft_vector() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let input: [u8; 16] = [
+            0, 0, 0, 0x09, 0, 0, 0, 0x4a, 0, 0, 0, 0, 0x31, 0x41, 0x59, 0x27,
+        ];
+        let want = "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc";
+        let got: String = hchacha20(&key, &input)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// Sealing is byte-for-byte RustCrypto's XChaCha20-Poly1305 (the format's
+    /// AEAD), in both directions, for lengths around the block sizes.
+    #[test]
+    fn xchacha20poly1305_equals_the_reference_implementation() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        for (i, len) in [0usize, 1, 15, 16, 63, 64, 65, 255, 256, 1000, 4097, 70_000]
+            .into_iter()
+            .enumerate()
+        {
+            let key = random32();
+            let mut nonce = [0u8; NONCE_LEN];
+            random_bytes(&mut nonce);
+            let plain: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+            let aad = [i as u8; 33];
+            let mut ours = Vec::new();
+            seal_with_nonce(
+                &XChaCha20Poly1305::new(key),
+                &nonce,
+                &aad,
+                &plain,
+                &mut ours,
+            );
+            let reference = chacha20poly1305::XChaCha20Poly1305::new(&key.into())
+                .encrypt(
+                    &nonce.into(),
+                    Payload {
+                        msg: &plain,
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
+            assert_eq!(ours[NONCE_LEN..], reference[..], "length {len}");
+            let mut back = Vec::new();
+            open_into(&XChaCha20Poly1305::new(key), "blob", &aad, &ours, &mut back).unwrap();
+            assert_eq!(back, plain);
+            let mut bad = ours.clone();
+            let at = NONCE_LEN.min(bad.len() - 1);
+            bad[at] ^= 1;
+            assert!(
+                open_into(&XChaCha20Poly1305::new(key), "blob", &aad, &bad, &mut back).is_err()
+            );
+        }
+    }
 
     #[test]
     fn blob_round_trip_and_binding() {

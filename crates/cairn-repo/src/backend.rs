@@ -97,6 +97,8 @@ pub struct Backend {
     pub connections: usize,
     /// Cache directory, if caching.
     pub cache_dir: Option<PathBuf>,
+    /// The directory of a local repository (for read-ahead hints).
+    pub local_root: Option<PathBuf>,
 }
 
 impl Backend {
@@ -105,6 +107,7 @@ impl Backend {
         let mut s = Store::new(self.store);
         s.connections = self.connections;
         s.cache_root = self.cache_dir;
+        s.local_root = self.local_root;
         s
     }
 }
@@ -137,6 +140,7 @@ pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backe
             _ => backend_opts.push((k.clone(), v.clone())),
         }
     }
+    let mut local_root = None;
     let (kind, inner, emulate): (BackendKind, Arc<dyn ObjectStore>, bool) = match split_url(
         location,
     ) {
@@ -152,6 +156,7 @@ pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backe
                 )));
             }
             let path = location.strip_prefix("file://").unwrap_or(location);
+            local_root = Some(PathBuf::from(path));
             (
                 BackendKind::Local,
                 open_local(location, path, create)?,
@@ -247,6 +252,7 @@ pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backe
             // A local repository is its own cache.
             None
         },
+        local_root,
     })
 }
 

@@ -378,7 +378,12 @@ impl Repository {
             let found: Mutex<ReadFindings> = Mutex::new(ReadFindings::default());
             let done = std::sync::atomic::AtomicUsize::new(0);
             let total = todo.len();
-            todo.par_iter().for_each(|(pack, blobs)| {
+            todo.par_iter().enumerate().for_each(|(i, (pack, blobs))| {
+                // Read the next pack ahead (rayon gives each thread a run of
+                // consecutive packs).
+                if let Some((next, _)) = todo.get(i + 1) {
+                    repo.repo.store.prefetch(&repo.pack_name(*next));
+                }
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 crate::set_stage(&stage, format!("reading packs: {n}/{total}"));
                 let name = repo.pack_name(*pack);

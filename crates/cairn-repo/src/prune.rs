@@ -516,7 +516,10 @@ impl IndexedRepository {
         if !repack.is_empty() {
             crate::set_stage(&opts.stage, format!("repacking {} packs", repack.len()));
             let packer = Packer::new(self);
-            for (pack, entries) in &repack {
+            for (i, (pack, entries)) in repack.iter().enumerate() {
+                if let Some((next, _)) = repack.get(i + 1) {
+                    self.repo.store.prefetch(&self.pack_name(*next));
+                }
                 // The pack is read in windows, hashed as it goes (its name is
                 // checked at the end) and only the window holding the current
                 // blob is kept: memory is a window, not a pack. A failed

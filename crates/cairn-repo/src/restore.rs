@@ -325,7 +325,16 @@ impl IndexedRepository {
             .collect();
         let written = AtomicU64::new(0);
         pool.install(|| {
-            packs.par_iter().for_each(|(pack, blobs)| {
+            packs.par_iter().enumerate().for_each(|(i, (pack, blobs))| {
+                // Read the next pack ahead when it will be read whole (rayon
+                // gives each thread a run of consecutive packs).
+                if let Some((next, next_blobs)) = packs.get(i + 1) {
+                    let size = self.index.read().expect("index lock").pack_sizes[*next as usize];
+                    let needed: u64 = next_blobs.iter().map(|b| b.1.length as u64).sum();
+                    if needed * 2 >= size {
+                        self.repo.store.prefetch(&self.pack_name(*next));
+                    }
+                }
                 let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str| {
                     let mut d = damaged.lock().expect("damage");
                     for (id, _) in blobs {

@@ -66,6 +66,8 @@ pub struct Store {
     pub cache_root: Option<std::path::PathBuf>,
     /// The cache in use (see [`crate::cache`]).
     pub cache: Option<Arc<ObjectCache>>,
+    /// The directory of a local repository: objects there can be read ahead.
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -91,6 +93,7 @@ impl Store {
             connections: 4,
             cache_root: None,
             cache: None,
+            local_root: None,
         }
     }
 
@@ -170,6 +173,17 @@ impl Store {
         self.rt
             .block_on(async move { s.get_range(&path, range).await })
             .map_err(|e| RepoError::from_store(name, e))
+    }
+
+    /// Ask for an object to be read ahead, while other work goes on, when
+    /// the repository is on local disk (a cold page cache otherwise leaves
+    /// the reading threads waiting on the device); elsewhere nothing.
+    pub fn prefetch(&self, name: &str) {
+        if let Some(root) = &self.local_root
+            && let Ok(f) = std::fs::File::open(root.join(name))
+        {
+            crate::sys::prefetch(&f);
+        }
     }
 
     /// Read several ranges of one object (coalesced by the store).
