@@ -15,8 +15,10 @@ use crate::util::{CHEAP_KDF, Env};
 /// The example fleet, seeded small, with an initialized repository and a
 /// state directory of its own.
 struct Fleet {
-    env: Env,
+    // Dropped in this order: the stack's teardown (which stops the API it
+    // finds in the state directory) before the directory is deleted.
     stack: Stack,
+    env: Env,
     catalog: PathBuf,
 }
 

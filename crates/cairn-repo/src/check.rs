@@ -386,40 +386,42 @@ impl Repository {
                 }
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 crate::set_stage(&stage, format!("reading packs: {n}/{total}"));
-                let name = repo.pack_name(*pack);
-                let res = repo.read_pack_verified(*pack);
-                let mut f = found.lock().expect("found");
-                let bytes = match res {
-                    Ok(b) => b,
-                    Err(e) => {
-                        f.problems.push(Problem {
-                            object: name,
-                            detail: e.to_string(),
-                        });
-                        f.bad.extend(blobs.iter().copied());
-                        return;
-                    }
-                };
-                f.bytes += bytes.len() as u64;
-                drop(f);
-                // Header must agree with the index.
-                let size = bytes.len() as u64;
+                // Read front to back in windows (memory: a window per
+                // thread, not a pack), hashed as it goes and checked against
+                // the pack's name at the end.
+                let mut reader = crate::indexed::PackReader::new(&repo, *pack, CHECK_WINDOW);
+                let name = reader.name().to_string();
+                let size = repo.index.read().expect("index").pack_sizes[*pack as usize];
                 let mut errs = Vec::new();
                 let mut bad = Vec::new();
-                match cairn_format::pack::decode_header(&repo.repo.key, &bytes, size) {
+                let header = reader
+                    .read(0, cairn_format::pack::PREFIX_LEN.min(size as usize) as u64)
+                    .and_then(|prefix| {
+                        cairn_format::pack::header_len(&prefix)
+                            .map_err(|e| RepoError::from_format(&name, e))
+                    })
+                    .and_then(|hl| reader.read(0, (cairn_format::pack::PREFIX_LEN + hl) as u64))
+                    .and_then(|start| {
+                        cairn_format::pack::decode_header(&repo.repo.key, &start, size)
+                            .map_err(|e| RepoError::from_format(&name, e))
+                    });
+                match header {
                     Ok((key, entries)) => {
+                        // Header must agree with the index.
                         let in_header: HashMap<(BlobKind, ChunkId), (u32, u32)> = entries
                             .iter()
                             .map(|e| ((e.kind, e.id), (e.offset, e.length)))
                             .collect();
+                        let mut located: Vec<_> = {
+                            let idx = repo.index.read().expect("index");
+                            blobs
+                                .iter()
+                                .map(|(kind, id)| (*kind, *id, idx.get(*kind, id).expect("listed")))
+                                .collect()
+                        };
+                        located.sort_by_key(|(_, _, loc)| loc.offset);
                         let mut plain = Vec::new();
-                        for (kind, id) in blobs {
-                            let loc = repo
-                                .index
-                                .read()
-                                .expect("index")
-                                .get(*kind, id)
-                                .expect("listed");
+                        for (kind, id, loc) in &located {
                             if in_header.get(&(*kind, *id)) != Some(&(loc.offset, loc.length)) {
                                 errs.push(format!(
                                     "{} {} is not where the index says",
@@ -429,11 +431,12 @@ impl Repository {
                                 bad.push((*kind, *id));
                                 continue;
                             }
-                            let sealed =
-                                &bytes[loc.offset as usize..(loc.offset + loc.length) as usize];
-                            if let Err(e) =
-                                repo.open_sealed(*kind, id, &loc, &key, sealed, &mut plain)
-                            {
+                            let opened = reader
+                                .read(loc.offset as u64, loc.offset as u64 + loc.length as u64)
+                                .and_then(|sealed| {
+                                    repo.open_sealed(*kind, id, loc, &key, &sealed, &mut plain)
+                                });
+                            if let Err(e) = opened {
                                 errs.push(e.to_string());
                                 bad.push((*kind, *id));
                             }
@@ -443,6 +446,17 @@ impl Repository {
                         errs.push(format!("header: {e}"));
                         bad.extend(blobs.iter().copied());
                     }
+                }
+                // Whatever the blobs said, a pack that does not hash to its
+                // name is damaged: every blob in it is counted as damaged.
+                if let Err(e) = reader.finish() {
+                    errs.push(match e {
+                        RepoError::Corrupted { detail, .. } => detail,
+                        other => other.to_string(),
+                    });
+                    bad.extend(blobs.iter().copied());
+                } else {
+                    found.lock().expect("found").bytes += size;
                 }
                 let mut f = found.lock().expect("found");
                 f.blobs += blobs.len() as u64;
@@ -491,6 +505,9 @@ impl Repository {
         Ok(report)
     }
 }
+
+/// Bytes of a pack read at once by `check --read-data`.
+const CHECK_WINDOW: u64 = 4 << 20;
 
 /// What the parallel pack reads found.
 #[derive(Default)]
