@@ -230,16 +230,15 @@ fn flipped_byte_in_any_pack_fails_restore_and_names_the_file() {
     }
 }
 
-/// With a damaged data chunk, restore still writes every intact file; the
-/// damaged one is named and kept only as NAME.damaged; exit 1, or 3 with
-/// --ignore-damaged.
-#[test]
-fn restore_keeps_the_intact_files_and_marks_the_damaged_one() {
+/// A repository with two backups of `src`: first `big.bin` (`len` bytes of
+/// `prng(seed, ..)`), then also `small.txt`; returns the largest pack, the
+/// one holding `big.bin`.
+fn big_then_small_backups(seed: u64, len: usize) -> (Env, PathBuf, PathBuf) {
     let env = Env::new();
     env.init(&[]);
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("big.bin"), prng(24, 6 << 20)).unwrap();
+    fs::write(src.join("big.bin"), prng(seed, len)).unwrap();
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
     fs::write(src.join("small.txt"), "intact").unwrap();
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
@@ -247,6 +246,15 @@ fn restore_keeps_the_intact_files_and_marks_the_damaged_one() {
         .into_iter()
         .max_by_key(|p| fs::metadata(p).unwrap().len())
         .unwrap();
+    (env, src, data_pack)
+}
+
+/// With a damaged data chunk, restore still writes every intact file; the
+/// damaged one is named and kept only as NAME.damaged; exit 1, or 3 with
+/// --ignore-damaged.
+#[test]
+fn restore_keeps_the_intact_files_and_marks_the_damaged_one() {
+    let (env, src, data_pack) = big_then_small_backups(24, 6 << 20);
     let mut bytes = fs::read(&data_pack).unwrap();
     let at = bytes.len() / 3;
     bytes[at] ^= 0x01;
@@ -273,18 +281,7 @@ fn restore_keeps_the_intact_files_and_marks_the_damaged_one() {
 /// the file whose chunks lie past the cut and the pack, writes the rest.
 #[test]
 fn restore_from_a_truncated_pack_names_it_and_keeps_the_intact_files() {
-    let env = Env::new();
-    env.init(&[]);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("big.bin"), prng(25, 10 << 20)).unwrap();
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    fs::write(src.join("small.txt"), "intact").unwrap();
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    let data_pack = packs(&env.repo())
-        .into_iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
+    let (env, src, data_pack) = big_then_small_backups(25, 10 << 20);
     let bytes = fs::read(&data_pack).unwrap();
     assert!(bytes.len() > 9 << 20, "one pack holds big.bin");
     fs::write(&data_pack, &bytes[..bytes.len() * 2 / 3]).unwrap();

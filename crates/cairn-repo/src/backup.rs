@@ -426,7 +426,9 @@ impl Walker<'_> {
 
         // Start reading every small file of this directory at once: on a
         // cold cache the device then serves them together instead of one
-        // read per worker at a time.
+        // read per worker at a time. Each is closed again at once (opened a
+        // second time to be read): keeping a directory's files open could
+        // exhaust the descriptor limit.
         for t in &todo {
             if let Todo::Small(_, path, _) = t
                 && let Ok(f) = File::open(path)

@@ -382,7 +382,7 @@ impl Repository {
                 // Read the next pack ahead (rayon gives each thread a run of
                 // consecutive packs).
                 if let Some((next, _)) = todo.get(i + 1) {
-                    repo.repo.store.prefetch(&repo.pack_name(*next));
+                    repo.prefetch_pack(*next);
                 }
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 crate::set_stage(&stage, format!("reading packs: {n}/{total}"));
@@ -391,7 +391,7 @@ impl Repository {
                 // the pack's name at the end.
                 let mut reader = crate::indexed::PackReader::new(&repo, *pack, CHECK_WINDOW);
                 let name = reader.name().to_string();
-                let size = repo.index.read().expect("index").pack_sizes[*pack as usize];
+                let size = reader.size();
                 let mut errs = Vec::new();
                 let mut bad = Vec::new();
                 let header = reader
@@ -431,11 +431,9 @@ impl Repository {
                                 bad.push((*kind, *id));
                                 continue;
                             }
-                            let opened = reader
-                                .read(loc.offset as u64, loc.offset as u64 + loc.length as u64)
-                                .and_then(|sealed| {
-                                    repo.open_sealed(*kind, id, loc, &key, &sealed, &mut plain)
-                                });
+                            let opened = reader.blob(loc.offset, loc.length).and_then(|sealed| {
+                                repo.open_sealed(*kind, id, loc, &key, &sealed, &mut plain)
+                            });
                             if let Err(e) = opened {
                                 errs.push(e.to_string());
                                 bad.push((*kind, *id));

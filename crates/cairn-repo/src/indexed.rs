@@ -143,6 +143,12 @@ impl Repository {
 }
 
 impl IndexedRepository {
+    /// Ask for the pack at an index position to be read ahead (local
+    /// repositories; see [`store::Store::prefetch`]).
+    pub(crate) fn prefetch_pack(&self, pack: u32) {
+        self.repo.store.prefetch(&self.pack_name(pack));
+    }
+
     pub(crate) fn new_internal(repo: Arc<Repository>, index: RwLock<Index>) -> Self {
         IndexedRepository {
             repo,
@@ -341,6 +347,7 @@ impl IndexedRepository {
 /// spanning two windows is copied together.
 pub(crate) struct PackReader<'a> {
     repo: &'a IndexedRepository,
+    pack: u32,
     name: String,
     id: PackId,
     size: u64,
@@ -360,6 +367,7 @@ impl<'a> PackReader<'a> {
         };
         PackReader {
             repo,
+            pack,
             name: store::pack_path(&id),
             id,
             size,
@@ -374,6 +382,22 @@ impl<'a> PackReader<'a> {
     /// The pack's object name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The pack's size, as the index says.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The pack's data key, from its prefix (the first read).
+    pub(crate) fn key(&mut self) -> Result<PackKey> {
+        let prefix = self.read(0, pack::PREFIX_LEN as u64)?;
+        self.repo.pack_key(self.pack, Some(&prefix))
+    }
+
+    /// The sealed bytes of the blob at `offset`, `length` bytes long.
+    pub(crate) fn blob(&mut self, offset: u32, length: u32) -> Result<bytes::Bytes> {
+        self.read(offset as u64, offset as u64 + length as u64)
     }
 
     fn corrupted(&self, detail: String) -> RepoError {

@@ -518,7 +518,7 @@ impl IndexedRepository {
             let packer = Packer::new(self);
             for (i, (pack, entries)) in repack.iter().enumerate() {
                 if let Some((next, _)) = repack.get(i + 1) {
-                    self.repo.store.prefetch(&self.pack_name(*next));
+                    self.prefetch_pack(*next);
                 }
                 // The pack is read in windows, hashed as it goes (its name is
                 // checked at the end) and only the window holding the current
@@ -533,16 +533,14 @@ impl IndexedRepository {
                 let name = reader.name().to_string();
                 let mut entries = entries.clone();
                 entries.sort_by_key(|e| e.offset);
-                let prefix = reader.read(0, cairn_format::pack::PREFIX_LEN as u64)?;
-                let key = self.pack_key(*pack, Some(&prefix))?;
-                drop(prefix);
+                let key = reader.key()?;
                 // Each blob is verified (opened, decompressed, its id
                 // recomputed), then its stored form is re-sealed under this
                 // session's key as it is: no recompression (which was half
                 // of a prune's cycles).
                 let (mut stored, mut resealed) = (Vec::new(), Vec::new());
                 for e in &entries {
-                    let sealed = reader.read(e.offset as u64, e.offset as u64 + e.length as u64)?;
+                    let sealed = reader.blob(e.offset, e.length)?;
                     cairn_format::pack::open_blob_stored(
                         &key,
                         &self.repo.key.id_hasher(),

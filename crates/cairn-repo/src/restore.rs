@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cairn_format::pack::PREFIX_LEN;
 use cairn_format::tree::{Extent, Node, NodeKind, Tree};
 use cairn_format::{BlobKind, ChunkId};
 use rayon::prelude::*;
@@ -328,12 +327,10 @@ impl IndexedRepository {
             packs.par_iter().enumerate().for_each(|(i, (pack, blobs))| {
                 // Read the next pack ahead when it will be read whole (rayon
                 // gives each thread a run of consecutive packs).
-                if let Some((next, next_blobs)) = packs.get(i + 1) {
-                    let size = self.index.read().expect("index lock").pack_sizes[*next as usize];
-                    let needed: u64 = next_blobs.iter().map(|b| b.1.length as u64).sum();
-                    if needed * 2 >= size {
-                        self.repo.store.prefetch(&self.pack_name(*next));
-                    }
+                if let Some((next, next_blobs)) = packs.get(i + 1)
+                    && self.reads_whole(*next, next_blobs)
+                {
+                    self.prefetch_pack(*next);
                 }
                 let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str| {
                     let mut d = damaged.lock().expect("damage");
@@ -375,6 +372,14 @@ impl IndexedRepository {
         Ok(report)
     }
 
+    /// Whether a restore reads this pack whole (at least half of it is
+    /// needed) rather than blob by blob.
+    fn reads_whole(&self, pack: u32, blobs: &[(ChunkId, BlobLocation)]) -> bool {
+        let size = self.index.read().expect("index lock").pack_sizes[pack as usize];
+        let needed: u64 = blobs.iter().map(|b| b.1.length as u64).sum();
+        needed * 2 >= size
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn restore_pack(
         &self,
@@ -386,9 +391,6 @@ impl IndexedRepository {
         progress: &RestoreProgress,
         fail: &FailFn<'_>,
     ) -> Result<()> {
-        let name = self.pack_name(pack);
-        let size = self.index.read().expect("index lock").pack_sizes[pack as usize];
-        let needed: u64 = blobs.iter().map(|b| b.1.length as u64).sum();
         let mut plain = Vec::new();
         let mut put = |id: &ChunkId, loc: &BlobLocation, key: &_, sealed: &[u8]| {
             if let Err(e) = self.open_sealed(BlobKind::Data, id, loc, key, sealed, &mut plain) {
@@ -411,13 +413,13 @@ impl IndexedRepository {
                     .fetch_add(plain.len() as u64, Ordering::Relaxed);
             }
         };
-        if needed * 2 >= size {
+        if self.reads_whole(pack, blobs) {
             // Most of the pack: read it front to back in windows, checked
             // against its name at the end (memory: a window, not a pack).
             let mut reader = crate::indexed::PackReader::new(self, pack, RESTORE_WINDOW);
-            let key = self.pack_key(pack, Some(&reader.read(0, PREFIX_LEN as u64)?))?;
+            let key = reader.key()?;
             for (id, loc) in blobs {
-                match reader.read(loc.offset as u64, loc.offset as u64 + loc.length as u64) {
+                match reader.blob(loc.offset, loc.length) {
                     Ok(sealed) => put(id, loc, &key, &sealed),
                     Err(e) => fail(&[(*id, *loc)], &e.to_string()),
                 }
@@ -433,7 +435,7 @@ impl IndexedRepository {
                 .iter()
                 .map(|(_, l)| l.offset as u64..l.offset as u64 + l.length as u64)
                 .collect();
-            let sealed_parts = self.repo.store.get_ranges(&name, &ranges)?;
+            let sealed_parts = self.repo.store.get_ranges(&self.pack_name(pack), &ranges)?;
             for ((id, loc), sealed) in blobs.iter().zip(&sealed_parts) {
                 put(id, loc, &key, sealed);
             }
