@@ -606,6 +606,7 @@ impl IndexedRepository {
         progress: &Progress,
     ) -> Result<BackupResult> {
         let start = Instant::now();
+        self.writer_session("backup")?;
         let time_ns = now_ns();
         let mut abs = Vec::new();
         for p in paths {
@@ -717,10 +718,18 @@ impl IndexedRepository {
             fingerprints: opts.fingerprints.clone(),
             extra: vec![],
         };
-        // Prune protocol (format-spec §5.1): never commit a snapshot that needs
-        // a deleted pack, and re-list packs a prune marked meanwhile.
-        self.guard_reused(reused, &stats.packs_written)?;
-        let id = self.repo.save_snapshot(&snapshot)?;
+        // Prune protocol (format-spec §5.1 steps 5–8): every pack the
+        // snapshot needs exists, the commit is claimed (a prune that took
+        // this session for dead would have fenced the claim), then the
+        // snapshot is written and packs a prune marked meanwhile re-listed.
+        let session = self.writer_session("backup")?;
+        self.commit_check(reused, &stats.packs_written)?;
+        let bytes = snapshot.encode(&self.repo.key);
+        let id = SnapshotId::of(&bytes);
+        session.claim(&bytes)?;
+        self.repo
+            .store
+            .put_new(&crate::store::snapshot_path(&id), bytes)?;
         // The snapshot is committed: from here on nothing may turn this backup
         // into a failure. If re-listing fails, the next prune's phase 2 still
         // recomputes what this snapshot uses and keeps it.
@@ -769,6 +778,7 @@ impl IndexedRepository {
         before_commit: impl FnOnce() -> Result<Vec<(String, Vec<u8>)>>,
     ) -> Result<BackupResult> {
         let start = Instant::now();
+        self.writer_session("backup")?;
         let time_ns = now_ns();
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(RepoError::InvalidInput(format!(

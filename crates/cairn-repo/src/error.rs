@@ -71,6 +71,10 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process's claim stands in the way (a prune lease held, a
+    /// session fenced); the message says who and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// The caller asked for something invalid.
     #[error("{0}")]
     InvalidInput(String),

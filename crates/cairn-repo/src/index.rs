@@ -70,11 +70,14 @@ impl Table {
         self.loading.push(r);
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, excluded: &std::collections::HashSet<u32>) {
         if self.stride != 0 {
             return;
         }
         let mut recs = std::mem::take(&mut self.loading);
+        if !excluded.is_empty() {
+            recs.retain(|r| !excluded.contains(&read_le(&r[32..36])));
+        }
         // Ids are uniform: the first 8 bytes decide almost every comparison.
         let head = |r: &[u8; LOAD]| u64::from_be_bytes(r[..8].try_into().expect("8 bytes"));
         recs.sort_unstable_by(|a, b| head(a).cmp(&head(b)).then_with(|| a[8..32].cmp(&b[8..32])));
@@ -195,8 +198,12 @@ pub struct Index {
     /// Index objects loaded.
     pub index_ids: Vec<IndexId>,
     /// Index objects that were present but superseded by a loaded one (a
-    /// prune's new index supersedes these too: format-spec §5.1).
+    /// prune's new index supersedes these too: format-spec §5.3).
     pub superseded_ids: Vec<IndexId>,
+    /// Packs the index objects list but storage does not hold; their blobs
+    /// are left out (format-spec §5.1 step 2).
+    pub missing_packs: Vec<PackId>,
+    excluded: std::collections::HashSet<u32>,
 }
 
 impl Index {
@@ -248,10 +255,26 @@ impl Index {
         }
     }
 
+    /// Leave out the blobs of every loaded pack not in `stored` (before
+    /// [`Index::finish`]); they are listed in [`Index::missing_packs`].
+    pub fn exclude_missing(&mut self, stored: &std::collections::HashSet<PackId>) {
+        for (i, p) in self.packs.iter().enumerate() {
+            if !stored.contains(p) {
+                self.excluded.insert(i as u32);
+                self.missing_packs.push(*p);
+            }
+        }
+    }
+
+    /// Whether the pack at a position was left out as missing.
+    pub fn is_excluded(&self, pack: u32) -> bool {
+        self.excluded.contains(&pack)
+    }
+
     /// Sort and build lookup tables after loading.
     pub fn finish(&mut self) {
-        self.data.finish();
-        self.tree.finish();
+        self.data.finish(&self.excluded);
+        self.tree.finish(&self.excluded);
         self.pack_pos = HashMap::new();
         self.packs.shrink_to_fit();
         self.pack_sizes.shrink_to_fit();

@@ -11,6 +11,7 @@ use cairn_format::{BlobKind, ChunkId, IndexId, PackId, PackKey, pack};
 use crate::error::{RepoError, Result};
 use crate::index::{BlobLocation, Index};
 use crate::repo::Repository;
+use crate::session::Session;
 use crate::store;
 
 /// A repository whose index is in memory.
@@ -22,6 +23,9 @@ pub struct IndexedRepository {
     pack_keys: Mutex<HashMap<u32, PackKey>>,
     /// Whole tree packs, verified against their names (most recent last).
     tree_packs: Mutex<std::collections::VecDeque<(u32, bytes::Bytes)>>,
+    /// The writer session the index was loaded under (format-spec §5.1),
+    /// if this repository writes.
+    session: Mutex<Option<Arc<Session>>>,
 }
 
 /// Tree packs kept in memory (each at most the pack size, 16 MiB by default).
@@ -37,6 +41,24 @@ impl Repository {
         ))
     }
 
+    /// Announce a writer session, then load the index, leaving out packs the
+    /// index lists but storage does not hold (format-spec §5.1 steps 1–2):
+    /// what backups use.
+    pub fn load_index_for_writing(self, command: &str) -> Result<IndexedRepository> {
+        let session = Session::announce(&self, command)?;
+        let index = self.read_index_checked()?;
+        let r = IndexedRepository::new_internal(Arc::new(self), RwLock::new(index));
+        *r.session.lock().expect("session") = Some(session);
+        Ok(r)
+    }
+
+    /// [`Self::read_index`], then one listing of `data/`: packs that the
+    /// index lists but storage does not hold are left out (and named in
+    /// [`Index::missing_packs`]), so nothing deduplicates against them.
+    pub fn read_index_checked(&self) -> Result<Index> {
+        self.read_index_with(true)
+    }
+
     /// Read every live (not superseded) index object into an in-memory index.
     ///
     /// Each index object is decoded and added at once, so memory holds the
@@ -46,12 +68,25 @@ impl Repository {
     /// found superseded by another (only after a prune, until its phase 2)
     /// makes the load start over, skipping what is superseded.
     pub fn read_index(&self) -> Result<Index> {
+        self.read_index_with(false)
+    }
+
+    fn read_index_with(&self, check_packs: bool) -> Result<Index> {
         let mut skip: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
         loop {
             let (mut index, superseded, tree_packs) = self.read_index_skipping(&skip)?;
             if index.index_ids.iter().any(|i| superseded.contains(i)) {
                 skip.extend(superseded);
                 continue;
+            }
+            if check_packs {
+                let stored: std::collections::HashSet<PackId> = self
+                    .store
+                    .list("data")?
+                    .into_iter()
+                    .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
+                    .collect();
+                index.exclude_missing(&stored);
             }
             index.finish();
             crate::sys::release_free_memory();
@@ -155,6 +190,39 @@ impl IndexedRepository {
             index,
             pack_keys: Mutex::new(HashMap::new()),
             tree_packs: Mutex::new(std::collections::VecDeque::new()),
+            session: Mutex::new(None),
+        }
+    }
+
+    /// Attach a writer session announced before this repository's index is
+    /// (re)loaded.
+    pub(crate) fn set_session(&self, s: Arc<Session>) {
+        *self.session.lock().expect("session") = Some(s);
+    }
+
+    /// The writer session, if there is one.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.session.lock().expect("session").clone()
+    }
+
+    /// The writer session; a repository loaded for reading announces one now
+    /// and loads its index again, so that the index follows the
+    /// announcement (format-spec §5.1).
+    pub fn writer_session(&self, command: &str) -> Result<Arc<Session>> {
+        let mut g = self.session.lock().expect("session");
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = Session::announce(&self.repo, command)?;
+        self.replace_index(self.repo.read_index_checked()?);
+        *g = Some(s.clone());
+        Ok(s)
+    }
+
+    /// End the writer session (its objects are removed; also on drop).
+    pub fn end_session(&self) {
+        if let Some(s) = self.session.lock().expect("session").take() {
+            s.end();
         }
     }
 

@@ -48,6 +48,7 @@ pub mod repair;
 mod repo;
 mod restore;
 pub mod retry;
+pub mod session;
 pub mod store;
 pub mod sys;
 

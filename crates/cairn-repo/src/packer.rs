@@ -250,10 +250,16 @@ impl<'r> Packer<'r> {
         };
         let bytes = file.encode(&self.repo.repo.key);
         let id = IndexId::of(&bytes);
-        self.repo
-            .repo
-            .store
-            .put_new(&store::index_path(&id), bytes.clone())?;
+        let name = store::index_path(&id);
+        self.repo.repo.store.put_new(&name, bytes.clone())?;
+        // A session taken for dead may have had its packs deleted: its index
+        // object must not stay (format-spec §5.1 step 3).
+        if let Some(s) = self.repo.session()
+            && let Err(e) = s.check_alive()
+        {
+            let _ = self.repo.repo.store.delete(&name);
+            return Err(e);
+        }
         st.index_bytes += bytes.len() as u64;
         st.indexed = st.done.len();
         st.last_index = Some(id);

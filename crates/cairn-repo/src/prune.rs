@@ -14,18 +14,23 @@ use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
 use crate::packer::Packer;
-use crate::repo::{Repository, now_ns};
+use crate::repo::Repository;
 use crate::store;
 
 impl Repository {
-    /// Prune a repository whose index is not loaded yet: lists snapshots and
-    /// markers first, then reads the index once (what the CLI uses; see
-    /// [`IndexedRepository::prune`] for an already indexed repository).
+    /// Prune (format-spec §5.3): announce prune's own writer session, take
+    /// the prune lease, then list markers, sessions and snapshots before the
+    /// index is read once (what the CLI uses; see [`IndexedRepository::prune`]
+    /// for an already indexed repository).
     pub fn prune(self, opts: &PruneOptions) -> Result<PruneReport> {
-        crate::set_stage(&opts.stage, "reading snapshots and index");
-        let snaps = self.list_snapshots()?;
-        let markers = self.list_deletions()?;
-        self.load_index()?.prune_listed(snaps, markers, opts)
+        crate::set_stage(&opts.stage, "announcing the prune");
+        let session = crate::session::Session::announce(&self, "prune")?;
+        let r = IndexedRepository::new_internal(
+            std::sync::Arc::new(self),
+            std::sync::RwLock::new(crate::index::Index::default()),
+        );
+        r.set_session(session);
+        r.prune(opts)
     }
 }
 
@@ -42,6 +47,9 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Where to report what prune is doing.
     pub stage: Option<crate::Stage>,
+    /// Take the prune lease even if it has not expired (the operator knows
+    /// its holder is gone).
+    pub force_takeover: bool,
 }
 
 impl Default for PruneOptions {
@@ -52,6 +60,7 @@ impl Default for PruneOptions {
             instant_delete: false,
             dry_run: false,
             stage: None,
+            force_takeover: false,
         }
     }
 }
@@ -91,6 +100,18 @@ pub struct PruneReport {
     pub markers_pending: usize,
     /// Markers completed (phase 2 done).
     pub markers_completed: usize,
+    /// Due markers held back because a session that may rely on their
+    /// packs is still running (one line each, naming the session).
+    pub markers_held: Vec<String>,
+    /// Stale sessions fenced (taken for dead) and removed.
+    pub sessions_fenced: Vec<String>,
+    /// Snapshots of sessions that claimed their commit but have not written
+    /// the snapshot object yet (counted as snapshots).
+    pub commits_pending: usize,
+    /// Packs the index listed but storage did not hold, dropped from the index.
+    pub missing_packs_dropped: Vec<PackId>,
+    /// Things the operator should know (clock skew, missing packs).
+    pub warnings: Vec<String>,
 }
 
 impl IndexedRepository {
@@ -184,58 +205,72 @@ impl IndexedRepository {
         cairn_format::tree::Tree::decode(&out).map_err(|x| RepoError::from_format(&name, x))
     }
 
-    /// Before a snapshot is written: if index objects this session loaded are
-    /// gone, a prune's second phase ran meanwhile; make sure every reused blob
-    /// still exists, or fail without writing the snapshot.
-    pub(crate) fn guard_reused(
+    /// Before a snapshot is claimed (format-spec §5.1 step 5): every pack
+    /// holding a blob the backup reuses, and every pack it wrote, exists —
+    /// a HEAD each, or one listing of `data/` when there are many. Never
+    /// skipped, whatever the session saw at its start.
+    pub(crate) fn commit_check(
         &self,
         reused: &HashSet<(BlobKind, ChunkId)>,
         own: &[IndexPack],
     ) -> Result<()> {
-        if reused.is_empty() && own.is_empty() {
-            return Ok(());
-        }
-        let loaded: Vec<IndexId> = self.index.read().expect("index lock").index_ids.clone();
-        let now: HashSet<String> = self
-            .repo
-            .store
-            .list("index")?
-            .into_iter()
-            .map(|x| x.0)
-            .collect();
-        if loaded.iter().all(|i| now.contains(&store::index_path(i))) {
-            return Ok(());
-        }
-        // A phase 2 ran during this backup: what it wrote itself must still exist too.
-        for p in own {
-            if !self.repo.store.exists(&store::pack_path(&p.id))? {
-                return Err(RepoError::InvalidInput(format!(
-                    "a prune that ran during this backup removed pack {} that the backup wrote; no snapshot was written, run the backup again",
-                    p.id.short()
-                )));
-            }
-        }
-        let fresh = self.repo.read_index()?;
-        let marked = self.repo.marked_packs()?;
-        let idx = self.index.read().expect("index lock");
-        for (kind, id) in reused {
-            if fresh.contains(*kind, id) {
-                continue;
-            }
-            let in_marked = idx
-                .get(*kind, id)
-                .map(|l| idx.packs[l.pack as usize])
-                .filter(|p| marked.contains(p));
-            match in_marked {
-                Some(p) if self.repo.store.exists(&store::pack_path(&p))? => {}
-                _ => {
-                    return Err(RepoError::InvalidInput(format!(
-                        "a prune that ran during this backup removed {} {} that the backup relied on; no snapshot was written, run the backup again",
-                        kind.name(),
-                        id.short()
-                    )));
+        let mut needed: BTreeMap<PackId, String> = BTreeMap::new();
+        {
+            let idx = self.index.read().expect("index lock");
+            for (kind, id) in reused {
+                match idx.get(*kind, id) {
+                    Some(l) => {
+                        needed
+                            .entry(idx.packs[l.pack as usize])
+                            .or_insert_with(|| format!("{} blob {} that this backup reuses", kind.name(), id.short()));
+                    }
+                    None => {
+                        return Err(RepoError::NotFound {
+                            object: format!(
+                                "{} blob {} that this backup reuses (no longer in the index); no snapshot was written, run the backup again",
+                                kind.name(),
+                                id.short()
+                            ),
+                        });
+                    }
                 }
             }
+        }
+        for p in own {
+            needed
+                .entry(p.id)
+                .or_insert_with(|| "written by this backup".to_string());
+        }
+        let missing: Vec<(&PackId, &String)> = if needed.len() > COMMIT_CHECK_HEADS {
+            let stored: HashSet<PackId> = self
+                .repo
+                .store
+                .list("data")?
+                .into_iter()
+                .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
+                .collect();
+            needed.iter().filter(|(p, _)| !stored.contains(p)).collect()
+        } else {
+            let mut m = Vec::new();
+            for (p, why) in &needed {
+                if self.repo.store.head(&store::pack_path(p))?.is_none() {
+                    m.push((p, why));
+                }
+            }
+            m
+        };
+        if let Some((p, why)) = missing.first() {
+            return Err(RepoError::NotFound {
+                object: format!(
+                    "{} ({why}{}); no snapshot was written — run `cairn check`, `cairn repair index`, then the backup again",
+                    store::pack_path(p),
+                    if missing.len() > 1 {
+                        format!(", and {} more missing packs", missing.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
         }
         Ok(())
     }
@@ -292,52 +327,203 @@ impl IndexedRepository {
 
     /// Remove what no snapshot uses: finish due deletions (phase 2), then mark
     /// unused and mostly-unused packs (phase 1). Never deletes a pack a live
-    /// index lists or a snapshot needs. Packs are the truth, the index a
-    /// summary of them: any stored pack that no live index lists but that holds
-    /// data a snapshot uses is indexed again.
+    /// index lists or a snapshot — or a running session — may need. Packs are
+    /// the truth, the index a summary of them: any stored pack that no live
+    /// index lists but that holds data a snapshot uses is indexed again.
     pub fn prune(&self, opts: &PruneOptions) -> Result<PruneReport> {
-        crate::set_stage(&opts.stage, "reading snapshots and index");
-        // Snapshots first, then the index: a snapshot is written after its
-        // index, so every snapshot seen here has its index in what we load.
-        let snaps = self.repo.list_snapshots()?;
-        let markers = self.repo.list_deletions()?;
-        self.replace_index(self.repo.read_index()?);
-        self.prune_listed(snaps, markers, opts)
+        let session = match self.session() {
+            Some(s) => s,
+            None => {
+                let s = crate::session::Session::announce(&self.repo, "prune")?;
+                self.set_session(s.clone());
+                s
+            }
+        };
+        crate::set_stage(&opts.stage, "taking the prune lease");
+        let clock = session.store_now()?;
+        let lease = crate::session::Lease::acquire(&self.repo, &clock, opts.force_takeover)?;
+        let r = self.prune_leased(&lease, &session, clock, opts);
+        lease.release();
+        self.end_session();
+        r
     }
 
-    /// The prune proper; `snaps` and `markers` were listed before the index
-    /// now held was read.
-    fn prune_listed(
+    /// The prune proper, holding the lease (format-spec §5.3 steps 1–10).
+    fn prune_leased(
         &self,
-        snaps: Vec<(SnapshotId, Snapshot)>,
-        markers: Vec<(String, Deletion)>,
+        lease: &crate::session::Lease,
+        session: &crate::session::Session,
+        clock: crate::session::StoreClock,
         opts: &PruneOptions,
     ) -> Result<PruneReport> {
-        let now = now_ns();
-        let stored: HashMap<PackId, u64> = self
+        use crate::session::{End, list_sessions};
+        let mut r = PruneReport::default();
+        r.warnings.extend(clock.skew_warning());
+        // Step 1: markers, due by store time.
+        crate::set_stage(&opts.stage, "reading deletion markers and sessions");
+        let now = lease.renew_now()?;
+        let marker_times: HashMap<String, i64> = self
             .repo
             .store
-            .list("data")?
+            .list_timed("deletions")?
             .into_iter()
-            .filter_map(|(n, size)| Some((PackId::from_hex(n.rsplit('/').next()?)?, size)))
+            .map(|(n, _, t)| (n, t))
             .collect();
+        let markers: Vec<(String, Deletion)> = self
+            .repo
+            .list_deletions()?
+            .into_iter()
+            .filter(|(n, _)| marker_times.contains_key(n))
+            .collect();
+        // Step 2: sessions.
+        let mut roots: Vec<(SnapshotId, Snapshot)> = Vec::new();
+        let mut held_by: HashMap<String, String> = HashMap::new();
+        let mut live_start: Option<i64> = None;
+        let mut live = 0usize;
+        for v in list_sessions(&self.repo)? {
+            if v.sid == session.sid {
+                continue;
+            }
+            for (name, e) in &v.ends {
+                match e {
+                    End::Commit(bytes) => {
+                        let id = SnapshotId::of(bytes);
+                        let snap = Snapshot::decode(&self.repo.key, bytes)
+                            .map_err(|x| RepoError::from_format(name, x))?;
+                        roots.push((id, snap));
+                    }
+                    End::Unreadable(why) => r.warnings.push(format!(
+                        "{name} cannot be read ({why}); left as it is"
+                    )),
+                    End::Fence => {}
+                }
+            }
+            if v.ends.iter().any(|(_, e)| matches!(e, End::Unreadable(_))) {
+                continue;
+            }
+            let stale = now - v.last_alive_ns > v.stale.as_nanos() as i64;
+            let dead = v.fenced() || v.markers.is_none() && stale;
+            if dead {
+                if !opts.dry_run {
+                    lease.check()?;
+                    crate::session::remove_session(&self.repo, &v)?;
+                }
+                continue;
+            }
+            if stale && v.markers.is_some() {
+                if opts.dry_run {
+                    r.sessions_fenced.push(v.who.clone());
+                    continue;
+                }
+                lease.check()?;
+                if crate::session::fence(&self.repo, &v)?.is_some() {
+                    r.sessions_fenced.push(format!(
+                        "{} (no heartbeat for {})",
+                        v.who,
+                        crate::session::human(std::time::Duration::from_nanos(
+                            (now - v.last_alive_ns).max(0) as u64
+                        ))
+                    ));
+                    // Re-list: a claim may have landed just before the fence.
+                    let again = list_sessions(&self.repo)?
+                        .into_iter()
+                        .find(|x| x.sid == v.sid);
+                    if let Some(again) = again {
+                        for (name, e) in &again.ends {
+                            if let End::Commit(bytes) = e
+                                && !v.ends.iter().any(|(n, _)| n == name)
+                            {
+                                let snap = Snapshot::decode(&self.repo.key, bytes)
+                                    .map_err(|x| RepoError::from_format(name, x))?;
+                                roots.push((SnapshotId::of(bytes), snap));
+                            }
+                        }
+                        crate::session::remove_session(&self.repo, &again)?;
+                    }
+                    continue;
+                }
+                // It claimed again while we tried: alive after all.
+            }
+            live += 1;
+            if let Some(t) = v.start_ns {
+                live_start = Some(live_start.map_or(t, |x: i64| x.min(t)));
+            }
+            let seen = v.markers.clone().unwrap_or_default();
+            for (name, _) in &markers {
+                if !seen.contains(name) {
+                    held_by.entry(name.clone()).or_insert_with(|| v.who.clone());
+                }
+            }
+        }
+        if opts.instant_delete && live > 0 {
+            return Err(RepoError::Refused(format!(
+                "--instant-delete refuses to run while {live} other session(s) write to the repository (a backup or a prune is running); run a normal prune"
+            )));
+        }
+        r.commits_pending = roots.len();
+        // Step 3: snapshots, after the sessions.
+        crate::set_stage(&opts.stage, "reading snapshots and index");
+        let mut snaps = self.repo.list_snapshots()?;
+        let listed: HashSet<SnapshotId> = snaps.iter().map(|x| x.0).collect();
+        snaps.extend(roots.into_iter().filter(|x| !listed.contains(&x.0)));
+        // Step 4: the index, after the snapshots.
+        self.replace_index(self.repo.read_index_checked()?);
+        self.prune_listed(lease, snaps, markers, &marker_times, now, &held_by, live_start, r, opts)
+    }
+
+    /// Steps 4–10; `snaps` and `markers` were listed before the index now
+    /// held was read.
+    #[allow(clippy::too_many_arguments)]
+    fn prune_listed(
+        &self,
+        lease: &crate::session::Lease,
+        snaps: Vec<(SnapshotId, Snapshot)>,
+        markers: Vec<(String, Deletion)>,
+        marker_times: &HashMap<String, i64>,
+        now: i64,
+        held_by: &HashMap<String, String>,
+        live_start: Option<i64>,
+        mut r: PruneReport,
+        opts: &PruneOptions,
+    ) -> Result<PruneReport> {
+        let stored_timed: HashMap<PackId, (u64, i64)> = self
+            .repo
+            .store
+            .list_timed("data")?
+            .into_iter()
+            .filter_map(|(n, size, t)| Some((PackId::from_hex(n.rsplit('/').next()?)?, (size, t))))
+            .collect();
+        let stored: HashMap<PackId, u64> =
+            stored_timed.iter().map(|(p, (s, _))| (*p, *s)).collect();
         // The new index supersedes every index object read, superseded ones
         // included: otherwise deleting an index (phase 2 of some marker) could
         // leave an older one it superseded without a superseder, live again
         // with packs that are gone.
-        let (packs, sizes, loaded_ids) = {
+        let (packs, sizes, loaded_ids, missing) = {
             let idx = self.index.read().expect("index lock");
             let mut ids = idx.index_ids.clone();
             ids.extend(idx.superseded_ids.iter().copied());
-            (idx.packs.clone(), idx.pack_sizes.clone(), ids)
+            (idx.packs.clone(), idx.pack_sizes.clone(), ids, idx.missing_packs.clone())
         };
-        let live: HashSet<PackId> = packs.iter().copied().collect();
-        let mut r = PruneReport {
-            snapshots: snaps.len(),
-            packs_before: packs.len(),
-            bytes_before: sizes.iter().sum(),
-            ..Default::default()
-        };
+        if !missing.is_empty() {
+            r.warnings.push(format!(
+                "{} pack(s) listed in the index are missing from storage ({}{}); they are dropped from the index",
+                missing.len(),
+                store::pack_path(&missing[0]),
+                if missing.len() > 1 { ", …" } else { "" }
+            ));
+            r.missing_packs_dropped = missing.clone();
+        }
+        let missing: HashSet<PackId> = missing.into_iter().collect();
+        let live: HashSet<PackId> = packs.iter().copied().filter(|p| !missing.contains(p)).collect();
+        r.snapshots = snaps.len();
+        r.packs_before = live.len();
+        r.bytes_before = packs
+            .iter()
+            .zip(&sizes)
+            .filter(|(p, _)| !missing.contains(p))
+            .map(|(_, s)| s)
+            .sum();
 
         // Stored packs outside the live index: marked ones, and leftovers of
         // interrupted (or still running) backups. Their headers tell what they hold.
@@ -376,6 +562,39 @@ impl IndexedRepository {
         );
         let used = self.used_blobs_with(&snaps, &orphan_trees)?;
         r.blobs_used = used.len();
+        // Step 5: a used blob that no stored pack holds is damage prune must
+        // not paper over (the index would drop its last trace).
+        {
+            let idx = self.index.read().expect("index lock");
+            let in_orphans: HashSet<(BlobKind, ChunkId)> = orphans
+                .values()
+                .flat_map(|o| o.blobs.iter().map(|e| (e.kind, e.id)))
+                .collect();
+            if let Some((k, id)) = used
+                .iter()
+                .find(|(k, id)| !idx.contains(*k, id) && !in_orphans.contains(&(*k, *id)))
+            {
+                return Err(RepoError::NotFound {
+                    object: format!(
+                        "{} blob {} that a snapshot needs (no stored pack holds it{}); prune refuses to run on a damaged repository — run `cairn check`",
+                        k.name(),
+                        id.short(),
+                        if r.missing_packs_dropped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; missing packs: {}",
+                                r.missing_packs_dropped
+                                    .iter()
+                                    .map(store::pack_path)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    ),
+                });
+            }
+        }
         crate::set_stage(
             &opts.stage,
             "phase 2: deleting packs whose grace period is over",
@@ -403,11 +622,25 @@ impl IndexedRepository {
         let mut pending: HashSet<PackId> = HashSet::new();
         let mut deleted: HashSet<PackId> = HashSet::new();
         for (name, m) in &markers {
-            let due = opts.instant_delete || now - m.time_ns >= opts.keep_delete.as_nanos() as i64;
+            // Due by the marker's store time, never by the `time` its
+            // writer's clock put in it (format-spec §5.3 step 1).
+            let written = marker_times.get(name).copied().unwrap_or(i64::MAX);
+            let due = opts.instant_delete
+                || now.saturating_sub(written) >= opts.keep_delete.as_nanos() as i64;
             if !due {
                 r.markers_pending += 1;
                 pending.extend(m.packs.iter().copied());
                 continue;
+            }
+            if let Some(who) = held_by.get(name) {
+                r.markers_held.push(format!(
+                    "{name}: its grace period is over, but {who} may still rely on its packs"
+                ));
+                pending.extend(m.packs.iter().copied());
+                continue;
+            }
+            if !opts.dry_run {
+                lease.check()?;
             }
             for p in &m.packs {
                 let Some(&size) = stored.get(p) else { continue };
@@ -452,11 +685,10 @@ impl IndexedRepository {
         let mut repack: Vec<(u32, Vec<PackEntry>)> = Vec::new();
         for (i, entries) in by_pack.into_iter().enumerate() {
             let (pid, size) = (packs[i], sizes[i]);
-            if !stored.contains_key(&pid) {
-                return Err(RepoError::InvalidInput(format!(
-                    "pack {} is listed in the index but missing from storage; prune refuses to run on a damaged repository",
-                    store::pack_path(&pid)
-                )));
+            if missing.contains(&pid) || !stored.contains_key(&pid) {
+                // Dropped from the index (warned above); step 5 made sure no
+                // used blob was only there.
+                continue;
             }
             let all_entries = entries.clone();
             let (used_e, unused_e): (Vec<PackEntry>, Vec<PackEntry>) = entries
@@ -492,10 +724,17 @@ impl IndexedRepository {
             }
         }
         // Orphans that hold nothing needed and are not already awaiting deletion.
+        // ... except the packs of running sessions not indexed yet: stored
+        // no earlier than the earliest live session started (2 s for the
+        // store's timestamp resolution).
+        let young = |p: &PackId| {
+            live_start.is_some_and(|t| stored_timed.get(p).is_some_and(|x| x.1 >= t - 2_000_000_000))
+        };
         for o in orphans.values() {
             if !recovered_ids.contains(&o.id)
                 && !pending.contains(&o.id)
                 && !deleted.contains(&o.id)
+                && !young(&o.id)
             {
                 let in_completed = markers.iter().any(|(_, m)| m.packs.contains(&o.id));
                 if !in_completed {
@@ -587,9 +826,11 @@ impl IndexedRepository {
             packs: keep,
         };
         let bytes = file.encode(&self.repo.key);
+        lease.check()?;
         self.repo
             .store
             .put_new(&store::index_path(&IndexId::of(&bytes)), bytes)?;
+        lease.check()?;
         if opts.instant_delete {
             for p in &mark {
                 self.repo.store.delete(&store::pack_path(p))?;
@@ -601,7 +842,7 @@ impl IndexedRepository {
             }
         } else if !mark.is_empty() || !loaded_ids.is_empty() {
             let d = Deletion {
-                time_ns: now_ns(),
+                time_ns: now,
                 packs: mark,
                 indexes: loaded_ids,
             };
@@ -612,6 +853,7 @@ impl IndexedRepository {
             )?;
         }
         for (name, indexes) in &completed {
+            lease.check()?;
             for i in indexes {
                 delete_if_present(&self.repo.store, &store::index_path(i))?;
             }
@@ -669,6 +911,10 @@ impl IndexedRepository {
         Ok(r)
     }
 }
+
+/// Up to this many packs, the commit check asks for each; beyond, one
+/// listing of `data/` is cheaper (a listing returns 1,000 names a request).
+const COMMIT_CHECK_HEADS: usize = 64;
 
 /// Bytes of a pack read at once while repacking it: a quarter of the pack
 /// target, within 256 KiB – 4 MiB (a blob larger than that is read whole).

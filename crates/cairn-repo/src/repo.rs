@@ -23,6 +23,8 @@ pub struct Repository {
     pub config: Config,
     /// The key file that was used to open it.
     pub key_id: KeyId,
+    /// Timing of the session and lease protocol (format-spec §5).
+    pub protocol: crate::session::ProtocolTimes,
 }
 
 /// A key file as listed by `cairn key list`.
@@ -102,6 +104,7 @@ impl Repository {
             key,
             config,
             key_id,
+            protocol: Default::default(),
         })
     }
 
@@ -145,6 +148,7 @@ impl Repository {
                         key,
                         config,
                         key_id: id,
+                        protocol: Default::default(),
                     });
                 }
                 Err(cairn_format::FormatError::WrongPassword) => {}

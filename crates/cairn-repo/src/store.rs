@@ -25,6 +25,11 @@ fn slice(name: &str, whole: &Bytes, r: &Range<u64>) -> Result<Bytes> {
     Ok(whole.slice(r.start as usize..r.end as usize))
 }
 
+/// An object's store time in ns since the epoch.
+pub fn store_ns(m: &object_store::ObjectMeta) -> i64 {
+    m.last_modified.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
 /// Name of the config object.
 pub const CONFIG: &str = "config";
 
@@ -210,6 +215,35 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(RepoError::from_store(name, e)),
         }
+    }
+
+    /// Size and store time (`last_modified`, ns since the epoch) of an
+    /// object, `None` if it does not exist. Never through the cache.
+    pub fn head(&self, name: &str) -> Result<Option<(u64, i64)>> {
+        let s = self.inner.clone();
+        let path = Path::from(name);
+        match self.rt.block_on(async move { s.head(&path).await }) {
+            Ok(m) => Ok(Some((m.size, store_ns(&m)))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(RepoError::from_store(name, e)),
+        }
+    }
+
+    /// Like [`Self::list`], with each object's store time (ns since the epoch).
+    pub fn list_timed(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>> {
+        let s = self.inner.clone();
+        let p = Path::from(prefix);
+        self.rt
+            .block_on(async move {
+                let mut out = Vec::new();
+                let mut st = s.list(Some(&p));
+                while let Some(m) = st.next().await {
+                    let m = m?;
+                    out.push((m.location.to_string(), m.size, store_ns(&m)));
+                }
+                Ok::<_, object_store::Error>(out)
+            })
+            .map_err(|e| RepoError::from_store(prefix, e))
     }
 
     /// Delete an object (only key removal and, later, prune do this).

@@ -354,7 +354,9 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
                         || msg.contains("keys")
                         || msg.contains("data/")
                         || msg.contains("index")
-                        || msg.contains("snapshots"),
+                        || msg.contains("snapshots")
+                        || msg.contains("sessions/")
+                        || msg.contains("deletions"),
                     "attempt {attempt}: the error does not name an object: {msg}"
                 );
                 assert_eq!(

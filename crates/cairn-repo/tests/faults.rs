@@ -171,14 +171,21 @@ fn forget_and_prune_stopped_at_every_operation_lose_nothing() {
         let s3 = backup(&r, &d3).unwrap();
         (raw, s1, s2, s3)
     };
-    // forget s1, then two prunes (mark, then delete and repack).
-    let run = |s: &Arc<dyn ObjectStore>, s1: &SnapshotId| -> cairn_repo::Result<()> {
+    // forget s1, then two prunes (mark, then delete and repack). After a
+    // stop, the stopped prune's lease is still there: the operator, who
+    // knows that process is gone, takes it over (format-spec §5.2).
+    let run_with = |s: &Arc<dyn ObjectStore>, s1: &SnapshotId, takeover: bool| -> cairn_repo::Result<()> {
         let repo = Repository::open(s.clone(), b"pw")?;
         repo.delete_snapshots(std::slice::from_ref(s1))?;
-        repo.clone().prune(&prune_opts())?;
-        repo.prune(&prune_opts())?;
+        let opts = PruneOptions {
+            force_takeover: takeover,
+            ..prune_opts()
+        };
+        repo.clone().prune(&opts)?;
+        repo.prune(&opts)?;
         Ok(())
     };
+    let run = |s: &Arc<dyn ObjectStore>, s1: &SnapshotId| run_with(s, s1, false);
     let total = {
         let (raw, s1, _, _) = prepare();
         let f = FaultyStore::counting(raw);
@@ -201,7 +208,7 @@ fn forget_and_prune_stopped_at_every_operation_lose_nothing() {
         // s1 may or may not be gone; s2 and s3 must be whole.
         assert_whole(&raw, &[(&s1, &d1), (&s2, &d2), (&s3, &d3)], &d3, n);
         // A later, uninterrupted prune finishes the job.
-        run(&raw, &s1).unwrap_or_else(|e| {
+        run_with(&raw, &s1, true).unwrap_or_else(|e| {
             if !matches!(e, cairn_repo::RepoError::NotFound { .. }) {
                 panic!("stopped at {n}: the next forget + prune failed: {e}")
             }
