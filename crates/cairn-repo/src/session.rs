@@ -698,6 +698,13 @@ impl Lease {
         Ok(())
     }
 
+    /// Stop renewing without giving the lease up, as a process that dies
+    /// does (tests of expiry and takeover).
+    pub fn abandon(self) {
+        *self.state.lost.lock().expect("lost") = Some("abandoned".into());
+        self.release();
+    }
+
     /// Give the lease up (also on drop).
     pub fn release(&self) {
         *self.state.stop.lock().expect("stop") = true;

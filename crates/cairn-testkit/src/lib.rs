@@ -311,3 +311,169 @@ impl ObjectStore for FaultyStore {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+/// A put hook of a [`ClockStore`].
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// An `ObjectStore` whose clock a test controls: every object gets the
+/// store time "real time + offset" when it is written, and listings and
+/// HEADs report that time as its `last_modified` — so a test can let a
+/// 24-hour grace period pass, or put the storage's clock days away from the
+/// host's, in no time. It can also run a hook (on a plain thread, before the
+/// write proceeds) at the first write under a prefix, and slow deletes down,
+/// to hold a process between two steps of its protocol.
+pub struct ClockStore {
+    inner: Arc<dyn ObjectStore>,
+    offset_ns: std::sync::atomic::AtomicI64,
+    times: Mutex<std::collections::HashMap<Path, chrono::DateTime<chrono::Utc>>>,
+    hooks: Mutex<Vec<(String, Hook)>>,
+    delete_delay: Mutex<Option<Duration>>,
+}
+
+impl fmt::Debug for ClockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClockStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for ClockStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClockStore({})", self.inner)
+    }
+}
+
+impl ClockStore {
+    /// Wrap a store; its clock starts at real time.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<ClockStore> {
+        Arc::new(ClockStore {
+            inner,
+            offset_ns: std::sync::atomic::AtomicI64::new(0),
+            times: Mutex::new(Default::default()),
+            hooks: Mutex::new(Vec::new()),
+            delete_delay: Mutex::new(None),
+        })
+    }
+
+    /// Move the store's clock forward.
+    pub fn advance(&self, d: Duration) {
+        self.offset_ns
+            .fetch_add(d.as_nanos() as i64, Ordering::SeqCst);
+    }
+
+    /// The store's present time.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::TimeDelta::nanoseconds(self.offset_ns.load(Ordering::SeqCst))
+    }
+
+    /// Run `hook` before the first write whose path starts with `prefix`.
+    pub fn on_put(&self, prefix: &str, hook: impl FnOnce() + Send + 'static) {
+        self.hooks
+            .lock()
+            .expect("hooks")
+            .push((prefix.to_string(), Box::new(hook)));
+    }
+
+    /// Every delete waits this long first (`None`: no delay).
+    pub fn slow_deletes(&self, d: Option<Duration>) {
+        *self.delete_delay.lock().expect("delay") = d;
+    }
+
+    fn stamp(&self, mut m: ObjectMeta) -> ObjectMeta {
+        if let Some(t) = self.times.lock().expect("times").get(&m.location) {
+            m.last_modified = *t;
+        }
+        m
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ClockStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let hook = {
+            let mut hooks = self.hooks.lock().expect("hooks");
+            hooks
+                .iter()
+                .position(|(p, _)| location.as_ref().starts_with(p.as_str()))
+                .map(|i| hooks.remove(i).1)
+        };
+        if let Some(h) = hook {
+            // On a plain thread: the hook may open a runtime of its own.
+            std::thread::spawn(h).join().expect("hook panicked");
+        }
+        let t = self.now();
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        self.times.lock().expect("times").insert(location.clone(), t);
+        Ok(r)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        let t = self.now();
+        self.times.lock().expect("times").insert(location.clone(), t);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let mut r = self.inner.get_opts(location, options).await?;
+        r.meta = self.stamp(r.meta);
+        Ok(r)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let delay = *self.delete_delay.lock().expect("delay");
+        let inner = self.inner.clone();
+        locations
+            .then(move |p| {
+                let inner = inner.clone();
+                async move {
+                    let p = p?;
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    inner.delete(&p).await?;
+                    Ok(p)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let times = self.times.lock().expect("times").clone();
+        self.inner
+            .list(prefix)
+            .map(move |m| {
+                m.map(|mut m| {
+                    if let Some(t) = times.get(&m.location) {
+                        m.last_modified = *t;
+                    }
+                    m
+                })
+            })
+            .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        let mut r = self.inner.list_with_delimiter(prefix).await?;
+        r.objects = r.objects.into_iter().map(|m| self.stamp(m)).collect();
+        Ok(r)
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        let t = self.now();
+        self.inner.copy_opts(from, to, options).await?;
+        self.times.lock().expect("times").insert(to.clone(), t);
+        Ok(())
+    }
+}
