@@ -4,6 +4,7 @@ mod check;
 mod concurrent;
 mod faults;
 mod mount;
+mod protocol;
 mod s3;
 mod stack;
 mod stack_proof;

@@ -78,6 +78,26 @@ fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
     Ok(open(g)?.load_index()?)
 }
 
+/// Open for a command that writes: a writer session is announced before
+/// the index is loaded (format-spec §5.1); clock skew and packs the index
+/// lists but storage lacks are reported.
+pub fn open_for_writing(g: &GlobalArgs, command: &str) -> Result<IndexedRepository> {
+    let r = open(g)?.load_index_for_writing(command)?;
+    if let Some(w) = r.session().and_then(|s| s.clock.skew_warning()) {
+        eprintln!("warning: {w}");
+    }
+    let missing = r.index.read().expect("index lock").missing_packs.clone();
+    if let Some(first) = missing.first() {
+        eprintln!(
+            "warning: {} pack(s) listed in the index are missing from storage ({}{}); nothing is deduplicated against them — run `cairn check` and `cairn repair index`",
+            missing.len(),
+            cairn_repo::store::pack_path(first),
+            if missing.len() > 1 { ", …" } else { "" }
+        );
+    }
+    Ok(r)
+}
+
 fn print_json(v: &Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -253,7 +273,7 @@ pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     if a.stdin_from_command && a.paths.is_empty() {
         bail!("--stdin-from-command needs a command after --");
     }
-    let repo = open_indexed(g)?;
+    let repo = open_for_writing(g, "backup")?;
     let (host, user) = cairn_repo::whoami();
     let parent = if a.force {
         ParentChoice::None
@@ -384,19 +404,36 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
                 && a.tags.iter().all(|t| s.tags.contains(t))
         })
         .collect();
+    let stored = repo.snapshot_store_times()?;
+    let skew = |id: &cairn_format::SnapshotId, s: &cairn_format::snapshot::Snapshot| {
+        stored
+            .get(id)
+            .and_then(|t| cairn_repo::forget::retention_time(id, s, *t).1)
+    };
     if g.json {
         return print_json(&Value::Array(
-            list.iter().map(|(i, s)| snapshot_json(i, s)).collect(),
+            list.iter()
+                .map(|(i, s)| {
+                    let mut v = snapshot_json(i, s);
+                    v["stored_time"] = json!(stored.get(i).map(|t| format_time(*t, true)));
+                    v["time_warning"] = json!(skew(i, s));
+                    v
+                })
+                .collect(),
         ))
         .map(|_| 0);
     }
     println!(
-        "{:<8}  {:<19}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
+        "{:<8}  {:<20}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
         "id", "time (UTC)", "host", "service", "tags", "size"
     );
+    let mut warnings = Vec::new();
     for (id, s) in &list {
+        let w = skew(id, s);
+        let mark = if w.is_some() { "!" } else { " " };
+        warnings.extend(w);
         println!(
-            "{:<8}  {:<19}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
+            "{:<8}  {:<19}{mark}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
             id.short(),
             format_time(s.time_ns, false),
             s.hostname,
@@ -411,6 +448,9 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         );
     }
     println!("{} snapshots", list.len());
+    for w in &warnings {
+        println!("! {w}");
+    }
     Ok(0)
 }
 

@@ -199,12 +199,24 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
             "no keep rule given: nothing would be kept, so nothing is removed (use --keep-last, --keep-daily, ...)"
         );
     }
+    let stored = repo.snapshot_store_times()?;
     let snaps: Vec<_> = repo
         .list_snapshots()?
         .into_iter()
         .filter(|(_, s)| {
             a.service.as_ref().is_none_or(|x| &s.service == x)
                 && a.host.as_ref().is_none_or(|x| &s.hostname == x)
+        })
+        .map(|(id, mut s)| {
+            // Retention by a time the writer cannot fake (the storage's).
+            if let Some(&t) = stored.get(&id) {
+                let (when, warning) = forget::retention_time(&id, &s, t);
+                if let Some(w) = warning {
+                    eprintln!("warning: {w}");
+                }
+                s.time_ns = when;
+            }
+            (id, s)
         })
         .collect();
     let groups = decide(&policy, a.group_by, snaps);
@@ -275,8 +287,13 @@ pub struct PruneArgs {
     #[arg(long, default_value = "24h", value_parser = cairn_stack::catalog::parse_duration)]
     keep_delete: std::time::Duration,
     /// Delete immediately: ONLY safe if nothing else writes to the repository
+    /// (refused while another backup or prune session is running)
     #[arg(long)]
     instant_delete: bool,
+    /// Take the prune lease even though it has not expired: only when the
+    /// prune holding it is certainly gone (its host is down, its process killed)
+    #[arg(long)]
+    force_takeover: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -314,12 +331,18 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
         instant_delete: a.instant_delete,
         dry_run,
         stage: Some(cairn_repo::Stage::default()),
+        force_takeover: a.force_takeover,
     };
     let ticker = crate::util::Ticker::stage(!g.quiet && !g.json, opts.stage.clone().expect("set"));
     let r = repo.prune(&opts);
     drop(ticker);
     let r = r?;
     let h = crate::util::human_bytes;
+    if !g.json {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if g.json {
         println!(
             "{}",
@@ -330,6 +353,10 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
                 "packs_repacked": r.packs_repacked, "blobs_repacked": r.blobs_repacked, "bytes_repacked": r.bytes_repacked,
                 "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted, "packs_recovered": r.packs_recovered,
                 "markers_pending": r.markers_pending, "markers_completed": r.markers_completed,
+                "markers_held": r.markers_held, "sessions_fenced": r.sessions_fenced,
+                "commits_pending": r.commits_pending,
+                "missing_packs_dropped": r.missing_packs_dropped.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
+                "warnings": r.warnings,
             }))?
         );
     } else {
@@ -371,6 +398,12 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
                 "{} earlier markings are still in their grace period",
                 r.markers_pending
             );
+        }
+        for m in &r.markers_held {
+            println!("held:          {m}");
+        }
+        for f in &r.sessions_fenced {
+            println!("fenced:        {f}: taken for dead, its objects removed");
         }
         if dry_run {
             println!("dry run: nothing was changed");

@@ -204,7 +204,8 @@ pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
 }
 
 pub(crate) fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
-    Ok(open_repo(g, cat)?.load_index()?)
+    // Stack backups and restores (safety snapshots) write: a session first.
+    Ok(open_repo(g, cat)?.load_index_for_writing("stack")?)
 }
 
 fn write_out(path: &Option<PathBuf>, text: &str) -> Result<()> {

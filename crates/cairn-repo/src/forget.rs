@@ -120,6 +120,56 @@ impl Civil {
     }
 }
 
+/// How far a snapshot's own time may be from when the storage received it
+/// (minus the backup's duration) before retention stops trusting it.
+pub const TIME_TOLERANCE_NS: i64 = 5 * 60 * 1_000_000_000;
+
+/// The time retention uses for a snapshot whose object the storage received
+/// at `stored_ns` (its `last_modified`, a time the writer cannot fake), and a
+/// warning when the snapshot's own time is not plausible: in the future
+/// relative to its storage, or (for a snapshot that is not a rewritten copy)
+/// much older than its storage time less the backup's duration. Then the
+/// storage's time less the duration is used instead.
+pub fn retention_time(id: &SnapshotId, s: &Snapshot, stored_ns: i64) -> (i64, Option<String>) {
+    let began = stored_ns.saturating_sub(s.summary.duration_ns as i64);
+    let rewritten = s
+        .extra
+        .iter()
+        .any(|(k, _)| k == "original" || k == "repaired_from");
+    let ahead = s.time_ns - stored_ns;
+    let behind = began - s.time_ns;
+    let fmt = |ns: i64| {
+        let c = Civil::from_ns(ns);
+        let secs = ns.div_euclid(1_000_000_000).rem_euclid(86_400);
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            c.year,
+            c.month,
+            c.day,
+            secs / 3600,
+            secs / 60 % 60
+        )
+    };
+    if ahead > TIME_TOLERANCE_NS || (!rewritten && behind > TIME_TOLERANCE_NS) {
+        let off = if ahead > 0 { ahead } else { behind };
+        let w = format!(
+            "snapshot {} from host {:?} says {} UTC but the storage received it at {} UTC ({} {}): the clock of its host was off; retention uses the storage's time",
+            id.short(),
+            s.hostname,
+            fmt(s.time_ns),
+            fmt(stored_ns),
+            crate::session::human(Duration::from_nanos(off.unsigned_abs())),
+            if ahead > 0 {
+                "in its future"
+            } else {
+                "earlier"
+            }
+        );
+        return (began, Some(w));
+    }
+    (s.time_ns, None)
+}
+
 /// Decide for one group of snapshots (any order). Newest first in the result.
 pub fn apply(policy: &RetentionPolicy, group: &[(SnapshotId, Snapshot)]) -> Vec<Decision> {
     let mut snaps: Vec<&(SnapshotId, Snapshot)> = group.iter().collect();

@@ -220,9 +220,13 @@ impl IndexedRepository {
             for (kind, id) in reused {
                 match idx.get(*kind, id) {
                     Some(l) => {
-                        needed
-                            .entry(idx.packs[l.pack as usize])
-                            .or_insert_with(|| format!("{} blob {} that this backup reuses", kind.name(), id.short()));
+                        needed.entry(idx.packs[l.pack as usize]).or_insert_with(|| {
+                            format!(
+                                "{} blob {} that this backup reuses",
+                                kind.name(),
+                                id.short()
+                            )
+                        });
                     }
                     None => {
                         return Err(RepoError::NotFound {
@@ -392,9 +396,9 @@ impl IndexedRepository {
                             .map_err(|x| RepoError::from_format(name, x))?;
                         roots.push((id, snap));
                     }
-                    End::Unreadable(why) => r.warnings.push(format!(
-                        "{name} cannot be read ({why}); left as it is"
-                    )),
+                    End::Unreadable(why) => r
+                        .warnings
+                        .push(format!("{name} cannot be read ({why}); left as it is")),
                     End::Fence => {}
                 }
             }
@@ -468,7 +472,17 @@ impl IndexedRepository {
         snaps.extend(roots.into_iter().filter(|x| !listed.contains(&x.0)));
         // Step 4: the index, after the snapshots.
         self.replace_index(self.repo.read_index_checked()?);
-        self.prune_listed(lease, snaps, markers, &marker_times, now, &held_by, live_start, r, opts)
+        self.prune_listed(
+            lease,
+            snaps,
+            markers,
+            &marker_times,
+            now,
+            &held_by,
+            live_start,
+            r,
+            opts,
+        )
     }
 
     /// Steps 4–10; `snaps` and `markers` were listed before the index now
@@ -503,7 +517,12 @@ impl IndexedRepository {
             let idx = self.index.read().expect("index lock");
             let mut ids = idx.index_ids.clone();
             ids.extend(idx.superseded_ids.iter().copied());
-            (idx.packs.clone(), idx.pack_sizes.clone(), ids, idx.missing_packs.clone())
+            (
+                idx.packs.clone(),
+                idx.pack_sizes.clone(),
+                ids,
+                idx.missing_packs.clone(),
+            )
         };
         if !missing.is_empty() {
             r.warnings.push(format!(
@@ -515,7 +534,11 @@ impl IndexedRepository {
             r.missing_packs_dropped = missing.clone();
         }
         let missing: HashSet<PackId> = missing.into_iter().collect();
-        let live: HashSet<PackId> = packs.iter().copied().filter(|p| !missing.contains(p)).collect();
+        let live: HashSet<PackId> = packs
+            .iter()
+            .copied()
+            .filter(|p| !missing.contains(p))
+            .collect();
         r.snapshots = snaps.len();
         r.packs_before = live.len();
         r.bytes_before = packs
@@ -728,7 +751,11 @@ impl IndexedRepository {
         // no earlier than the earliest live session started (2 s for the
         // store's timestamp resolution).
         let young = |p: &PackId| {
-            live_start.is_some_and(|t| stored_timed.get(p).is_some_and(|x| x.1 >= t - 2_000_000_000))
+            live_start.is_some_and(|t| {
+                stored_timed
+                    .get(p)
+                    .is_some_and(|x| x.1 >= t - 2_000_000_000)
+            })
         };
         for o in orphans.values() {
             if !recovered_ids.contains(&o.id)

@@ -71,6 +71,10 @@ impl Repository {
         if dry_run {
             return Ok(out);
         }
+        // Replacing every index object must not race a prune (§5.2).
+        let session = crate::session::Session::announce(self, "repair index")?;
+        let lease = crate::session::Lease::acquire(self, &session.store_now()?, false)?;
+        lease.check()?;
         let supersedes = old
             .iter()
             .filter_map(|n| n.strip_prefix("index/").and_then(IndexId::from_hex))
@@ -85,6 +89,8 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
+        lease.release();
+        session.end();
         Ok(out)
     }
 

@@ -234,6 +234,23 @@ impl Repository {
         Ok(out)
     }
 
+    /// When the storage received each snapshot object (its `last_modified`,
+    /// ns since the epoch): one listing.
+    pub fn snapshot_store_times(&self) -> Result<std::collections::HashMap<SnapshotId, i64>> {
+        Ok(self
+            .store
+            .list_timed("snapshots")?
+            .into_iter()
+            .filter_map(|(n, _, t)| {
+                Some((
+                    n.strip_prefix("snapshots/")
+                        .and_then(SnapshotId::from_hex)?,
+                    t,
+                ))
+            })
+            .collect())
+    }
+
     /// The ids of the snapshots in storage (one listing, nothing read).
     pub fn list_snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
         Ok(self

@@ -228,7 +228,11 @@ impl Session {
             "stale_secs": times.stale.as_secs_f64(),
             "markers": markers,
         });
-        let clock = put_timed(&repo.store, &start_name(&sid), seal(repo, SESSION_MAGIC, &rec))?;
+        let clock = put_timed(
+            &repo.store,
+            &start_name(&sid),
+            seal(repo, SESSION_MAGIC, &rec),
+        )?;
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -328,7 +332,8 @@ impl Session {
             .into_iter()
             .map(|(n, _)| n)
             .partition(|n| n.rsplit('/').next().is_some_and(|l| l.starts_with("end")));
-        let (starts, beats): (Vec<_>, Vec<_>) = rest.into_iter().partition(|n| n.ends_with("/start"));
+        let (starts, beats): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|n| n.ends_with("/start"));
         for n in beats.iter().chain(&starts).chain(&ends) {
             let _ = self.repo.store.delete(n);
         }
@@ -349,7 +354,11 @@ impl Drop for Session {
 fn beat_once(repo: &Repository, sid: &str, shared: &Shared) -> Result<StoreClock> {
     let n = shared.beats.fetch_add(1, Ordering::SeqCst) + 1;
     let name = format!("sessions/{sid}/beat-{n}");
-    let clock = put_timed(&repo.store, &name, seal(repo, SESSION_MAGIC, &json!({"beat": n})))?;
+    let clock = put_timed(
+        &repo.store,
+        &name,
+        seal(repo, SESSION_MAGIC, &json!({"beat": n})),
+    )?;
     if n > 1 {
         let _ = repo.store.delete(&format!("sessions/{sid}/beat-{}", n - 1));
     }
@@ -454,7 +463,11 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<SessionView>> {
                     v.markers = Some(
                         r["markers"]
                             .as_array()
-                            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|x| x.as_str().map(String::from))
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                     );
                     if let Some(s) = r["stale_secs"].as_f64().filter(|s| *s > 0.0) {
@@ -471,13 +484,12 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<SessionView>> {
             } else if leaf.starts_with("end") {
                 let e = match open_record(repo, name, END_MAGIC, &bytes) {
                     Ok(r) if r["kind"] == "fence" => End::Fence,
-                    Ok(r) if r["kind"] == "commit" => match r["snapshot"]
-                        .as_str()
-                        .and_then(from_hex_vec)
-                    {
-                        Some(b) => End::Commit(b),
-                        None => End::Unreadable("commit record without snapshot".into()),
-                    },
+                    Ok(r) if r["kind"] == "commit" => {
+                        match r["snapshot"].as_str().and_then(from_hex_vec) {
+                            Some(b) => End::Commit(b),
+                            None => End::Unreadable("commit record without snapshot".into()),
+                        }
+                    }
                     Ok(_) => End::Unreadable("unknown claim kind".into()),
                     Err(e) => End::Unreadable(e.to_string()),
                 };
@@ -503,7 +515,10 @@ pub fn fence(repo: &Repository, v: &SessionView) -> Result<Option<()>> {
     let next = v
         .ends
         .iter()
-        .filter_map(|(n, _)| n.rsplit_once("end-").and_then(|(_, k)| k.parse::<u64>().ok()))
+        .filter_map(|(n, _)| {
+            n.rsplit_once("end-")
+                .and_then(|(_, k)| k.parse::<u64>().ok())
+        })
         .max()
         .map_or(0, |k| k + 1);
     match repo.store.put_new(
@@ -613,7 +628,11 @@ impl Lease {
             "host": host, "pid": std::process::id(), "user": user,
             "started": now_ns(), "token": token, "ttl_secs": times.lease_ttl.as_secs_f64(),
         });
-        let clock = match put_timed(&repo.store, &lease_name(generation), seal(repo, LEASE_MAGIC, &rec)) {
+        let clock = match put_timed(
+            &repo.store,
+            &lease_name(generation),
+            seal(repo, LEASE_MAGIC, &rec),
+        ) {
             Ok(c) => c,
             Err(RepoError::AlreadyExists { .. }) => {
                 let name = lease_name(generation);
@@ -648,7 +667,12 @@ impl Lease {
                 let _ = repo.store.delete(name);
             }
         }
-        let (repo2, state2, token2, ttl) = (repo.clone(), lease.state.clone(), lease.token.clone(), lease.ttl);
+        let (repo2, state2, token2, ttl) = (
+            repo.clone(),
+            lease.state.clone(),
+            lease.token.clone(),
+            lease.ttl,
+        );
         let h = std::thread::Builder::new()
             .name("cairn-lease".into())
             .spawn(move || {
@@ -736,7 +760,11 @@ fn renew(repo: &Repository, st: &LeaseState, token: &str, ttl: Duration) -> Resu
         "host": host, "pid": std::process::id(), "user": user,
         "started": now_ns(), "token": token, "ttl_secs": ttl.as_secs_f64(),
     });
-    match put_timed(&repo.store, &lease_name(next), seal(repo, LEASE_MAGIC, &rec)) {
+    match put_timed(
+        &repo.store,
+        &lease_name(next),
+        seal(repo, LEASE_MAGIC, &rec),
+    ) {
         Ok(c) => {
             let prev = *st.store_ns.lock().expect("store time");
             if c.store_ns + 2_000_000_000 < prev {
@@ -754,10 +782,8 @@ fn renew(repo: &Repository, st: &LeaseState, token: &str, ttl: Duration) -> Resu
         Err(RepoError::AlreadyExists { .. }) => {
             let name = lease_name(next);
             let t = repo.store.head(&name)?.map_or(0, |x| x.1);
-            *st.lost.lock().expect("lost") = Some(format!(
-                "taken over: {}",
-                describe_lease(repo, &name, t)
-            ));
+            *st.lost.lock().expect("lost") =
+                Some(format!("taken over: {}", describe_lease(repo, &name, t)));
             Ok(())
         }
         Err(e) => Err(e),

@@ -174,17 +174,18 @@ fn forget_and_prune_stopped_at_every_operation_lose_nothing() {
     // forget s1, then two prunes (mark, then delete and repack). After a
     // stop, the stopped prune's lease is still there: the operator, who
     // knows that process is gone, takes it over (format-spec §5.2).
-    let run_with = |s: &Arc<dyn ObjectStore>, s1: &SnapshotId, takeover: bool| -> cairn_repo::Result<()> {
-        let repo = Repository::open(s.clone(), b"pw")?;
-        repo.delete_snapshots(std::slice::from_ref(s1))?;
-        let opts = PruneOptions {
-            force_takeover: takeover,
-            ..prune_opts()
+    let run_with =
+        |s: &Arc<dyn ObjectStore>, s1: &SnapshotId, takeover: bool| -> cairn_repo::Result<()> {
+            let repo = Repository::open(s.clone(), b"pw")?;
+            repo.delete_snapshots(std::slice::from_ref(s1))?;
+            let opts = PruneOptions {
+                force_takeover: takeover,
+                ..prune_opts()
+            };
+            repo.clone().prune(&opts)?;
+            repo.prune(&opts)?;
+            Ok(())
         };
-        repo.clone().prune(&opts)?;
-        repo.prune(&opts)?;
-        Ok(())
-    };
     let run = |s: &Arc<dyn ObjectStore>, s1: &SnapshotId| run_with(s, s1, false);
     let total = {
         let (raw, s1, _, _) = prepare();

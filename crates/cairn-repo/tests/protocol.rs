@@ -186,10 +186,7 @@ fn case2_a_backup_that_stopped_beating_is_fenced_and_saves_nothing() {
     });
     let e = backup(&w, &d).unwrap_err();
     drop(w);
-    assert!(
-        e.to_string().contains("taken for dead by a prune"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("taken for dead by a prune"), "{e}");
     let reports = reports.lock().unwrap();
     assert!(
         !reports[1].sessions_fenced.is_empty(),
@@ -274,7 +271,10 @@ fn case5_a_second_prune_is_refused_naming_the_holder_and_a_dead_holders_lease_ex
     let e = second.lock().unwrap().take().unwrap().unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("another prune is running"), "{msg}");
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
     assert!(msg.contains("leases/prune/"), "{msg}");
     // A prune that dies keeps its lease: the next one is refused until it
     // expires by the store's clock.
@@ -307,4 +307,42 @@ fn case5_a_second_prune_is_refused_naming_the_holder_and_a_dead_holders_lease_ex
         })
         .unwrap();
     assert_sound(&s, &[(a, &d)], "case 5");
+}
+
+/// The damage protocol 1's case 1 left behind: an index that lists a pack
+/// storage does not hold. A backup does not deduplicate against it (it
+/// stores the data again and is whole), prune refuses while a snapshot needs
+/// the missing pack and drops it from the index once none does, and
+/// `repair index` rebuilds an index without it.
+#[test]
+fn an_index_listing_missing_packs_is_survived_and_repaired() {
+    let (_, s) = setup_clock();
+    let st = cairn_repo::store::Store::new(s.clone());
+    let d = data(7, 3 << 20);
+    let a = backup(&repo(&s).load_index().unwrap(), &d).unwrap();
+    let (victim, _) = st
+        .list("data")
+        .unwrap()
+        .into_iter()
+        .max_by_key(|x| x.1)
+        .unwrap();
+    st.delete(&victim).unwrap();
+    // Snapshot A needs blobs only the missing pack held: prune refuses,
+    // naming it.
+    let e = repo(&s).prune(&PruneOptions::default()).unwrap_err();
+    assert!(e.to_string().contains(&victim), "{e}");
+    // A backup of the same data: warned, not deduplicated, whole.
+    let w = repo(&s).load_index_for_writing("backup").unwrap();
+    let missing = w.index.read().unwrap().missing_packs.clone();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    let b = backup(&w, &d).unwrap();
+    drop(w);
+    assert_eq!(restores(&s, &b).unwrap(), d);
+    // A's blobs exist again (in B's packs): A restores, and prune drops the
+    // missing pack from the index.
+    assert_eq!(restores(&s, &a).unwrap(), d);
+    let r = prune(&s, Duration::ZERO);
+    assert_eq!(r.missing_packs_dropped.len(), 1, "{r:?}");
+    repo(&s).repair_index(false).unwrap();
+    assert_sound(&s, &[(a, &d), (b, &d)], "missing pack");
 }

@@ -362,8 +362,7 @@ impl ClockStore {
 
     /// The store's present time.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-            + chrono::TimeDelta::nanoseconds(self.offset_ns.load(Ordering::SeqCst))
+        chrono::Utc::now() + chrono::TimeDelta::nanoseconds(self.offset_ns.load(Ordering::SeqCst))
     }
 
     /// Run `hook` before the first write whose path starts with `prefix`.
@@ -408,7 +407,10 @@ impl ObjectStore for ClockStore {
         }
         let t = self.now();
         let r = self.inner.put_opts(location, payload, opts).await?;
-        self.times.lock().expect("times").insert(location.clone(), t);
+        self.times
+            .lock()
+            .expect("times")
+            .insert(location.clone(), t);
         Ok(r)
     }
 
@@ -418,7 +420,10 @@ impl ObjectStore for ClockStore {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         let t = self.now();
-        self.times.lock().expect("times").insert(location.clone(), t);
+        self.times
+            .lock()
+            .expect("times")
+            .insert(location.clone(), t);
         self.inner.put_multipart_opts(location, opts).await
     }
 
