@@ -228,11 +228,21 @@ impl Session {
             "stale_secs": times.stale.as_secs_f64(),
             "markers": markers,
         });
-        let clock = put_timed(
+        let clock = match put_timed(
             &repo.store,
             &start_name(&sid),
             seal(repo, SESSION_MAGIC, &rec),
-        )?;
+        ) {
+            // Removed between the write and its HEAD: a prune took the
+            // session for dead before it could beat (the store's clock
+            // jumped, or this host stalled right after writing).
+            Err(RepoError::NotFound { object }) => {
+                return Err(RepoError::Refused(format!(
+                    "{object} was removed by a prune right after it was written (it took this session for dead); nothing was written, run the command again"
+                )));
+            }
+            r => r?,
+        };
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -354,11 +364,19 @@ impl Drop for Session {
 fn beat_once(repo: &Repository, sid: &str, shared: &Shared) -> Result<StoreClock> {
     let n = shared.beats.fetch_add(1, Ordering::SeqCst) + 1;
     let name = format!("sessions/{sid}/beat-{n}");
-    let clock = put_timed(
+    let clock = match put_timed(
         &repo.store,
         &name,
         seal(repo, SESSION_MAGIC, &json!({"beat": n})),
-    )?;
+    ) {
+        Err(RepoError::NotFound { object }) => {
+            shared.fenced.store(true, Ordering::SeqCst);
+            return Err(RepoError::Refused(format!(
+                "{object} was removed by a prune right after it was written: it took this session for dead; run the command again"
+            )));
+        }
+        r => r?,
+    };
     if n > 1 {
         let _ = repo.store.delete(&format!("sessions/{sid}/beat-{}", n - 1));
     }
@@ -642,8 +660,19 @@ impl Lease {
                     describe_lease(repo, &name, t)
                 )));
             }
+            Err(RepoError::NotFound { .. }) => {
+                return Err(RepoError::Refused(
+                    "another prune took the prune lease over right after this one took it (its clock saw it expired); nothing was changed".into(),
+                ));
+            }
             Err(e) => return Err(e),
         };
+        if let Some(newer) = newer_lease(repo, generation)? {
+            let _ = repo.store.delete(&lease_name(generation));
+            return Err(RepoError::Refused(format!(
+                "another prune took the prune lease at the same moment: {newer}"
+            )));
+        }
         let state = Arc::new(LeaseState {
             generation: Mutex::new(generation),
             renewed: Mutex::new(Instant::now()),
@@ -766,6 +795,13 @@ fn renew(repo: &Repository, st: &LeaseState, token: &str, ttl: Duration) -> Resu
         seal(repo, LEASE_MAGIC, &rec),
     ) {
         Ok(c) => {
+            // A taker may have moved past our next generation and removed
+            // it: whoever holds the highest generation holds the lease.
+            if let Some(newer) = newer_lease(repo, next)? {
+                let _ = repo.store.delete(&lease_name(next));
+                *st.lost.lock().expect("lost") = Some(format!("taken over: {newer}"));
+                return Ok(());
+            }
             let prev = *st.store_ns.lock().expect("store time");
             if c.store_ns + 2_000_000_000 < prev {
                 *st.lost.lock().expect("lost") = Some(format!(
@@ -786,6 +822,24 @@ fn renew(repo: &Repository, st: &LeaseState, token: &str, ttl: Duration) -> Resu
                 Some(format!("taken over: {}", describe_lease(repo, &name, t)));
             Ok(())
         }
+        Err(RepoError::NotFound { .. }) => {
+            *st.lost.lock().expect("lost") =
+                Some("taken over: its renewal was removed by the prune that took it".into());
+            Ok(())
+        }
         Err(e) => Err(e),
     }
+}
+
+/// The holder of a lease generation above `generation`, if any.
+fn newer_lease(repo: &Repository, generation: u64) -> Result<Option<String>> {
+    let newest = repo
+        .store
+        .list_timed("leases/prune")?
+        .into_iter()
+        .filter_map(|(n, _, t)| Some((n.strip_prefix("leases/prune/")?.parse::<u64>().ok()?, n, t)))
+        .max_by_key(|x| x.0);
+    Ok(newest
+        .filter(|x| x.0 > generation)
+        .map(|(_, n, t)| describe_lease(repo, &n, t)))
 }
