@@ -193,3 +193,85 @@ fn files_vanishing_during_a_backup_are_skipped_by_name() {
         "in 10 attempts no file vanished between listing and reading"
     );
 }
+
+/// A file written to while the backup reads it is stored as read and named
+/// ("file changed as it was read", like tar and borg), exit 3; the next
+/// backup of the quiet file reads it again and is clean.
+#[test]
+fn a_file_changing_while_it_is_read_is_named_and_read_again_next_time() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    let f = src.join("busy.log");
+    fs::write(&f, vec![1u8; 48 << 20]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (f, stop) = (f.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                h.seek(SeekFrom::Start((i * 4096) % (48 << 20))).unwrap();
+                h.write_all(&i.to_le_bytes()).unwrap();
+                i += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let o = env.run(&["backup", "-q", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("busy.log: file changed as it was read"),
+        "{err}"
+    );
+    let again = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(again["summary"]["files_changed"], 1, "{again}");
+}
+
+/// A restore that fails because of the target (a 4 MiB tmpfs for 12 MiB
+/// of files) names the target's error ("No space left on device") and does
+/// not call the repository damaged.
+#[test]
+fn restore_failing_on_a_full_target_blames_the_target_not_the_repository() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..4 {
+        fs::write(src.join(format!("f{i}")), crate::util::prng(i, 3 << 20)).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let mnt = env.path("small");
+    fs::create_dir(&mnt).unwrap();
+    let m = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(m.success(), "mounting a small tmpfs (tests run as root)");
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        mnt.join("t").to_str().unwrap(),
+    ]);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("the repository is not at fault"), "{err}");
+    assert!(!err.contains("the repository is damaged"), "{err}");
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+}

@@ -615,7 +615,12 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         eprintln!("warning: {w}");
     }
     for d in &r.damaged {
-        eprintln!("damaged: {}: {}", d.path.display(), d.detail);
+        let what = if d.on_target {
+            "not written"
+        } else {
+            "damaged"
+        };
+        eprintln!("{what}: {}: {}", d.path.display(), d.detail);
     }
     if g.json {
         print_json(&json!({
@@ -624,7 +629,7 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "others": r.others,
             "bytes_written": r.bytes_written,
             "seconds": secs,
-            "damaged": r.damaged.iter().map(|d| json!({"path": d.path.display().to_string(), "detail": d.detail})).collect::<Vec<_>>(),
+            "damaged": r.damaged.iter().map(|d| json!({"path": d.path.display().to_string(), "detail": d.detail, "on_target": d.on_target})).collect::<Vec<_>>(),
             "warnings": r.warnings,
         }))?;
     } else {
@@ -639,7 +644,21 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             secs
         );
     }
+    let on_target = r.damaged.iter().filter(|d| d.on_target).count();
+    if on_target > 0 && on_target == r.damaged.len() {
+        // The target failed (no space, names too long, permissions): say
+        // so, and do not send the operator to check a healthy repository.
+        bail!(
+            "{on_target} files could not be written to the target {} (listed above: the target's own errors); the repository is not at fault — fix the target (space, permissions, name length) and restore again",
+            a.target.display()
+        );
+    }
     if !r.damaged.is_empty() {
+        if on_target > 0 {
+            eprintln!(
+                "{on_target} of these failed on the target itself (its own errors, listed above), the others because of damage in the repository"
+            );
+        }
         if a.ignore_damaged {
             eprintln!(
                 "warning: {} damaged files were left out (listed above); the rest is restored; the repository is damaged: run `cairn check`",

@@ -413,6 +413,22 @@ impl Walker<'_> {
                 Ok(ext) => {
                     node.size = ext.iter().map(Extent::len).sum();
                     node.kind = NodeKind::File { extents: ext };
+                    // Like tar and borg: a file written to while it was read
+                    // is stored as read (the node keeps the times seen
+                    // before, so the next backup reads it again) and named.
+                    if let Ok(now) = fs::symlink_metadata(path)
+                        && (now.size() != md.size()
+                            || now.mtime() != md.mtime()
+                            || now.mtime_nsec() != md.mtime_nsec()
+                            || now.ctime() != md.ctime()
+                            || now.ctime_nsec() != md.ctime_nsec()
+                            || now.ino() != md.ino())
+                    {
+                        self.progress.warn(format!(
+                            "{}: file changed as it was read; stored as read (its content may mix old and new data), the next backup reads it again",
+                            path.display()
+                        ));
+                    }
                     Ok(true)
                 }
                 Err(RepoError::Io { path, source }) => {

@@ -67,8 +67,13 @@ impl Repository {
     /// grow, and compacted once sorted (`index.rs`). An object
     /// found superseded by another (only after a prune, until its phase 2)
     /// makes the load start over, skipping what is superseded.
+    ///
+    /// Through a local cache (a remote repository), `data/` is listed too
+    /// (as [`Self::read_index_checked`]): the listing drops cached packs the
+    /// repository no longer holds, so a warm cache never answers for an
+    /// object that is gone.
     pub fn read_index(&self) -> Result<Index> {
-        self.read_index_with(false)
+        self.read_index_with(self.store.cache.is_some())
     }
 
     fn read_index_with(&self, check_packs: bool) -> Result<Index> {

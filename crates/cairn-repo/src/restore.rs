@@ -29,7 +29,7 @@ use crate::indexed::IndexedRepository;
 const RESTORE_WINDOW: u64 = 4 << 20;
 
 /// Reports blobs (and so the files using them) as damaged.
-type FailFn<'a> = dyn Fn(&[(ChunkId, BlobLocation)], &str) + Sync + 'a;
+type FailFn<'a> = dyn Fn(&[(ChunkId, BlobLocation)], &str, bool) + Sync + 'a;
 
 /// Settings of a restore.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +49,9 @@ pub struct Damage {
     pub path: PathBuf,
     /// What went wrong (names the object).
     pub detail: String,
+    /// The target failed (no space, a name too long, permissions), not the
+    /// repository: the repository is not damaged by this.
+    pub on_target: bool,
 }
 
 /// Live counters of a running restore.
@@ -309,6 +312,7 @@ impl IndexedRepository {
                             d.push(Damage {
                                 path: items[*i as usize].0.clone(),
                                 detail: format!("data blob {id} is not in any index (missing)"),
+                                on_target: false,
                             });
                         }
                     }
@@ -332,13 +336,14 @@ impl IndexedRepository {
                 {
                     self.prefetch_pack(*next);
                 }
-                let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str| {
+                let fail = |blobs: &[(ChunkId, BlobLocation)], detail: &str, on_target: bool| {
                     let mut d = damaged.lock().expect("damage");
                     for (id, _) in blobs {
                         for (i, _) in &targets[id] {
                             d.push(Damage {
                                 path: items[*i as usize].0.clone(),
                                 detail: detail.to_string(),
+                                on_target,
                             });
                         }
                     }
@@ -346,7 +351,8 @@ impl IndexedRepository {
                 if let Err(e) =
                     self.restore_pack(*pack, blobs, &items, &targets, &written, progress, &fail)
                 {
-                    fail(blobs, &e.to_string());
+                    let local = matches!(e, RepoError::Io { .. });
+                    fail(blobs, &e.to_string(), local);
                 }
             })
         });
@@ -394,7 +400,7 @@ impl IndexedRepository {
         let mut plain = Vec::new();
         let mut put = |id: &ChunkId, loc: &BlobLocation, key: &_, sealed: &[u8]| {
             if let Err(e) = self.open_sealed(BlobKind::Data, id, loc, key, sealed, &mut plain) {
-                fail(&[(*id, *loc)], &e.to_string());
+                fail(&[(*id, *loc)], &e.to_string(), false);
                 return;
             }
             for (i, off) in &targets[id] {
@@ -404,7 +410,11 @@ impl IndexedRepository {
                     .open(path)
                     .and_then(|f| f.write_all_at(&plain, *off));
                 if let Err(e) = r {
-                    fail(&[(*id, *loc)], &format!("writing {}: {e}", path.display()));
+                    fail(
+                        &[(*id, *loc)],
+                        &format!("writing {}: {e}", path.display()),
+                        true,
+                    );
                     continue;
                 }
                 written.fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -421,13 +431,13 @@ impl IndexedRepository {
             for (id, loc) in blobs {
                 match reader.blob(loc.offset, loc.length) {
                     Ok(sealed) => put(id, loc, &key, &sealed),
-                    Err(e) => fail(&[(*id, *loc)], &e.to_string()),
+                    Err(e) => fail(&[(*id, *loc)], &e.to_string(), false),
                 }
             }
             // Keep going on a mismatch: blobs were authenticated one by one,
             // but the files that use this pack are reported.
             if let Err(e) = reader.finish() {
-                fail(blobs, &e.to_string());
+                fail(blobs, &e.to_string(), false);
             }
         } else {
             let key = self.pack_key(pack, None)?;
@@ -459,6 +469,7 @@ impl IndexedRepository {
                 damaged.lock().expect("damage").push(Damage {
                     path: path.clone(),
                     detail,
+                    on_target: true,
                 });
             }
         };

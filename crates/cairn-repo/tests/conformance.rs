@@ -275,9 +275,13 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
     let r = indexed(open_store(loc, opts.clone(), None));
     walk(&r);
     let cold = proxy.connections() - before;
-    // Warm: config, the key listing and key, the snapshot and index listings.
-    assert!(warm <= 5, "warm open+list+walk made {warm} requests");
-    assert!(cold >= warm + 3, "cold {cold} vs warm {warm}");
+    // Warm: config, the key listing and key, the snapshot and index
+    // listings, and the listing of data/ that keeps the cache from serving
+    // packs the repository no longer holds (checked below).
+    assert!(warm <= 6, "warm open+list+walk made {warm} requests");
+    // The cache saves the index, snapshot and tree pack downloads (3) and
+    // pays for the data/ listing (1).
+    assert!(cold >= warm + 2, "cold {cold} vs warm {warm}");
     // A damaged cache file is detected, dropped and fetched again.
     let snap_name = format!("snapshots/{}", b.id.to_hex());
     let cached_file = fs::read_dir(cache.path())
@@ -295,6 +299,32 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
     r.delete_snapshots(&[b.id]).unwrap();
     assert!(r.list_snapshots().unwrap().is_empty());
     assert!(!cached_file.exists());
+    // A tree pack gone from the repository is not served from a warm cache:
+    // reading the tree fails, naming the pack.
+    let b = backup(&indexed(cached()), &src).unwrap();
+    let r = indexed(cached());
+    walk(&r);
+    drop(r);
+    let d = direct();
+    let tree_pack = d
+        .list("data")
+        .unwrap()
+        .into_iter()
+        .map(|x| x.0)
+        .find(|n| {
+            fs::read_dir(cache.path())
+                .unwrap()
+                .flatten()
+                .any(|e| e.path().join(n).exists())
+        })
+        .expect("a tree pack in the cache");
+    d.delete(&tree_pack).unwrap();
+    let r = indexed(cached());
+    let e = r.find_node(&b.snapshot.tree, b"/").unwrap_err();
+    assert!(
+        e.to_string().contains("not in any index") || e.to_string().contains(&tree_pack),
+        "{e}"
+    );
 }
 
 #[test]
