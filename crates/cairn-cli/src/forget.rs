@@ -354,6 +354,7 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
                 "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted, "packs_recovered": r.packs_recovered,
                 "markers_pending": r.markers_pending, "markers_completed": r.markers_completed,
                 "markers_held": r.markers_held, "sessions_fenced": r.sessions_fenced,
+                "commits_completed": r.commits_completed,
                 "commits_pending": r.commits_pending,
                 "missing_packs_dropped": r.missing_packs_dropped.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
                 "warnings": r.warnings,
@@ -404,6 +405,11 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
         }
         for f in &r.sessions_fenced {
             println!("fenced:        {f}: taken for dead, its objects removed");
+        }
+        for c in &r.commits_completed {
+            println!(
+                "completed:     snapshot {c}: its backup claimed the commit, then stopped before writing it"
+            );
         }
         if dry_run {
             println!("dry run: nothing was changed");

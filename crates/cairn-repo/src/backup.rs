@@ -743,9 +743,16 @@ impl IndexedRepository {
         let bytes = snapshot.encode(&self.repo.key);
         let id = SnapshotId::of(&bytes);
         session.claim(&bytes)?;
-        self.repo
+        // Already there: a prune completed this claimed commit while the
+        // session stalled (names are hashes: the bytes are these).
+        match self
+            .repo
             .store
-            .put_new(&crate::store::snapshot_path(&id), bytes)?;
+            .put_new(&crate::store::snapshot_path(&id), bytes)
+        {
+            Ok(()) | Err(RepoError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
         // The snapshot is committed: from here on nothing may turn this backup
         // into a failure. If re-listing fails, the next prune's phase 2 still
         // recomputes what this snapshot uses and keeps it.

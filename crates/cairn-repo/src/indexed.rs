@@ -52,14 +52,17 @@ impl Repository {
         Ok(r)
     }
 
-    /// [`Self::read_index`], then one listing of `data/`: packs that the
-    /// index lists but storage does not hold are left out (and named in
-    /// [`Index::missing_packs`]), so nothing deduplicates against them.
+    /// The same as [`Self::read_index`] (named for the writers' call sites).
     pub fn read_index_checked(&self) -> Result<Index> {
         self.read_index_with(true)
     }
 
-    /// Read every live (not superseded) index object into an in-memory index.
+    /// Read every live (not superseded) index object into an in-memory index,
+    /// then list `data/` once: packs the index lists but storage does not
+    /// hold are left out (and named in [`Index::missing_packs`]), so nothing
+    /// deduplicates against them and no reader picks their copy of a blob
+    /// stored elsewhere too; through a local cache the listing also drops
+    /// cached packs that are gone, so a warm cache never answers for them.
     ///
     /// Each index object is decoded and added at once, so memory holds the
     /// index and one decoded object, not every decoded object; the table is
@@ -67,13 +70,8 @@ impl Repository {
     /// grow, and compacted once sorted (`index.rs`). An object
     /// found superseded by another (only after a prune, until its phase 2)
     /// makes the load start over, skipping what is superseded.
-    ///
-    /// Through a local cache (a remote repository), `data/` is listed too
-    /// (as [`Self::read_index_checked`]): the listing drops cached packs the
-    /// repository no longer holds, so a warm cache never answers for an
-    /// object that is gone.
     pub fn read_index(&self) -> Result<Index> {
-        self.read_index_with(self.store.cache.is_some())
+        self.read_index_with(true)
     }
 
     fn read_index_with(&self, check_packs: bool) -> Result<Index> {

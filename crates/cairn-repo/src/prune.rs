@@ -108,6 +108,9 @@ pub struct PruneReport {
     /// Snapshots of sessions that claimed their commit but have not written
     /// the snapshot object yet (counted as snapshots).
     pub commits_pending: usize,
+    /// Snapshots a dead session had claimed but not written, written by
+    /// prune from its commit record (the backup may have reported an error).
+    pub commits_completed: Vec<String>,
     /// Packs the index listed but storage did not hold, dropped from the index.
     pub missing_packs_dropped: Vec<PackId>,
     /// Things the operator should know (clock skew, missing packs).
@@ -402,19 +405,25 @@ impl IndexedRepository {
                     End::Fence => {}
                 }
             }
-            if v.ends.iter().any(|(_, e)| matches!(e, End::Unreadable(_))) {
-                continue;
-            }
             let stale = now - v.last_alive_ns > v.stale.as_nanos() as i64;
-            let dead = v.fenced() || v.markers.is_none() && stale;
-            if dead {
+            let foreign = v.ends.iter().any(|(_, e)| matches!(e, End::Unreadable(_)))
+                || v.start_ns.is_some() && v.markers.is_none();
+            if foreign {
+                // Never removed; held as if running (it may be).
+                r.warnings.push(format!(
+                    "session {} has objects this cairn cannot read; it is treated as running and left in place",
+                    v.sid
+                ));
+            } else if v.fenced() || v.markers.is_none() && stale {
                 if !opts.dry_run {
                     lease.check()?;
-                    crate::session::remove_session(&self.repo, &v)?;
+                    let done = crate::session::remove_session(&self.repo, &v)?;
+                    r.commits_completed
+                        .extend(done.iter().map(|id| format!("{} ({})", id.short(), v.who)));
                 }
                 continue;
             }
-            if stale && v.markers.is_some() {
+            if stale && !foreign {
                 if opts.dry_run {
                     r.sessions_fenced.push(v.who.clone());
                     continue;
@@ -442,7 +451,9 @@ impl IndexedRepository {
                                 roots.push((SnapshotId::of(bytes), snap));
                             }
                         }
-                        crate::session::remove_session(&self.repo, &again)?;
+                        let done = crate::session::remove_session(&self.repo, &again)?;
+                        r.commits_completed
+                            .extend(done.iter().map(|id| format!("{} ({})", id.short(), v.who)));
                     }
                     continue;
                 }

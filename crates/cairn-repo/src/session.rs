@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_format::envelope;
+use cairn_format::{SnapshotId, envelope};
 use serde_json::{Value, json};
 
 use crate::error::{RepoError, Result};
@@ -550,7 +550,30 @@ pub fn fence(repo: &Repository, v: &SessionView) -> Result<Option<()>> {
 }
 
 /// Remove a dead session's objects: beats and `start` first, claims last.
-pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<()> {
+/// A commit it claimed but whose snapshot object is not there yet is
+/// completed first (the claim was the commit decision, and once its record
+/// is gone nothing else would keep that snapshot's data): the snapshot
+/// objects written are returned.
+pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<Vec<SnapshotId>> {
+    let mut completed = Vec::new();
+    for (_, e) in &v.ends {
+        if let End::Commit(bytes) = e {
+            let id = SnapshotId::of(bytes);
+            let name = crate::store::snapshot_path(&id);
+            if repo.store.head(&name)?.is_none() {
+                match repo.store.put_new(&name, bytes.clone()) {
+                    Ok(()) => completed.push(id),
+                    Err(RepoError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    remove_objects(repo, v)?;
+    Ok(completed)
+}
+
+fn remove_objects(repo: &Repository, v: &SessionView) -> Result<()> {
     let (ends, rest): (Vec<&String>, Vec<&String>) = v
         .objects
         .iter()

@@ -243,7 +243,7 @@ impl Store {
                 }
                 Ok::<_, object_store::Error>(out)
             })
-            .map_err(|e| RepoError::from_store(prefix, e))
+            .map_err(|e| RepoError::from_store(&format!("{prefix}/"), e))
     }
 
     /// Delete an object (only key removal and, later, prune do this).
@@ -269,7 +269,7 @@ impl Store {
                 }
                 Ok::<_, object_store::Error>(out)
             })
-            .map_err(|e| RepoError::from_store(prefix, e))
+            .map_err(|e| RepoError::from_store(&format!("{prefix}/"), e))
             .inspect(|listed| {
                 if let Some(c) = &self.cache
                     && ["index", "snapshots", "data", "audit"].contains(&prefix)
