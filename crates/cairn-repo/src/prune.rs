@@ -218,8 +218,10 @@ impl IndexedRepository {
         own: &[IndexPack],
     ) -> Result<()> {
         let mut needed: BTreeMap<PackId, String> = BTreeMap::new();
+        let packs_total;
         {
             let idx = self.index.read().expect("index lock");
+            packs_total = idx.packs.len();
             for (kind, id) in reused {
                 match idx.get(*kind, id) {
                     Some(l) => {
@@ -248,24 +250,33 @@ impl IndexedRepository {
                 .entry(p.id)
                 .or_insert_with(|| "written by this backup".to_string());
         }
-        let missing: Vec<(&PackId, &String)> = if needed.len() > COMMIT_CHECK_HEADS {
-            let stored: HashSet<PackId> = self
-                .repo
-                .store
-                .list("data")?
-                .into_iter()
-                .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
-                .collect();
-            needed.iter().filter(|(p, _)| !stored.contains(p)).collect()
-        } else {
-            let mut m = Vec::new();
-            for (p, why) in &needed {
-                if self.repo.store.head(&store::pack_path(p))?.is_none() {
-                    m.push((p, why));
+        // A listing returns 1,000 names a request: ask for each pack only
+        // when that takes fewer requests.
+        let listing_requests = (packs_total + needed.len()) / 1000 + 1;
+        let missing: Vec<(&PackId, &String)> =
+            if needed.len() > listing_requests.max(COMMIT_CHECK_HEADS) {
+                let stored: HashSet<PackId> = self
+                    .repo
+                    .store
+                    .list("data")?
+                    .into_iter()
+                    .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
+                    .collect();
+                needed.iter().filter(|(p, _)| !stored.contains(p)).collect()
+            } else {
+                let names: Vec<String> = needed.keys().map(store::pack_path).collect();
+                let found = self
+                    .repo
+                    .store
+                    .exists_many(&names, self.repo.store.connections);
+                let mut m = Vec::new();
+                for ((p, why), f) in needed.iter().zip(found) {
+                    if !f? {
+                        m.push((p, why));
+                    }
                 }
-            }
-            m
-        };
+                m
+            };
         if let Some((p, why)) = missing.first() {
             return Err(RepoError::NotFound {
                 object: format!(
@@ -950,9 +961,9 @@ impl IndexedRepository {
     }
 }
 
-/// Up to this many packs, the commit check asks for each; beyond, one
-/// listing of `data/` is cheaper (a listing returns 1,000 names a request).
-const COMMIT_CHECK_HEADS: usize = 64;
+/// Up to this many packs the commit check always asks for each (in
+/// parallel); beyond, it lists `data/` when that takes fewer requests.
+const COMMIT_CHECK_HEADS: usize = 8;
 
 /// Bytes of a pack read at once while repacking it: a quarter of the pack
 /// target, within 256 KiB – 4 MiB (a blob larger than that is read whole).

@@ -334,17 +334,18 @@ impl Session {
         if let Some(h) = self.beat_thread.lock().expect("beat").take() {
             let _ = h.join();
         }
-        let dir = format!("sessions/{}", self.sid);
-        let Ok(listed) = self.repo.store.list(&dir) else {
-            return;
-        };
-        let (ends, rest): (Vec<_>, Vec<_>) = listed
-            .into_iter()
-            .map(|(n, _)| n)
-            .partition(|n| n.rsplit('/').next().is_some_and(|l| l.starts_with("end")));
-        let (starts, beats): (Vec<_>, Vec<_>) =
-            rest.into_iter().partition(|n| n.ends_with("/start"));
-        for n in beats.iter().chain(&starts).chain(&ends) {
+        // Only the newest beat is left (each beat removes the one before);
+        // leftovers of a failed removal are taken for a dead session's and
+        // removed by a prune.
+        let beats = self.shared.beats.load(Ordering::SeqCst);
+        let claims = *self.shared.claims.lock().expect("claims");
+        let mut names = Vec::new();
+        if beats > 0 {
+            names.push(format!("sessions/{}/beat-{beats}", self.sid));
+        }
+        names.push(start_name(&self.sid));
+        names.extend((0..claims).map(|k| format!("sessions/{}/end-{k}", self.sid)));
+        for n in &names {
             let _ = self.repo.store.delete(n);
         }
     }

@@ -217,6 +217,28 @@ impl Store {
         }
     }
 
+    /// Whether each object exists, asked `concurrency` at a time; results in
+    /// input order.
+    pub fn exists_many(&self, names: &[String], concurrency: usize) -> Vec<Result<bool>> {
+        let s = self.inner.clone();
+        let names = names.to_vec();
+        self.rt.block_on(async move {
+            futures::stream::iter(names.into_iter().map(|n| {
+                let s = s.clone();
+                async move {
+                    match s.head(&Path::from(n.as_str())).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Err(e) => Err(RepoError::from_store(&n, e)),
+                    }
+                }
+            }))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await
+        })
+    }
+
     /// Size and store time (`last_modified`, ns since the epoch) of an
     /// object, `None` if it does not exist. Never through the cache.
     pub fn head(&self, name: &str) -> Result<Option<(u64, i64)>> {

@@ -364,7 +364,7 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
         });
         let before = repo(direct()).list_snapshot_ids().unwrap();
         let r = Repository::open_store(open_store(loc, opts.clone(), None), b"pw")
-            .and_then(|r| r.load_index())
+            .and_then(|r| r.load_index_for_writing("backup"))
             .and_then(|r| backup(&r, &src));
         proxy.set_plan(ProxyPlan::default());
         let after = repo(direct()).list_snapshot_ids().unwrap();
@@ -446,7 +446,7 @@ fn s3_backup_cut_off_by_the_network_is_reused_by_the_next() {
         ..Default::default()
     });
     let cut = Repository::open_store(open_store(loc, opts.clone(), None), b"pw")
-        .and_then(|r| r.load_index())
+        .and_then(|r| r.load_index_for_writing("backup"))
         .and_then(|r| backup(&r, &src));
     assert!(cut.is_err(), "the backup should have been cut off");
     assert!(repo(direct()).list_snapshot_ids().unwrap().is_empty());
