@@ -402,8 +402,15 @@ impl IndexedRepository {
             if v.sid == session.sid {
                 continue;
             }
+            // Claims count only with the session's `start` and before its
+            // fence: one without `start` is a late claim its session will
+            // withdraw (its data may be gone), or a leftover of a session
+            // whose snapshot is written (see session::remove_session).
+            let mut fenced_at = false;
             for (name, e) in &v.ends {
+                fenced_at |= matches!(e, End::Fence);
                 match e {
+                    End::Commit(_) if fenced_at || v.start_ns.is_none() => {}
                     End::Commit(bytes) => {
                         let id = SnapshotId::of(bytes);
                         let snap = Snapshot::decode(&self.repo.key, bytes)
@@ -455,6 +462,7 @@ impl IndexedRepository {
                     if let Some(again) = again {
                         for (name, e) in &again.ends {
                             if let End::Commit(bytes) = e
+                                && again.start_ns.is_some()
                                 && !v.ends.iter().any(|(n, _)| n == name)
                             {
                                 let snap = Snapshot::decode(&self.repo.key, bytes)

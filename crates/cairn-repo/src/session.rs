@@ -555,9 +555,21 @@ pub fn fence(repo: &Repository, v: &SessionView) -> Result<Option<()>> {
 /// completed first (the claim was the commit decision, and once its record
 /// is gone nothing else would keep that snapshot's data): the snapshot
 /// objects written are returned.
+///
+/// Only claims seen together with the session's `start` are completed, and
+/// only those before its fence: `start` is removed before the claims and
+/// never written again, so such a claim was made before the session could
+/// have been taken for dead and while prune still protected its data. A
+/// claim without `start` is one the session will withdraw (it finds `start`
+/// gone), or its leftover: never completed.
 pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<Vec<SnapshotId>> {
     let mut completed = Vec::new();
-    for (_, e) in &v.ends {
+    let claims = v
+        .ends
+        .iter()
+        .take_while(|(_, e)| !matches!(e, End::Fence))
+        .filter(|_| v.start_ns.is_some());
+    for (_, e) in claims {
         if let End::Commit(bytes) = e {
             let id = SnapshotId::of(bytes);
             let name = crate::store::snapshot_path(&id);

@@ -208,13 +208,7 @@ impl Store {
 
     /// Whether an object exists.
     pub fn exists(&self, name: &str) -> Result<bool> {
-        let s = self.inner.clone();
-        let path = Path::from(name);
-        match self.rt.block_on(async move { s.head(&path).await }) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(RepoError::from_store(name, e)),
-        }
+        Ok(self.head(name)?.is_some())
     }
 
     /// Whether each object exists, asked `concurrency` at a time; results in
@@ -279,27 +273,18 @@ impl Store {
 
     /// List object names (full paths) and sizes under a prefix.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let s = self.inner.clone();
-        let p = Path::from(prefix);
-        self.rt
-            .block_on(async move {
-                let mut out = Vec::new();
-                let mut st = s.list(Some(&p));
-                while let Some(m) = st.next().await {
-                    let m = m?;
-                    out.push((m.location.to_string(), m.size));
-                }
-                Ok::<_, object_store::Error>(out)
-            })
-            .map_err(|e| RepoError::from_store(&format!("{prefix}/"), e))
-            .inspect(|listed| {
-                if let Some(c) = &self.cache
-                    && ["index", "snapshots", "data", "audit"].contains(&prefix)
-                {
-                    let present = listed.iter().map(|(n, _)| n.as_str()).collect();
-                    c.retain(prefix, &present);
-                }
-            })
+        let listed: Vec<(String, u64)> = self
+            .list_timed(prefix)?
+            .into_iter()
+            .map(|(n, size, _)| (n, size))
+            .collect();
+        if let Some(c) = &self.cache
+            && ["index", "snapshots", "data", "audit"].contains(&prefix)
+        {
+            let present = listed.iter().map(|(n, _)| n.as_str()).collect();
+            c.retain(prefix, &present);
+        }
+        Ok(listed)
     }
 
     /// Read many whole objects concurrently; results in input order.

@@ -282,84 +282,6 @@ fn backup_outlasting_the_grace_period_is_saved_and_restores() {
     assert_eq!(open(&s).repo.list_snapshots().unwrap().len(), 2);
 }
 
-/// A store that pauses the first write under a prefix and runs a hook there:
-/// a barrier inside prune's own phases.
-mod barrier {
-    use std::fmt;
-    use std::sync::{Arc, Mutex};
-
-    use async_trait::async_trait;
-    use futures::stream::BoxStream;
-    use object_store::path::Path;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-        PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
-    };
-
-    type Hook = Box<dyn FnOnce() + Send>;
-
-    pub struct Paused {
-        pub inner: Arc<dyn ObjectStore>,
-        pub prefix: String,
-        pub hook: Mutex<Option<Hook>>,
-    }
-
-    impl fmt::Debug for Paused {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "Paused({})", self.prefix)
-        }
-    }
-    impl fmt::Display for Paused {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "Paused({})", self.prefix)
-        }
-    }
-
-    #[async_trait]
-    impl ObjectStore for Paused {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> Result<PutResult> {
-            if location.as_ref().starts_with(&self.prefix) {
-                let hook = self.hook.lock().unwrap().take();
-                if let Some(h) = hook {
-                    // On a plain thread: the hook opens its own runtime.
-                    std::thread::spawn(h).join().expect("hook panicked");
-                }
-            }
-            self.inner.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: PutMultipartOptions,
-        ) -> Result<Box<dyn MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-            self.inner.get_opts(location, options).await
-        }
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, Result<Path>>,
-        ) -> BoxStream<'static, Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-            self.inner.list_with_delimiter(prefix).await
-        }
-        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-            self.inner.copy_opts(from, to, options).await
-        }
-    }
-}
-
 /// Run phase 1 of a prune that pauses before its first write under `prefix`;
 /// during the pause a backup that loaded its index before the prune reuses
 /// the blobs the prune is about to mark. That backup must be restorable when
@@ -372,15 +294,14 @@ fn prune_paused_at(prefix: &str) {
     let writer = open(&s); // loaded before the prune: still sees A's packs
     let committed: Arc<std::sync::Mutex<Option<SnapshotId>>> = Arc::default();
     let (c2, d2) = (committed.clone(), d.clone());
-    let paused = barrier::Paused {
-        inner: s.clone(),
-        prefix: prefix.to_string(),
-        hook: std::sync::Mutex::new(Some(Box::new(move || {
-            let id = backup(&writer, &d2); // reuses every blob of A
-            *c2.lock().unwrap() = Some(id);
-        }))),
-    };
-    let pruner = Repository::open(Arc::new(paused), b"pw")
+    // A barrier inside prune's own phases: the hook runs before the
+    // prune's first write under `prefix`.
+    let paused = cairn_testkit::ClockStore::new(s.clone());
+    paused.on_put(prefix, move || {
+        let id = backup(&writer, &d2); // reuses every blob of A
+        *c2.lock().unwrap() = Some(id);
+    });
+    let pruner = Repository::open(paused, b"pw")
         .unwrap()
         .load_index()
         .unwrap();
