@@ -125,3 +125,54 @@ fn forget_keeps_the_newest_by_storage_time_whatever_the_hosts_clocks_say() {
         .collect();
     assert_eq!(left, vec![ids[2].clone()], "kept the wrong snapshot");
 }
+
+/// Case 2 of the prune-safety report through the binary, with the default
+/// grace period: the first backup into an empty repository trickles in for
+/// a few seconds while a normal prune and then a prune from a host whose
+/// clock is two days ahead run. Protocol 1 marked the backup's uploaded,
+/// not yet indexed packs and deleted them, and the backup still said
+/// "saved"; now the snapshot restores byte-identical and the repository
+/// checks clean.
+#[test]
+fn first_backup_while_a_normal_and_a_skewed_prune_run_is_saved_whole() {
+    use std::io::Write;
+    let env = Env::new();
+    env.init(&["--pack-size", "1M"]);
+    let data = crate::util::prng(42, 8 << 20);
+    let mut child = env
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-name", "db.dump", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = data.clone();
+    let feeder = std::thread::spawn(move || {
+        for piece in feed.chunks(256 << 10) {
+            stdin.write_all(piece).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(120));
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let p1 = env.json(&["prune"]);
+    let p2 = json_of(&faketime(&env, "+2d", &["prune", "--json"]), "prune at +2d");
+    feeder.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let b = json_of(&o, "backup");
+    assert_eq!(p2["packs_deleted"], 0, "{p1}\n{p2}");
+    let out = env.path("out");
+    env.ok(&[
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(out.join("db.dump")).unwrap() == data,
+        "restored dump differs"
+    );
+    let check = env.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+}
