@@ -742,7 +742,7 @@ impl IndexedRepository {
         self.commit_check(reused, &stats.packs_written)?;
         let bytes = snapshot.encode(&self.repo.key);
         let id = SnapshotId::of(&bytes);
-        let claim = session.claim(&bytes)?;
+        session.claim(&bytes)?;
         // Already there: a prune completed this claimed commit while the
         // session stalled (names are hashes: the bytes are these).
         match self
@@ -753,7 +753,6 @@ impl IndexedRepository {
             Ok(()) | Err(RepoError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
-        session.confirm(claim);
         // The snapshot is committed: from here on nothing may turn this backup
         // into a failure. If re-listing fails, the next prune's phase 2 still
         // recomputes what this snapshot uses and keeps it.

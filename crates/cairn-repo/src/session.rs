@@ -295,7 +295,7 @@ impl Session {
     /// Claim the commit of a snapshot (§5.1 step 6): create `end-<k>` with
     /// the snapshot's bytes, then check `start` still exists. On success the
     /// caller writes the snapshot object.
-    pub fn claim(&self, snapshot_bytes: &[u8]) -> Result<u64> {
+    pub fn claim(&self, snapshot_bytes: &[u8]) -> Result<()> {
         let mut k = self.shared.claims.lock().expect("claims");
         if self.is_fenced() {
             return Err(self.fenced_error("the commit was refused"));
@@ -314,26 +314,13 @@ impl Session {
             }
             Err(e) => return Err(e),
         }
-        let claimed = *k;
         *k += 1;
         if self.repo.store.head(&start_name(&self.sid))?.is_none() {
             self.shared.fenced.store(true, Ordering::SeqCst);
             let _ = self.repo.store.delete(&name);
             return Err(self.fenced_error("removed it before the commit"));
         }
-        Ok(claimed)
-    }
-
-    /// After the snapshot of claim `k` is written: `done-<k>` tells a prune
-    /// that removes this session later that the snapshot was written (so a
-    /// forgotten snapshot is not brought back by completing its claim).
-    /// Best effort.
-    pub fn confirm(&self, k: u64) {
-        let name = format!("sessions/{}/done-{k}", self.sid);
-        let _ = self
-            .repo
-            .store
-            .put_new(&name, seal(&self.repo, END_MAGIC, &json!({"kind": "done"})));
+        Ok(())
     }
 
     /// End the session: stop beating, remove beats, `start`, then the claims
@@ -358,7 +345,6 @@ impl Session {
         }
         names.push(start_name(&self.sid));
         names.extend((0..claims).map(|k| format!("sessions/{}/end-{k}", self.sid)));
-        names.extend((0..claims).map(|k| format!("sessions/{}/done-{k}", self.sid)));
         for n in &names {
             let _ = self.repo.store.delete(n);
         }
@@ -439,8 +425,6 @@ pub struct SessionView {
     pub ends: Vec<(String, End)>,
     /// Every object it has (for removal).
     pub objects: Vec<String>,
-    /// Claims whose snapshot the session confirmed written (`done-<k>`).
-    pub done: std::collections::HashSet<String>,
 }
 
 /// A claim object's content.
@@ -484,13 +468,6 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<SessionView>> {
             stale: repo.protocol.stale,
             ends: Vec::new(),
             objects: objs.iter().map(|o| o.0.clone()).collect(),
-            done: objs
-                .iter()
-                .filter_map(|o| {
-                    let k = o.0.rsplit('/').next()?.strip_prefix("done-")?;
-                    Some(format!("sessions/{sid}/end-{k}"))
-                })
-                .collect(),
         };
         for (name, t) in &objs {
             let leaf = name.rsplit('/').next().unwrap_or_default();
@@ -523,7 +500,7 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<SessionView>> {
                         ns_to_rfc3339(*t)
                     );
                 }
-            } else if leaf.starts_with("end-") {
+            } else if leaf.starts_with("end") {
                 let e = match open_record(repo, name, END_MAGIC, &bytes) {
                     Ok(r) if r["kind"] == "fence" => End::Fence,
                     Ok(r) if r["kind"] == "commit" => {
@@ -592,10 +569,7 @@ pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<Vec<Snapshot
         .iter()
         .take_while(|(_, e)| !matches!(e, End::Fence))
         .filter(|_| v.start_ns.is_some());
-    for (name, e) in claims {
-        if v.done.contains(name) {
-            continue; // written (and maybe forgotten since): never again
-        }
+    for (_, e) in claims {
         if let End::Commit(bytes) = e {
             let id = SnapshotId::of(bytes);
             let name = crate::store::snapshot_path(&id);
@@ -613,18 +587,13 @@ pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<Vec<Snapshot
 }
 
 fn remove_objects(repo: &Repository, v: &SessionView) -> Result<()> {
-    let leaf = |n: &String| n.rsplit('/').next().unwrap_or_default().to_string();
-    let (last, rest): (Vec<&String>, Vec<&String>) = v
+    let (ends, rest): (Vec<&String>, Vec<&String>) = v
         .objects
         .iter()
-        .partition(|n| leaf(n).starts_with("end-") || leaf(n).starts_with("done-"));
-    // Claims before their confirmations: an interrupted removal never leaves
-    // a claim without the `done` that says its snapshot was written.
-    let (ends, dones): (Vec<&String>, Vec<&String>) =
-        last.into_iter().partition(|n| leaf(n).starts_with("end-"));
+        .partition(|n| n.rsplit('/').next().is_some_and(|l| l.starts_with("end")));
     let (starts, beats): (Vec<&String>, Vec<&String>) =
         rest.into_iter().partition(|n| n.ends_with("/start"));
-    for n in beats.into_iter().chain(starts).chain(ends).chain(dones) {
+    for n in beats.into_iter().chain(starts).chain(ends) {
         match repo.store.delete(n) {
             Ok(()) | Err(RepoError::NotFound { .. }) => {}
             Err(e) => return Err(e),
