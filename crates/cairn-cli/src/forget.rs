@@ -354,7 +354,6 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
                 "packs_deleted": r.packs_deleted, "bytes_deleted": r.bytes_deleted, "packs_recovered": r.packs_recovered,
                 "markers_pending": r.markers_pending, "markers_completed": r.markers_completed,
                 "markers_held": r.markers_held, "sessions_fenced": r.sessions_fenced,
-                "commits_completed": r.commits_completed,
                 "commits_pending": r.commits_pending,
                 "missing_packs_dropped": r.missing_packs_dropped.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
                 "warnings": r.warnings,

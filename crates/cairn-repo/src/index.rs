@@ -266,6 +266,16 @@ impl Index {
         }
     }
 
+    /// Leave out the blobs of every loaded pack not in `allowed` (before
+    /// [`Index::finish`]) without calling them missing: marked packs.
+    pub fn exclude_marked(&mut self, allowed: &std::collections::HashSet<PackId>) {
+        for (i, p) in self.packs.iter().enumerate() {
+            if !allowed.contains(p) {
+                self.excluded.insert(i as u32);
+            }
+        }
+    }
+
     /// Whether the pack at a position was left out as missing.
     pub fn is_excluded(&self, pack: u32) -> bool {
         self.excluded.contains(&pack)

@@ -52,7 +52,12 @@ impl Repository {
         Ok(r)
     }
 
-    /// The same as [`Self::read_index`] (named for the writers' call sites).
+    /// [`Self::read_index`] for a writer session, after its `start` exists:
+    /// the deletion markers are listed again and every pack they name is
+    /// left out too, so the session never deduplicates against a marked pack
+    /// (format-spec §5.1 step 2; the model in `format-spec/model` found that
+    /// reusing one through a stale or fenced writer's index object loses
+    /// data). Markers written later are relevant to the session, so held.
     pub fn read_index_checked(&self) -> Result<Index> {
         self.read_index_with(true)
     }
@@ -71,10 +76,10 @@ impl Repository {
     /// found superseded by another (only after a prune, until its phase 2)
     /// makes the load start over, skipping what is superseded.
     pub fn read_index(&self) -> Result<Index> {
-        self.read_index_with(true)
+        self.read_index_with(false)
     }
 
-    fn read_index_with(&self, check_packs: bool) -> Result<Index> {
+    fn read_index_with(&self, for_writing: bool) -> Result<Index> {
         let mut skip: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
         loop {
             let (mut index, superseded, tree_packs) = self.read_index_skipping(&skip)?;
@@ -82,14 +87,18 @@ impl Repository {
                 skip.extend(superseded);
                 continue;
             }
-            if check_packs {
-                let stored: std::collections::HashSet<PackId> = self
-                    .store
-                    .list("data")?
-                    .into_iter()
-                    .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
-                    .collect();
-                index.exclude_missing(&stored);
+            let mut stored: std::collections::HashSet<PackId> = self
+                .store
+                .list("data")?
+                .into_iter()
+                .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
+                .collect();
+            index.exclude_missing(&stored);
+            if for_writing {
+                for p in self.marked_packs()? {
+                    stored.remove(&p);
+                }
+                index.exclude_marked(&stored);
             }
             index.finish();
             crate::sys::release_free_memory();

@@ -108,9 +108,6 @@ pub struct PruneReport {
     /// Snapshots of sessions that claimed their commit but have not written
     /// the snapshot object yet (counted as snapshots).
     pub commits_pending: usize,
-    /// Snapshots a dead session had claimed but not written, written by
-    /// prune from its commit record (the backup may have reported an error).
-    pub commits_completed: Vec<String>,
     /// Packs the index listed but storage did not hold, dropped from the index.
     pub missing_packs_dropped: Vec<PackId>,
     /// Things the operator should know (clock skew, missing packs).
@@ -402,19 +399,20 @@ impl IndexedRepository {
             if v.sid == session.sid {
                 continue;
             }
-            // Claims count only with the session's `start` and before its
-            // fence: one without `start` is a late claim its session will
-            // withdraw (its data may be gone), or a leftover of a session
-            // whose snapshot is written (see session::remove_session).
-            let mut fenced_at = false;
+            // Every commit claim is a root, as long as it exists: only its
+            // session removes it (format-spec §5.3 step 2, checked by the
+            // model in format-spec/model: completing or removing claims let
+            // a paused session's snapshot lose its data).
+            let mut unwritten = false;
             for (name, e) in &v.ends {
-                fenced_at |= matches!(e, End::Fence);
                 match e {
-                    End::Commit(_) if fenced_at || v.start_ns.is_none() => {}
                     End::Commit(bytes) => {
                         let id = SnapshotId::of(bytes);
                         let snap = Snapshot::decode(&self.repo.key, bytes)
                             .map_err(|x| RepoError::from_format(name, x))?;
+                        if self.repo.store.head(&store::snapshot_path(&id))?.is_none() {
+                            unwritten = true;
+                        }
                         roots.push((id, snap));
                     }
                     End::Unreadable(why) => r
@@ -432,16 +430,26 @@ impl IndexedRepository {
                     "session {} has objects this cairn cannot read; it is treated as running and left in place",
                     v.sid
                 ));
+            } else if unwritten && stale {
+                // Claimed a commit and went quiet before writing it: its
+                // claim stays a root (its data is kept) until the session
+                // writes the snapshot and removes the claim itself.
+                r.warnings.push(format!(
+                    "{} claimed a snapshot and has not written it (no heartbeat for {}); its data is kept until it does (if that process is gone for good, remove sessions/{}/ by hand)",
+                    v.who,
+                    crate::session::human(std::time::Duration::from_nanos(
+                        (now - v.last_alive_ns).max(0) as u64
+                    )),
+                    v.sid
+                ));
+                continue;
             } else if v.fenced() || v.markers.is_none() && stale {
                 if !opts.dry_run {
                     lease.check()?;
-                    let done = crate::session::remove_session(&self.repo, &v)?;
-                    r.commits_completed
-                        .extend(done.iter().map(|id| format!("{} ({})", id.short(), v.who)));
+                    crate::session::remove_session(&self.repo, &v)?;
                 }
                 continue;
-            }
-            if stale && !foreign {
+            } else if stale && !unwritten {
                 if opts.dry_run {
                     r.sessions_fenced.push(v.who.clone());
                     continue;
@@ -455,28 +463,45 @@ impl IndexedRepository {
                             (now - v.last_alive_ns).max(0) as u64
                         ))
                     ));
-                    // Re-list: a claim may have landed just before the fence.
+                    // A claim may have landed just before the fence: then
+                    // the session stays (its claim a root) until it ends.
                     let again = list_sessions(&self.repo)?
                         .into_iter()
                         .find(|x| x.sid == v.sid);
                     if let Some(again) = again {
+                        let mut claimed = false;
                         for (name, e) in &again.ends {
                             if let End::Commit(bytes) = e
-                                && again.start_ns.is_some()
                                 && !v.ends.iter().any(|(n, _)| n == name)
                             {
                                 let snap = Snapshot::decode(&self.repo.key, bytes)
                                     .map_err(|x| RepoError::from_format(name, x))?;
                                 roots.push((SnapshotId::of(bytes), snap));
+                                claimed = true;
                             }
                         }
-                        let done = crate::session::remove_session(&self.repo, &again)?;
-                        r.commits_completed
-                            .extend(done.iter().map(|id| format!("{} ({})", id.short(), v.who)));
+                        if !claimed {
+                            crate::session::remove_session(&self.repo, &again)?;
+                        }
                     }
                     continue;
                 }
-                // It claimed again while we tried: alive after all.
+                // It claimed while we tried: alive after all, and its claim
+                // is a root (format-spec §5.3 step 2).
+                if let Some(again) = list_sessions(&self.repo)?
+                    .into_iter()
+                    .find(|x| x.sid == v.sid)
+                {
+                    for (name, e) in &again.ends {
+                        if let End::Commit(bytes) = e
+                            && !v.ends.iter().any(|(n, _)| n == name)
+                        {
+                            let snap = Snapshot::decode(&self.repo.key, bytes)
+                                .map_err(|x| RepoError::from_format(name, x))?;
+                            roots.push((SnapshotId::of(bytes), snap));
+                        }
+                    }
+                }
             }
             live += 1;
             if let Some(t) = v.start_ns {
@@ -500,8 +525,9 @@ impl IndexedRepository {
         let mut snaps = self.repo.list_snapshots()?;
         let listed: HashSet<SnapshotId> = snaps.iter().map(|x| x.0).collect();
         snaps.extend(roots.into_iter().filter(|x| !listed.contains(&x.0)));
-        // Step 4: the index, after the snapshots.
-        self.replace_index(self.repo.read_index_checked()?);
+        // Step 4: the index, after the snapshots (marked packs re-listed by
+        // a session are live here: prune reads the index as it is).
+        self.replace_index(self.repo.read_index()?);
         self.prune_listed(
             lease,
             snaps,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_format::{SnapshotId, envelope};
+use cairn_format::envelope;
 use serde_json::{Value, json};
 
 use crate::error::{RepoError, Result};
@@ -551,39 +551,10 @@ pub fn fence(repo: &Repository, v: &SessionView) -> Result<Option<()>> {
 }
 
 /// Remove a dead session's objects: beats and `start` first, claims last.
-/// A commit it claimed but whose snapshot object is not there yet is
-/// completed first (the claim was the commit decision, and once its record
-/// is gone nothing else would keep that snapshot's data): the snapshot
-/// objects written are returned.
-///
-/// Only claims seen together with the session's `start` are completed, and
-/// only those before its fence: `start` is removed before the claims and
-/// never written again, so such a claim was made before the session could
-/// have been taken for dead and while prune still protected its data. A
-/// claim without `start` is one the session will withdraw (it finds `start`
-/// gone), or its leftover: never completed.
-pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<Vec<SnapshotId>> {
-    let mut completed = Vec::new();
-    let claims = v
-        .ends
-        .iter()
-        .take_while(|(_, e)| !matches!(e, End::Fence))
-        .filter(|_| v.start_ns.is_some());
-    for (_, e) in claims {
-        if let End::Commit(bytes) = e {
-            let id = SnapshotId::of(bytes);
-            let name = crate::store::snapshot_path(&id);
-            if repo.store.head(&name)?.is_none() {
-                match repo.store.put_new(&name, bytes.clone()) {
-                    Ok(()) => completed.push(id),
-                    Err(RepoError::AlreadyExists { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    remove_objects(repo, v)?;
-    Ok(completed)
+/// Only for sessions whose every commit claim has its snapshot written (a
+/// claim is otherwise left to its session, format-spec §5.3 step 2).
+pub fn remove_session(repo: &Repository, v: &SessionView) -> Result<()> {
+    remove_objects(repo, v)
 }
 
 fn remove_objects(repo: &Repository, v: &SessionView) -> Result<()> {
