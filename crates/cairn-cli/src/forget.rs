@@ -405,11 +405,6 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
         for f in &r.sessions_fenced {
             println!("fenced:        {f}: taken for dead, its objects removed");
         }
-        for c in &r.commits_completed {
-            println!(
-                "completed:     snapshot {c}: its backup claimed the commit, then stopped before writing it"
-            );
-        }
         if dry_run {
             println!("dry run: nothing was changed");
         }
