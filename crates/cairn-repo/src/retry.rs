@@ -108,6 +108,25 @@ fn nanos_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether the cloud client's message says it used all its retries.
+fn client_budget_spent(msg: &str) -> bool {
+    let Some(i) = msg.find(" retries, max_retries: ") else {
+        return false;
+    };
+    let done = msg[..i]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok());
+    let max = msg[i + " retries, max_retries: ".len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse::<u64>().ok());
+    match (done, max) {
+        (Some(d), Some(m)) => d >= m,
+        _ => true,
+    }
+}
+
 /// Whether trying again can help with this store error.
 pub fn is_retryable(e: &Error) -> bool {
     match e {
@@ -120,11 +139,13 @@ pub fn is_retryable(e: &Error) -> bool {
                 msg.push_str(&inner.to_string());
                 s = inner.source();
             }
-            // Errors the cloud client already retried ("after N retries")
-            // are not retried again: its budget (retry_timeout) is spent.
+            // Errors the cloud client retried until its budget ran out
+            // ("after N retries, max_retries: N") are not retried again; one
+            // it gave up on early (a request body cut off after 2 of 10
+            // retries) is.
             !msg.contains("status code: 4")
                 && !msg.contains("status code: 501")
-                && !msg.contains(" retries, max_retries")
+                && !client_budget_spent(&msg)
         }
         Error::JoinError { .. } => true,
         _ => false,
