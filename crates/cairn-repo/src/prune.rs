@@ -465,43 +465,18 @@ impl IndexedRepository {
                     ));
                     // A claim may have landed just before the fence: then
                     // the session stays (its claim a root) until it ends.
-                    let again = list_sessions(&self.repo)?
-                        .into_iter()
-                        .find(|x| x.sid == v.sid);
-                    if let Some(again) = again {
-                        let mut claimed = false;
-                        for (name, e) in &again.ends {
-                            if let End::Commit(bytes) = e
-                                && !v.ends.iter().any(|(n, _)| n == name)
-                            {
-                                let snap = Snapshot::decode(&self.repo.key, bytes)
-                                    .map_err(|x| RepoError::from_format(name, x))?;
-                                roots.push((SnapshotId::of(bytes), snap));
-                                claimed = true;
-                            }
-                        }
-                        if !claimed {
-                            crate::session::remove_session(&self.repo, &again)?;
-                        }
+                    let (again, claims) = self.claims_since(&v)?;
+                    if let Some(again) = again
+                        && claims.is_empty()
+                    {
+                        crate::session::remove_session(&self.repo, &again)?;
                     }
+                    roots.extend(claims);
                     continue;
                 }
                 // It claimed while we tried: alive after all, and its claim
                 // is a root (format-spec §5.3 step 2).
-                if let Some(again) = list_sessions(&self.repo)?
-                    .into_iter()
-                    .find(|x| x.sid == v.sid)
-                {
-                    for (name, e) in &again.ends {
-                        if let End::Commit(bytes) = e
-                            && !v.ends.iter().any(|(n, _)| n == name)
-                        {
-                            let snap = Snapshot::decode(&self.repo.key, bytes)
-                                .map_err(|x| RepoError::from_format(name, x))?;
-                            roots.push((SnapshotId::of(bytes), snap));
-                        }
-                    }
-                }
+                roots.extend(self.claims_since(&v)?.1);
             }
             live += 1;
             if let Some(t) = v.start_ns {
@@ -539,6 +514,28 @@ impl IndexedRepository {
             r,
             opts,
         )
+    }
+
+    /// List session `v` again: its view now (if it still has objects) and
+    /// the commit claims it made since `v` was listed, as roots.
+    fn claims_since(&self, v: &crate::session::SessionView) -> Result<SessionClaims> {
+        let Some(again) = crate::session::list_sessions(&self.repo)?
+            .into_iter()
+            .find(|x| x.sid == v.sid)
+        else {
+            return Ok((None, Vec::new()));
+        };
+        let mut claims = Vec::new();
+        for (name, e) in &again.ends {
+            if let crate::session::End::Commit(bytes) = e
+                && !v.ends.iter().any(|(n, _)| n == name)
+            {
+                let snap = Snapshot::decode(&self.repo.key, bytes)
+                    .map_err(|x| RepoError::from_format(name, x))?;
+                claims.push((SnapshotId::of(bytes), snap));
+            }
+        }
+        Ok((Some(again), claims))
     }
 
     /// Steps 4–10; `snaps` and `markers` were listed before the index now
@@ -994,6 +991,12 @@ impl IndexedRepository {
         Ok(r)
     }
 }
+
+/// A session listed again, and the commit claims it made meanwhile.
+type SessionClaims = (
+    Option<crate::session::SessionView>,
+    Vec<(SnapshotId, Snapshot)>,
+);
 
 /// Up to this many packs the commit check always asks for each (in
 /// parallel); beyond, it lists `data/` when that takes fewer requests.
