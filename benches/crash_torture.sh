@@ -16,7 +16,7 @@ trap 'rm -rf "$WORK"' EXIT
 cargo build --release -q -p cairn-cli
 CAIRN=$PWD/target/release/cairn
 export CAIRN_REPOSITORY=$WORK/repo CAIRN_PASSWORD=torture
-"$CAIRN" init -q --kdf-memory-kib 1024 --kdf-iterations 1 --kdf-parallelism 1 >/dev/null
+"$CAIRN" init -q --kdf-memory-kib 1024 --kdf-iterations 1 --kdf-parallelism 1 --insecure-kdf >/dev/null
 SRC=$WORK/src
 mkdir -p "$SRC" "$WORK/manifests"
 manifest() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 -r sha256sum); }

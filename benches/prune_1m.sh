@@ -20,7 +20,7 @@ export CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
 BYTES=$(python3 -c "print(int($MIB * 1048576))")
 # Tiny chunks so that ~N*MIB MiB make ~1 M blobs (restic cannot be told to
 # chunk this small: its blob count is reported next to its figures).
-"$CAIRN" init --repo "$WORK/cairn" --chunk-min 128 --chunk-avg 256 --chunk-max 1024 --kdf-memory-kib 8192 --kdf-iterations 1 >/dev/null
+"$CAIRN" init --repo "$WORK/cairn" --chunk-min 128 --chunk-avg 256 --chunk-max 1024 --kdf-memory-kib 8192 --kdf-iterations 1 --insecure-kdf >/dev/null
 restic init --repo "$WORK/restic" >/dev/null 2>&1
 gen() { openssl enc -aes-128-ctr -pass "pass:s$1" -nosalt -pbkdf2 </dev/zero 2>/dev/null | head -c "$BYTES" || true; }
 for i in $(seq 1 "$N"); do

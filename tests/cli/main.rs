@@ -3,6 +3,7 @@
 mod check;
 mod concurrent;
 mod faults;
+mod hostile;
 mod mount;
 mod protocol;
 mod s3;

@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Argon2id settings that keep tests fast (the default costs 64 MiB x 3 passes).
-pub const CHEAP_KDF: [&str; 6] = [
+pub const CHEAP_KDF: [&str; 7] = [
     "--kdf-memory-kib",
     "1024",
     "--kdf-iterations",
     "1",
     "--kdf-parallelism",
     "1",
+    "--insecure-kdf",
 ];
 
 /// A scratch directory with a repository location and a password file.
@@ -38,7 +39,11 @@ impl Env {
 
     /// A `cairn` command with the repository and password set.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        // CAIRN_TEST_BIN runs the suite against another build (a release
+        // binary, or an older one to see a new test fail on it).
+        let bin = std::env::var_os("CAIRN_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
+        let mut c = Command::new(bin);
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CAIRN_REPOSITORY", self.repo())

@@ -173,15 +173,33 @@ pub struct KdfArgs {
     /// Argon2id lanes of the new key
     #[arg(long, default_value_t = 4)]
     kdf_parallelism: u32,
+    /// Accept Argon2id settings below the floor (19 MiB, 2 iterations):
+    /// for tests only, a stolen key file is then cheap to guess against
+    #[arg(long)]
+    insecure_kdf: bool,
 }
 
+/// The weakest Argon2id settings a key file may have without
+/// `--insecure-kdf` (OWASP's minimum for Argon2id: m = 19 MiB, t = 2).
+const KDF_FLOOR_KIB: u32 = 19 * 1024;
+const KDF_FLOOR_ITERATIONS: u32 = 2;
+
 impl KdfArgs {
-    fn params(&self) -> KdfParams {
-        KdfParams {
+    fn params(&self) -> Result<KdfParams> {
+        let p = KdfParams {
             m_cost: self.kdf_memory_kib,
             t_cost: self.kdf_iterations,
             p_cost: self.kdf_parallelism,
+        };
+        p.validate()?;
+        if !self.insecure_kdf && (p.m_cost < KDF_FLOOR_KIB || p.t_cost < KDF_FLOOR_ITERATIONS) {
+            bail!(
+                "refusing a weak key derivation (Argon2id m = {} KiB, t = {}): a stolen key file would be cheap to guess against; the floor is m = {KDF_FLOOR_KIB} KiB, t = {KDF_FLOOR_ITERATIONS} (--insecure-kdf allows it, for tests)",
+                p.m_cost,
+                p.t_cost
+            );
         }
+        Ok(p)
     }
 }
 
@@ -194,7 +212,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
     cfg.zstd_level = a.compression;
     cfg.pack_target = a.pack_size;
     cfg.validate()?;
-    a.kdf.params().validate()?;
+    let kdf = a.kdf.params()?;
     let store = backend(g, true, true)?;
     if store.exists(store::CONFIG)? {
         bail!("a repository already exists at {loc}");
@@ -216,7 +234,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
         );
     }
     let pw = read_password(g, true)?;
-    let repo = Repository::init_store(store, &pw, cfg, a.kdf.params())?;
+    let repo = Repository::init_store(store, &pw, cfg, kdf)?;
     if g.json {
         print_json(
             &json!({"repository": loc, "id": to_hex(&repo.config.repo_id), "key": repo.key_id.to_hex()}),
@@ -578,9 +596,20 @@ pub struct RestoreArgs {
     /// Restore only this path (repeatable)
     #[arg(long = "include")]
     includes: Vec<String>,
-    /// Restore into a non-empty target, replacing entries
+    /// Restore into a non-empty target, replacing entries (what is in the way
+    /// is unlinked and recreated, never written through)
     #[arg(long)]
     overwrite: bool,
+    /// Do not set the snapshot's owners (as root: files belong to root);
+    /// for snapshots you do not fully trust
+    #[arg(long)]
+    no_owner: bool,
+    /// Do not create device nodes or FIFOs
+    #[arg(long)]
+    no_special: bool,
+    /// Clear setuid and setgid bits
+    #[arg(long)]
+    no_setuid: bool,
     /// Exit 3 (not 1) when some files are damaged: the intact ones are
     /// restored either way, damaged ones are listed and kept as NAME.damaged
     #[arg(long)]
@@ -596,6 +625,9 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         target: a.target.clone(),
         includes: a.includes.iter().map(|i| i.as_bytes().to_vec()).collect(),
         overwrite: a.overwrite,
+        no_owner: a.no_owner,
+        no_special: a.no_special,
+        no_setuid: a.no_setuid,
     };
     let progress = Arc::new(RestoreProgress::default());
     let p2 = progress.clone();
@@ -631,6 +663,7 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             "seconds": secs,
             "damaged": r.damaged.iter().map(|d| json!({"path": d.path.display().to_string(), "detail": d.detail, "on_target": d.on_target})).collect::<Vec<_>>(),
             "warnings": r.warnings,
+            "withheld": {"special": r.withheld.special, "setuid": r.withheld.setuid, "owner": r.withheld.owner},
         }))?;
     } else {
         println!(
@@ -643,6 +676,9 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             human_bytes(r.bytes_written),
             secs
         );
+        if let Some(w) = r.withheld.summary() {
+            println!("withheld: {w}");
+        }
     }
     let on_target = r.damaged.iter().filter(|d| d.on_target).count();
     if on_target > 0 && on_target == r.damaged.len() {
@@ -891,8 +927,9 @@ pub fn key(g: &GlobalArgs, cmd: KeyCmd) -> Result<i32> {
             new_password_file,
             kdf,
         } => {
+            let kdf = kdf.params()?;
             let pw = new_password(&new_password_file)?;
-            let id = repo.add_key(&pw, kdf.params())?;
+            let id = repo.add_key(&pw, kdf)?;
             println!("added key {}", id.short());
         }
         KeyCmd::Remove { id } => {
@@ -911,8 +948,9 @@ pub fn key(g: &GlobalArgs, cmd: KeyCmd) -> Result<i32> {
             new_password_file,
             kdf,
         } => {
+            let kdf = kdf.params()?;
             let pw = new_password(&new_password_file)?;
-            let id = repo.add_key(&pw, kdf.params())?;
+            let id = repo.add_key(&pw, kdf)?;
             // The new key is durable before the old one goes.
             repo.store.delete(&store::key_path(&repo.key_id))?;
             println!(

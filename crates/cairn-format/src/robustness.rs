@@ -189,3 +189,15 @@ fn absurd_counts_do_not_allocate() {
     b.extend_from_slice(&u32::MAX.to_le_bytes());
     assert!(Tree::decode(&b).is_err());
 }
+
+#[test]
+fn tree_modes_above_0o7777_are_masked_at_decode() {
+    // A hostile writer sets file-type bits (S_IFCHR) in a FIFO's mode, so
+    // that `mknod(S_IFIFO | mode)` would make a device: the reader drops them.
+    let mut t = sample_tree();
+    t.nodes[1].mode = 0o020000 | 0o4755; // S_IFCHR | rwsr-xr-x
+    t.nodes[3].mode = 0xffff_ffff;
+    let back = Tree::decode(&t.encode().unwrap()).unwrap();
+    assert_eq!(back.nodes[1].mode, 0o4755);
+    assert_eq!(back.nodes[3].mode, 0o7777);
+}

@@ -238,7 +238,8 @@ impl Tree {
                 return Err(r.err("entries not sorted or not unique"));
             }
             let tag = r.u8()?;
-            let mode = r.u32()?;
+            // Masked whatever was written (format-spec §4.7).
+            let mode = r.u32()? & 0o7777;
             let uid = r.u32()?;
             let gid = r.u32()?;
             let mtime = Time {

@@ -260,6 +260,11 @@ fn open_local(location: &str, path: &str, create: bool) -> Result<Arc<dyn Object
     let p = std::path::Path::new(path);
     if create {
         std::fs::create_dir_all(p).map_err(|e| RepoError::io(p, e))?;
+        // Private whatever the umask (format-spec §8): key files must not
+        // be readable for offline guessing.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| RepoError::io(p, e))?;
     } else if !p.is_dir() {
         return Err(RepoError::NoRepository {
             location: location.to_string(),
@@ -270,7 +275,11 @@ fn open_local(location: &str, path: &str, create: bool) -> Result<Arc<dyn Object
         // Packs, index and snapshots must be durable before the objects that
         // reference them are written (format-spec §5).
         .with_fsync(true);
-    Ok(Arc::new(fs))
+    Ok(Arc::new(PrivateLocal {
+        inner: fs,
+        done: Default::default(),
+        root: std::fs::canonicalize(p).map_err(|e| RepoError::io(p, e))?,
+    }))
 }
 
 /// Whether a store refuses to overwrite on a create-only put.
@@ -336,4 +345,134 @@ pub fn missing_bucket(store: &Store) -> Option<String> {
     .iter()
     .any(|m| msg.contains(m))
     .then(|| "its bucket (or container) does not exist".to_string())
+}
+
+/// A local repository private to its owner whatever the umask (format-spec
+/// §8): every object written is made 0600, every directory it lands in 0700
+/// (the repository's root is made 0700 at `init`). Everything else is the
+/// plain local store's.
+#[derive(Debug)]
+struct PrivateLocal {
+    inner: object_store::local::LocalFileSystem,
+    /// Directories already made private (each is chmodded once).
+    done: std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
+    root: std::path::PathBuf,
+}
+
+impl std::fmt::Display for PrivateLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateLocal({})", self.inner)
+    }
+}
+
+impl PrivateLocal {
+    fn make_private(&self, location: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(file) = self.inner.path_to_filesystem(location) else {
+            return;
+        };
+        // Failures (a file the user does not own) leave the mode as it was.
+        let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            if d == self.root || !d.starts_with(&self.root) {
+                break;
+            }
+            if self.done.lock().expect("dirs").insert(d.to_path_buf()) {
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for PrivateLocal {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        self.make_private(location);
+        Ok(r)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        // cairn writes every object with one put; multipart (unused) is
+        // passed through.
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await?;
+        self.make_private(to);
+        Ok(())
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await?;
+        self.make_private(to);
+        Ok(())
+    }
 }

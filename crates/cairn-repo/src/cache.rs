@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -52,13 +53,23 @@ fn name_hash(name: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Create `dir` and its missing parents as 0700 (the umask can only take
+/// bits away, so no umask makes them readable by others).
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 impl ObjectCache {
     /// The cache of the repository whose config object is `config`, under
     /// `root`; `None` if the directory cannot be created.
     pub fn open(root: &Path, config: &[u8]) -> Option<ObjectCache> {
         let key = cairn_format::id::to_hex(&blake3::hash(config).as_bytes()[..16]);
         let dir = root.join(key);
-        fs::create_dir_all(&dir).ok()?;
+        private_dirs(&dir).ok()?;
         // Mark the directory so backup tools skip it (like restic's cache).
         let tag = root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -114,7 +125,7 @@ impl ObjectCache {
         }
         let p = self.path(name);
         let Some(parent) = p.parent() else { return };
-        if fs::create_dir_all(parent).is_err() {
+        if private_dirs(parent).is_err() {
             return;
         }
         // Write aside and rename, so a reader never sees half a file.
@@ -123,7 +134,13 @@ impl ObjectCache {
             std::process::id(),
             name.rsplit('/').next().unwrap_or("x")
         ));
-        let ok = fs::File::create(&tmp)
+        // Private whatever the umask (format-spec §8).
+        let _ = fs::remove_file(&tmp);
+        let ok = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .and_then(|mut f| f.write_all(bytes))
             .and_then(|_| fs::rename(&tmp, &p));
         if ok.is_err() {

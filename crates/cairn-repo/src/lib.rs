@@ -39,6 +39,7 @@ pub mod cache;
 pub mod check;
 pub mod error;
 pub mod forget;
+mod fsat;
 pub mod index;
 mod indexed;
 mod packer;
@@ -68,5 +69,6 @@ pub use packer::{Packer, PackerStats};
 pub use prune::{PruneOptions, PruneReport};
 pub use repo::{KeyInfo, Repository, now_ns, whoami};
 pub use restore::{
-    Damage, Entry, RestoreOptions, RestoreProgress, RestoreReport, normalize_snapshot_path,
+    Damage, Entry, RestoreOptions, RestoreProgress, RestoreReport, Withheld,
+    normalize_snapshot_path,
 };

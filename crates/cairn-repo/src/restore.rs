@@ -9,19 +9,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use cairn_format::tree::{Extent, Node, NodeKind, Tree};
 use cairn_format::{BlobKind, ChunkId};
 use rayon::prelude::*;
 
 use crate::error::{RepoError, Result};
+use crate::fsat::{Beneath, Create, Ident, Meta};
 use crate::index::BlobLocation;
 use crate::indexed::IndexedRepository;
 
@@ -40,6 +41,44 @@ pub struct RestoreOptions {
     pub includes: Vec<Vec<u8>>,
     /// Allow a non-empty target and replace what is there.
     pub overwrite: bool,
+    /// Leave ownership to the restoring user (as root, do not set the
+    /// snapshot's owners).
+    pub no_owner: bool,
+    /// Do not create device nodes or FIFOs.
+    pub no_special: bool,
+    /// Clear setuid and setgid bits.
+    pub no_setuid: bool,
+}
+
+/// What a restore held back on purpose (`--no-owner`, `--no-special`,
+/// `--no-setuid`, or a stack `files` service's defaults).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Withheld {
+    /// Device nodes and FIFOs not created.
+    pub special: u64,
+    /// Entries whose setuid/setgid bits were cleared.
+    pub setuid: u64,
+    /// Entries whose snapshot owner was not set (it differs from the
+    /// restoring user's).
+    pub owner: u64,
+}
+
+impl Withheld {
+    /// "2 device nodes/FIFOs not created, 1 setuid/setgid bits cleared, …",
+    /// or `None` when nothing was held back.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.special > 0 {
+            parts.push(format!("{} device nodes/FIFOs not created", self.special));
+        }
+        if self.setuid > 0 {
+            parts.push(format!("{} setuid/setgid bits cleared", self.setuid));
+        }
+        if self.owner > 0 {
+            parts.push(format!("{} owners not set", self.owner));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 /// A file that could not be restored correctly.
@@ -80,6 +119,16 @@ pub struct RestoreReport {
     pub damaged: Vec<Damage>,
     /// Non-fatal problems (e.g. ownership that could not be set).
     pub warnings: Vec<String>,
+    /// What was held back on purpose.
+    pub withheld: Withheld,
+}
+
+/// One entry to restore: its path relative to the target, its node, and
+/// the identity of what this restore created for it.
+struct Item {
+    rel: PathBuf,
+    node: Node,
+    made: OnceLock<Ident>,
 }
 
 /// An entry of a snapshot with its path.
@@ -245,6 +294,7 @@ impl IndexedRepository {
             }
         }
         fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
+        let beneath = Beneath::open(target).map_err(|e| RepoError::io(target, e))?;
 
         let includes: Vec<Vec<u8>> = opts
             .includes
@@ -257,10 +307,32 @@ impl IndexedRepository {
                     .iter()
                     .any(|i| is_ancestor_or_self(i, p) || is_ancestor_or_self(p, i))
         };
-        let mut items: Vec<(PathBuf, Node)> = Vec::new();
+        let mut report = RestoreReport::default();
+        let me = (crate::sys::euid(), crate::sys::egid());
+        let mut items: Vec<Item> = Vec::new();
         self.walk(root, b"", &filter, &mut |e| {
-            let rel = OsStr::from_bytes(&e.path[1..]);
-            items.push((target.join(rel), e.node));
+            let mut node = e.node;
+            if opts.no_special
+                && matches!(
+                    node.kind,
+                    NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. }
+                )
+            {
+                report.withheld.special += 1;
+                return Ok(());
+            }
+            if opts.no_setuid && node.mode & 0o6000 != 0 {
+                node.mode &= !0o6000;
+                report.withheld.setuid += 1;
+            }
+            if opts.no_owner && (node.uid, node.gid) != me {
+                report.withheld.owner += 1;
+            }
+            items.push(Item {
+                rel: PathBuf::from(OsStr::from_bytes(&e.path[1..])),
+                node,
+                made: OnceLock::new(),
+            });
             Ok(())
         })?;
         if !includes.is_empty() && items.is_empty() {
@@ -282,13 +354,12 @@ impl IndexedRepository {
             .thread_name(|i| format!("cairn-restore-{i}"))
             .build()
             .map_err(|e| RepoError::InvalidInput(format!("restore threads: {e}")))?;
-        let mut report = RestoreReport::default();
-        pool.install(|| self.create_entries(&items, opts.overwrite, &mut report));
+        pool.install(|| self.create_entries(&beneath, target, &items, opts.overwrite, &mut report));
 
         // Plan: which (file, offset) pairs each chunk goes to, grouped by pack.
         let mut targets: HashMap<ChunkId, Vec<(u32, u64)>> = HashMap::new();
-        for (i, (_, node)) in items.iter().enumerate() {
-            if let NodeKind::File { extents } = &node.kind {
+        for (i, item) in items.iter().enumerate() {
+            if let NodeKind::File { extents } = &item.node.kind {
                 let mut off = 0u64;
                 for e in extents {
                     if let Extent::Chunk { id, .. } = e {
@@ -310,7 +381,7 @@ impl IndexedRepository {
                         let mut d = damaged.lock().expect("damage");
                         for (i, _) in &targets[id] {
                             d.push(Damage {
-                                path: items[*i as usize].0.clone(),
+                                path: target.join(&items[*i as usize].rel),
                                 detail: format!("data blob {id} is not in any index (missing)"),
                                 on_target: false,
                             });
@@ -341,16 +412,20 @@ impl IndexedRepository {
                     for (id, _) in blobs {
                         for (i, _) in &targets[id] {
                             d.push(Damage {
-                                path: items[*i as usize].0.clone(),
+                                path: target.join(&items[*i as usize].rel),
                                 detail: detail.to_string(),
                                 on_target,
                             });
                         }
                     }
                 };
-                if let Err(e) =
-                    self.restore_pack(*pack, blobs, &items, &targets, &written, progress, &fail)
-                {
+                let to = Targets {
+                    beneath: &beneath,
+                    target,
+                    items: &items,
+                    chunks: &targets,
+                };
+                if let Err(e) = self.restore_pack(*pack, blobs, &to, &written, progress, &fail) {
                     let local = matches!(e, RepoError::Io { .. });
                     fail(blobs, &e.to_string(), local);
                 }
@@ -358,23 +433,30 @@ impl IndexedRepository {
         });
         report.bytes_written = written.into_inner();
 
-        self.set_metadata(&items, &mut report);
+        self.set_metadata(&beneath, target, &items, opts.no_owner, &mut report);
         let mut d = damaged.into_inner().expect("damage");
         d.sort_by(|a, b| a.path.cmp(&b.path));
         d.dedup_by(|a, b| a.path == b.path);
         // A file with damaged content must not pass for a good one: it is
         // kept, for what can be salvaged, under a name that says so.
+        let by_path: HashMap<PathBuf, &Item> =
+            items.iter().map(|i| (target.join(&i.rel), i)).collect();
         for dmg in &mut d {
-            if fs::symlink_metadata(&dmg.path).is_ok_and(|m| m.is_file()) {
+            let Some(item) = by_path.get(&dmg.path) else {
+                continue;
+            };
+            if let (NodeKind::File { .. }, Some(made)) = (&item.node.kind, item.made.get())
+                && crate::fsat::rename_suffix(&beneath, &item.rel, *made, ".damaged").is_ok()
+            {
                 let mut renamed = dmg.path.clone().into_os_string();
                 renamed.push(".damaged");
-                if fs::rename(&dmg.path, &renamed).is_ok() {
-                    dmg.detail
-                        .push_str(&format!(" (kept as {})", PathBuf::from(renamed).display()));
-                }
+                dmg.detail
+                    .push_str(&format!(" (kept as {})", PathBuf::from(renamed).display()));
             }
         }
         report.damaged.extend(d);
+        report.damaged.sort_by(|a, b| a.path.cmp(&b.path));
+        report.damaged.dedup_by(|a, b| a.path == b.path);
         Ok(report)
     }
 
@@ -386,13 +468,11 @@ impl IndexedRepository {
         needed * 2 >= size
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn restore_pack(
         &self,
         pack: u32,
         blobs: &[(ChunkId, BlobLocation)],
-        items: &[(PathBuf, Node)],
-        targets: &HashMap<ChunkId, Vec<(u32, u64)>>,
+        to: &Targets<'_>,
         written: &AtomicU64,
         progress: &RestoreProgress,
         fail: &FailFn<'_>,
@@ -403,16 +483,18 @@ impl IndexedRepository {
                 fail(&[(*id, *loc)], &e.to_string(), false);
                 return;
             }
-            for (i, off) in &targets[id] {
-                let path = &items[*i as usize].0;
-                let r = OpenOptions::new()
-                    .write(true)
-                    .open(path)
+            for (i, off) in &to.chunks[id] {
+                let item = &to.items[*i as usize];
+                // Creation failed: that is reported already.
+                let Some(made) = item.made.get() else {
+                    continue;
+                };
+                let r = crate::fsat::open_for_content(to.beneath, &item.rel, *made)
                     .and_then(|f| f.write_all_at(&plain, *off));
                 if let Err(e) = r {
                     fail(
                         &[(*id, *loc)],
-                        &format!("writing {}: {e}", path.display()),
+                        &format!("writing {}: {e}", to.target.join(&item.rel).display()),
                         true,
                     );
                     continue;
@@ -456,30 +538,45 @@ impl IndexedRepository {
     /// Create every entry: directories level by level, then everything else,
     /// each level in parallel (creating a file costs about a millisecond on
     /// a journaling filesystem here; one at a time, that bounded a restore of
-    /// many small files).
+    /// many small files). Entries are created beneath the target's
+    /// descriptor, never through a symlink (see [`crate::fsat`]).
     fn create_entries(
         &self,
-        items: &[(PathBuf, Node)],
+        beneath: &Beneath,
+        target: &std::path::Path,
+        items: &[Item],
         overwrite: bool,
         report: &mut RestoreReport,
     ) {
         let damaged = Mutex::new(Vec::new());
-        let create = |(path, node): &(PathBuf, Node)| {
-            if let Err(detail) = create_entry(path, node, overwrite) {
-                damaged.lock().expect("damage").push(Damage {
-                    path: path.clone(),
-                    detail,
+        let create = |item: &Item| {
+            let what = match &item.node.kind {
+                NodeKind::Dir { .. } => Create::Dir,
+                NodeKind::File { .. } => Create::File(item.node.size),
+                NodeKind::Symlink { target } => Create::Symlink(target),
+                NodeKind::Fifo => Create::Fifo,
+                NodeKind::CharDevice { rdev } => Create::CharDevice(*rdev),
+                NodeKind::BlockDevice { rdev } => Create::BlockDevice(*rdev),
+                NodeKind::Socket => return,
+            };
+            match crate::fsat::create(beneath, &item.rel, &what, overwrite) {
+                Ok(made) => {
+                    let _ = item.made.set(made);
+                }
+                Err(e) => damaged.lock().expect("damage").push(Damage {
+                    path: target.join(&item.rel),
+                    detail: format!("cannot create: {e}"),
                     on_target: true,
-                });
+                }),
             }
         };
-        let mut dirs: BTreeMap<usize, Vec<&(PathBuf, Node)>> = BTreeMap::new();
+        let mut dirs: BTreeMap<usize, Vec<&Item>> = BTreeMap::new();
         let mut others = Vec::new();
         for item in items {
-            match item.1.kind {
+            match item.node.kind {
                 NodeKind::Dir { .. } => {
                     report.dirs += 1;
-                    dirs.entry(item.0.components().count())
+                    dirs.entry(item.rel.components().count())
                         .or_default()
                         .push(item);
                 }
@@ -505,63 +602,52 @@ impl IndexedRepository {
         report.damaged.extend(damaged.into_inner().expect("damage"));
     }
 
-    fn set_metadata(&self, items: &[(PathBuf, Node)], report: &mut RestoreReport) {
+    /// Owner, mode and mtime, deepest entries first, each through a
+    /// descriptor checked to be the entry this restore created. An entry
+    /// swapped for another one meanwhile is reported as not restored
+    /// (nothing is set through it).
+    fn set_metadata(
+        &self,
+        beneath: &Beneath,
+        target: &std::path::Path,
+        items: &[Item],
+        no_owner: bool,
+        report: &mut RestoreReport,
+    ) {
         let root = crate::sys::euid() == 0;
-        for (path, node) in items.iter().rev() {
-            if matches!(node.kind, NodeKind::Socket) || fs::symlink_metadata(path).is_err() {
+        for item in items.iter().rev() {
+            let node = &item.node;
+            let Some(made) = item.made.get() else {
                 continue;
-            }
-            if root && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-            {
-                report
-                    .warnings
-                    .push(format!("{}: cannot set owner: {e}", path.display()));
-            }
-            if !matches!(node.kind, NodeKind::Symlink { .. })
-                && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(node.mode))
-            {
-                report
-                    .warnings
-                    .push(format!("{}: cannot set mode: {e}", path.display()));
-            }
-            if let Err(e) = crate::sys::set_times_nofollow(path, (node.mtime.sec, node.mtime.nsec))
-            {
-                report
-                    .warnings
-                    .push(format!("{}: cannot set mtime: {e}", path.display()));
+            };
+            let meta = Meta {
+                owner: (root && !no_owner).then_some((node.uid, node.gid)),
+                mode: (!matches!(node.kind, NodeKind::Symlink { .. }))
+                    .then_some(node.mode & 0o7777),
+                mtime: (node.mtime.sec, node.mtime.nsec),
+            };
+            let path = target.join(&item.rel);
+            for (what, e) in crate::fsat::set_meta(beneath, &item.rel, *made, &meta) {
+                if what == "open" {
+                    report.damaged.push(Damage {
+                        path: path.clone(),
+                        detail: format!("metadata not set: {e}"),
+                        on_target: true,
+                    });
+                } else {
+                    report
+                        .warnings
+                        .push(format!("{}: cannot set {what}: {e}", path.display()));
+                }
             }
         }
     }
 }
 
-/// Create one entry (replacing what is in the way when `overwrite`).
-fn create_entry(path: &Path, node: &Node, overwrite: bool) -> std::result::Result<(), String> {
-    if overwrite && let Ok(md) = fs::symlink_metadata(path) {
-        let keep = matches!(node.kind, NodeKind::Dir { .. }) && md.is_dir();
-        if !keep {
-            let r = if md.is_dir() {
-                fs::remove_dir_all(path)
-            } else {
-                fs::remove_file(path)
-            };
-            r.map_err(|e| format!("cannot replace existing entry: {e}"))?;
-        }
-    }
-    let r = match &node.kind {
-        NodeKind::Dir { .. } => match fs::create_dir(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-            other => other,
-        },
-        NodeKind::File { .. } => OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .and_then(|f| f.set_len(node.size)),
-        NodeKind::Symlink { target } => std::os::unix::fs::symlink(OsStr::from_bytes(target), path),
-        NodeKind::Fifo => crate::sys::mknod(path, libc::S_IFIFO | node.mode, 0),
-        NodeKind::CharDevice { rdev } => crate::sys::mknod(path, libc::S_IFCHR | node.mode, *rdev),
-        NodeKind::BlockDevice { rdev } => crate::sys::mknod(path, libc::S_IFBLK | node.mode, *rdev),
-        NodeKind::Socket => Ok(()),
-    };
-    r.map_err(|e| format!("cannot create: {e}"))
+/// Where the blobs of a pack go.
+struct Targets<'a> {
+    beneath: &'a Beneath,
+    target: &'a std::path::Path,
+    items: &'a [Item],
+    chunks: &'a HashMap<ChunkId, Vec<(u32, u64)>>,
 }

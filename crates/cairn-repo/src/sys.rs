@@ -139,6 +139,12 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Effective group id.
+pub fn egid() -> u32 {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() }
+}
+
 /// Give the allocator's free pages back to the kernel (glibc keeps freed
 /// memory in its heaps, fragmented, and in the arenas of threads that have
 /// finished; after loading an index that is tens of MB of dead decode

@@ -76,6 +76,7 @@ fn restore_and_compare(r: &IndexedRepository, id: &cairn_format::SnapshotId, src
                 target: target.clone(),
                 includes: vec![],
                 overwrite: false,
+                ..Default::default()
             },
             &RestoreProgress::default(),
         )

@@ -411,12 +411,13 @@ fn redis_load(
     flush(conn, &mut cmds)
 }
 
-/// Load a snapshot into the service. Returns bytes restored.
+/// Load a snapshot into the service. Returns bytes restored and, for files
+/// services, what was withheld (device nodes, setuid bits) as a sentence.
 pub fn restore(
     svc: &Service,
     repo: &IndexedRepository,
     snap: &Snapshot,
-) -> Result<u64, StackError> {
+) -> Result<(u64, Option<String>), StackError> {
     if svc.kind == Kind::Files {
         return restore_files(svc, repo, snap);
     }
@@ -505,7 +506,7 @@ pub fn restore(
         }
         Kind::Files => unreachable!("handled above"),
     }
-    Ok(size)
+    Ok((size, None))
 }
 
 fn pipe_into(
@@ -548,7 +549,7 @@ fn restore_files(
     svc: &Service,
     repo: &IndexedRepository,
     snap: &Snapshot,
-) -> Result<u64, StackError> {
+) -> Result<(u64, Option<String>), StackError> {
     let src = svc.path.as_ref().expect("validated");
     let target: PathBuf = svc.target.clone().unwrap_or_else(|| src.clone());
     let tree = service_tree(svc, repo, snap)?;
@@ -570,6 +571,9 @@ fn restore_files(
         target: target.clone(),
         includes: vec![],
         overwrite: true,
+        no_owner: false,
+        no_special: !svc.allow_special,
+        no_setuid: !svc.allow_setuid,
     };
     let report = repo.restore(&tree, &opts, &RestoreProgress::default())?;
     if let Some(d) = report.damaged.first() {
@@ -583,7 +587,7 @@ fn restore_files(
             ),
         ));
     }
-    Ok(report.bytes_written)
+    Ok((report.bytes_written, report.withheld.summary()))
 }
 
 /// The tree a files service's directory has in its snapshot.

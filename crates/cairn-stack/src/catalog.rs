@@ -181,6 +181,11 @@ pub struct Service {
     pub has_env_override: bool,
     /// Invariants of this service alone.
     pub invariants: Vec<Invariant>,
+    /// Files: restore device nodes and FIFOs (default: withheld, since a
+    /// snapshot may be hostile — format-spec §8).
+    pub allow_special: bool,
+    /// Files: restore setuid/setgid bits (default: cleared).
+    pub allow_setuid: bool,
 }
 
 impl Service {
@@ -330,6 +335,8 @@ struct RawService {
     ready: Option<RawReady>,
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
+    allow_special: Option<bool>,
+    allow_setuid: Option<bool>,
 }
 
 impl RawService {
@@ -722,6 +729,22 @@ impl Catalog {
                 }
                 Kind::Redis => {}
             }
+            if kind != Kind::Files {
+                for (set, field) in [
+                    (rs.allow_special.is_some(), "allow_special"),
+                    (rs.allow_setuid.is_some(), "allow_setuid"),
+                ] {
+                    if set {
+                        cx.err(
+                            at,
+                            format!(
+                                "service {name} (kind {}): {field} applies to kind files only",
+                                rs.kind.get_ref()
+                            ),
+                        );
+                    }
+                }
+            }
             let retention = rs
                 .retention
                 .clone()
@@ -771,6 +794,8 @@ impl Catalog {
                             cx.invariant(inv, &format!("{name}#{}", i + 1), Some(name), &names)
                         })
                         .collect(),
+                    allow_special: rs.allow_special.unwrap_or(false),
+                    allow_setuid: rs.allow_setuid.unwrap_or(false),
                 },
             );
         }

@@ -687,22 +687,33 @@ pub fn live(svc: &Service) -> Result<Option<Fingerprint>, StackError> {
 /// Compare a directory with a snapshot tree: every entry's type, mode,
 /// size, mtime, link target and content (each chunk's keyed hash), plus
 /// entries present on one side only. Returns the differences by path (at
-/// most `limit`).
+/// most `limit`). What the restore withheld on purpose is not expected.
 pub fn verify_tree(
     repo: &IndexedRepository,
     tree: &ChunkId,
     dir: &Path,
+    withheld: Withholding,
     limit: usize,
 ) -> Result<Vec<String>, StackError> {
     let mut out = Vec::new();
-    walk_compare(repo, tree, dir, &mut out, limit)?;
+    walk_compare(repo, tree, dir, withheld, &mut out, limit)?;
     Ok(out)
+}
+
+/// What a files restore holds back (so its verification does not expect it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Withholding {
+    /// Device nodes and FIFOs are not created.
+    pub special: bool,
+    /// setuid/setgid bits are cleared.
+    pub setuid: bool,
 }
 
 fn walk_compare(
     repo: &IndexedRepository,
     tree: &ChunkId,
     dir: &Path,
+    withheld: Withholding,
     out: &mut Vec<String>,
     limit: usize,
 ) -> Result<(), StackError> {
@@ -725,6 +736,18 @@ fn walk_compare(
         }
         let p = dir.join(std::ffi::OsStr::from_bytes(&n.name));
         on_disk.remove(&n.name);
+        let special = matches!(
+            n.kind,
+            NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. }
+        );
+        if special && withheld.special {
+            continue;
+        }
+        let mode = if withheld.setuid {
+            n.mode & !0o6000
+        } else {
+            n.mode
+        };
         let md = match std::fs::symlink_metadata(&p) {
             Ok(m) => m,
             Err(_) => {
@@ -743,11 +766,11 @@ fn walk_compare(
             out.push(format!("{}: type differs", p.display()));
             continue;
         }
-        if md.mode() & 0o7777 != n.mode && !ft.is_symlink() {
+        if md.mode() & 0o7777 != mode && !ft.is_symlink() {
             out.push(format!(
                 "{}: mode {:o} expected, {:o} found",
                 p.display(),
-                n.mode,
+                mode,
                 md.mode() & 0o7777
             ));
         }
@@ -769,7 +792,7 @@ fn walk_compare(
                     out.push(format!("{}: {d}", p.display()));
                 }
             }
-            NodeKind::Dir { tree } => walk_compare(repo, tree, &p, out, limit)?,
+            NodeKind::Dir { tree } => walk_compare(repo, tree, &p, withheld, out, limit)?,
             NodeKind::Symlink { target } => {
                 let t = std::fs::read_link(&p).map(|t| t.as_os_str().as_bytes().to_vec());
                 if t.as_deref().ok() != Some(target.as_slice()) {

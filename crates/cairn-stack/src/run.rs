@@ -398,6 +398,8 @@ pub struct ServiceRestore {
     pub stages: Vec<Stage>,
     /// Bytes restored.
     pub bytes_restored: u64,
+    /// What a files restore held back (device nodes, setuid bits), if any.
+    pub withheld: Option<String>,
     /// Budget.
     pub rto_budget_seconds: Option<f64>,
     /// Whether the budget was met (None without a budget or when not passed).
@@ -781,6 +783,7 @@ fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
         seconds: 0.0,
         stages: vec![],
         bytes_restored: 0,
+        withheld: None,
         rto_budget_seconds: svc.rto.map(|d| d.as_secs_f64()),
         rto_met: None,
         safety_snapshot: None,
@@ -958,7 +961,11 @@ pub fn verify_service(
                 .as_ref()
                 .or(svc.path.as_ref())
                 .expect("validated");
-            f.differences = fingerprint::verify_tree(repo, &tree, dir, 20)?;
+            let withheld = fingerprint::Withholding {
+                special: !svc.allow_special,
+                setuid: !svc.allow_setuid,
+            };
+            f.differences = fingerprint::verify_tree(repo, &tree, dir, withheld, 20)?;
             f.verified = Some(f.differences.is_empty());
         }
         Kind::Command => {
@@ -1123,7 +1130,13 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             return false;
         }
         if !stage(&mut r, "fetch+load", &mut |r| {
-            r.bytes_restored = adapters::restore(svc, cx.repo, snap).map_err(|e| e.to_string())?;
+            let (bytes, withheld) =
+                adapters::restore(svc, cx.repo, snap).map_err(|e| e.to_string())?;
+            r.bytes_restored = bytes;
+            if let Some(w) = &withheld {
+                on_event(&format!("{}: withheld: {w}", svc.name));
+            }
+            r.withheld = withheld;
             Ok(())
         }) {
             return false;

@@ -1,0 +1,405 @@
+//! Handle-based file system access for restore (format-spec §8, "restoring
+//! into hostile places").
+//!
+//! A restore may run as root into a tree that other users can write to (a
+//! service's data directory, a target restored `--overwrite`). Working on path
+//! strings lets such a user swap a directory or file for a symlink between two
+//! calls and have root write or chmod through it. Here every path is resolved
+//! beneath the target's directory descriptor without following any symlink
+//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`; on kernels without
+//! it, `openat` with `O_NOFOLLOW` one component at a time), entries are
+//! created relative to their parent's descriptor, and every later open is
+//! checked against the (device, inode) recorded when the entry was created,
+//! so that a hard link or a renamed-in file is refused as well. Content and
+//! metadata are set through the descriptor (`pwrite`, `fchown`, `fchmod`,
+//! `futimens`), never by path.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+/// Set once `openat2` returned ENOSYS (old kernel, some sandboxes).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Identity of an entry, recorded at creation: (device, inode).
+pub type Ident = (u64, u64);
+
+fn ident(st: &rustix::fs::Stat) -> Ident {
+    (st.st_dev, st.st_ino)
+}
+
+/// The restore target, opened once; everything is resolved beneath it.
+pub struct Beneath {
+    root: OwnedFd,
+}
+
+/// What an open entry turned out to be.
+pub struct Opened {
+    /// The descriptor.
+    pub fd: OwnedFd,
+    /// Its stat, taken through the descriptor.
+    pub stat: rustix::fs::Stat,
+}
+
+fn replaced(rel: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} was replaced by another file while restoring (not written through)",
+        rel.display()
+    ))
+}
+
+impl Beneath {
+    /// Open the target directory (the operator's own path: symlinks in it are
+    /// followed, as they chose it).
+    pub fn open(target: &Path) -> io::Result<Self> {
+        let root = rustix::fs::open(
+            target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Beneath { root })
+    }
+
+    /// Open `rel` (relative, no `..`) beneath the target without following
+    /// any symlink, the last component included (with `O_PATH` a final
+    /// symlink is opened itself).
+    pub fn open_at(&self, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        let mut flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // openat2 refuses flags that do not apply to O_PATH.
+        if !flags.contains(OFlags::PATH) {
+            flags |= OFlags::NOCTTY;
+        }
+        let rel_s: &Path = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            // EAGAIN: a concurrent rename or mount made the kernel unsure
+            // the walk stayed beneath; try again a few times.
+            for _ in 0..8 {
+                match rustix::fs::openat2(
+                    self.root.as_fd(),
+                    rel_s,
+                    flags,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+                ) {
+                    Err(rustix::io::Errno::AGAIN) => continue,
+                    Err(rustix::io::Errno::NOSYS) => {
+                        NO_OPENAT2.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    r => return r.map_err(io::Error::from),
+                }
+            }
+            if !NO_OPENAT2.load(Ordering::Relaxed) {
+                return Err(io::Error::from(rustix::io::Errno::AGAIN));
+            }
+        }
+        // Fallback: one component at a time, never following a symlink.
+        let mut comps: Vec<&OsStr> = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => comps.push(n),
+                Component::CurDir => {}
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} is not a plain relative path", rel.display()),
+                    ));
+                }
+            }
+        }
+        let Some((last, dirs)) = comps.split_last() else {
+            return Ok(rustix::fs::openat(
+                self.root.as_fd(),
+                ".",
+                flags,
+                Mode::empty(),
+            )?);
+        };
+        let mut cur: Option<OwnedFd> = None;
+        for d in dirs {
+            let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+            let next = rustix::fs::openat(
+                at,
+                *d,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            cur = Some(next);
+        }
+        let at = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+        Ok(rustix::fs::openat(at, *last, flags, Mode::empty())?)
+    }
+
+    /// Open `rel` and require it to be the entry recorded as `expect`.
+    pub fn open_checked(&self, rel: &Path, flags: OFlags, expect: Ident) -> io::Result<Opened> {
+        let fd = self
+            .open_at(rel, flags)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => replaced(rel),
+                _ => e,
+            })?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if ident(&stat) != expect {
+            return Err(replaced(rel));
+        }
+        Ok(Opened { fd, stat })
+    }
+
+    /// The parent directory of `rel` (opened beneath the target) and the
+    /// last component's name.
+    pub fn parent<'a>(&self, rel: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+        let name = rel.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no file name", rel.display()),
+            )
+        })?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let fd = self
+            .open_at(parent, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => replaced(parent),
+                _ => e,
+            })?;
+        Ok((fd, name))
+    }
+}
+
+/// What to create.
+pub enum Create<'a> {
+    /// A directory (kept when one is already there and `overwrite`).
+    Dir,
+    /// A regular file of this size (holes stay holes).
+    File(u64),
+    /// A symlink to this target.
+    Symlink(&'a [u8]),
+    /// A FIFO.
+    Fifo,
+    /// A character device.
+    CharDevice(u64),
+    /// A block device.
+    BlockDevice(u64),
+}
+
+/// Create `rel` beneath the target, private to the restoring user until its
+/// metadata is set (directories 0700, others 0600). With `overwrite`, what is
+/// in the way is unlinked (a directory with everything in it, through
+/// descriptors) and recreated, never written through; a directory where a
+/// directory is wanted is kept. Returns the new entry's identity.
+pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io::Result<Ident> {
+    let (parent, name) = b.parent(rel)?;
+    if overwrite {
+        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+                if is_dir && matches!(what, Create::Dir) {
+                    let fd = rustix::fs::openat(
+                        &parent,
+                        name,
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| match e {
+                        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => replaced(rel),
+                        e => e.into(),
+                    })?;
+                    return Ok(ident(&rustix::fs::fstat(&fd)?));
+                }
+                if is_dir {
+                    remove_tree_at(parent.as_fd(), name)?;
+                } else {
+                    rustix::fs::unlinkat(&parent, name, AtFlags::empty())?;
+                }
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let private = Mode::from_raw_mode(0o600);
+    let st = match what {
+        Create::Dir => {
+            rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))?;
+            let fd = rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|_| replaced(rel))?;
+            rustix::fs::fstat(&fd)?
+        }
+        Create::File(size) => {
+            let fd = rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                private,
+            )?;
+            rustix::fs::ftruncate(&fd, *size)?;
+            rustix::fs::fstat(&fd)?
+        }
+        Create::Symlink(target) => {
+            rustix::fs::symlinkat(OsStr::from_bytes(target), &parent, name)?;
+            rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?
+        }
+        Create::Fifo | Create::CharDevice(_) | Create::BlockDevice(_) => {
+            let (ft, dev) = match what {
+                Create::Fifo => (FileType::Fifo, 0),
+                Create::CharDevice(d) => (FileType::CharacterDevice, *d),
+                Create::BlockDevice(d) => (FileType::BlockDevice, *d),
+                _ => unreachable!("matched above"),
+            };
+            rustix::fs::mknodat(&parent, name, ft, private, dev)?;
+            rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?
+        }
+    };
+    Ok(ident(&st))
+}
+
+/// Remove `name` in `dir` and everything below it, through descriptors
+/// (a symlink inside is removed, never followed).
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut entries = Vec::new();
+    for e in rustix::fs::Dir::read_from(&fd)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        entries.push((OsStr::from_bytes(n).to_os_string(), e.file_type()));
+    }
+    for (n, ft) in entries {
+        let is_dir = match ft {
+            FileType::Directory => true,
+            FileType::Unknown => rustix::fs::statat(&fd, &n, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if is_dir {
+            remove_tree_at(fd.as_fd(), &n)?;
+        } else {
+            rustix::fs::unlinkat(&fd, &n, AtFlags::empty())?;
+        }
+    }
+    drop(fd);
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
+/// Metadata to set on a restored entry.
+pub struct Meta {
+    /// Owner to set (`None`: leave it to the restoring user).
+    pub owner: Option<(u32, u32)>,
+    /// Permission bits to set (`None` for symlinks, which have none).
+    pub mode: Option<u32>,
+    /// Modification time (seconds, nanoseconds); access time is left alone.
+    pub mtime: (i64, u32),
+}
+
+/// Set owner, mode and mtime of `rel` through a descriptor opened beneath the
+/// target and checked against `expect`. Errors carry which step failed.
+pub fn set_meta(
+    b: &Beneath,
+    rel: &Path,
+    expect: Ident,
+    m: &Meta,
+) -> Vec<(&'static str, io::Error)> {
+    let mut errs = Vec::new();
+    // O_PATH works for every kind (a final symlink is opened itself) and
+    // opens no device or FIFO (no side effects, no blocking).
+    let o = match b.open_checked(rel, OFlags::PATH, expect) {
+        Ok(o) => o,
+        Err(e) => {
+            errs.push(("open", e));
+            return errs;
+        }
+    };
+    let ft = FileType::from_raw_mode(o.stat.st_mode);
+    if let Some((uid, gid)) = m.owner {
+        // chownat with AT_EMPTY_PATH acts on the descriptor's own inode
+        // (for a symlink, the link itself).
+        let r = rustix::fs::chownat(
+            &o.fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH,
+        );
+        if let Err(e) = r {
+            errs.push(("owner", e.into()));
+        }
+    }
+    if let Some(mode) = m.mode
+        && ft != FileType::Symlink
+    {
+        // chmod needs a real descriptor or a path: the descriptor's
+        // /proc/self/fd link names this inode itself, not a path that could
+        // be swapped; for files and directories, reopen through it.
+        let r = match ft {
+            FileType::RegularFile | FileType::Directory => {
+                let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                if ft == FileType::Directory {
+                    flags |= OFlags::DIRECTORY;
+                }
+                b.open_checked(rel, flags, expect)
+                    .and_then(|f| Ok(rustix::fs::fchmod(&f.fd, Mode::from_raw_mode(mode))?))
+            }
+            _ => {
+                let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&o.fd));
+                rustix::fs::chmod(link.as_str(), Mode::from_raw_mode(mode)).map_err(Into::into)
+            }
+        };
+        if let Err(e) = r {
+            errs.push(("mode", e));
+        }
+    }
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: m.mtime.0,
+            tv_nsec: m.mtime.1 as _,
+        },
+    };
+    if let Err(e) = rustix::fs::utimensat(&o.fd, "", &times, AtFlags::EMPTY_PATH) {
+        errs.push(("mtime", e.into()));
+    }
+    errs
+}
+
+/// Open a regular file created by this restore for writing its content.
+pub fn open_for_content(b: &Beneath, rel: &Path, expect: Ident) -> io::Result<std::fs::File> {
+    let o = b.open_checked(rel, OFlags::WRONLY, expect)?;
+    Ok(std::fs::File::from(o.fd))
+}
+
+/// Rename `rel` to `rel` + `suffix` in its directory if it is still the
+/// regular file recorded as `expect`.
+pub fn rename_suffix(b: &Beneath, rel: &Path, expect: Ident, suffix: &str) -> io::Result<()> {
+    let (parent, name) = b.parent(rel)?;
+    let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if ident(&st) != expect {
+        return Err(replaced(rel));
+    }
+    let mut to = name.to_os_string();
+    to.push(suffix);
+    rustix::fs::renameat(&parent, name, &parent, &to)?;
+    Ok(())
+}

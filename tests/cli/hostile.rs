@@ -1,0 +1,467 @@
+//! Restoring as root into places other users can write to, and from
+//! snapshots that may be hostile.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::util::{Env, prng};
+
+/// The unprivileged user the attacks run as.
+const NOBODY: u32 = 65534;
+
+fn euid() -> u32 {
+    // The owner of a file we just created is our effective uid.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::metadata(f.path()).unwrap().uid()
+}
+
+fn chown_tree(p: &Path, uid: u32) {
+    let s = Command::new("chown")
+        .args(["-R", "-h", &format!("{uid}:{uid}")])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(s.success());
+}
+
+/// Swaps every file and directory it can below ARGV[1] for a symlink to a
+/// root-owned file (ARGV[2]) or directory (ARGV[3]) — atomically, as
+/// `mv -T` does — until ARGV[4] exists; prints how many swaps landed.
+const SWAPPER: &str = r#"
+import os, sys, random
+root, victim, vdir, stop = sys.argv[1:5]
+n = 0
+rnd = random.Random(7)
+while not os.path.exists(stop):
+    for dp, dns, fns in os.walk(root):
+        for f in fns:
+            if f.endswith('.swap'):
+                continue
+            p = os.path.join(dp, f)
+            try:
+                os.symlink(victim, p + '.swap')
+                os.rename(p + '.swap', p)
+                n += 1
+            except OSError:
+                try:
+                    os.unlink(p + '.swap')
+                except OSError:
+                    pass
+        for d in dns:
+            if d.endswith('.moved') or rnd.random() > 0.2:
+                continue
+            p = os.path.join(dp, d)
+            try:
+                os.rename(p, p + '.moved')
+            except OSError:
+                continue
+            try:
+                os.symlink(vdir, p)
+                n += 1
+            except OSError:
+                pass
+        if os.path.exists(stop):
+            break
+print(n)
+"#;
+
+#[test]
+fn restore_as_root_never_writes_through_files_or_dirs_another_user_swaps_for_symlinks() {
+    if euid() != 0 {
+        eprintln!("skipped: the attack needs a root restore and an unprivileged attacker");
+        return;
+    }
+    let env = Env::new();
+    // The attacker must reach the target: the scratch dir is traversable.
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.init(&[]);
+    let src = env.path("src");
+    for d in 0..6 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..150 {
+            fs::write(dir.join(format!("f{f}")), prng(d * 1000 + f, 6000)).unwrap();
+        }
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    // Root's private things outside the target.
+    let vroot = env.path("victim");
+    fs::create_dir(&vroot).unwrap();
+    fs::set_permissions(&vroot, fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = vroot.join("secret");
+    fs::write(&victim, b"root's secret\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let vdir = vroot.join("private");
+    fs::create_dir(&vdir).unwrap();
+    fs::set_permissions(&vdir, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let target = env.path("target");
+    let target_s = target.to_str().unwrap().to_string();
+    let (mut swaps, mut rounds, mut failed) = (0u64, 0u32, 0u32);
+    while (swaps < 200 || rounds < 3) && rounds < 40 {
+        rounds += 1;
+        // The tree as its owner left it: everything theirs.
+        if target.exists() {
+            fs::remove_dir_all(&target).unwrap();
+        }
+        env.ok(&["restore", "latest", "--target", &target_s]);
+        chown_tree(&target, NOBODY);
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+        let stop = env.path("stop");
+        let _ = fs::remove_file(&stop);
+        let attacker = Command::new("setpriv")
+            .args([
+                "--reuid",
+                &NOBODY.to_string(),
+                "--regid",
+                &NOBODY.to_string(),
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                SWAPPER,
+                &target_s,
+                victim.to_str().unwrap(),
+                vdir.to_str().unwrap(),
+                stop.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = env.run(&["restore", "latest", "--target", &target_s, "--overwrite"]);
+        fs::write(&stop, b"").unwrap();
+        let a = attacker.wait_with_output().unwrap();
+        assert!(
+            a.status.success(),
+            "attacker: {}",
+            String::from_utf8_lossy(&a.stderr)
+        );
+        swaps += String::from_utf8_lossy(&a.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() {
+            failed += 1;
+            assert!(
+                err.contains(&target_s),
+                "a restore that fails must name the path: {err}"
+            );
+        }
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"root's secret\n",
+            "round {rounds}: restore wrote through a swapped-in symlink\n{err}"
+        );
+        let md = fs::metadata(&victim).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid()),
+            (0o600, 0),
+            "round {rounds}: restore changed the victim's mode or owner\n{err}"
+        );
+        let md = fs::metadata(&vdir).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.uid()), (0o700, 0));
+        assert_eq!(
+            fs::read_dir(&vdir).unwrap().count(),
+            0,
+            "round {rounds}: restore created entries through a swapped-in directory symlink"
+        );
+    }
+    assert!(swaps >= 200, "only {swaps} swaps landed in {rounds} rounds");
+    eprintln!(
+        "{swaps} swaps in {rounds} rounds ({failed} restores failed naming a path), 0 escapes"
+    );
+}
+
+#[test]
+fn planted_privileges_are_withheld_and_counted() {
+    if euid() != 0 {
+        eprintln!("skipped: creating device nodes and owners needs root");
+        return;
+    }
+    use std::os::unix::fs::{FileTypeExt, chown};
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    let mk = |args: &[&str]| {
+        let s = Command::new("mknod").args(args).status().unwrap();
+        assert!(s.success());
+    };
+    fs::write(src.join("dash"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("dash"), fs::Permissions::from_mode(0o6755)).unwrap();
+    mk(&[
+        "-m",
+        "666",
+        src.join("zero").to_str().unwrap(),
+        "c",
+        "1",
+        "5",
+    ]);
+    mk(&[
+        "-m",
+        "666",
+        src.join("loop").to_str().unwrap(),
+        "b",
+        "7",
+        "200",
+    ]);
+    mk(&["-m", "600", src.join("fifo").to_str().unwrap(), "p"]);
+    fs::write(src.join("plain"), b"data").unwrap();
+    chown(src.join("plain"), Some(4321), Some(4321)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    // Trusted: everything comes back as it was.
+    let all = env.path("all");
+    env.ok(&["restore", "latest", "--target", all.to_str().unwrap()]);
+    let r = all.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::metadata(r.join("dash")).unwrap().mode() & 0o7777,
+        0o6755
+    );
+    assert!(
+        fs::symlink_metadata(r.join("zero"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_eq!(fs::metadata(r.join("plain")).unwrap().uid(), 4321);
+
+    // Untrusted: held back and counted.
+    let safe = env.path("safe");
+    let j = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        safe.to_str().unwrap(),
+        "--no-owner",
+        "--no-special",
+        "--no-setuid",
+    ]);
+    assert_eq!(j["withheld"]["special"], 3, "{j}");
+    assert_eq!(j["withheld"]["setuid"], 1, "{j}");
+    assert_eq!(j["withheld"]["owner"], 1, "{j}");
+    let r = safe.join(src.strip_prefix("/").unwrap());
+    let dash = fs::metadata(r.join("dash")).unwrap();
+    assert_eq!(dash.mode() & 0o7777, 0o755);
+    for n in ["zero", "loop", "fifo"] {
+        assert!(fs::symlink_metadata(r.join(n)).is_err(), "{n} was created");
+    }
+    assert_eq!(fs::metadata(r.join("plain")).unwrap().uid(), 0);
+    let text = env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("safe2").to_str().unwrap(),
+        "--no-special",
+        "--no-setuid",
+    ]);
+    assert!(
+        text.contains("withheld: 3 device nodes/FIFOs not created, 1 setuid/setgid bits cleared"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stack_files_restores_withhold_devices_and_setuid_unless_the_catalog_allows_them() {
+    if euid() != 0 {
+        eprintln!("skipped: creating device nodes needs root");
+        return;
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let env = Env::new();
+    env.init(&[]);
+    let data = env.path("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(data.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let s = Command::new("mknod")
+        .args([
+            "-m",
+            "666",
+            data.join("zero").to_str().unwrap(),
+            "c",
+            "1",
+            "5",
+        ])
+        .status()
+        .unwrap();
+    assert!(s.success());
+    let catalog = |allow: bool| {
+        let p = env.path(if allow { "allow.toml" } else { "cairn.toml" });
+        let extra = if allow {
+            "allow_special = true\nallow_setuid = true\n"
+        } else {
+            ""
+        };
+        fs::write(
+            &p,
+            format!(
+                "[service.data]\nkind = \"files\"\npath = \"{}\"\n{extra}",
+                data.display()
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (plain, allow) = (catalog(false), catalog(true));
+    env.ok(&["stack", "backup", "--catalog", &plain]);
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        &plain,
+        "--no-safety-snapshot",
+    ]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("withheld: 1 device nodes/FIFOs not created, 1 setuid/setgid bits cleared"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::metadata(data.join("tool")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert!(fs::symlink_metadata(data.join("zero")).is_err());
+
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        &allow,
+        "--no-safety-snapshot",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fs::metadata(data.join("tool")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert!(
+        fs::symlink_metadata(data.join("zero"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+
+    // The fields belong to files services only.
+    let bad = env.path("bad.toml");
+    fs::write(
+        &bad,
+        "[service.app]\nkind = \"command\"\nbackup = \"echo\"\nrestore = \"cat\"\nallow_setuid = true\n",
+    )
+    .unwrap();
+    let o = env.run(&["stack", "plan", "--catalog", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("allow_setuid applies to kind files only"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_new_local_repository_is_private_whatever_the_umask() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), prng(1, 100_000)).unwrap();
+    // Through a shell with umask 000: what cairn creates would be 0666/0777.
+    let sh = |args: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask 000; exec \"$CAIRN\" {args}"))
+            .env("CAIRN", env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN_REPOSITORY", env.repo())
+            .env("CAIRN_PASSWORD_FILE", env.path("pw"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh("init --kdf-memory-kib 1024 --kdf-iterations 1 --kdf-parallelism 1 --insecure-kdf");
+    sh(&format!("backup {}", src.display()));
+    sh("forget --keep-last 1");
+    let mut seen = (0, 0);
+    let mut stack = vec![env.repo()];
+    while let Some(d) = stack.pop() {
+        let md = fs::metadata(&d).unwrap();
+        assert_eq!(
+            md.mode() & 0o777,
+            0o700,
+            "{} is {:o}",
+            d.display(),
+            md.mode() & 0o777
+        );
+        seen.0 += 1;
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                assert_eq!(
+                    md.mode() & 0o777,
+                    0o600,
+                    "{} is {:o}",
+                    e.path().display(),
+                    md.mode() & 0o777
+                );
+                seen.1 += 1;
+            }
+        }
+    }
+    assert!(seen.0 >= 5 && seen.1 >= 4, "{seen:?}");
+}
+
+#[test]
+fn init_refuses_a_weak_key_derivation_without_insecure_kdf() {
+    let env = Env::new();
+    let o = env.run(&[
+        "init",
+        "--kdf-memory-kib",
+        "8",
+        "--kdf-iterations",
+        "1",
+        "--kdf-parallelism",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refusing a weak key derivation (Argon2id m = 8 KiB, t = 1)")
+            && err.contains("--insecure-kdf"),
+        "{err}"
+    );
+    assert!(!env.repo().join("config").exists());
+    // At the floor it is accepted; below it only with the flag.
+    env.ok(&[
+        "init",
+        "--kdf-memory-kib",
+        "19456",
+        "--kdf-iterations",
+        "2",
+        "--kdf-parallelism",
+        "1",
+    ]);
+    let o = env.run(&[
+        "key",
+        "add",
+        "--new-password-file",
+        env.path("pw").to_str().unwrap(),
+        "--kdf-iterations",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing a weak key derivation"));
+}
