@@ -465,3 +465,272 @@ fn init_refuses_a_weak_key_derivation_without_insecure_kdf() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing a weak key derivation"));
 }
+
+/// Open the test's local repository through the library, as a hostile
+/// writer holding the password would.
+fn library_repo(env: &Env) -> cairn_repo::IndexedRepository {
+    let b = cairn_repo::backend::open(env.repo().to_str().unwrap(), false, &Default::default())
+        .unwrap();
+    cairn_repo::Repository::open_store(b.into_store(), b"correct horse")
+        .unwrap()
+        .load_index()
+        .unwrap()
+}
+
+/// Run cairn under `/usr/bin/time`: (output, seconds, peak RSS in KiB).
+fn measured(env: &Env, args: &[&str]) -> (std::process::Output, f64, u64) {
+    let stats = env.path("time.out");
+    let t0 = std::time::Instant::now();
+    // Killed after 20 s, so that an unbounded walk fails the test instead
+    // of hanging it.
+    let bin =
+        std::env::var_os("CAIRN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
+    let o = Command::new("timeout")
+        .args(["-s", "KILL", "20", "/usr/bin/time", "-f", "%M", "-o"])
+        .arg(&stats)
+        .arg(bin)
+        .args(args)
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_PASSWORD_FILE", env.path("pw"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let rss = fs::read_to_string(&stats)
+        .ok()
+        .and_then(|t| t.lines().last()?.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    (o, secs, rss)
+}
+
+#[test]
+fn a_planted_tree_bomb_is_refused_in_bounded_time_and_memory_and_blocks_nothing_else() {
+    use cairn_format::tree::{Node, NodeKind, Time, Tree};
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), prng(3, 50_000)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    // 41 tree blobs, each directory holding its child twice: 2^40 paths.
+    let repo = library_repo(&env);
+    let packer = cairn_repo::Packer::new(&repo);
+    let node = |name: &[u8], kind: NodeKind| Node {
+        name: name.to_vec(),
+        kind,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Time { sec: 0, nsec: 0 },
+        ctime: Time { sec: 0, nsec: 0 },
+        inode: 0,
+        size: 0,
+    };
+    let mut t = packer
+        .store_tree(&Tree {
+            nodes: vec![node(b"leaf", NodeKind::File { extents: vec![] })],
+        })
+        .unwrap();
+    for _ in 0..40 {
+        t = packer
+            .store_tree(&Tree {
+                nodes: vec![
+                    node(b"a", NodeKind::Dir { tree: t }),
+                    node(b"b", NodeKind::Dir { tree: t }),
+                ],
+            })
+            .unwrap();
+    }
+    packer.finish().unwrap();
+    let mut snap = repo
+        .repo
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .1;
+    snap.tree = t;
+    snap.time_ns += 1_000_000_000;
+    let bomb = repo.repo.save_snapshot(&snap).unwrap().to_hex();
+    let short = &bomb[..8];
+    drop(repo);
+
+    let target = env.path("t");
+    for args in [
+        vec!["restore", short, "--target", target.to_str().unwrap()],
+        vec!["ls", short],
+    ] {
+        let (o, secs, rss) = measured(&env, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("snapshot {short}"))
+                && err.contains("its tree holds more than 1000000000 entries"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            secs < 10.0 && rss < 256 * 1024,
+            "{args:?}: {secs:.1} s, {rss} KiB"
+        );
+    }
+    let (o, secs, rss) = measured(&env, &["check", "--read-data"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("its tree holds more than"), "{out}");
+    assert!(
+        secs < 10.0 && rss < 256 * 1024,
+        "check: {secs:.1} s, {rss} KiB"
+    );
+    // The honest snapshot is not blocked.
+    let ok = env.path("ok");
+    let first = env.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(first, bomb);
+    env.ok(&["restore", &first[..8], "--target", ok.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(ok.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        prng(3, 50_000)
+    );
+    // A bound can be lowered (or raised) for one command.
+    let o = env.run(&[
+        "--max-tree-entries",
+        "1",
+        "restore",
+        &first[..8],
+        "--target",
+        env.path("ok2").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn planted_and_junk_snapshot_objects_are_named_unread_and_block_nothing_else() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), prng(4, 10_000)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    fs::write(src.join("f"), prng(5, 10_000)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let snaps = env.path("repo/snapshots");
+    // 2 GiB named like a snapshot (sparse: cheap to plant, costly to read).
+    let huge = snaps.join("f".repeat(64));
+    fs::File::create(&huge).unwrap().set_len(2 << 30).unwrap();
+    // A foreign object whose name is its hash: it passes the hash check
+    // and fails to decode.
+    let junk = b"not a snapshot, but named like one".to_vec();
+    let junk_name = cairn_format::SnapshotId::of(&junk).to_hex();
+    fs::write(snaps.join(&junk_name), &junk).unwrap();
+
+    let (o, secs, rss) = measured(&env, &["snapshots"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("snapshots/{}", "f".repeat(64))) && err.contains("not read"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("snapshots/{junk_name}")), "{err}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    assert!(
+        secs < 10.0 && rss < 256 * 1024,
+        "snapshots: {secs:.1} s, {rss} KiB"
+    );
+    // Restores, by id and latest, and forget go on.
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("t1").to_str().unwrap(),
+    ]);
+    let id = env.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&[
+        "restore",
+        &id[..8],
+        "--target",
+        env.path("t2").to_str().unwrap(),
+    ]);
+    let o = env.run(&[
+        "restore",
+        &junk_name[..8],
+        "--target",
+        env.path("t3").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("snapshots/{junk_name}")));
+    env.ok(&["forget", "--keep-last", "1"]);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    // check fails naming both.
+    let o = env.run(&["check"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&junk_name), "{out}");
+}
+
+#[test]
+fn a_planted_expensive_key_file_is_skipped_with_a_warning_and_costs_nothing() {
+    let env = Env::new();
+    env.init(&[]);
+    let keys = env.path("repo/keys");
+    let real = fs::read_dir(&keys)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    let mut planted = fs::read(keys.join(&real)).unwrap();
+    // Argon2id m = 4 GiB, p = 64 (offsets of format-spec §4.3), under a
+    // name listed before the real key file (so every open would try it).
+    planted[11..15].copy_from_slice(&(4u32 << 20).to_le_bytes());
+    planted[19..23].copy_from_slice(&64u32.to_le_bytes());
+    let mut name;
+    let mut salt = 0u8;
+    loop {
+        planted[23] = salt;
+        name = cairn_format::KeyId::of(&planted).to_hex();
+        if name < real {
+            break;
+        }
+        salt += 1;
+    }
+    fs::write(keys.join(&name), &planted).unwrap();
+    let (o, secs, rss) = measured(&env, &["snapshots"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("key file keys/{name} skipped"))
+            && err.contains("m = 4194304 KiB")
+            && err.contains("--allow-expensive-kdf"),
+        "{err}"
+    );
+    assert!(
+        secs < 10.0 && rss < 256 * 1024,
+        "open: {secs:.1} s, {rss} KiB"
+    );
+    // With a wrong password the skipped file is named too.
+    fs::write(env.path("wrong"), "wrong\n").unwrap();
+    let o = env.run_with_password("wrong", &["snapshots"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("keys/{name} skipped")));
+    // The real key named as the hint is tried first.
+    let o = env.run(&["--key-hint", &real[..8], "snapshots"]);
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("skipped"));
+}

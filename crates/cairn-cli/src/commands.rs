@@ -65,13 +65,69 @@ pub fn open_with_password(g: &GlobalArgs, pw: &[u8]) -> Result<Repository> {
 fn open_store_with_password(g: &GlobalArgs, store: Store, pw: &[u8]) -> Result<Repository> {
     let loc = location(g)?;
     let probe = store.clone();
-    Repository::open_store(store, pw).map_err(|e| match e {
+    let hint_file = key_hint_file(&loc);
+    let choice = cairn_repo::KeyChoice {
+        hint: g.key_hint.clone().or_else(|| {
+            let h = std::fs::read_to_string(hint_file.as_ref()?).ok()?;
+            Some(h.trim().to_string()).filter(|h| !h.is_empty())
+        }),
+        allow_expensive_kdf: g.allow_expensive_kdf,
+    };
+    let mut repo = Repository::open_store_with(store, pw, &choice).map_err(|e| match e {
         RepoError::NoRepository { .. } => match cairn_repo::backend::missing_bucket(&probe) {
             Some(why) => anyhow!("no cairn repository at {loc}: {why}"),
             None => anyhow!("no cairn repository at {loc} (run `cairn init` first)"),
         },
         other => anyhow::Error::new(other).context(format!("opening repository {loc}")),
-    })
+    })?;
+    let l = &mut repo.tree_limits;
+    l.entries = g.max_tree_entries.unwrap_or(l.entries);
+    l.depth = g.max_tree_depth.unwrap_or(l.depth);
+    l.bytes = g.max_tree_size.unwrap_or(l.bytes);
+    for w in &repo.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(f) = hint_file {
+        remember_key(&f, &repo.key_id.to_hex());
+    }
+    Ok(repo)
+}
+
+/// Where this host remembers which key file opened the repository at
+/// `loc` (`$XDG_STATE_HOME/cairn/keys/…`, else `~/.local/state/cairn/keys/…`),
+/// so that it is tried first next time.
+fn key_hint_file(loc: &str) -> Option<PathBuf> {
+    let name = to_hex(&cairn_format::KeyId::of(loc.as_bytes()).0[..16]);
+    Some(crate::util::state_dir()?.join("keys").join(name))
+}
+
+/// Best effort: a host that cannot keep the hint tries every key file.
+fn remember_key(f: &std::path::Path, key: &str) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if std::fs::read_to_string(f).is_ok_and(|k| k.trim() == key) {
+        return;
+    }
+    let Some(dir) = f.parent() else { return };
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .is_err()
+    {
+        return;
+    }
+    let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut w| w.write_all(key.as_bytes()))
+        .and_then(|_| std::fs::rename(&tmp, f));
+    if ok.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
@@ -411,10 +467,21 @@ pub struct SnapshotsArgs {
     host: Option<String>,
 }
 
+/// The readable snapshots; each unreadable object is a warning naming it
+/// (`check` fails on it, `repair snapshots` removes it).
+pub fn readable_snapshots(repo: &Repository) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let (list, bad) = repo.list_snapshots_readable()?;
+    for e in &bad {
+        eprintln!(
+            "warning: skipped an unreadable snapshot object: {e} (`cairn repair snapshots` removes it)"
+        );
+    }
+    Ok(list)
+}
+
 pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
     let repo = open(g)?;
-    let list: Vec<_> = repo
-        .list_snapshots()?
+    let list: Vec<_> = readable_snapshots(&repo)?
         .into_iter()
         .filter(|(_, s)| {
             a.service.as_ref().is_none_or(|x| &s.service == x)
@@ -517,7 +584,8 @@ fn kind_name(n: &Node) -> &'static str {
 
 pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let (_, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let (id, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    repo.check_tree_limits(&snap.tree, &format!("snapshot {}", id.short()))?;
     let base = cairn_repo::normalize_snapshot_path(a.path.as_deref().unwrap_or("/").as_bytes());
     let filter = |p: &[u8]| {
         base.is_empty()
@@ -628,6 +696,7 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         no_owner: a.no_owner,
         no_special: a.no_special,
         no_setuid: a.no_setuid,
+        what: format!("snapshot {}", id.short()),
     };
     let progress = Arc::new(RestoreProgress::default());
     let p2 = progress.clone();

@@ -200,8 +200,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
         );
     }
     let stored = repo.snapshot_store_times()?;
-    let snaps: Vec<_> = repo
-        .list_snapshots()?
+    let snaps: Vec<_> = crate::commands::readable_snapshots(&repo)?
         .into_iter()
         .filter(|(_, s)| {
             a.service.as_ref().is_none_or(|x| &s.service == x)

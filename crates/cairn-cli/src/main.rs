@@ -59,6 +59,25 @@ pub struct GlobalArgs {
     /// No progress display
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Refuse to walk a snapshot whose tree holds more entries than this
+    /// (restore, ls, check; default 1000000000)
+    #[arg(long, global = true, value_name = "N")]
+    pub max_tree_entries: Option<u64>,
+    /// … more directory levels than this (default 1024)
+    #[arg(long, global = true, value_name = "N")]
+    pub max_tree_depth: Option<u32>,
+    /// Key file to try first (id or prefix; default: the one this host
+    /// used last for this repository)
+    #[arg(long, global = true, env = "CAIRN_KEY_HINT", value_name = "ID")]
+    pub key_hint: Option<String>,
+    /// Also try key files whose Argon2id settings are above the ceiling
+    /// (1 GiB, 16 passes, 16 lanes; skipped by default: a planted one would
+    /// cost every open that much)
+    #[arg(long, global = true)]
+    pub allow_expensive_kdf: bool,
+    /// … files adding up to more than this apparent size (default 1PiB)
+    #[arg(long, global = true, value_name = "SIZE", value_parser = crate::util::parse_size64)]
+    pub max_tree_size: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -98,12 +98,40 @@ fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
     open_with_password(g, &password)?;
     let path = cairn_mount::mountpoint::absolute(&a.mountpoint)?;
 
+    // The log is created private and never through a symlink: a default
+    // under the state directory (0700), not a guessable name in /tmp where
+    // another user could plant a link to a file root owns.
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
     let log = match &a.log {
-        Some(l) => l.clone(),
-        None => std::env::temp_dir().join(format!("cairn-mount-{}.log", std::process::id())),
+        Some(l) => {
+            open.create(true).truncate(true);
+            l.clone()
+        }
+        None => {
+            let dir = crate::util::state_dir().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("cairn-{}", std::process::id()))
+            });
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            open.create_new(true);
+            dir.join(format!(
+                "mount-{}-{}.log",
+                std::process::id(),
+                cairn_repo::now_ns()
+            ))
+        }
     };
-    let logf = std::fs::File::create(&log)
-        .with_context(|| format!("creating log file {}", log.display()))?;
+    let logf = open.open(&log).with_context(|| {
+        format!(
+            "creating log file {} (not through a symlink)",
+            log.display()
+        )
+    })?;
     let exe = std::env::current_exe().context("finding the cairn binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--repo")

@@ -115,7 +115,7 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
     let cat = Catalog::load(&a.catalog, None)?;
     let selected = cat.select(&a.only, false)?;
     let repo = open_repo(g, &cat)?;
-    let all = repo.list_snapshots()?;
+    let all = crate::commands::readable_snapshots(&repo)?;
     let mut report = Vec::new();
     let mut removed = 0;
     for name in &selected {

@@ -209,3 +209,14 @@ mod tests {
         );
     }
 }
+
+/// This host's private cairn state (`$XDG_STATE_HOME/cairn`, else
+/// `~/.local/state/cairn`); `None` without either variable.
+pub fn state_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            Some(std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"))
+        })?;
+    Some(base.join("cairn"))
+}

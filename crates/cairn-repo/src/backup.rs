@@ -591,7 +591,8 @@ impl IndexedRepository {
             ParentChoice::Id(id) => Some(*id),
             ParentChoice::Auto => self
                 .repo
-                .list_snapshots()?
+                .list_snapshots_readable()?
+                .0
                 .into_iter()
                 .rev()
                 .find(|(_, s)| {

@@ -478,12 +478,33 @@ impl Repository {
             report.problems.extend(probs);
             damaged_blobs.extend(bad);
         }
-        // Which snapshots and paths the damage reaches.
+        // Trees that expand past the bounds restore and ls enforce
+        // (format-spec §10): a planted tree bomb passes every other check.
+        let mut memo = HashMap::new();
+        for (sid, s) in &snaps {
+            let what = format!("snapshot {}", sid.short());
+            if let Err(RepoError::Refused(m)) =
+                repo.check_tree_limits_with(&s.tree, &what, &mut memo)
+            {
+                problem(&mut report, &what, m);
+            }
+        }
+        // Which snapshots and paths the damage reaches (trees without damage
+        // below are remembered, so shared subtrees are walked once).
         if !damaged_blobs.is_empty() {
+            let mut clean = HashSet::new();
             for (sid, s) in &snaps {
                 let mut paths = Vec::new();
                 let mut hit = false;
-                affected_paths(&repo, &s.tree, b"", &damaged_blobs, &mut paths, &mut hit);
+                affected_paths(
+                    &repo,
+                    &s.tree,
+                    b"",
+                    &damaged_blobs,
+                    &mut clean,
+                    &mut paths,
+                    &mut hit,
+                );
                 if hit {
                     report.affected.insert(
                         *sid,
@@ -516,14 +537,23 @@ struct ReadFindings {
     bytes: u64,
 }
 
+/// Paths reported per snapshot.
+const AFFECTED_PATHS: usize = 20;
+
+/// Collect up to [`AFFECTED_PATHS`] paths below `tree` that use damaged
+/// blobs; returns whether the subtree is clean (then remembered in `clean`).
 fn affected_paths(
     repo: &IndexedRepository,
     tree: &ChunkId,
     prefix: &[u8],
     damaged: &HashSet<(BlobKind, ChunkId)>,
+    clean: &mut HashSet<ChunkId>,
     out: &mut Vec<String>,
     hit: &mut bool,
-) {
+) -> bool {
+    if clean.contains(tree) {
+        return true;
+    }
     let here = if prefix.is_empty() {
         "/".to_string()
     } else {
@@ -532,28 +562,40 @@ fn affected_paths(
     if damaged.contains(&(BlobKind::Tree, *tree)) {
         *hit = true;
         out.push(format!("{here} (directory listing)"));
-        return;
+        return false;
     }
     let Ok(t) = repo.load_tree(tree) else {
         *hit = true;
         out.push(format!("{here} (directory listing)"));
-        return;
+        return false;
     };
+    let mut is_clean = true;
     for n in t.nodes {
+        if *hit && out.len() >= AFFECTED_PATHS {
+            // Enough named: the snapshot is known to be hit.
+            return false;
+        }
         let mut p = prefix.to_vec();
         p.push(b'/');
         p.extend_from_slice(&n.name);
         match n.kind {
-            NodeKind::Dir { tree } => affected_paths(repo, &tree, &p, damaged, out, hit),
+            NodeKind::Dir { tree } => {
+                is_clean &= affected_paths(repo, &tree, &p, damaged, clean, out, hit);
+            }
             NodeKind::File { extents }
                 if extents.iter().any(|e| matches!(e, Extent::Chunk { id, .. } if damaged.contains(&(BlobKind::Data, *id)))) =>
             {
                 *hit = true;
+                is_clean = false;
                 out.push(String::from_utf8_lossy(&p).into_owned());
             }
             _ => {}
         }
     }
+    if is_clean {
+        clean.insert(*tree);
+    }
+    is_clean
 }
 
 impl IndexedRepository {

@@ -67,7 +67,7 @@ pub(crate) fn set_stage(stage: &Option<Stage>, msg: impl Into<String>) {
 pub use indexed::IndexedRepository;
 pub use packer::{Packer, PackerStats};
 pub use prune::{PruneOptions, PruneReport};
-pub use repo::{KeyInfo, Repository, now_ns, whoami};
+pub use repo::{KeyChoice, KeyInfo, Repository, now_ns, whoami};
 pub use restore::{
     Damage, Entry, RestoreOptions, RestoreProgress, RestoreReport, Withheld,
     normalize_snapshot_path,

@@ -25,7 +25,33 @@ pub struct Repository {
     pub key_id: KeyId,
     /// Timing of the session and lease protocol (format-spec §5).
     pub protocol: crate::session::ProtocolTimes,
+    /// Bounds on what a snapshot's tree may expand to (format-spec §10).
+    pub tree_limits: crate::restore::TreeLimits,
+    /// What opening found worth saying (key files skipped).
+    pub warnings: Vec<String>,
 }
+
+/// Which key file to try first, and whether to try expensive ones.
+#[derive(Clone, Debug, Default)]
+pub struct KeyChoice {
+    /// Key id (or prefix) tried before the others.
+    pub hint: Option<String>,
+    /// Try key files above the KDF ceiling too.
+    pub allow_expensive_kdf: bool,
+}
+
+/// Argon2id memory above which a key file is skipped unless allowed (KiB).
+pub const KDF_CEILING_KIB: u32 = 1 << 20;
+/// Argon2id passes above which a key file is skipped unless allowed.
+pub const KDF_CEILING_PASSES: u32 = 16;
+/// Argon2id lanes above which a key file is skipped unless allowed.
+pub const KDF_CEILING_LANES: u32 = 16;
+/// The largest a key file can be.
+pub const MAX_KEY_OBJECT: u64 = 64 << 10;
+
+/// The largest a snapshot object can be (format-spec §10): its paths, tags,
+/// fingerprints and extensions are small; anything larger is not read.
+pub const MAX_SNAPSHOT_OBJECT: u64 = 64 << 20;
 
 /// A key file as listed by `cairn key list`.
 #[derive(Debug, Clone)]
@@ -105,6 +131,8 @@ impl Repository {
             config,
             key_id,
             protocol: Default::default(),
+            tree_limits: Default::default(),
+            warnings: Vec::new(),
         })
     }
 
@@ -114,7 +142,16 @@ impl Repository {
     }
 
     /// [`Repository::open`] over a configured [`Store`] (connections, cache).
-    pub fn open_store(mut store: Store, password: &[u8]) -> Result<Self> {
+    pub fn open_store(store: Store, password: &[u8]) -> Result<Self> {
+        Self::open_store_with(store, password, &KeyChoice::default())
+    }
+
+    /// [`Repository::open_store`] trying the hinted key file first and
+    /// skipping key files whose Argon2id settings pass [`KDF_CEILING_KIB`] /
+    /// [`KDF_CEILING_PASSES`] / [`KDF_CEILING_LANES`] unless allowed (a
+    /// planted key file would otherwise cost every open seconds and GBs;
+    /// format-spec §8). Skipped key files are named in [`Self::warnings`].
+    pub fn open_store_with(mut store: Store, password: &[u8], choice: &KeyChoice) -> Result<Self> {
         let cfg_bytes = match store.get(store::CONFIG) {
             Ok(b) => b,
             Err(RepoError::NotFound { .. }) => {
@@ -126,10 +163,28 @@ impl Repository {
         };
         store.enable_cache(&cfg_bytes);
         let mut damaged = Vec::new();
-        for (name, _) in store.list("keys")? {
+        let mut warnings = Vec::new();
+        let mut keys: Vec<(String, KeyId)> = Vec::new();
+        for (name, size) in store.list("keys")? {
             let Some(id) = name.strip_prefix("keys/").and_then(KeyId::from_hex) else {
                 continue;
             };
+            if size > MAX_KEY_OBJECT {
+                damaged.push(format!(
+                    "object {name}: {size} bytes, more than any key file can be; not read"
+                ));
+                continue;
+            }
+            keys.push((name, id));
+        }
+        // In name order (listings need not be sorted), the hinted key first
+        // (the one this host used last).
+        keys.sort();
+        if let Some(h) = &choice.hint {
+            let h = h.to_ascii_lowercase();
+            keys.sort_by_key(|(_, id)| !id.to_hex().starts_with(&h));
+        }
+        for (name, id) in keys {
             let kf = get_verified(&store, &name, &id.0)
                 .and_then(|b| KeyFile::decode(&b).map_err(|e| RepoError::from_format(&name, e)));
             let kf = match kf {
@@ -139,6 +194,24 @@ impl Repository {
                     continue;
                 }
             };
+            let k = kf.kdf;
+            // The hint is the operator's own (or this host's last key).
+            let hinted = choice
+                .hint
+                .as_ref()
+                .is_some_and(|h| id.to_hex().starts_with(&h.to_ascii_lowercase()));
+            if !choice.allow_expensive_kdf
+                && !hinted
+                && (k.m_cost > KDF_CEILING_KIB
+                    || k.t_cost > KDF_CEILING_PASSES
+                    || k.p_cost > KDF_CEILING_LANES)
+            {
+                warnings.push(format!(
+                    "key file {name} skipped: its Argon2id settings (m = {} KiB, t = {}, p = {}) are above the ceiling (m = {KDF_CEILING_KIB} KiB, t = {KDF_CEILING_PASSES}, p = {KDF_CEILING_LANES}); a planted key file would cost every open that much (--allow-expensive-kdf tries it)",
+                    k.m_cost, k.t_cost, k.p_cost
+                ));
+                continue;
+            }
             match kf.unlock(password) {
                 Ok(key) => {
                     let config = Config::decode(&key, &cfg_bytes)
@@ -149,12 +222,15 @@ impl Repository {
                         config,
                         key_id: id,
                         protocol: Default::default(),
+                        tree_limits: Default::default(),
+                        warnings,
                     });
                 }
                 Err(cairn_format::FormatError::WrongPassword) => {}
                 Err(e) => damaged.push(RepoError::from_format(&name, e).to_string()),
             }
         }
+        damaged.extend(warnings);
         if damaged.is_empty() {
             Err(RepoError::WrongPassword)
         } else {
@@ -212,13 +288,38 @@ impl Repository {
     }
 
     /// Every snapshot, oldest first. A damaged snapshot object is an error
-    /// naming it.
+    /// naming it (prune and repair must not act without every snapshot).
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let names: Vec<(String, SnapshotId)> = self
-            .list_snapshot_ids()?
-            .into_iter()
-            .map(|id| (store::snapshot_path(&id), id))
-            .collect();
+        let (out, mut bad) = self.list_snapshots_readable()?;
+        match bad.is_empty() {
+            true => Ok(out),
+            false => Err(bad.swap_remove(0)),
+        }
+    }
+
+    /// Every readable snapshot, oldest first, and what made the others
+    /// unreadable (each error names its object): one damaged, foreign or
+    /// planted snapshot object does not block the commands that do not
+    /// need it. Objects larger than any snapshot can be (format-spec §10)
+    /// are refused from the listing's size, unread.
+    pub fn list_snapshots_readable(&self) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<RepoError>)> {
+        let mut bad = Vec::new();
+        let mut names: Vec<(String, SnapshotId)> = Vec::new();
+        for (n, size) in self.store.list("snapshots")? {
+            let Some(id) = n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex) else {
+                continue;
+            };
+            if size > MAX_SNAPSHOT_OBJECT {
+                bad.push(RepoError::Corrupted {
+                    object: n,
+                    detail: format!(
+                        "{size} bytes, more than any snapshot object can be ({MAX_SNAPSHOT_OBJECT}); not read (planted?)"
+                    ),
+                });
+                continue;
+            }
+            names.push((n, id));
+        }
         let just_names: Vec<String> = names.iter().map(|x| x.0.clone()).collect();
         let mut out = Vec::with_capacity(names.len());
         for ((name, id), bytes) in names.iter().zip(self.store.get_many(&just_names, 16)) {
@@ -226,12 +327,19 @@ impl Repository {
                 Ok(b) => b,
                 // Forgotten between the listing and the read.
                 Err(RepoError::NotFound { .. }) => continue,
+                Err(e @ RepoError::Corrupted { .. }) => {
+                    bad.push(e);
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
-            out.push((*id, self.decode_snapshot(name, id, bytes)?));
+            match self.decode_snapshot(name, id, bytes) {
+                Ok(s) => out.push((*id, s)),
+                Err(e) => bad.push(e),
+            }
         }
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// When the storage received each snapshot object (its `last_modified`,
@@ -274,6 +382,16 @@ impl Repository {
     /// Load one snapshot.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let name = store::snapshot_path(id);
+        if let Some((size, _)) = self.store.head(&name)?
+            && size > MAX_SNAPSHOT_OBJECT
+        {
+            return Err(RepoError::Corrupted {
+                object: name,
+                detail: format!(
+                    "{size} bytes, more than any snapshot object can be ({MAX_SNAPSHOT_OBJECT}); not read (planted?)"
+                ),
+            });
+        }
         let b = self.store.get(&name)?;
         self.decode_snapshot(&name, id, b)
     }
@@ -285,7 +403,20 @@ impl Repository {
         spec: &str,
         filter: &dyn Fn(&Snapshot) -> bool,
     ) -> Result<(SnapshotId, Snapshot)> {
-        let all = self.list_snapshots()?;
+        let (all, bad) = self.list_snapshots_readable()?;
+        // An unreadable object whose id the spec names is the answer.
+        if spec != "latest" {
+            let spec = spec.to_ascii_lowercase();
+            if let Some(e) = bad.into_iter().find(|e| match e {
+                RepoError::Corrupted { object, .. } => object
+                    .strip_prefix("snapshots/")
+                    .is_some_and(|h| h.starts_with(&spec)),
+                _ => false,
+            }) && !all.iter().any(|(id, _)| id.to_hex().starts_with(&spec))
+            {
+                return Err(e);
+            }
+        }
         let found: Vec<_> = if spec == "latest" {
             all.into_iter()
                 .rfind(|(_, s)| filter(s))

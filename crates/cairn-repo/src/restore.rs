@@ -48,6 +48,9 @@ pub struct RestoreOptions {
     pub no_special: bool,
     /// Clear setuid and setgid bits.
     pub no_setuid: bool,
+    /// How errors name what is restored ("snapshot 1a2b3c4d"; empty: "the
+    /// snapshot").
+    pub what: String,
 }
 
 /// What a restore held back on purpose (`--no-owner`, `--no-special`,
@@ -131,6 +134,42 @@ struct Item {
     made: OnceLock<Ident>,
 }
 
+/// Bounds on what a snapshot's tree may expand to (format-spec §10). Trees
+/// are shared by id, so 41 tree blobs can describe 2^40 paths: before a
+/// restore or a listing walks a snapshot, its expansion is computed over the
+/// distinct trees only and refused when it passes a bound. The defaults are
+/// far above real trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeLimits {
+    /// Entries (files, directories, links, …) in the whole tree.
+    pub entries: u64,
+    /// Directory levels below the root.
+    pub depth: u32,
+    /// Sum of the entries' apparent sizes (sparse files count whole).
+    pub bytes: u64,
+}
+
+impl Default for TreeLimits {
+    fn default() -> Self {
+        TreeLimits {
+            entries: 1_000_000_000,
+            depth: 1024,
+            bytes: 1 << 50,
+        }
+    }
+}
+
+/// What a tree expands to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expansion {
+    /// Entries below (not counting the tree itself).
+    pub entries: u64,
+    /// Levels of directories below.
+    pub depth: u32,
+    /// Sum of apparent sizes.
+    pub bytes: u64,
+}
+
 /// An entry of a snapshot with its path.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -166,8 +205,89 @@ pub fn normalize_snapshot_path(p: &[u8]) -> Vec<u8> {
 }
 
 impl IndexedRepository {
+    /// Refuse a tree whose expansion passes the repository's
+    /// [`TreeLimits`]; `what` names it in the error (e.g. "snapshot 1a2b…").
+    /// Reads each distinct tree once.
+    pub fn check_tree_limits(&self, root: &ChunkId, what: &str) -> Result<Expansion> {
+        self.check_tree_limits_with(root, what, &mut HashMap::new())
+    }
+
+    /// [`Self::check_tree_limits`] sharing what is known of trees between
+    /// calls (`check` over many snapshots).
+    pub(crate) fn check_tree_limits_with(
+        &self,
+        root: &ChunkId,
+        what: &str,
+        memo: &mut HashMap<ChunkId, Expansion>,
+    ) -> Result<Expansion> {
+        let limits = self.repo.tree_limits;
+        self.expand(root, 0, &limits, memo)
+            .map_err(|e| match e {
+                RepoError::Refused(m) => RepoError::Refused(format!(
+                    "{what}: {m}; refused before reading it (a tree that expands this far is planted or absurd; the --max-tree-entries, --max-tree-depth and --max-tree-size options raise the bounds)"
+                )),
+                other => other,
+            })
+    }
+
+    fn expand(
+        &self,
+        id: &ChunkId,
+        depth: u32,
+        limits: &TreeLimits,
+        memo: &mut HashMap<ChunkId, Expansion>,
+    ) -> Result<Expansion> {
+        let over = |e: &Expansion, depth: u32| -> Result<()> {
+            if e.entries > limits.entries {
+                return Err(RepoError::Refused(format!(
+                    "its tree holds more than {} entries",
+                    limits.entries
+                )));
+            }
+            if e.bytes > limits.bytes {
+                return Err(RepoError::Refused(format!(
+                    "its files add up to more than {} bytes",
+                    limits.bytes
+                )));
+            }
+            if depth.saturating_add(e.depth) > limits.depth {
+                return Err(RepoError::Refused(format!(
+                    "its tree is more than {} directories deep",
+                    limits.depth
+                )));
+            }
+            Ok(())
+        };
+        if let Some(e) = memo.get(id) {
+            over(e, depth)?;
+            return Ok(*e);
+        }
+        if depth > limits.depth {
+            return Err(RepoError::Refused(format!(
+                "its tree is more than {} directories deep",
+                limits.depth
+            )));
+        }
+        let t = self.load_tree(id)?;
+        let mut e = Expansion::default();
+        for n in &t.nodes {
+            e.entries = e.entries.saturating_add(1);
+            e.bytes = e.bytes.saturating_add(n.size);
+            if let NodeKind::Dir { tree } = &n.kind {
+                let sub = self.expand(tree, depth + 1, limits, memo)?;
+                e.entries = e.entries.saturating_add(sub.entries);
+                e.bytes = e.bytes.saturating_add(sub.bytes);
+                e.depth = e.depth.max(sub.depth.saturating_add(1));
+            }
+            over(&e, depth)?;
+        }
+        memo.insert(*id, e);
+        Ok(e)
+    }
+
     /// Walk a tree depth-first in name order, calling `f` for every entry whose
     /// path passes `filter` (a directory that fails it is not descended into).
+    /// Callers walking a whole snapshot check [`Self::check_tree_limits`] first.
     pub fn walk(
         &self,
         tree: &ChunkId,
@@ -296,6 +416,12 @@ impl IndexedRepository {
         fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
         let beneath = Beneath::open(target).map_err(|e| RepoError::io(target, e))?;
 
+        let what = if opts.what.is_empty() {
+            "the snapshot"
+        } else {
+            &opts.what
+        };
+        self.check_tree_limits(root, what)?;
         let includes: Vec<Vec<u8>> = opts
             .includes
             .iter()

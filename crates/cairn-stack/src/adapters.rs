@@ -574,6 +574,7 @@ fn restore_files(
         no_owner: false,
         no_special: !svc.allow_special,
         no_setuid: !svc.allow_setuid,
+        what: format!("service {}'s snapshot", svc.name),
     };
     let report = repo.restore(&tree, &opts, &RestoreProgress::default())?;
     if let Some(d) = report.damaged.first() {

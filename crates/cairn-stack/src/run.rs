@@ -220,7 +220,9 @@ pub fn group_snapshots(
     repo: &IndexedRepository,
     spec: &str,
 ) -> Result<([u8; 16], GroupSnapshots), StackError> {
-    let all = repo.repo.list_snapshots()?;
+    // Unreadable snapshot objects do not block a restore that does not
+    // need them (`check` names them).
+    let all = repo.repo.list_snapshots_readable()?.0;
     let group = if spec == "latest" {
         // Safety snapshots form groups too; `latest` means the latest backup.
         all.iter()
