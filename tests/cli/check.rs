@@ -372,3 +372,33 @@ fn damaged_config_key_and_marker_are_named() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains(name));
 }
+
+#[test]
+fn keyless_check_says_what_it_cannot_see_after_a_deleted_pack_and_a_flipped_config_byte() {
+    let env = fixture();
+    let packs = objects(&env.repo(), "data");
+    fs::remove_file(&packs[0]).unwrap();
+    let cfg = env.repo().join("config");
+    let mut b = fs::read(&cfg).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    fs::write(&cfg, b).unwrap();
+    let o = env
+        .cmd()
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .args(["check", "--no-password"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("no errors were found"), "{out}");
+    assert!(
+        out.contains("hash-named objects compared with their names: all match")
+            && out.contains("not judged without the password: the config object")
+            && out.contains("a deleted pack is not seen")
+            && out.contains("run `cairn check` with the password"),
+        "{out}"
+    );
+    // With the password both are found.
+    let o = env.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -71,6 +71,8 @@ pub fn check_cmd(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
                 "notes": report.notes,
                 "snapshots": report.snapshots, "packs": report.packs, "packs_read": report.packs_read,
                 "blobs_read": report.blobs_read, "bytes_read": report.bytes_read,
+                "objects_hashed": report.objects_hashed,
+                "not_judged": report.unjudged,
             }))?
         );
     } else {
@@ -98,7 +100,21 @@ pub fn check_cmd(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
                 String::new()
             }
         );
-        if report.ok() {
+        if a.no_password {
+            println!(
+                "{} hash-named objects compared with their names: {}",
+                report.objects_hashed,
+                if report.ok() {
+                    "all match"
+                } else {
+                    "some do not (listed above)"
+                }
+            );
+            for u in &report.unjudged {
+                println!("not judged without the password: {u}");
+            }
+            println!("run `cairn check` with the password for a full check");
+        } else if report.ok() {
             println!("no errors were found");
         }
     }

@@ -193,6 +193,17 @@ impl Drop for Ticker {
     }
 }
 
+/// This host's private cairn state (`$XDG_STATE_HOME/cairn`, else
+/// `~/.local/state/cairn`); `None` without either variable.
+pub fn state_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            Some(std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"))
+        })?;
+    Some(base.join("cairn"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,15 +219,4 @@ mod tests {
             "2026-11-18 11:06:40"
         );
     }
-}
-
-/// This host's private cairn state (`$XDG_STATE_HOME/cairn`, else
-/// `~/.local/state/cairn`); `None` without either variable.
-pub fn state_dir() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            Some(std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state"))
-        })?;
-    Some(base.join("cairn"))
 }

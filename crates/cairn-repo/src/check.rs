@@ -66,6 +66,11 @@ pub struct CheckReport {
     pub bytes_read: u64,
     /// Blobs found missing or damaged (what `repair snapshots` removes).
     pub damaged_blobs: HashSet<(BlobKind, ChunkId)>,
+    /// Hash-named objects compared with their names (keyless check).
+    pub objects_hashed: u64,
+    /// What this check could not judge (keyless: everything behind the
+    /// encryption); empty for a check with the password.
+    pub unjudged: Vec<String>,
 }
 
 impl CheckReport {
@@ -76,8 +81,18 @@ impl CheckReport {
 }
 
 /// Check without the password: every named object must hash to its name.
+/// What needs the key — the config's content, and whether the index lists
+/// every pack the snapshots need — is reported as not judged
+/// ([`CheckReport::unjudged`]; format-spec §8).
 pub fn check_keyless(store: &Store) -> Result<CheckReport> {
-    let mut report = CheckReport::default();
+    let mut report = CheckReport {
+        unjudged: vec![
+            "the config object (sealed with the master key; it has no hash name to compare with)".into(),
+            "whether the snapshots' data and trees are all in packs storage holds (the index and snapshots are encrypted): a deleted pack is not seen".into(),
+            "the blobs inside the packs (only each pack as a whole is compared with its name)".into(),
+        ],
+        ..Default::default()
+    };
     for prefix in ["keys", "index", "snapshots", "deletions", "data"] {
         let objs = store.list(prefix)?;
         let names: Vec<String> = objs.iter().map(|o| o.0.clone()).collect();
@@ -94,6 +109,7 @@ pub fn check_keyless(store: &Store) -> Result<CheckReport> {
                         report.packs_read += 1;
                         report.bytes_read += b.len() as u64;
                     }
+                    report.objects_hashed += 1;
                     if blake3::hash(&b).as_bytes() != &id.0 {
                         report.problems.push(Problem {
                             object: name.clone(),

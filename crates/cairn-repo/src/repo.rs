@@ -31,6 +31,10 @@ pub struct Repository {
     pub warnings: Vec<String>,
 }
 
+/// The readable snapshots (oldest first) and the errors naming each
+/// unreadable snapshot object.
+pub type Readable = (Vec<(SnapshotId, Snapshot)>, Vec<RepoError>);
+
 /// Which key file to try first, and whether to try expensive ones.
 #[derive(Clone, Debug, Default)]
 pub struct KeyChoice {
@@ -302,7 +306,7 @@ impl Repository {
     /// planted snapshot object does not block the commands that do not
     /// need it. Objects larger than any snapshot can be (format-spec §10)
     /// are refused from the listing's size, unread.
-    pub fn list_snapshots_readable(&self) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<RepoError>)> {
+    pub fn list_snapshots_readable(&self) -> Result<Readable> {
         let mut bad = Vec::new();
         let mut names: Vec<(String, SnapshotId)> = Vec::new();
         for (n, size) in self.store.list("snapshots")? {
