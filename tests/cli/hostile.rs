@@ -680,6 +680,17 @@ fn planted_and_junk_snapshot_objects_are_named_unread_and_block_nothing_else() {
     );
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains(&junk_name), "{out}");
+    // prune refuses while they are there; repair snapshots removes them.
+    let o = env.run(&["prune"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = env.ok(&["repair", "snapshots"]);
+    assert!(
+        out.contains(&format!("removed snapshots/{junk_name}: unreadable"))
+            && out.contains(&format!("removed snapshots/{}: unreadable", "f".repeat(64))),
+        "{out}"
+    );
+    env.ok(&["prune"]);
+    env.ok(&["check", "--read-data"]);
 }
 
 #[test]

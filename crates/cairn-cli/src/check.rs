@@ -183,9 +183,16 @@ pub fn repair_cmd(g: &GlobalArgs, cmd: RepairCmd) -> Result<i32> {
                         "untouched": r.untouched,
                         "repaired": r.repaired.iter().map(|(o, n)| json!({"original": o.to_hex(), "repaired": n.map(|n| n.to_hex())})).collect::<Vec<_>>(),
                         "removed": r.removed.iter().map(|(o, p)| json!({"snapshot": o.to_hex(), "paths": p})).collect::<Vec<_>>(),
+                        "unreadable": r.unreadable.iter().map(|(o, why)| json!({"object": o, "detail": why, "removed": !dry_run})).collect::<Vec<_>>(),
                     }))?
                 );
             } else {
+                for (o, why) in &r.unreadable {
+                    println!(
+                        "{} {o}: unreadable ({why})",
+                        if dry_run { "would remove" } else { "removed" }
+                    );
+                }
                 for (o, paths) in &r.removed {
                     println!(
                         "snapshot {}: {} damaged entries left out: {}",

@@ -36,6 +36,10 @@ pub struct SnapshotRepair {
     pub removed: Vec<(SnapshotId, Vec<String>)>,
     /// Snapshots left untouched (not affected).
     pub untouched: usize,
+    /// Snapshot objects that cannot be read at all (damaged, foreign,
+    /// planted; each with why), removed unless a dry run: nothing of them
+    /// can be restored, and they block prune.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl Repository {
@@ -102,7 +106,17 @@ impl Repository {
         let damaged = report.damaged_blobs;
         let repo = self.load_index()?;
         let mut out = SnapshotRepair::default();
-        let snaps = repo.repo.list_snapshots()?;
+        let (snaps, bad) = repo.repo.list_snapshots_readable()?;
+        for e in bad {
+            if let RepoError::Corrupted { object, detail } = e {
+                if !dry_run {
+                    repo.repo.store.delete(&object)?;
+                }
+                out.unreadable.push((object, detail));
+            } else {
+                return Err(e);
+            }
+        }
         let packer = Packer::new(&repo);
         let mut todo = Vec::new();
         for (id, s) in &snaps {
