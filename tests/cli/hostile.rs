@@ -745,3 +745,212 @@ fn a_planted_expensive_key_file_is_skipped_with_a_warning_and_costs_nothing() {
     assert!(o.status.success());
     assert!(!String::from_utf8_lossy(&o.stderr).contains("skipped"));
 }
+
+/// Waits for ARGV[1] to appear and be written, deletes it and creates files
+/// of its own until the file system hands it the same inode number, then
+/// renames that one into place (content: "EVIL").
+const INODE_REUSER: &str = r#"
+import os, sys, time
+p = sys.argv[1]
+d = os.path.dirname(p)
+t0 = time.time()
+while True:
+    try:
+        st = os.lstat(p); break
+    except FileNotFoundError:
+        if time.time() - t0 > 60: sys.exit("timeout")
+ino, m0 = st.st_ino, st.st_mtime_ns
+t1 = time.time()
+while time.time() - t1 < 5:
+    if os.lstat(p).st_mtime_ns != m0: break
+os.unlink(p)
+for tries in range(5000):
+    tmp = f"{d}/.evil{tries}"
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o755)
+    os.write(fd, b"EVIL\n"); os.close(fd)
+    if os.lstat(tmp).st_ino == ino:
+        os.rename(tmp, p); print("reused"); sys.exit(0)
+    os.unlink(tmp)
+print("no reuse")
+"#;
+
+/// Replaces ARGV[1], once it appears, by a FIFO.
+const FIFO_PLANTER: &str = r#"
+import os, sys, time
+p = sys.argv[1]
+t0 = time.time()
+while True:
+    try: os.lstat(p); break
+    except FileNotFoundError:
+        if time.time() - t0 > 60: sys.exit("timeout")
+os.unlink(p); os.mkfifo(p, 0o666)
+print("planted")
+"#;
+
+/// Renames its own files (from ARGV[2]) over every entry created in ARGV[1]
+/// the moment inotify reports it, for ARGV[3] seconds.
+const ADOPTER: &str = r#"
+import os, sys, ctypes, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+d, pool = sys.argv[1], sys.argv[2]
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, d.encode(), 0x100)  # IN_CREATE
+files = sorted(os.listdir(pool)); k = 0
+t0 = time.time()
+os.set_blocking(fd, False)
+while time.time() - t0 < float(sys.argv[3]) and k < len(files):
+    try:
+        buf = os.read(fd, 65536)
+    except BlockingIOError:
+        time.sleep(0.0005); continue
+    i = 0
+    while i < len(buf) and k < len(files):
+        w, mask, cookie, ln = struct.unpack_from('iIII', buf, i)
+        name = buf[i + 16:i + 16 + ln].rstrip(b'\0'); i += 16 + ln
+        try:
+            os.rename(os.path.join(pool, files[k]).encode(), os.path.join(d.encode(), name)); k += 1
+        except OSError:
+            pass
+print(k)
+"#;
+
+fn as_nobody(script: &str, args: &[&str]) -> std::process::Child {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn restore_as_root_refuses_reused_inodes_fifos_and_entries_renamed_in_right_after_creation() {
+    if euid() != 0 {
+        eprintln!("skipped: the attack needs a root restore and an unprivileged attacker");
+        return;
+    }
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.init(&[]);
+    // A setuid root binary and enough after it for the attacker's window.
+    let src = env.path("src");
+    fs::create_dir_all(src.join("z")).unwrap();
+    fs::write(src.join("a_suid"), b"GOOD-ROOT-BINARY\n").unwrap();
+    fs::set_permissions(src.join("a_suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    for i in 0..3000 {
+        fs::write(src.join("z").join(format!("f{i}")), prng(i, 300)).unwrap();
+    }
+    let links = env.path("links");
+    fs::create_dir(&links).unwrap();
+    for i in 0..2000 {
+        std::os::unix::fs::symlink("/nonexistent", links.join(format!("l{i:04}"))).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap(), links.to_str().unwrap()]);
+    let target = env.path("t");
+    let target_s = target.to_str().unwrap().to_string();
+    let inside = |p: &Path| target.join(p.strip_prefix("/").unwrap());
+    let fresh = || {
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir_all(inside(&src)).unwrap();
+        fs::create_dir_all(inside(&links)).unwrap();
+        chown_tree(&target, NOBODY);
+        for p in [&target, &inside(&src), &inside(&links)] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    };
+    let restore = || {
+        Command::new("timeout")
+            .args(["-s", "KILL", "60"])
+            .arg(
+                std::env::var_os("CAIRN_TEST_BIN")
+                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into()),
+            )
+            .args(["restore", "latest", "--target", &target_s, "--overwrite"])
+            .env("CAIRN_REPOSITORY", env.repo())
+            .env("CAIRN_PASSWORD_FILE", env.path("pw"))
+            .output()
+            .unwrap()
+    };
+    let suid = inside(&src).join("a_suid");
+
+    // 1. Inode reuse: the attacker's file must never become root's setuid binary.
+    for round in 0..5 {
+        fresh();
+        let a = as_nobody(INODE_REUSER, &[suid.to_str().unwrap()]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let o = restore();
+        let a = a.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        if let Ok(md) = fs::symlink_metadata(&suid)
+            && fs::read(&suid).unwrap_or_default() == b"EVIL\n"
+        {
+            assert!(
+                md.uid() != 0 && md.mode() & 0o6000 == 0,
+                "round {round}: the attacker's file became root's, mode {:o} ({}): {err}",
+                md.mode(),
+                String::from_utf8_lossy(&a.stdout)
+            );
+        }
+        assert!(o.status.success() || err.contains(&target_s), "{err}");
+    }
+
+    // 2. A FIFO in place of a file: the restore ends, naming it.
+    fresh();
+    let a = as_nobody(FIFO_PLANTER, &[suid.to_str().unwrap()]);
+    let o = restore();
+    a.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the restore hung or passed: {err}"
+    );
+    assert!(err.contains("a_suid"), "{err}");
+
+    // 3. Entries renamed in right after creation are not adopted.
+    fresh();
+    let pool = env.path("pool");
+    let _ = fs::remove_dir_all(&pool);
+    fs::create_dir(&pool).unwrap();
+    for i in 0..2000 {
+        fs::write(pool.join(format!("p{i:04}")), b"attacker").unwrap();
+    }
+    chown_tree(&pool, NOBODY);
+    let a = as_nobody(
+        ADOPTER,
+        &[
+            inside(&links).to_str().unwrap(),
+            pool.to_str().unwrap(),
+            "20",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = restore();
+    let a = a.wait_with_output().unwrap();
+    let adopted: Vec<_> = fs::read_dir(inside(&links))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let md = fs::symlink_metadata(&p).ok()?;
+            (md.is_file() && md.uid() == 0).then_some(p)
+        })
+        .collect();
+    assert!(
+        adopted.is_empty(),
+        "{} of the attacker's files became root's ({} renamed in): {:?}\n{}",
+        adopted.len(),
+        String::from_utf8_lossy(&a.stdout).trim(),
+        &adopted[..adopted.len().min(3)],
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -735,8 +735,13 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             "withheld": {"special": r.withheld.special, "setuid": r.withheld.setuid, "owner": r.withheld.owner},
         }))?;
     } else {
+        let others = if r.others > 0 {
+            format!(", {} FIFOs/devices", r.others)
+        } else {
+            String::new()
+        };
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.2}s",
+            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks{others}, {} in {:.2}s",
             id.short(),
             a.target.display(),
             r.files,

@@ -26,11 +26,24 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 /// Set once `openat2` returned ENOSYS (old kernel, some sandboxes).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
-/// Identity of an entry, recorded at creation: (device, inode).
-pub type Ident = (u64, u64);
+/// Identity of an entry, recorded at creation: (device, inode, owner).
+/// The owner matters: a file system hands a freed inode number to the next
+/// file created, so another user can delete an entry and make one of their
+/// own with the same number — but not one owned by the restoring user,
+/// which every entry this restore creates is until its metadata is set.
+pub type Ident = (u64, u64, u32);
 
 fn ident(st: &rustix::fs::Stat) -> Ident {
-    (st.st_dev, st.st_ino)
+    (st.st_dev, st.st_ino, st.st_uid)
+}
+
+/// The identity of an entry just created by this process: it must be ours
+/// (another user's entry renamed in between creating and looking is not).
+fn created(st: &rustix::fs::Stat, rel: &Path) -> io::Result<Ident> {
+    if st.st_uid != rustix::process::geteuid().as_raw() {
+        return Err(replaced(rel));
+    }
+    Ok(ident(st))
 }
 
 /// The restore target, opened once; everything is resolved beneath it.
@@ -70,9 +83,10 @@ impl Beneath {
     /// symlink is opened itself).
     pub fn open_at(&self, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
         let mut flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        // openat2 refuses flags that do not apply to O_PATH.
+        // openat2 refuses flags that do not apply to O_PATH. Non-blocking:
+        // a FIFO swapped in for a file must not hang the open.
         if !flags.contains(OFlags::PATH) {
-            flags |= OFlags::NOCTTY;
+            flags |= OFlags::NOCTTY | OFlags::NONBLOCK;
         }
         let rel_s: &Path = if rel.as_os_str().is_empty() {
             Path::new(".")
@@ -234,7 +248,10 @@ pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|_| replaced(rel))?;
+            .map_err(|e| match e {
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => replaced(rel),
+                e => e.into(),
+            })?;
             rustix::fs::fstat(&fd)?
         }
         Create::File(size) => {
@@ -262,7 +279,7 @@ pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io
             rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?
         }
     };
-    Ok(ident(&st))
+    created(&st, rel)
 }
 
 /// Remove `name` in `dir` and everything below it, through descriptors
@@ -395,7 +412,8 @@ pub fn open_for_content(b: &Beneath, rel: &Path, expect: Ident) -> io::Result<st
 pub fn rename_suffix(b: &Beneath, rel: &Path, expect: Ident, suffix: &str) -> io::Result<()> {
     let (parent, name) = b.parent(rel)?;
     let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    if ident(&st) != expect {
+    // After its metadata the owner is the snapshot's: device and inode.
+    if (st.st_dev, st.st_ino) != (expect.0, expect.1) {
         return Err(replaced(rel));
     }
     let mut to = name.to_os_string();

@@ -186,6 +186,24 @@ fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// A tree that cannot be read, named as the directory whose listing is lost.
+fn listing_error(e: RepoError, prefix: &[u8]) -> RepoError {
+    match e {
+        RepoError::Corrupted { object, detail } => RepoError::Corrupted {
+            object,
+            detail: format!(
+                "{detail}; the listing of directory {} cannot be read",
+                if prefix.is_empty() {
+                    "/".into()
+                } else {
+                    String::from_utf8_lossy(prefix).into_owned()
+                }
+            ),
+        },
+        other => other,
+    }
+}
+
 /// `a` equals `b` or is an ancestor of it (component-wise).
 fn is_ancestor_or_self(a: &[u8], b: &[u8]) -> bool {
     b.starts_with(a) && (a.len() == b.len() || b[a.len()] == b'/' || a.is_empty())
@@ -221,7 +239,7 @@ impl IndexedRepository {
         memo: &mut HashMap<ChunkId, Expansion>,
     ) -> Result<Expansion> {
         let limits = self.repo.tree_limits;
-        self.expand(root, 0, &limits, memo)
+        self.expand(root, b"", 0, &limits, memo)
             .map_err(|e| match e {
                 RepoError::Refused(m) => RepoError::Refused(format!(
                     "{what}: {m}; refused before reading it (a tree that expands this far is planted or absurd; the --max-tree-entries, --max-tree-depth and --max-tree-size options raise the bounds)"
@@ -233,6 +251,7 @@ impl IndexedRepository {
     fn expand(
         &self,
         id: &ChunkId,
+        prefix: &[u8],
         depth: u32,
         limits: &TreeLimits,
         memo: &mut HashMap<ChunkId, Expansion>,
@@ -268,13 +287,13 @@ impl IndexedRepository {
                 limits.depth
             )));
         }
-        let t = self.load_tree(id)?;
+        let t = self.load_tree(id).map_err(|e| listing_error(e, prefix))?;
         let mut e = Expansion::default();
         for n in &t.nodes {
             e.entries = e.entries.saturating_add(1);
             e.bytes = e.bytes.saturating_add(n.size);
             if let NodeKind::Dir { tree } = &n.kind {
-                let sub = self.expand(tree, depth + 1, limits, memo)?;
+                let sub = self.expand(tree, &join(prefix, &n.name), depth + 1, limits, memo)?;
                 e.entries = e.entries.saturating_add(sub.entries);
                 e.bytes = e.bytes.saturating_add(sub.bytes);
                 e.depth = e.depth.max(sub.depth.saturating_add(1));
@@ -295,20 +314,7 @@ impl IndexedRepository {
         filter: &dyn Fn(&[u8]) -> bool,
         f: &mut dyn FnMut(Entry) -> Result<()>,
     ) -> Result<()> {
-        let t = self.load_tree(tree).map_err(|e| match e {
-            RepoError::Corrupted { object, detail } => RepoError::Corrupted {
-                object,
-                detail: format!(
-                    "{detail}; the listing of directory {} cannot be read",
-                    if prefix.is_empty() {
-                        "/".into()
-                    } else {
-                        String::from_utf8_lossy(prefix).into_owned()
-                    }
-                ),
-            },
-            other => other,
-        })?;
+        let t = self.load_tree(tree).map_err(|e| listing_error(e, prefix))?;
         for node in t.nodes {
             let path = join(prefix, &node.name);
             if !filter(&path) {
