@@ -337,9 +337,24 @@ pub fn set_meta(
     m: &Meta,
 ) -> Vec<(&'static str, io::Error)> {
     let mut errs = Vec::new();
-    // O_PATH works for every kind (a final symlink is opened itself) and
-    // opens no device or FIFO (no side effects, no blocking).
-    let o = match b.open_checked(rel, OFlags::PATH, expect) {
+    // One descriptor for all three, opened (and checked) while the entry is
+    // still the restoring user's. Files and directories are opened for
+    // reading (fchmod needs a real descriptor); anything else with O_PATH,
+    // which opens no device or FIFO (no side effects, no blocking) and, for
+    // a final symlink, the link itself.
+    let kind = match b.open_checked(rel, OFlags::PATH, expect) {
+        Ok(o) => FileType::from_raw_mode(o.stat.st_mode),
+        Err(e) => {
+            errs.push(("open", e));
+            return errs;
+        }
+    };
+    let flags = match kind {
+        FileType::RegularFile => OFlags::RDONLY,
+        FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+        _ => OFlags::PATH,
+    };
+    let o = match b.open_checked(rel, flags, expect) {
         Ok(o) => o,
         Err(e) => {
             errs.push(("open", e));
@@ -347,16 +362,19 @@ pub fn set_meta(
         }
     };
     let ft = FileType::from_raw_mode(o.stat.st_mode);
+    let real_fd = !flags.contains(OFlags::PATH);
     if let Some((uid, gid)) = m.owner {
-        // chownat with AT_EMPTY_PATH acts on the descriptor's own inode
-        // (for a symlink, the link itself).
-        let r = rustix::fs::chownat(
-            &o.fd,
-            "",
+        let (u, g) = (
             Some(rustix::fs::Uid::from_raw(uid)),
             Some(rustix::fs::Gid::from_raw(gid)),
-            AtFlags::EMPTY_PATH,
         );
+        // With AT_EMPTY_PATH chownat acts on the descriptor's own inode
+        // (for a symlink, the link itself).
+        let r = if real_fd {
+            rustix::fs::fchown(&o.fd, u, g)
+        } else {
+            rustix::fs::chownat(&o.fd, "", u, g, AtFlags::EMPTY_PATH)
+        };
         if let Err(e) = r {
             errs.push(("owner", e.into()));
         }
@@ -364,22 +382,13 @@ pub fn set_meta(
     if let Some(mode) = m.mode
         && ft != FileType::Symlink
     {
-        // chmod needs a real descriptor or a path: the descriptor's
-        // /proc/self/fd link names this inode itself, not a path that could
-        // be swapped; for files and directories, reopen through it.
-        let r = match ft {
-            FileType::RegularFile | FileType::Directory => {
-                let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                if ft == FileType::Directory {
-                    flags |= OFlags::DIRECTORY;
-                }
-                b.open_checked(rel, flags, expect)
-                    .and_then(|f| Ok(rustix::fs::fchmod(&f.fd, Mode::from_raw_mode(mode))?))
-            }
-            _ => {
-                let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&o.fd));
-                rustix::fs::chmod(link.as_str(), Mode::from_raw_mode(mode)).map_err(Into::into)
-            }
+        let r = if real_fd {
+            rustix::fs::fchmod(&o.fd, Mode::from_raw_mode(mode)).map_err(Into::into)
+        } else {
+            // An O_PATH descriptor cannot fchmod; its /proc/self/fd link
+            // names this inode itself, not a path that could be swapped.
+            let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&o.fd));
+            rustix::fs::chmod(link.as_str(), Mode::from_raw_mode(mode)).map_err(Into::into)
         };
         if let Err(e) = r {
             errs.push(("mode", e));
@@ -395,7 +404,12 @@ pub fn set_meta(
             tv_nsec: m.mtime.1 as _,
         },
     };
-    if let Err(e) = rustix::fs::utimensat(&o.fd, "", &times, AtFlags::EMPTY_PATH) {
+    let r = if real_fd {
+        rustix::fs::futimens(&o.fd, &times)
+    } else {
+        rustix::fs::utimensat(&o.fd, "", &times, AtFlags::EMPTY_PATH)
+    };
+    if let Err(e) = r {
         errs.push(("mtime", e.into()));
     }
     errs
