@@ -954,3 +954,35 @@ fn restore_as_root_refuses_reused_inodes_fifos_and_entries_renamed_in_right_afte
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_foreign_index_object_is_named_and_does_not_stop_restores() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), prng(6, 20_000)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let junk = b"an index object from somewhere else".to_vec();
+    let name = cairn_format::IndexId::of(&junk).to_hex();
+    fs::write(env.path("repo/index").join(&name), &junk).unwrap();
+    let t = env.path("t");
+    let o = env.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "skipped an unreadable index object: object index/{name}"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(t.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        prng(6, 20_000)
+    );
+    let o = env.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&name));
+    env.ok(&["repair", "index"]);
+    env.ok(&["check", "--read-data"]);
+}

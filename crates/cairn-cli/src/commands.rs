@@ -130,8 +130,17 @@ fn remember_key(f: &std::path::Path, key: &str) {
     }
 }
 
-fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
-    Ok(open(g)?.load_index()?)
+/// Open for a command that only reads (ls, dump, restore, stats, mount): an
+/// unreadable index object is named as a warning and skipped (format-spec
+/// §8), so it fails only what needs it.
+pub fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
+    let r = open(g)?.load_index_readable()?;
+    for e in &r.index.read().expect("index lock").unreadable {
+        eprintln!(
+            "warning: skipped an unreadable index object: {e}; what only it lists cannot be restored (`cairn check` names it, `cairn repair index` rebuilds the index)"
+        );
+    }
+    Ok(r)
 }
 
 /// Open for a command that writes: a writer session is announced before

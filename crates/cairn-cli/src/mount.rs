@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::GlobalArgs;
-use crate::commands::{location, open, open_with_password};
+use crate::commands::{location, open_with_password};
 use crate::util::{parse_size64, read_password};
 
 #[derive(Args, Debug)]
@@ -56,7 +56,7 @@ pub fn mount_cmd(g: &GlobalArgs, a: MountArgs) -> Result<i32> {
     if a.daemon {
         return daemonize(g, &a);
     }
-    let repo = open(g)?.load_index()?;
+    let repo = crate::commands::open_indexed(g)?;
     let opts = cairn_mount::MountOptions {
         filter: cairn_mount::Filter {
             services: a.services.clone(),

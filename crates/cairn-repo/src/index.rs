@@ -203,6 +203,9 @@ pub struct Index {
     /// Packs the index objects list but storage does not hold; their blobs
     /// are left out (format-spec §5.1 step 2).
     pub missing_packs: Vec<PackId>,
+    /// Index objects skipped as unreadable by a reader's load
+    /// ([`crate::Repository::load_index_readable`]), each error naming one.
+    pub unreadable: Vec<String>,
     excluded: std::collections::HashSet<u32>,
 }
 

@@ -41,6 +41,23 @@ impl Repository {
         ))
     }
 
+    /// [`Self::load_index`] for commands that only read (restore, ls, dump,
+    /// mount): an index object that cannot be read — damaged, foreign,
+    /// planted — is skipped and named in [`Index::unreadable`] instead of
+    /// failing every restore; what only it lists is then missing (and named
+    /// by the restore). Writers, prune and check keep the strict load.
+    pub fn load_index_readable(self) -> Result<IndexedRepository> {
+        let index = self.read_index_lenient()?;
+        Ok(IndexedRepository::new_internal(
+            Arc::new(self),
+            RwLock::new(index),
+        ))
+    }
+
+    fn read_index_lenient(&self) -> Result<Index> {
+        self.read_index_with(false, true)
+    }
+
     /// Announce a writer session, then load the index, leaving out packs the
     /// index lists but storage does not hold (format-spec §5.1 steps 1–2):
     /// what backups use.
@@ -59,7 +76,7 @@ impl Repository {
     /// reusing one through a stale or fenced writer's index object loses
     /// data). Markers written later are relevant to the session, so held.
     pub fn read_index_checked(&self) -> Result<Index> {
-        self.read_index_with(true)
+        self.read_index_with(true, false)
     }
 
     /// Read every live (not superseded) index object into an in-memory index,
@@ -76,13 +93,13 @@ impl Repository {
     /// found superseded by another (only after a prune, until its phase 2)
     /// makes the load start over, skipping what is superseded.
     pub fn read_index(&self) -> Result<Index> {
-        self.read_index_with(false)
+        self.read_index_with(false, false)
     }
 
-    fn read_index_with(&self, for_writing: bool) -> Result<Index> {
+    fn read_index_with(&self, for_writing: bool, lenient: bool) -> Result<Index> {
         let mut skip: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
         loop {
-            let (mut index, superseded, tree_packs) = self.read_index_skipping(&skip)?;
+            let (mut index, superseded, tree_packs) = self.read_index_skipping(&skip, lenient)?;
             if index.index_ids.iter().any(|i| superseded.contains(i)) {
                 skip.extend(superseded);
                 continue;
@@ -115,6 +132,7 @@ impl Repository {
     fn read_index_skipping(
         &self,
         skip: &std::collections::HashSet<IndexId>,
+        lenient: bool,
     ) -> Result<(Index, std::collections::HashSet<IndexId>, Vec<String>)> {
         // An index object vanishes only after the index superseding it was
         // written (prune phase 2, repair). So: read what is listed, skipping
@@ -151,19 +169,32 @@ impl Repository {
                             vanished = true;
                             continue;
                         }
+                        Err(e @ RepoError::Corrupted { .. }) if lenient => {
+                            index.unreadable.push(e.to_string());
+                            continue;
+                        }
                         Err(e) => return Err(e),
                     };
-                    if blake3::hash(&bytes).as_bytes() != &id.0 {
-                        return Err(RepoError::Corrupted {
+                    let decoded = if blake3::hash(&bytes).as_bytes() != &id.0 {
+                        Err(RepoError::Corrupted {
                             object: name.clone(),
                             detail: format!(
                                 "content ({} bytes) does not hash to its name (altered or truncated)",
                                 bytes.len()
                             ),
-                        });
-                    }
-                    let file = IndexFile::decode(&self.key, &bytes)
-                        .map_err(|e| RepoError::from_format(name, e))?;
+                        })
+                    } else {
+                        IndexFile::decode(&self.key, &bytes)
+                            .map_err(|e| RepoError::from_format(name, e))
+                    };
+                    let file = match decoded {
+                        Ok(f) => f,
+                        Err(e) if lenient => {
+                            index.unreadable.push(e.to_string());
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     drop(bytes);
                     // An index object named in another's `supersedes` is
                     // ignored (format-spec §5.1).
