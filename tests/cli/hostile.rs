@@ -986,3 +986,108 @@ fn a_foreign_index_object_is_named_and_does_not_stop_restores() {
     env.ok(&["repair", "index"]);
     env.ok(&["check", "--read-data"]);
 }
+
+/// In ARGV[1]: when restore creates `a`, notes its inode and deletes it;
+/// when restore creates a `b*` that gets the same inode number, renames it
+/// to `a`; when `a` has been written, moves it to that `b*` name so the
+/// `b*` content lands in it, then moves it back (so that `a`'s metadata,
+/// setuid root, would go onto `b*`'s content).
+const TOGGLER: &str = r#"
+import os, sys, ctypes, struct, time, select
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, d.encode(), 0x100 | 0x8 | 0x2)
+N = None; state = 0; bi = None
+t0 = time.time()
+def P(n): return os.path.join(d, n)
+while time.time() - t0 < 8 and state < 4:
+    r, _, _ = select.select([fd], [], [], 1)
+    if not r: continue
+    buf = os.read(fd, 65536); i = 0
+    while i < len(buf):
+        w, mask, cookie, ln = struct.unpack_from('iIII', buf, i)
+        name = buf[i + 16:i + 16 + ln].rstrip(b'\0').decode(); i += 16 + ln
+        try:
+            if state == 0 and mask & 0x100 and name == 'a':
+                N = os.lstat(P('a')).st_ino; os.unlink(P('a')); state = 1
+            elif state == 1 and mask & 0x100 and name.startswith('b'):
+                if os.lstat(P(name)).st_ino == N:
+                    os.rename(P(name), P('a')); bi = name; state = 2
+            elif state == 2 and mask & 0x8 and name == 'a':
+                os.rename(P('a'), P(bi)); state = 3
+            elif state == 3 and mask & 0x8 and name == bi:
+                os.rename(P(bi), P('a')); state = 4
+        except OSError:
+            pass
+print(state)
+"#;
+
+#[test]
+fn restore_as_root_never_gives_one_entrys_metadata_to_another_entrys_content() {
+    if euid() != 0 {
+        eprintln!("skipped: the attack needs a root restore and an unprivileged attacker");
+        return;
+    }
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.init(&[]);
+    // A setuid root `a`, and 300 files of the attacker's (a home directory).
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), prng(9, 3000)).unwrap();
+    fs::set_permissions(src.join("a"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let evil = [b"EVIL".as_slice(), &[b'E'; 8000]].concat();
+    for i in 0..300 {
+        let p = src.join(format!("b{i:03}"));
+        fs::write(&p, &evil).unwrap();
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    let dir = target.join(src.strip_prefix("/").unwrap());
+    let mut reached = 0;
+    for round in 0..5 {
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir_all(&dir).unwrap();
+        chown_tree(&dir, NOBODY);
+        let mut p = dir.clone();
+        while p != target {
+            p.pop();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let a = as_nobody(TOGGLER, &[dir.to_str().unwrap()]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let o = env.run(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+        ]);
+        let a = a.wait_with_output().unwrap();
+        let state = String::from_utf8_lossy(&a.stdout).trim().to_string();
+        if state == "4" {
+            reached += 1;
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        let Ok(md) = fs::symlink_metadata(dir.join("a")) else {
+            assert!(
+                !o.status.success(),
+                "`a` missing after a restore that passed"
+            );
+            continue;
+        };
+        let content = fs::read(dir.join("a")).unwrap_or_default();
+        assert!(
+            !(content.starts_with(b"EVIL") && md.mode() & 0o6000 != 0),
+            "round {round} (attacker reached step {state}): `a` is setuid ({:o}, uid {}) with the attacker's content\n{err}",
+            md.mode(),
+            md.uid()
+        );
+        if !o.status.success() {
+            assert!(err.contains(&target.display().to_string()), "{err}");
+        }
+    }
+    eprintln!("the attacker completed the swap dance in {reached} of 5 rounds");
+}

@@ -320,6 +320,8 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 
 /// Metadata to set on a restored entry.
 pub struct Meta {
+    /// What the entry must be (anything else was swapped in).
+    pub kind: FileType,
     /// Owner to set (`None`: leave it to the restoring user).
     pub owner: Option<(u32, u32)>,
     /// Permission bits to set (`None` for symlinks, which have none).
@@ -349,6 +351,10 @@ pub fn set_meta(
             return errs;
         }
     };
+    if kind != m.kind {
+        errs.push(("open", replaced(rel)));
+        return errs;
+    }
     let flags = match kind {
         FileType::RegularFile => OFlags::RDONLY,
         FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
@@ -432,6 +438,13 @@ pub fn rename_suffix(b: &Beneath, rel: &Path, expect: Ident, suffix: &str) -> io
     }
     let mut to = name.to_os_string();
     to.push(suffix);
-    rustix::fs::renameat(&parent, name, &parent, &to)?;
+    // Never over an entry of that name (restored, or planted).
+    rustix::fs::renameat_with(
+        &parent,
+        name,
+        &parent,
+        &to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )?;
     Ok(())
 }

@@ -132,6 +132,21 @@ struct Item {
     rel: PathBuf,
     node: Node,
     made: OnceLock<Ident>,
+    /// Set when a later entry of this restore got the same identity: this
+    /// one was deleted by someone else in between (its inode number was
+    /// handed out again), so nothing is done through its identity.
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl Item {
+    /// The identity of what this restore created for the entry, if it
+    /// still stands.
+    fn ident(&self) -> Option<&Ident> {
+        if self.revoked.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.made.get()
+    }
 }
 
 /// Bounds on what a snapshot's tree may expand to (format-spec §10). Trees
@@ -464,6 +479,7 @@ impl IndexedRepository {
                 rel: PathBuf::from(OsStr::from_bytes(&e.path[1..])),
                 node,
                 made: OnceLock::new(),
+                revoked: Default::default(),
             });
             Ok(())
         })?;
@@ -577,7 +593,7 @@ impl IndexedRepository {
             let Some(item) = by_path.get(&dmg.path) else {
                 continue;
             };
-            if let (NodeKind::File { .. }, Some(made)) = (&item.node.kind, item.made.get())
+            if let (NodeKind::File { .. }, Some(made)) = (&item.node.kind, item.ident())
                 && crate::fsat::rename_suffix(&beneath, &item.rel, *made, ".damaged").is_ok()
             {
                 let mut renamed = dmg.path.clone().into_os_string();
@@ -618,7 +634,7 @@ impl IndexedRepository {
             for (i, off) in &to.chunks[id] {
                 let item = &to.items[*i as usize];
                 // Creation failed: that is reported already.
-                let Some(made) = item.made.get() else {
+                let Some(made) = item.ident() else {
                     continue;
                 };
                 let r = crate::fsat::open_for_content(to.beneath, &item.rel, *made)
@@ -681,7 +697,14 @@ impl IndexedRepository {
         report: &mut RestoreReport,
     ) {
         let damaged = Mutex::new(Vec::new());
-        let create = |item: &Item| {
+        // Identities handed out so far. Entries this restore creates all
+        // belong to the restoring user, so two with one (device, inode)
+        // mean the first was deleted by someone else and its inode number
+        // reused for the second: the first is revoked, or an attacker could
+        // swap the two names between the content and metadata steps.
+        let owners: Mutex<HashMap<Ident, usize>> = Mutex::new(HashMap::new());
+        let create = |(idx, item): &(usize, &Item)| {
+            let (idx, item) = (*idx, *item);
             let what = match &item.node.kind {
                 NodeKind::Dir { .. } => Create::Dir,
                 NodeKind::File { .. } => Create::File(item.node.size),
@@ -694,6 +717,15 @@ impl IndexedRepository {
             match crate::fsat::create(beneath, &item.rel, &what, overwrite) {
                 Ok(made) => {
                     let _ = item.made.set(made);
+                    let prev = owners.lock().expect("owners").insert(made, idx);
+                    if let Some(prev) = prev.filter(|p| *p != idx) {
+                        items[prev].revoked.store(true, Ordering::Relaxed);
+                        damaged.lock().expect("damage").push(Damage {
+                            path: target.join(&items[prev].rel),
+                            detail: "deleted by someone else while restoring (its inode number was reused for another entry); not restored".into(),
+                            on_target: true,
+                        });
+                    }
                 }
                 Err(e) => damaged.lock().expect("damage").push(Damage {
                     path: target.join(&item.rel),
@@ -702,35 +734,35 @@ impl IndexedRepository {
                 }),
             }
         };
-        let mut dirs: BTreeMap<usize, Vec<&Item>> = BTreeMap::new();
+        let mut dirs: BTreeMap<usize, Vec<(usize, &Item)>> = BTreeMap::new();
         let mut others = Vec::new();
-        for item in items {
+        for (idx, item) in items.iter().enumerate() {
             match item.node.kind {
                 NodeKind::Dir { .. } => {
                     report.dirs += 1;
                     dirs.entry(item.rel.components().count())
                         .or_default()
-                        .push(item);
+                        .push((idx, item));
                 }
                 NodeKind::File { .. } => {
                     report.files += 1;
-                    others.push(item);
+                    others.push((idx, item));
                 }
                 NodeKind::Symlink { .. } => {
                     report.symlinks += 1;
-                    others.push(item);
+                    others.push((idx, item));
                 }
                 NodeKind::Socket => {}
                 _ => {
                     report.others += 1;
-                    others.push(item);
+                    others.push((idx, item));
                 }
             }
         }
         for level in dirs.values() {
-            level.par_iter().for_each(|i| create(i));
+            level.par_iter().for_each(&create);
         }
-        others.par_iter().for_each(|i| create(i));
+        others.par_iter().for_each(&create);
         report.damaged.extend(damaged.into_inner().expect("damage"));
     }
 
@@ -749,10 +781,19 @@ impl IndexedRepository {
         let root = crate::sys::euid() == 0;
         for item in items.iter().rev() {
             let node = &item.node;
-            let Some(made) = item.made.get() else {
+            let Some(made) = item.ident() else {
                 continue;
             };
             let meta = Meta {
+                kind: match node.kind {
+                    NodeKind::Dir { .. } => rustix::fs::FileType::Directory,
+                    NodeKind::File { .. } => rustix::fs::FileType::RegularFile,
+                    NodeKind::Symlink { .. } => rustix::fs::FileType::Symlink,
+                    NodeKind::Fifo => rustix::fs::FileType::Fifo,
+                    NodeKind::CharDevice { .. } => rustix::fs::FileType::CharacterDevice,
+                    NodeKind::BlockDevice { .. } => rustix::fs::FileType::BlockDevice,
+                    NodeKind::Socket => rustix::fs::FileType::Socket,
+                },
                 owner: (root && !no_owner).then_some((node.uid, node.gid)),
                 mode: (!matches!(node.kind, NodeKind::Symlink { .. }))
                     .then_some(node.mode & 0o7777),
