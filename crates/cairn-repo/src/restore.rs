@@ -760,9 +760,9 @@ impl IndexedRepository {
             }
         }
         for level in dirs.values() {
-            level.par_iter().for_each(&create);
+            level.par_iter().for_each(create);
         }
-        others.par_iter().for_each(&create);
+        others.par_iter().for_each(create);
         report.damaged.extend(damaged.into_inner().expect("damage"));
     }
 
