@@ -6,16 +6,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::util::{Env, prng};
+use crate::util::{Env, cairn_bin, euid, prng};
 
 /// The unprivileged user the attacks run as.
 const NOBODY: u32 = 65534;
-
-fn euid() -> u32 {
-    // The owner of a file we just created is our effective uid.
-    let f = tempfile::NamedTempFile::new().unwrap();
-    fs::metadata(f.path()).unwrap().uid()
-}
 
 fn chown_tree(p: &Path, uid: u32) {
     let s = Command::new("chown")
@@ -112,25 +106,15 @@ fn restore_as_root_never_writes_through_files_or_dirs_another_user_swaps_for_sym
         fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
         let stop = env.path("stop");
         let _ = fs::remove_file(&stop);
-        let attacker = Command::new("setpriv")
-            .args([
-                "--reuid",
-                &NOBODY.to_string(),
-                "--regid",
-                &NOBODY.to_string(),
-                "--clear-groups",
-                "/usr/bin/python3",
-                "-c",
-                SWAPPER,
+        let attacker = as_nobody(
+            SWAPPER,
+            &[
                 &target_s,
                 victim.to_str().unwrap(),
                 vdir.to_str().unwrap(),
                 stop.to_str().unwrap(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            ],
+        );
         let o = env.run(&["restore", "latest", "--target", &target_s, "--overwrite"]);
         fs::write(&stop, b"").unwrap();
         let a = attacker.wait_with_output().unwrap();
@@ -378,7 +362,7 @@ fn a_new_local_repository_is_private_whatever_the_umask() {
         let o = Command::new("sh")
             .arg("-c")
             .arg(format!("umask 000; exec \"$CAIRN\" {args}"))
-            .env("CAIRN", env!("CARGO_BIN_EXE_cairn"))
+            .env("CAIRN", cairn_bin())
             .env("CAIRN_REPOSITORY", env.repo())
             .env("CAIRN_PASSWORD_FILE", env.path("pw"))
             .output()
@@ -483,8 +467,7 @@ fn measured(env: &Env, args: &[&str]) -> (std::process::Output, f64, u64) {
     let t0 = std::time::Instant::now();
     // Killed after 20 s, so that an unbounded walk fails the test instead
     // of hanging it.
-    let bin =
-        std::env::var_os("CAIRN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
+    let bin = cairn_bin();
     let o = Command::new("timeout")
         .args(["-s", "KILL", "20", "/usr/bin/time", "-f", "%M", "-o"])
         .arg(&stats)
@@ -871,10 +854,7 @@ fn restore_as_root_refuses_reused_inodes_fifos_and_entries_renamed_in_right_afte
     let restore = || {
         Command::new("timeout")
             .args(["-s", "KILL", "60"])
-            .arg(
-                std::env::var_os("CAIRN_TEST_BIN")
-                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into()),
-            )
+            .arg(cairn_bin())
             .args(["restore", "latest", "--target", &target_s, "--overwrite"])
             .env("CAIRN_REPOSITORY", env.repo())
             .env("CAIRN_PASSWORD_FILE", env.path("pw"))

@@ -14,6 +14,20 @@ pub const CHEAP_KDF: [&str; 7] = [
     "--insecure-kdf",
 ];
 
+/// The cairn binary under test. CAIRN_TEST_BIN runs the suite against
+/// another build (a release binary, or an older one to see a new test fail
+/// on it).
+pub fn cairn_bin() -> std::ffi::OsString {
+    std::env::var_os("CAIRN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into())
+}
+
+/// The effective uid of the tests: the owner of a file just created.
+pub fn euid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::metadata(f.path()).unwrap().uid()
+}
+
 /// A scratch directory with a repository location and a password file.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -39,11 +53,7 @@ impl Env {
 
     /// A `cairn` command with the repository and password set.
     pub fn cmd(&self) -> Command {
-        // CAIRN_TEST_BIN runs the suite against another build (a release
-        // binary, or an older one to see a new test fail on it).
-        let bin = std::env::var_os("CAIRN_TEST_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
-        let mut c = Command::new(bin);
+        let mut c = Command::new(cairn_bin());
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CAIRN_REPOSITORY", self.repo())

@@ -40,7 +40,7 @@ fn ident(st: &rustix::fs::Stat) -> Ident {
 /// The identity of an entry just created by this process: it must be ours
 /// (another user's entry renamed in between creating and looking is not).
 fn created(st: &rustix::fs::Stat, rel: &Path) -> io::Result<Ident> {
-    if st.st_uid != rustix::process::geteuid().as_raw() {
+    if st.st_uid != crate::sys::euid() {
         return Err(replaced(rel));
     }
     Ok(ident(st))
@@ -57,6 +57,27 @@ pub struct Opened {
     pub fd: OwnedFd,
     /// Its stat, taken through the descriptor.
     pub stat: rustix::fs::Stat,
+}
+
+/// An open that ran into a symlink, another mount or a non-directory where
+/// a directory was: the entry was swapped.
+fn swapped_or(e: io::Error, rel: &Path) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => replaced(rel),
+        _ => e,
+    }
+}
+
+/// Stat the directory `name` in `parent`, never through a symlink.
+fn stat_dir_at(parent: &OwnedFd, name: &OsStr, rel: &Path) -> io::Result<rustix::fs::Stat> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| swapped_or(e.into(), rel))?;
+    Ok(rustix::fs::fstat(&fd)?)
 }
 
 fn replaced(rel: &Path) -> io::Error {
@@ -155,12 +176,7 @@ impl Beneath {
 
     /// Open `rel` and require it to be the entry recorded as `expect`.
     pub fn open_checked(&self, rel: &Path, flags: OFlags, expect: Ident) -> io::Result<Opened> {
-        let fd = self
-            .open_at(rel, flags)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => replaced(rel),
-                _ => e,
-            })?;
+        let fd = self.open_at(rel, flags).map_err(|e| swapped_or(e, rel))?;
         let stat = rustix::fs::fstat(&fd)?;
         if ident(&stat) != expect {
             return Err(replaced(rel));
@@ -180,10 +196,7 @@ impl Beneath {
         let parent = rel.parent().unwrap_or(Path::new(""));
         let fd = self
             .open_at(parent, OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => replaced(parent),
-                _ => e,
-            })?;
+            .map_err(|e| swapped_or(e, parent))?;
         Ok((fd, name))
     }
 }
@@ -216,17 +229,7 @@ pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io
             Ok(st) => {
                 let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
                 if is_dir && matches!(what, Create::Dir) {
-                    let fd = rustix::fs::openat(
-                        &parent,
-                        name,
-                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| match e {
-                        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => replaced(rel),
-                        e => e.into(),
-                    })?;
-                    return Ok(ident(&rustix::fs::fstat(&fd)?));
+                    return Ok(ident(&stat_dir_at(&parent, name, rel)?));
                 }
                 if is_dir {
                     remove_tree_at(parent.as_fd(), name)?;
@@ -242,17 +245,7 @@ pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io
     let st = match what {
         Create::Dir => {
             rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))?;
-            let fd = rustix::fs::openat(
-                &parent,
-                name,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| match e {
-                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => replaced(rel),
-                e => e.into(),
-            })?;
-            rustix::fs::fstat(&fd)?
+            stat_dir_at(&parent, name, rel)?
         }
         Create::File(size) => {
             let fd = rustix::fs::openat(
