@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p cairn-cli
-CAIRN=$PWD/target/release/cairn
+CAIRN=${CARGO_TARGET_DIR:-$PWD/target}/release/cairn
 DEMO=$PWD/cairn-demo
 rm -rf "$DEMO" && mkdir -p "$DEMO/sample/docs" "$DEMO/sample/bin"
 # Sample data: this project's sources, a 64 MiB incompressible file, a sparse
