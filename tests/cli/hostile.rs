@@ -486,18 +486,16 @@ fn measured(env: &Env, args: &[&str]) -> (std::process::Output, f64, u64) {
     (o, secs, rss)
 }
 
-#[test]
-fn a_planted_tree_bomb_is_refused_in_bounded_time_and_memory_and_blocks_nothing_else() {
+/// Plant a tree bomb through the crates' API next to one honest snapshot of
+/// `src` (a file `f` of 50,000 bytes): 41 tree blobs, each directory holding
+/// its child twice, 2^40 paths. Returns the bomb's snapshot id.
+pub(crate) fn plant_tree_bomb(env: &Env, src: &Path) -> String {
     use cairn_format::tree::{Node, NodeKind, Time, Tree};
-    let env = Env::new();
-    env.init(&[]);
-    let src = env.path("src");
-    fs::create_dir(&src).unwrap();
+    fs::create_dir(src).unwrap();
     fs::write(src.join("f"), prng(3, 50_000)).unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
-
     // 41 tree blobs, each directory holding its child twice: 2^40 paths.
-    let repo = library_repo(&env);
+    let repo = library_repo(env);
     let packer = cairn_repo::Packer::new(&repo);
     let node = |name: &[u8], kind: NodeKind| Node {
         name: name.to_vec(),
@@ -537,8 +535,17 @@ fn a_planted_tree_bomb_is_refused_in_bounded_time_and_memory_and_blocks_nothing_
     snap.tree = t;
     snap.time_ns += 1_000_000_000;
     let bomb = repo.repo.save_snapshot(&snap).unwrap().to_hex();
-    let short = &bomb[..8];
     drop(repo);
+    bomb
+}
+
+#[test]
+fn a_planted_tree_bomb_is_refused_in_bounded_time_and_memory_and_blocks_nothing_else() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let bomb = plant_tree_bomb(&env, &src);
+    let short = &bomb[..8];
 
     let target = env.path("t");
     for args in [
@@ -936,7 +943,7 @@ fn restore_as_root_refuses_reused_inodes_fifos_and_entries_renamed_in_right_afte
 }
 
 #[test]
-fn a_foreign_index_object_is_named_and_does_not_stop_restores() {
+fn a_foreign_index_object_is_named_and_does_not_stop_restores_or_backups() {
     let env = Env::new();
     env.init(&[]);
     let src = env.path("src");
@@ -960,10 +967,36 @@ fn a_foreign_index_object_is_named_and_does_not_stop_restores() {
         fs::read(t.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
         prng(6, 20_000)
     );
+    // Nor backups: what only the skipped object lists is stored again (a
+    // duplicate, never a loss), and the new snapshot restores.
+    fs::write(src.join("g"), prng(7, 30_000)).unwrap();
+    let o = env.run(&["backup", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "skipped an unreadable index object: object index/{name}"
+        )),
+        "{err}"
+    );
+    let t2 = env.path("t2");
+    env.ok(&["restore", "latest", "--target", t2.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(t2.join(src.strip_prefix("/").unwrap()).join("g")).unwrap(),
+        prng(7, 30_000)
+    );
     let o = env.run(&["check"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&name));
+    // Prune needs every index object: it refuses until the index is repaired.
+    let o = env.run(&["prune"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "prune ran over an unreadable index"
+    );
     env.ok(&["repair", "index"]);
+    env.ok(&["prune"]);
     env.ok(&["check", "--read-data"]);
 }
 

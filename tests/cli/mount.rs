@@ -69,7 +69,12 @@ impl Mounted {
     }
 
     /// Send SIGTERM and wait: the process must unmount and exit 0.
-    fn stop(mut self) -> String {
+    fn stop(self) -> String {
+        self.stop_with_stderr().0
+    }
+
+    /// [`Self::stop`], returning standard output and standard error.
+    fn stop_with_stderr(mut self) -> (String, String) {
         let mut child = self.child.take().unwrap();
         let st = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -89,7 +94,10 @@ impl Mounted {
             String::from_utf8_lossy(&o.stderr)
         );
         assert!(!is_mounted(&self.path), "still mounted after SIGTERM");
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 }
 
@@ -597,6 +605,89 @@ fn damaged_chunk_fails_the_read_and_names_the_file() {
     assert!(c.wait().unwrap().success());
     assert!(
         err.contains("cannot read") && err.contains("src/big") && err.contains("data/"),
+        "{err}"
+    );
+}
+
+/// List a directory of the mount: its entries, or the error of opening or
+/// reading it.
+fn list_mounted(d: &Path) -> std::io::Result<Vec<fs::DirEntry>> {
+    fs::read_dir(d)?.collect()
+}
+
+/// A planted tree bomb (2^40 paths from 41 tree blobs) mounted: a walk of it
+/// ends within the entry limit, per snapshot, so the honest snapshot next to
+/// it still lists and reads; the depth limit stops listings below it. Both
+/// are named on the mount's standard error.
+#[test]
+fn a_mounted_tree_bomb_shows_no_more_than_the_entry_and_depth_limits_and_blocks_nothing_else() {
+    const EIO: i32 = 5;
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let bomb = crate::hostile::plant_tree_bomb(&env, &src);
+    let mnt = env.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+
+    let m = Mounted::start(&env, &mnt, &["--max-tree-entries", "5000"]);
+    let snaps = mnt.join("snapshots");
+    let bomb_dir = snaps.join(fs::read_link(snaps.join("latest")).unwrap());
+    let started = Instant::now();
+    let (mut seen, mut refused) = (0u64, 0u64);
+    let mut todo = vec![bomb_dir.clone()];
+    while let Some(d) = todo.pop() {
+        match list_mounted(&d) {
+            Ok(entries) => {
+                for e in entries {
+                    seen += 1;
+                    if e.file_type().unwrap().is_dir() {
+                        todo.push(e.path());
+                    }
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(EIO), "{}: {e}", d.display());
+                refused += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the walk of the bomb did not end: {seen} entries seen"
+        );
+    }
+    assert!(
+        seen <= 5000 && refused > 0,
+        "{seen} seen, {refused} refused"
+    );
+    // The honest snapshot is not blocked by the bomb's budget.
+    let honest = list_mounted(&snaps)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap() != "latest" && *p != bomb_dir)
+        .unwrap();
+    assert_eq!(
+        fs::read(honest.join(src.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        prng(3, 50_000)
+    );
+    let (_, err) = m.stop_with_stderr();
+    assert!(
+        err.contains("more than 5000 entries (--max-tree-entries)")
+            && err.contains(&format!(
+                "snapshots/{}/",
+                bomb_dir.file_name().unwrap().to_string_lossy()
+            )),
+        "{err}"
+    );
+    assert!(!bomb.is_empty());
+
+    let m = Mounted::start(&env, &mnt, &["--max-tree-depth", "3"]);
+    assert_eq!(list_mounted(&bomb_dir.join("a/a/a")).unwrap().len(), 2);
+    let e = list_mounted(&bomb_dir.join("a/a/a/b")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+    let (_, err) = m.stop_with_stderr();
+    assert!(
+        err.contains("a/a/a/b: its tree is more than 3 directories deep (--max-tree-depth)"),
         "{err}"
     );
 }

@@ -135,12 +135,17 @@ fn remember_key(f: &std::path::Path, key: &str) {
 /// §8), so it fails only what needs it.
 pub fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
     let r = open(g)?.load_index_readable()?;
+    warn_unreadable_index(&r, "what only it lists cannot be restored");
+    Ok(r)
+}
+
+/// Name each index object the load skipped, and what that costs.
+pub fn warn_unreadable_index(r: &IndexedRepository, cost: &str) {
     for e in &r.index.read().expect("index lock").unreadable {
         eprintln!(
-            "warning: skipped an unreadable index object: {e}; what only it lists cannot be restored (`cairn check` names it, `cairn repair index` rebuilds the index)"
+            "warning: skipped an unreadable index object: {e}; {cost} (`cairn check` names it, `cairn repair index` rebuilds the index)"
         );
     }
-    Ok(r)
 }
 
 /// Open for a command that writes: a writer session is announced before
@@ -148,6 +153,10 @@ pub fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
 /// lists but storage lacks are reported.
 pub fn open_for_writing(g: &GlobalArgs, command: &str) -> Result<IndexedRepository> {
     let r = open(g)?.load_index_for_writing(command)?;
+    warn_unreadable_index(
+        &r,
+        "what only it lists is stored again, and prune refuses until the index is repaired",
+    );
     if let Some(w) = r.session().and_then(|s| s.clock.skew_warning()) {
         eprintln!("warning: {w}");
     }

@@ -60,7 +60,8 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Refuse to walk a snapshot whose tree holds more entries than this
-    /// (restore, ls, check; default 1000000000)
+    /// (restore, ls, check; mount lists no more of one snapshot; default
+    /// 1000000000)
     #[arg(long, global = true, value_name = "N")]
     pub max_tree_entries: Option<u64>,
     /// … more directory levels than this (default 1024)

@@ -205,7 +205,12 @@ pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
 
 pub(crate) fn open(g: &GlobalArgs, cat: &Catalog) -> Result<IndexedRepository> {
     // Stack backups and restores (safety snapshots) write: a session first.
-    Ok(open_repo(g, cat)?.load_index_for_writing("stack")?)
+    let r = open_repo(g, cat)?.load_index_for_writing("stack")?;
+    crate::commands::warn_unreadable_index(
+        &r,
+        "what only it lists is stored again, and prune refuses until the index is repaired",
+    );
+    Ok(r)
 }
 
 fn write_out(path: &Option<PathBuf>, text: &str) -> Result<()> {

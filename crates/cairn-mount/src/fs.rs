@@ -118,12 +118,20 @@ struct Inode {
     /// Path below the mountpoint, for error messages.
     path: String,
     virtual_: bool,
+    /// Directory levels below its snapshot's root (0 for the root and for
+    /// virtual entries), checked against the tree depth limit.
+    depth: u32,
+    /// The inode of its snapshot's root directory (its own for a snapshot
+    /// root; 0 for virtual entries): entries are counted per snapshot.
+    root: u64,
 }
 
 struct Table {
     inodes: HashMap<u64, Arc<Inode>>,
     by_name: HashMap<(u64, Vec<u8>), u64>,
     next: u64,
+    /// Entries listed so far below each snapshot root (by its inode).
+    held: HashMap<u64, u64>,
 }
 
 struct Handle {
@@ -320,6 +328,7 @@ impl CairnFs {
                 inodes: HashMap::new(),
                 by_name: HashMap::new(),
                 next: ROOT + 1,
+                held: HashMap::new(),
             }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -341,6 +350,8 @@ impl CairnFs {
                 },
                 path: String::new(),
                 virtual_: true,
+                depth: 0,
+                root: 0,
             }),
         );
         fs.refresh(Duration::ZERO)?;
@@ -485,6 +496,8 @@ impl CairnFs {
                             },
                             path: path.clone(),
                             virtual_: true,
+                            depth: 0,
+                            root: 0,
                         },
                     );
                     self.install_virtual(ino, children);
@@ -505,6 +518,8 @@ impl CairnFs {
                             },
                             path: path.clone(),
                             virtual_: false,
+                            depth: 0,
+                            root: ino,
                         },
                     );
                     listing.push((name.clone(), ino, FileType::Directory));
@@ -526,6 +541,8 @@ impl CairnFs {
                                 kind: Kind::Link(target.clone()),
                                 path: path.clone(),
                                 virtual_: true,
+                                depth: 0,
+                                root: 0,
                             }
                         },
                     );
@@ -584,6 +601,8 @@ impl CairnFs {
             kind,
             path: Self::child_path(parent, &node.name),
             virtual_: false,
+            depth: parent.depth + 1,
+            root: parent.root,
         }
     }
 
@@ -597,17 +616,43 @@ impl CairnFs {
             return Ok(l.clone());
         }
         let tree_id = tree.ok_or(Errno::EIO)?;
-        let tree = self.repo.load_tree(&tree_id).map_err(|e| {
+        let shown_path = if inode.path.is_empty() {
+            "/"
+        } else {
+            &inode.path
+        };
+        // The tree walk budget (format-spec §10): a hostile snapshot's trees
+        // can repeat themselves into more paths than memory holds, so the
+        // mount lists no directory deeper than the depth limit and holds no
+        // more entries than the entry limit.
+        let limits = &self.repo.repo.tree_limits;
+        if inode.depth > limits.depth {
             eprintln!(
-                "cairn mount: cannot list {}: {e}",
-                if inode.path.is_empty() {
-                    "/"
-                } else {
-                    &inode.path
-                }
+                "cairn mount: not listing {shown_path}: its tree is more than {} directories \
+                 deep (--max-tree-depth); the snapshot may be hostile",
+                limits.depth
             );
+            return Err(Errno::EIO);
+        }
+        let tree = self.repo.load_tree(&tree_id).map_err(|e| {
+            eprintln!("cairn mount: cannot list {shown_path}: {e}");
             Errno::EIO
         })?;
+        {
+            let mut t = self.table.lock().expect("inode table");
+            let held = t.held.entry(inode.root).or_insert(0);
+            let after = held.saturating_add(tree.nodes.len() as u64);
+            if after > limits.entries {
+                eprintln!(
+                    "cairn mount: not listing {shown_path}: its snapshot would show more than \
+                     {} entries (--max-tree-entries); the snapshot may be hostile, or remount \
+                     with a higher limit",
+                    limits.entries
+                );
+                return Err(Errno::EIO);
+            }
+            *held = after;
+        }
         let mut out: Listing = Vec::with_capacity(tree.nodes.len());
         for node in &tree.nodes {
             let ft = file_type(&node.kind);

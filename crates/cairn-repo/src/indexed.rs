@@ -45,7 +45,7 @@ impl Repository {
     /// mount): an index object that cannot be read — damaged, foreign,
     /// planted — is skipped and named in [`Index::unreadable`] instead of
     /// failing every restore; what only it lists is then missing (and named
-    /// by the restore). Writers, prune and check keep the strict load.
+    /// by the restore). Prune, repair and check keep the strict load.
     pub fn load_index_readable(self) -> Result<IndexedRepository> {
         let index = self.read_index_lenient()?;
         Ok(IndexedRepository::new_internal(
@@ -60,7 +60,11 @@ impl Repository {
 
     /// Announce a writer session, then load the index, leaving out packs the
     /// index lists but storage does not hold (format-spec §5.1 steps 1–2):
-    /// what backups use.
+    /// what backups use. An unreadable index object is skipped and named in
+    /// [`Index::unreadable`], as for readers: a writer that does not know a
+    /// blob stores it again (a duplicate, never a loss), so one damaged or
+    /// planted object does not stop every backup; prune refuses until
+    /// `repair index`.
     pub fn load_index_for_writing(self, command: &str) -> Result<IndexedRepository> {
         let session = Session::announce(&self, command)?;
         let index = self.read_index_checked()?;
@@ -75,8 +79,9 @@ impl Repository {
     /// (format-spec §5.1 step 2; the model in `format-spec/model` found that
     /// reusing one through a stale or fenced writer's index object loses
     /// data). Markers written later are relevant to the session, so held.
+    /// Unreadable index objects are skipped, as in [`Self::load_index_for_writing`].
     pub fn read_index_checked(&self) -> Result<Index> {
-        self.read_index_with(true, false)
+        self.read_index_with(true, true)
     }
 
     /// Read every live (not superseded) index object into an in-memory index,

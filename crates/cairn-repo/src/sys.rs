@@ -1,88 +1,31 @@
-//! The few Unix calls std does not offer: setting a symlink's times, creating
-//! FIFOs and device nodes, finding holes in sparse files, host and user names.
+//! The few Unix calls std does not offer: finding holes in sparse files, host
+//! and user names, user ids, read-ahead hints, allocator tuning. Through
+//! `rustix` where it has a safe call (fsat.rs does the descriptor-relative
+//! restore calls the same way).
 //!
-//! `unsafe` is allowed here only, because these are FFI calls into libc. Each
-//! call passes pointers to live, NUL-terminated buffers owned by the caller for
-//! the duration of the call, and checks the return value.
+//! `unsafe` is allowed here only, for what rustix does not wrap: the password
+//! database (`getpwuid_r`) and glibc's allocator controls. Each call passes
+//! pointers to live buffers owned by the caller for the duration of the call,
+//! and checks the return value.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
-/// Set access and modification times without following a final symlink.
-pub fn set_times_nofollow(p: &Path, mtime: (i64, u32)) -> io::Result<()> {
-    let c = cpath(p)?;
-    let ts = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: mtime.0 as libc::time_t,
-            tv_nsec: mtime.1 as libc::c_long,
-        },
-    ];
-    // SAFETY: `c` is a valid C string and `ts` a two-element array, as utimensat requires.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Create a FIFO, character or block device node.
-pub fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: `c` is a valid C string; mknod does not keep the pointer.
-    let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// The data regions `[start, end)` of a file of `size` bytes, using
 /// SEEK_DATA/SEEK_HOLE. Filesystems without hole support report one region.
 pub fn data_regions(f: &std::fs::File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = f.as_raw_fd();
+    use rustix::fs::{SeekFrom, seek};
     let mut out = Vec::new();
     let mut pos: u64 = 0;
     while pos < size {
-        // SAFETY: lseek on an open descriptor we own; no memory is passed.
-        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no more data: the rest is a hole
-            }
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                return Ok(vec![(0, size)]); // SEEK_DATA unsupported
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (s, e) = (start as u64, (end as u64).min(size));
+        let start = match seek(f, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break, // no more data: the rest is a hole
+            Err(rustix::io::Errno::INVAL) => return Ok(vec![(0, size)]), // SEEK_DATA unsupported
+            Err(e) => return Err(e.into()),
+        };
+        let end = seek(f, SeekFrom::Hole(start))?;
+        let (s, e) = (start, end.min(size));
         if s >= size {
             break;
         }
@@ -91,27 +34,23 @@ pub fn data_regions(f: &std::fs::File, size: u64) -> io::Result<Vec<(u64, u64)>>
         }
         pos = e.max(s + 1);
     }
-    // SAFETY: reset the offset for the reads that follow.
-    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    // Reset the offset for the reads that follow.
+    seek(f, SeekFrom::Start(0))?;
     Ok(out)
 }
 
 /// This machine's host name.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is writable for its full length.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if r != 0 {
-        return "unknown".into();
-    }
-    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The current user's name, from the password database.
 pub fn username() -> String {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
+    // SAFETY: passwd is plain old data; getpwuid_r fills it.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 4096];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -135,14 +74,12 @@ pub fn username() -> String {
 
 /// Effective user id.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Effective group id.
 pub fn egid() -> u32 {
-    // SAFETY: getegid cannot fail.
-    unsafe { libc::getegid() }
+    rustix::process::getegid().as_raw()
 }
 
 /// Give the allocator's free pages back to the kernel (glibc keeps freed
@@ -195,16 +132,10 @@ pub fn prefetch(f: &std::fs::File) {
 
 /// Like [`prefetch`], for `len` bytes from `offset` (0 = to the end).
 pub fn prefetch_range(f: &std::fs::File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: the descriptor belongs to `f`, alive for the call; no pointers.
-    unsafe {
-        libc::posix_fadvise(
-            f.as_raw_fd(),
-            offset as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        );
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, offset, len);
+    let _ = rustix::fs::fadvise(
+        f,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
 }
