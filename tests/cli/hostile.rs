@@ -345,7 +345,8 @@ fn stack_files_restores_withhold_devices_and_setuid_unless_the_catalog_allows_th
     let o = env.run(&["stack", "plan", "--catalog", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("allow_setuid applies to kind files only"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("allow_setuid is not a field of this kind (it belongs to kind files)"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );

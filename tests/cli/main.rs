@@ -8,6 +8,7 @@ mod mount;
 mod protocol;
 mod s3;
 mod stack;
+mod stack_hostile;
 mod stack_proof;
 mod util;
 

@@ -291,11 +291,14 @@ fn example_stack_backs_up_is_destroyed_and_restores_in_dependency_order() {
             .iter()
             .all(|s| s["ok"] == true)
     );
+    let prom = fs::read_to_string(env.path("backup.prom")).unwrap();
     assert!(
-        fs::read_to_string(env.path("backup.prom"))
-            .unwrap()
-            .contains("cairn_backup_success{service=\"orders-db\"} 1")
+        prom.contains(
+            "cairn_backup_success{service=\"orders-db\",kind=\"postgres\",env=\"production\",status=\"passed\"} 1"
+        ),
+        "{prom}"
     );
+    crate::util::assert_promtool_accepts(&env.path("backup.prom"));
 
     // The plan touches nothing and lists the waves.
     let o = run(&["stack", "plan", "--catalog", cat, "--json"]);
@@ -383,11 +386,14 @@ fn example_stack_backs_up_is_destroyed_and_restores_in_dependency_order() {
         wall <= 1.2 * cp,
         "wall {wall:.2}s > 1.2 x critical path {cp:.2}s"
     );
+    let prom = fs::read_to_string(env.path("restore.prom")).unwrap();
     assert!(
-        fs::read_to_string(env.path("restore.prom"))
-            .unwrap()
-            .contains("cairn_restore_success{service=\"api\"} 1")
+        prom.contains(
+            "cairn_restore_success{service=\"api\",kind=\"command\",env=\"production\",operation=\"restore\",status=\"passed\"} 1"
+        ),
+        "{prom}"
     );
+    crate::util::assert_promtool_accepts(&env.path("restore.prom"));
 }
 
 #[test]
@@ -477,7 +483,8 @@ target = "{target}"
             == 2
     );
 
-    // Restore the first (complete) group into the broken environment.
+    // Restore the first (complete) group into the broken environment (its
+    // other services keep production's targets: allowed on purpose).
     let groups: Vec<String> = env
         .json(&["snapshots"])
         .as_array()
@@ -494,6 +501,7 @@ target = "{target}"
         cat,
         "--env",
         "broken",
+        "--allow-production-targets",
         "--group",
         &first_group,
         "--report",
@@ -623,4 +631,492 @@ fn stack_forget_applies_catalog_retention_per_service() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The example catalog with its state directory in `dir`, then `edit`ed.
+fn example_catalog_in(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let src = fs::read_to_string(example().join("cairn.toml")).unwrap();
+    let text = edit(src.replace("state/", &format!("{}/state/", dir.display())));
+    let p = dir.join(format!("cairn-{}.toml", unique()));
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// Staging overrides that name production's data in another spelling — a
+/// trailing slash, `localhost` for `127.0.0.1`, a directory inside
+/// production's, a Redis pattern overlapping production's keys, another
+/// service's directory — are refused by `stack drill` and by `stack restore
+/// --env staging` before anything is touched (the repository is not even
+/// opened: it does not exist here), naming the service and both targets.
+#[test]
+fn drills_and_env_restores_aimed_at_production_in_another_spelling_are_refused_before_anything_runs()
+ {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let prod_uploads = dir.join("state/uploads");
+    fs::create_dir_all(&prod_uploads).unwrap();
+    fs::write(prod_uploads.join("keep"), b"production").unwrap();
+    let up = prod_uploads.display().to_string();
+    type Edit<'a> = Box<dyn Fn(String) -> String + 'a>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "uploads",
+            Box::new(move |t: String| {
+                t.replace(
+                    &format!("target = \"{}/state/staging/uploads\"", dir.display()),
+                    &format!("target = \"{up}/\""),
+                )
+            }),
+        ),
+        (
+            "orders-db",
+            Box::new(|t: String| {
+                t.replace(
+                    "[service.orders-db.env.staging]\ndatabase = \"cairn_example_orders_staging\"",
+                    "[service.orders-db.env.staging]\nhost = \"localhost\"",
+                )
+            }),
+        ),
+        (
+            "uploads",
+            Box::new(move |t: String| {
+                t.replace(
+                    &format!("{}/state/staging/uploads", dir.display()),
+                    &format!("{}/state/uploads/staging", dir.display()),
+                )
+            }),
+        ),
+        (
+            "sessions",
+            Box::new(|t: String| {
+                t.replace(
+                    "[service.sessions.env.staging]\ndatabases = [1]",
+                    "[service.sessions.env.staging]\nkey_pattern = \"cairn_*\"",
+                )
+            }),
+        ),
+        (
+            "reports",
+            Box::new(move |t: String| {
+                t.replace(
+                    &format!("{}/state/staging/reports", dir.display()),
+                    &format!("{}/state/./uploads/../uploads", dir.display()),
+                )
+            }),
+        ),
+    ];
+    let plain = fs::read_to_string(example_catalog_in(dir, |t| t)).unwrap();
+    for (service, edit) in &cases {
+        let cat = example_catalog_in(dir, edit);
+        assert_ne!(
+            fs::read_to_string(&cat).unwrap(),
+            plain,
+            "the edit for {service} changed nothing"
+        );
+        for args in [
+            vec!["stack", "drill", "--catalog", cat.to_str().unwrap()],
+            vec![
+                "stack",
+                "restore",
+                "--env",
+                "staging",
+                "--catalog",
+                cat.to_str().unwrap(),
+            ],
+        ] {
+            let o = env.run(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{args:?} for {service}: {err}");
+            assert!(
+                err.contains("would overwrite production data; nothing was touched")
+                    && err.contains(&format!("  {service}: ")),
+                "{args:?} for {service}: {err}"
+            );
+        }
+    }
+    assert_eq!(fs::read(prod_uploads.join("keep")).unwrap(), b"production");
+    // The example's own staging overrides pass the guard (and then fail on
+    // the missing repository, which is not the guard's business).
+    let cat = example_catalog_in(dir, |t| t);
+    let o = env.run(&["stack", "drill", "--catalog", cat.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("would overwrite production"), "{err}");
+    // --allow-production-targets lets an operator restore staging over
+    // production on purpose.
+    let cat = example_catalog_in(dir, &cases[0].1);
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--env",
+        "staging",
+        "--allow-production-targets",
+        "--catalog",
+        cat.to_str().unwrap(),
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("would overwrite production"));
+}
+
+/// A service named with a quote and a backslash: the textfiles of its stack
+/// backup and restore are valid exposition (promtool accepts them) and the
+/// label value is escaped, not cut.
+#[test]
+fn metrics_of_a_service_named_with_quotes_and_backslashes_pass_promtool() {
+    let env = Env::new();
+    env.init(&[]);
+    let data = env.path("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("a"), b"x").unwrap();
+    let cat = env.path("cairn.toml");
+    fs::write(
+        &cat,
+        format!(
+            "[service.'we\"ird\\name']\nkind = \"files\"\npath = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let (b, r) = (env.path("b.prom"), env.path("r.prom"));
+    let c = cat.to_str().unwrap();
+    env.ok(&[
+        "stack",
+        "backup",
+        "--catalog",
+        c,
+        "--metrics-file",
+        b.to_str().unwrap(),
+    ]);
+    env.ok(&[
+        "stack",
+        "restore",
+        "--catalog",
+        c,
+        "--metrics-file",
+        r.to_str().unwrap(),
+    ]);
+    for p in [&b, &r] {
+        let text = fs::read_to_string(p).unwrap();
+        assert!(text.contains("service=\"we\\\"ird\\\\name\""), "{text}");
+        crate::util::assert_promtool_accepts(p);
+    }
+}
+
+/// `stack plan` before any backup shows the order; `latest` is the newest
+/// group holding a snapshot of every selected service, so a `--only`
+/// backup or one in which a service failed does not break a full restore
+/// (the groups passed over are named), and a `--only` restore takes the
+/// newest group that has its service.
+#[test]
+fn latest_is_the_newest_complete_group_and_plan_works_before_any_backup() {
+    let env = Env::new();
+    env.init(&[]);
+    let (a, b) = (env.path("a"), env.path("b"));
+    for d in [&a, &b] {
+        fs::create_dir(d).unwrap();
+        fs::write(d.join("f"), b"one").unwrap();
+    }
+    let cat = env.path("cairn.toml");
+    fs::write(
+        &cat,
+        format!(
+            "[service.a]\nkind = \"files\"\npath = \"{}\"\n[service.b]\nkind = \"files\"\npath = \"{}\"\ndepends_on = [\"a\"]\n",
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let c = cat.to_str().unwrap();
+    let out = env.ok(&["stack", "plan", "--catalog", c]);
+    assert!(
+        out.contains("no group to restore yet")
+            && out.contains("wave 1:\n  a ")
+            && out.contains("wave 2:\n  b "),
+        "{out}"
+    );
+    let group_of = |out: &str| {
+        out.lines()
+            .next()
+            .unwrap()
+            .strip_prefix("group ")
+            .unwrap()
+            .to_string()
+    };
+    let full = group_of(&env.ok(&["stack", "backup", "--catalog", c]));
+    fs::write(a.join("f"), b"two").unwrap();
+    let only_a = group_of(&env.ok(&["stack", "backup", "--catalog", c, "--only", "a"]));
+    // A full backup in which b fails (its directory is gone).
+    fs::rename(&b, env.path("b-away")).unwrap();
+    let o = env.run(&["stack", "backup", "--catalog", c]);
+    assert_eq!(o.status.code(), Some(1));
+    fs::rename(env.path("b-away"), &b).unwrap();
+
+    let rep = env.path("r.json");
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        c,
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let r = report(&rep);
+    assert_eq!(r["group"], full, "{err}");
+    assert!(
+        err.contains(&format!("group {} has no snapshot of b", &only_a[..8])),
+        "{err}"
+    );
+    assert_eq!(fs::read(a.join("f")).unwrap(), b"one");
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        c,
+        "--only",
+        "a",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&rep);
+    assert_ne!(r["group"], full);
+    assert_eq!(fs::read(a.join("f")).unwrap(), b"two");
+}
+
+/// Redis expiry times are absolute: a key whose TTL ran out during the
+/// outage is not restored (and counted), a long TTL shrinks by the time
+/// since the backup, and the restore still verifies.
+#[test]
+fn redis_ttls_are_restored_as_absolute_expiry_times() {
+    let env = Env::new();
+    env.init(&[]);
+    let p = unique();
+    let mut c = Conn::connect("127.0.0.1:6379", None).unwrap();
+    let k = |s: &str| format!("{p}:{s}");
+    c.call(&[b"SET", k("plain").as_bytes(), b"1"]).unwrap();
+    c.call(&[b"SET", k("short").as_bytes(), b"2", b"PX", b"1500"])
+        .unwrap();
+    c.call(&[b"SET", k("long").as_bytes(), b"3", b"EX", b"3600"])
+        .unwrap();
+    let cat = env.path("cairn.toml");
+    fs::write(
+        &cat,
+        format!(
+            "[service.sessions]\nkind = \"redis\"\nhost = \"127.0.0.1\"\nkey_pattern = \"{p}:*\"\n"
+        ),
+    )
+    .unwrap();
+    let c_ = cat.to_str().unwrap();
+    env.ok(&["stack", "backup", "--catalog", c_]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    for s in ["plain", "long"] {
+        c.call(&[b"DEL", k(s).as_bytes()]).unwrap();
+    }
+    let rep = env.path("r.json");
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        c_,
+        "--no-safety-snapshot",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = svc(&report(&rep), "sessions").clone();
+    assert_eq!(s["fingerprint"]["verified"], true, "{s}");
+    assert_eq!(
+        s["withheld"], "1 key(s) had expired since the backup and were not restored",
+        "{s}"
+    );
+    let exists = |c: &mut Conn, s: &str| c.call(&[b"EXISTS", k(s).as_bytes()]).unwrap();
+    assert_eq!(exists(&mut c, "short"), Reply::Int(0));
+    assert_eq!(exists(&mut c, "plain"), Reply::Int(1));
+    let Reply::Int(left) = c.call(&[b"PTTL", k("long").as_bytes()]).unwrap() else {
+        panic!("PTTL")
+    };
+    assert!(
+        left > 3_590_000 && left <= 3_600_000 - 2_500,
+        "the TTL left is {left} ms: not shortened by the time since the backup"
+    );
+    for s in ["plain", "short", "long"] {
+        c.call(&[b"DEL", k(s).as_bytes()]).unwrap();
+    }
+}
+
+/// Five MariaDB backups taken while a client writes about a hundred rows a
+/// second all restore verified: the fingerprint describes exactly what the
+/// dump holds (it used to start a second or so after the dump's snapshot,
+/// and every restore failed its check).
+#[test]
+fn mariadb_backups_taken_under_writes_all_restore_verified() {
+    use std::io::Write;
+    let env = Env::new();
+    env.init(&[]);
+    let db = unique();
+    mariadb(&format!(
+        "CREATE DATABASE `{db}`; CREATE TABLE `{db}`.audit_log (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6), v VARBINARY(64)) ENGINE=InnoDB; CREATE TABLE `{db}`.counters (k INT PRIMARY KEY, n INT) ENGINE=InnoDB; INSERT INTO `{db}`.counters VALUES (1, 0);"
+    ));
+    let cat = env.path("cairn.toml");
+    fs::write(
+        &cat,
+        format!(
+            "[service.orders]\nkind = \"mariadb\"\nhost = \"127.0.0.1\"\nuser = \"root\"\ndatabase = \"{db}\"\n[service.orders.env.staging]\ndatabase = \"{db}_staging\"\n"
+        ),
+    )
+    .unwrap();
+    // The writer: one client session, an insert and an update every 10 ms.
+    let mut w = Command::new("mariadb")
+        .args(["--protocol=TCP", "-h", "127.0.0.1", "-u", "root", "-n", &db])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = w.stdin.take().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let ok = stdin.write_all(
+                format!(
+                    "INSERT INTO audit_log (at, v) VALUES (NOW(6), UNHEX(SHA2('{i}', 256))); UPDATE counters SET n = n + 1 WHERE k = 1;\n"
+                )
+                .as_bytes(),
+            );
+            if ok.is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        i
+    });
+    let c = cat.to_str().unwrap();
+    let mut verified = 0;
+    let mut failures = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        env.ok(&["stack", "backup", "--catalog", c]);
+        let rep = env.path(&format!("r{round}.json"));
+        let o = env.run(&[
+            "stack",
+            "restore",
+            "--catalog",
+            c,
+            "--env",
+            "staging",
+            "--no-safety-snapshot",
+            "--report",
+            rep.to_str().unwrap(),
+        ]);
+        let r = report(&rep);
+        let s = svc(&r, "orders");
+        if o.status.success() && s["fingerprint"]["verified"] == true {
+            verified += 1;
+        } else {
+            failures.push(format!("round {round}: {}", s["error"]));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let _ = w.wait();
+    let rows: u64 = mariadb(&format!("SELECT count(*) FROM `{db}`.audit_log"))
+        .trim()
+        .parse()
+        .unwrap();
+    mariadb(&format!(
+        "DROP DATABASE IF EXISTS `{db}`; DROP DATABASE IF EXISTS `{db}_staging`"
+    ));
+    assert!(
+        rows > 100 && writes > 100,
+        "the writer barely wrote: {rows} rows"
+    );
+    assert_eq!(verified, 5, "{failures:?}");
+}
+
+/// A cross-service invariant gates the dependents of the services it names:
+/// when it fails, they are skipped (naming it) and never started; with
+/// `gate = false` they start anyway. Under `--only`, an invariant naming an
+/// unselected service checks that service as it lives.
+#[test]
+fn cross_service_invariants_gate_dependents_and_check_unselected_services_live() {
+    let env = Env::new();
+    env.init(&[]);
+    let (a, b) = (env.path("a"), env.path("b"));
+    for d in [&a, &b] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(a.join("v"), b"backed-up").unwrap();
+    fs::write(b.join("v"), b"backed-up").unwrap();
+    let ran = env.path("app-restored");
+    let catalog = |gate: bool| {
+        let p = env.path(&format!("cairn-{gate}.toml"));
+        fs::write(
+            &p,
+            format!(
+                "[service.a]\nkind = \"files\"\npath = \"{a}\"\n[service.b]\nkind = \"files\"\npath = \"{b}\"\n\
+                 [service.app]\nkind = \"command\"\nbackup = \"echo state\"\nrestore = \"cat > {ran}\"\ndepends_on = [\"a\"]\n\
+                 [[invariant]]\nname = \"b is live\"\nservices = [\"a\", \"b\"]\ncommand = 'cat \"$CAIRN_B_PATH/v\"'\nequals = \"live\"\ngate = {gate}\n",
+                a = a.display(),
+                b = b.display(),
+                ran = ran.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (gated, ungated) = (catalog(true), catalog(false));
+    env.ok(&["stack", "backup", "--catalog", gated.to_str().unwrap()]);
+    fs::write(b.join("v"), b"live").unwrap();
+
+    // A full restore puts b's backed-up file back: the invariant fails, and
+    // app (depending on a, which the invariant names) is never started.
+    let rep = env.path("r.json");
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        gated.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let r = report(&rep);
+    assert_eq!(svc(&r, "app")["status"], "skipped", "{r}");
+    assert_eq!(
+        svc(&r, "app")["error"],
+        "invariant \"b is live\" did not pass",
+        "{r}"
+    );
+    assert!(!ran.exists(), "app was restored on unchecked data");
+    // Opted out: app starts as soon as a passed.
+    fs::write(b.join("v"), b"live").unwrap();
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        ungated.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(svc(&report(&rep), "app")["status"], "passed");
+    assert!(ran.exists());
+    // --only a: b is not restored, the invariant reads the live b and passes.
+    fs::write(b.join("v"), b"live").unwrap();
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        gated.to_str().unwrap(),
+        "--only",
+        "a",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&rep);
+    assert_eq!(r["invariants"][0]["status"], "passed", "{r}");
+    assert_eq!(fs::read(b.join("v")).unwrap(), b"live");
 }

@@ -44,7 +44,7 @@ impl Fleet {
         f
     }
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        let mut c = Command::new(crate::util::cairn_bin());
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("CAIRN_PASSWORD_FILE", self.stack.state.join("password"))
@@ -227,16 +227,16 @@ fn cross_service_invariant_catches_an_order_whose_customer_was_deleted() {
         !o.status.success(),
         "the broken invariant must fail the restore"
     );
-    for s in [
-        "orders-db",
-        "catalog-db",
-        "sessions",
-        "uploads",
-        "reports",
-        "api",
-    ] {
+    for s in ["orders-db", "catalog-db", "sessions", "uploads", "reports"] {
         assert_eq!(svc(&r, s)["status"], "passed", "{s}");
     }
+    // The API depends on both databases the invariant names: it is not
+    // started on data that failed the check.
+    assert_eq!(svc(&r, "api")["status"], "skipped", "{}", svc(&r, "api"));
+    assert_eq!(
+        svc(&r, "api")["error"],
+        "invariant \"orders refer to existing customers\" did not pass"
+    );
     let inv = &r["invariants"][0];
     assert_eq!(inv["name"], "orders refer to existing customers");
     assert_eq!(inv["status"], "failed");
@@ -628,4 +628,236 @@ fn removing_or_editing_any_audit_record_fails_verification_and_names_it() {
     }
     let o = run(&state, &["stack", "audit", "--verify"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(c) = fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&c).contains(needle)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A restore killed while `pg_restore` runs (a stand-in on PATH that waits
+/// 30 s, then execs the real one) leaves no datastore tool behind — SIGKILL
+/// through the parent-death signal, SIGTERM through the handler — and no
+/// plaintext dump once `--resume` has completed: SIGTERM removes it at once,
+/// SIGKILL leaves it 0600 in the catalog's `temp_dir`, and the resume
+/// removes it and names it.
+#[test]
+fn killed_restores_leave_no_child_and_no_plaintext_dump_after_resume() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fleet::new();
+    f.backup();
+    let tmpdir = f.env.path("pgtmp");
+    let text = fs::read_to_string(&f.catalog).unwrap();
+    let with_tmp = text.replacen(
+        "[service.orders-db]\n",
+        &format!("[service.orders-db]\ntemp_dir = \"{}\"\n", tmpdir.display()),
+        1,
+    );
+    assert_ne!(with_tmp, text);
+    fs::write(&f.catalog, &with_tmp).unwrap();
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v pg_restore"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let shim = f.env.path("shim");
+    fs::create_dir(&shim).unwrap();
+    fs::write(
+        shim.join("pg_restore"),
+        format!(
+            "#!/usr/bin/env python3\nimport os, sys, time\ntime.sleep(30)\nos.execv({real:?}, [{real:?}] + sys.argv[1:])\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(shim.join("pg_restore"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap());
+    let needle = tmpdir.display().to_string();
+    let dumps = || -> Vec<PathBuf> {
+        fs::read_dir(&tmpdir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+
+    for sig in ["KILL", "TERM"] {
+        let mut child = f
+            .cmd(&[
+                "stack",
+                "restore",
+                "--catalog",
+                f.cat(),
+                "--only",
+                "orders-db",
+            ])
+            .env("PATH", &path)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for line in std::io::BufReader::new(err).lines() {
+                let line = line.unwrap();
+                if let Some(x) = line.split("--resume ").nth(1) {
+                    let _ = tx.send(x.trim_end_matches(')').to_string());
+                }
+                all.push(line);
+            }
+            all
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let tools = loop {
+            let p: Vec<u32> = processes_with(&needle)
+                .into_iter()
+                .filter(|p| *p != child.id())
+                .collect();
+            if !p.is_empty() {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pg_restore never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // The dump pg_restore reads: in temp_dir, 0600, the directory 0700.
+        let d = dumps();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            fs::metadata(&d[0]).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(&tmpdir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let killed = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let st = child.wait().unwrap();
+        assert!(!st.success(), "{sig}: {st}");
+        let lines = reader.join().unwrap();
+        let rid = rx
+            .try_recv()
+            .unwrap_or_else(|_| panic!("no restore id in {lines:#?}"));
+        // No tool survives cairn.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !processes_with(&needle).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sig}: still running after cairn ended: {:?} (were {tools:?})",
+                processes_with(&needle)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if sig == "TERM" {
+            assert!(dumps().is_empty(), "SIGTERM left {:?}", dumps());
+        } else {
+            assert_eq!(dumps(), d, "SIGKILL cannot remove it: the resume must");
+        }
+        let (r, o) = f.restore(&["--resume", &rid[..8]], None);
+        assert!(o.status.success(), "{sig}: {}", stderr(&o));
+        assert_eq!(svc(&r, "orders-db")["status"], "passed");
+        if sig == "KILL" {
+            assert!(
+                stderr(&o).contains(&format!("removed {}", d[0].display())),
+                "{}",
+                stderr(&o)
+            );
+        }
+        assert!(
+            dumps().is_empty(),
+            "{sig}: left after the resume: {:?}",
+            dumps()
+        );
+    }
+}
+
+/// A rollback puts back the pre-restore state even when that state breaks
+/// the catalog's invariants (they describe restored data, and used to skip
+/// half the fleet); its hints name `stack rollback --resume`, which resumes
+/// it.
+#[test]
+fn rollback_runs_no_invariants_on_pre_restore_data_and_resumes_with_its_own_command() {
+    let f = Fleet::new();
+    f.backup();
+    // Live data that fails "orders have positive amounts".
+    psql(
+        &f.pg(),
+        "insert into orders select g, 7, -5 from generate_series(40001, 40010) g",
+    );
+    let live = f.state_of_everything();
+    let (r, o) = f.restore(&[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rid = r["restore_id"].as_str().unwrap().to_string();
+    let rep = f.env.path("rollback.json");
+    let o = f.run(&[
+        "stack",
+        "rollback",
+        &rid,
+        "--catalog",
+        f.cat(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rb = report(&rep);
+    for s in [
+        "orders-db",
+        "catalog-db",
+        "sessions",
+        "uploads",
+        "reports",
+        "api",
+    ] {
+        assert_eq!(svc(&rb, s)["status"], "passed", "{s}: {}", svc(&rb, s));
+    }
+    assert_eq!(rb["invariants"].as_array().unwrap().len(), 0, "{rb}");
+    assert_eq!(f.state_of_everything(), live);
+    // The rollback's id is resumed by `stack rollback --resume`, and `stack
+    // restore --resume` says so.
+    let rbid = rb["restore_id"].as_str().unwrap().to_string();
+    let o = f.run(&["stack", "restore", "--catalog", f.cat(), "--resume", &rbid]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!(
+            "resume it with `cairn stack rollback --resume {rbid}`"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let o = f.run(&[
+        "stack",
+        "rollback",
+        "--resume",
+        &rbid[..8],
+        "--catalog",
+        f.cat(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = report(&rep);
+    assert_eq!(again["resumed"], true);
+    assert_eq!(again["restore_id"], rbid.as_str());
+    assert_eq!(f.state_of_everything(), live);
 }

@@ -241,3 +241,22 @@ fn files_equal(a: &Path, b: &Path) -> bool {
         n
     }
 }
+
+/// `promtool check metrics` (scripts/promtool.sh fetches it on first use)
+/// must accept the textfile at `p`.
+pub fn assert_promtool_accepts(p: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/promtool.sh");
+    let o = Command::new(script)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(p).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics {}: {}{}\n{}",
+        p.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(p).unwrap()
+    );
+}

@@ -36,7 +36,11 @@ pub enum StackCmd {
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
     /// The restore to undo (id or unique prefix, as printed by `stack restore`)
-    pub restore_id: String,
+    #[arg(required_unless_present = "resume")]
+    pub restore_id: Option<String>,
+    /// Continue an interrupted rollback (its id, as printed when it started)
+    #[arg(long, value_name = "ROLLBACK_ID")]
+    pub resume: Option<String>,
     /// Service catalog
     #[arg(long, env = "CAIRN_CATALOG", default_value = "cairn.toml")]
     pub catalog: PathBuf,
@@ -183,6 +187,10 @@ pub struct StackArgs {
     /// Restore: do not snapshot live targets before overwriting them
     #[arg(long)]
     no_safety_snapshot: bool,
+    /// Restore with --env: allow targets that overlap production's (refused
+    /// by default: an environment without overrides restores over production)
+    #[arg(long)]
+    allow_production_targets: bool,
 }
 
 /// The repository the catalog (or the options) name, index not loaded.
@@ -221,6 +229,9 @@ fn write_out(path: &Option<PathBuf>, text: &str) -> Result<()> {
 }
 
 pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
+    // A signal kills the datastore tools and removes temporary dumps.
+    cairn_stack::children::install_signal_handlers()
+        .map_err(|e| anyhow!("installing signal handlers: {e}"))?;
     let cmd = match cmd {
         StackCmd::Forget(f) => return stack_forget(g, f),
         StackCmd::Rollback(a) => return crate::stack_ops::rollback(g, a),
@@ -243,10 +254,11 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             opened = Some(repo);
             if j.begin.kind != "restore" {
                 bail!(
-                    "{} is a {}, not a restore: resume it with `cairn stack {}`",
+                    "{} is a {}, not a restore: resume it with `cairn stack {} --resume {}`",
                     j.begin.restore_id,
                     j.begin.kind,
-                    j.begin.kind
+                    j.begin.kind,
+                    j.begin.restore_id
                 );
             }
             if let Some(true) = j.ended {
@@ -275,6 +287,19 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
         }
         None => cat.select(&a.only, a.with_deps)?,
     };
+    if let StackCmd::Restore(a) = &cmd
+        && cat.env != "production"
+        && !a.allow_production_targets
+    {
+        cairn_stack::target::refuse_production_overlap(
+            &cat,
+            &selected,
+            &format!(
+                "a restore with --env {} (--allow-production-targets overrides)",
+                cat.env
+            ),
+        )?;
+    }
     let repo = match opened {
         Some(r) => r,
         None => open(g, &cat)?,
@@ -340,7 +365,13 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
-                println!("group {}, environment {}", p.group, p.env);
+                for n in &p.notes {
+                    eprintln!("note: {n}");
+                }
+                match &p.group {
+                    Some(gid) => println!("group {gid}, environment {}", p.env),
+                    None => println!("no group to restore yet, environment {}", p.env),
+                }
                 for (i, w) in p.waves.iter().enumerate() {
                     println!("wave {}:", i + 1);
                     for name in w {

@@ -162,12 +162,47 @@ pub fn finish_restore(
                     .map(|i| format!("invariant {:?}", i.name)),
             )
             .collect();
+        let hint = match r.kind {
+            RestoreKind::Restore => format!(
+                "resume with `cairn stack restore --resume {}`",
+                r.restore_id
+            ),
+            RestoreKind::Rollback => format!(
+                "resume with `cairn stack rollback --resume {}`",
+                r.restore_id
+            ),
+            RestoreKind::Drill => "run the drill again".to_string(),
+        };
+        if r.kind == RestoreKind::Rollback {
+            // Never leave the fleet half rolled back without saying so.
+            for s in &r.services {
+                let state = match s.status.as_str() {
+                    "passed" => "rolled back (its pre-restore state, verified)".to_string(),
+                    "skipped" => format!(
+                        "NOT rolled back: still as restore {} left it ({})",
+                        r.undoes.as_deref().unwrap_or("?"),
+                        s.error.as_deref().unwrap_or("skipped")
+                    ),
+                    _ => format!(
+                        "FAILED during its rollback, state unknown ({}){}",
+                        s.error.as_deref().unwrap_or(""),
+                        s.safety_snapshot
+                            .as_deref()
+                            .map(|x| format!(
+                                "; what it held before the rollback is snapshot {}",
+                                &x[..8]
+                            ))
+                            .unwrap_or_default()
+                    ),
+                };
+                eprintln!("  {}: {state}", s.service);
+            }
+        }
         bail!(
-            "{} {} incomplete: {} did not pass (resume with `cairn stack restore --resume {}`)",
+            "{} {} incomplete: {} did not pass ({hint})",
             r.kind.name(),
             r.restore_id,
             bad.join(", "),
-            r.restore_id
         );
     }
     let missed = r
@@ -181,7 +216,40 @@ pub fn finish_restore(
 pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
     let probe = Catalog::load(&a.catalog, None)?;
     let repo = crate::stack::open(g, &probe)?;
-    let j = trail::read_journal(&repo.repo, &a.restore_id)?;
+    // A resumed rollback: its journal names the restore it undoes.
+    let resumed = match &a.resume {
+        Some(rid) => {
+            let rj = trail::read_journal(&repo.repo, rid)?;
+            if rj.begin.kind != "rollback" {
+                bail!(
+                    "{} is a {}, not a rollback: resume it with `cairn stack {} --resume {}`",
+                    rj.begin.restore_id,
+                    rj.begin.kind,
+                    rj.begin.kind,
+                    rj.begin.restore_id
+                );
+            }
+            Some(rj)
+        }
+        None => None,
+    };
+    let undo_id = match (&resumed, &a.restore_id) {
+        (Some(rj), given) => {
+            let undoes = rj.begin.undoes.clone().unwrap_or_default();
+            if let Some(given) = given
+                && !undoes.starts_with(given.as_str())
+            {
+                bail!(
+                    "rollback {} undoes restore {undoes}, not {given}",
+                    rj.begin.restore_id
+                );
+            }
+            undoes
+        }
+        (None, Some(id)) => id.clone(),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let j = trail::read_journal(&repo.repo, &undo_id)?;
     let env = (j.begin.env != "production").then_some(j.begin.env.as_str());
     // The live view: a files service's safety snapshot is of its target.
     let cat = Catalog::load(&a.catalog, env)?.live_view();
@@ -216,8 +284,11 @@ pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
             group: j.begin.safety_group.clone(),
             selected,
             jobs: a.jobs.unwrap_or(cat.jobs),
-            safety: !a.no_safety_snapshot,
-            resume: None,
+            safety: resumed
+                .as_ref()
+                .map(|rj| rj.begin.safety)
+                .unwrap_or(!a.no_safety_snapshot),
+            resume: resumed,
             undoes: Some(j.begin.restore_id.clone()),
         },
         &|m| {
@@ -234,25 +305,11 @@ pub fn drill(g: &GlobalArgs, a: DrillArgs) -> Result<i32> {
         bail!("a drill restores into a non-production environment; --env production is refused");
     }
     let cat = Catalog::load(&a.catalog, Some(&a.env))?;
-    let prod = Catalog::load(&a.catalog, None)?;
     let selected = cat.select(&a.only, true)?;
-    // Never let a drill overwrite production: every service needs overrides
-    // for the environment that move its target.
-    let mut unsafe_ = Vec::new();
-    for s in &selected {
-        let (d, p) = (&cat.services[s], &prod.services[s]);
-        if !d.has_env_override || run::describe_target(d) == run::describe_target(p) {
-            unsafe_.push(s.clone());
-        }
-    }
-    if !unsafe_.is_empty() {
-        bail!(
-            "{}: no [service.NAME.env.{}] overrides moving the restore target for {}; a drill would overwrite production",
-            a.catalog.display(),
-            a.env,
-            unsafe_.join(", ")
-        );
-    }
+    // Never let a drill overwrite production: no selected service's target
+    // may overlap any production service's (compared as resolved targets,
+    // not as text: a trailing slash or `localhost` is the same place).
+    cairn_stack::target::refuse_production_overlap(&cat, &selected, "a drill")?;
     let repo = crate::stack::open(g, &cat)?;
     let quiet = g.json || g.quiet;
     let r = run::stack_restore(

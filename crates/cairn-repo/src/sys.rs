@@ -139,3 +139,31 @@ pub fn prefetch_range(f: &std::fs::File, offset: u64, len: u64) {
         rustix::fs::Advice::WillNeed,
     );
 }
+
+/// Make the child `c` will spawn receive SIGKILL when the thread that
+/// spawned it dies — with cairn, even when cairn is killed by SIGKILL (the
+/// parent-death signal survives exec). Only for children that end before
+/// that thread does: the tools it waits for.
+pub fn die_with_parent(c: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec; it only
+    // makes the prctl system call, which is async-signal-safe, allocates
+    // nothing and takes no lock.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(io::Error::from)
+        });
+    }
+}
+
+/// SIGKILL a process group (its leader's pid); errors are ignored (it may
+/// be gone already).
+pub fn kill_group(pgid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// `O_NOFOLLOW`, for `OpenOptionsExt::custom_flags`.
+pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;

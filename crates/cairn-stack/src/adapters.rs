@@ -42,6 +42,7 @@ fn err(svc: &Service, detail: impl Into<String>) -> StackError {
 pub(crate) fn tool(svc: &Service, program: &str) -> Command {
     let mut c = Command::new(program);
     c.stdin(Stdio::null());
+    crate::children::contain(&mut c);
     match svc.kind {
         Kind::Postgres => {
             if let Some(h) = &svc.host {
@@ -141,16 +142,6 @@ pub fn shell(svc: &Service, cmd: &str) -> Command {
     c
 }
 
-fn quote_ident_pg(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-fn quote_ident_my(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
-}
-fn quote_lit(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-}
-
 pub(crate) fn redis_conn(svc: &Service) -> Result<Conn, StackError> {
     let addr = format!(
         "{}:{}",
@@ -223,6 +214,9 @@ pub fn backup(
             let mut c = tool(svc, "mariadb");
             c.args(["-N", "-e", "SELECT 1"]);
             run(svc, c, None)?;
+            // Under a brief global read lock: the fingerprint transactions
+            // start, then the dump's (see fingerprint.rs).
+            let mut consistent = fingerprint::MyConsistent::begin(svc)?;
             let mut c = tool(svc, "mariadb-dump");
             c.args([
                 "--single-transaction",
@@ -233,19 +227,52 @@ pub fn backup(
                 "--hex-blob",
             ]);
             c.arg(svc.database.as_deref().unwrap_or_default());
-            let child = c
+            let mut child = c
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| err(svc, format!("mariadb-dump: {e}")))?;
-            stream(child, "mariadb-dump", &|| fingerprint::mariadb(svc))
+            let started =
+                std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+            let out = DumpStarted {
+                inner: child.stdout.take().expect("piped"),
+                tail: Vec::new(),
+                started: started.clone(),
+            };
+            std::thread::scope(|s| {
+                let fp = s.spawn(move || {
+                    let (m, cv) = &*started;
+                    let mut g = m.lock().expect("dump started");
+                    while !*g {
+                        g = cv.wait(g).expect("dump started");
+                    }
+                    drop(g);
+                    consistent.release();
+                    consistent.finish(svc)
+                });
+                Ok(
+                    repo.backup_stream_measured(out, STREAM_NAME, &opts, &progress, move || {
+                        finish(svc, child, "mariadb-dump")?;
+                        let fp = fp
+                            .join()
+                            .map_err(|_| {
+                                RepoError::InvalidInput("fingerprint thread panicked".into())
+                            })?
+                            .map_err(repo_err)?;
+                        Ok(fingerprint::encode(&fp))
+                    })?,
+                )
+            })
         }
         Kind::Command => {
-            let child = shell(svc, svc.backup.as_deref().expect("validated"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| err(svc, format!("backup command: {e}")))?;
+            let child = crate::children::contain(&mut shell(
+                svc,
+                svc.backup.as_deref().expect("validated"),
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(svc, format!("backup command: {e}")))?;
             stream(child, "backup command", &|| Ok(Fingerprint::new()))
         }
         Kind::Files => {
@@ -286,7 +313,66 @@ pub fn backup(
     }
 }
 
+/// mariadb-dump's output, watched for the first sign that its transaction
+/// has begun (it starts it before writing any table, routine or event
+/// section); at that point, at the end of the output, or if the reader is
+/// dropped, `started` is set.
+struct DumpStarted<R: Read> {
+    inner: R,
+    /// The last bytes seen, for a marker split across reads.
+    tail: Vec<u8>,
+    started: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl<R: Read> DumpStarted<R> {
+    fn signal(&self) {
+        let (m, cv) = &*self.started;
+        *m.lock().expect("dump started") = true;
+        cv.notify_all();
+    }
+}
+
+const DUMP_SECTIONS: [&[u8]; 4] = [
+    b"\n-- Table structure for table ",
+    b"\n-- Dumping data for table ",
+    b"\n-- Dumping events for database ",
+    b"\n-- Dumping routines for database ",
+];
+
+impl<R: Read> Read for DumpStarted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !*self.started.0.lock().expect("dump started") {
+            if n == 0 {
+                self.signal();
+            } else {
+                self.tail.extend_from_slice(&buf[..n]);
+                if DUMP_SECTIONS
+                    .iter()
+                    .any(|m| self.tail.windows(m.len()).any(|w| w == *m))
+                {
+                    self.signal();
+                    self.tail = Vec::new();
+                } else {
+                    let keep = self.tail.len().saturating_sub(64);
+                    self.tail.drain(..keep);
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> Drop for DumpStarted<R> {
+    fn drop(&mut self) {
+        self.signal();
+    }
+}
+
 const REDIS_MAGIC: &[u8] = b"CAIRN-REDIS-DUMP 1\n";
+
+/// The first line of every dump mariadb-dump (10.11.8 and later) writes.
+const MARIADB_SANDBOX: &[u8] = b"/*M!999999\\- enable the sandbox mode */";
 
 /// Stream format: magic line, then per key `db u32 | key bytes32 | pttl i64
 /// (-1 = no expiry) | DUMP payload bytes32`, all little-endian. Returns the
@@ -368,13 +454,70 @@ fn unlink_service_keys(svc: &Service, conn: &mut Conn) -> std::io::Result<usize>
     Ok(n)
 }
 
+/// Refuse a Redis dump holding keys outside the service's key space (its
+/// pattern, its databases) before anything is written: a forged dump for
+/// one service must not overwrite another's keys.
+fn redis_check_key_space(
+    svc: &Service,
+    r: &mut dyn Read,
+    map: &std::collections::BTreeMap<u32, u32>,
+) -> Result<(), StackError> {
+    let mut outside = 0u64;
+    let mut first = None;
+    read_redis_dump(svc, r, |db, key, _, _| {
+        let db = map.get(&db).copied().unwrap_or(db);
+        if !svc.databases.contains(&db) || !crate::target::glob_match(&svc.key_pattern, &key) {
+            outside += 1;
+            first.get_or_insert_with(|| format!("db{db} key {:?}", String::from_utf8_lossy(&key)));
+        }
+        Ok(())
+    })?;
+    if let Some(f) = first {
+        return Err(err(
+            svc,
+            format!(
+                "the dump holds {outside} key(s) outside the service's key space (pattern {:?}, databases {:?}), first {f}: refused before anything was touched (a dump of another key space may be forged)",
+                svc.key_pattern, svc.databases
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a Redis load did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisLoad {
+    /// Keys restored.
+    pub loaded: u64,
+    /// Keys whose expiry (backup time + TTL) had passed: not restored.
+    pub expired: u64,
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// When a key with `pttl` ms to live at the backup of `snap` expires (Unix
+/// ms), or None without expiry. The snapshot's time is when the dump began,
+/// before the key's TTL was read, so the expiry is never later than the
+/// real one.
+pub(crate) fn redis_expiry(snap: &Snapshot, pttl: i64) -> Option<i64> {
+    (pttl >= 0).then(|| snap.time_ns / 1_000_000 + pttl)
+}
+
 fn redis_load(
     svc: &Service,
     conn: &mut Conn,
     r: &mut impl Read,
     map: &std::collections::BTreeMap<u32, u32>,
-) -> Result<(), StackError> {
+    snap: &Snapshot,
+) -> Result<RedisLoad, StackError> {
     let io = |e: std::io::Error| err(svc, format!("redis restore: {e}"));
+    let mut done = RedisLoad::default();
     // Remove the service's keys first, so the result equals the backup.
     unlink_service_keys(svc, conn).map_err(io)?;
     let mut current_db: Option<u32> = None;
@@ -396,28 +539,84 @@ fn redis_load(
                 .map_err(io)?;
             current_db = Some(db);
         }
-        cmds.push(vec![
-            b"RESTORE".to_vec(),
-            key,
-            pttl.max(0).to_string().into_bytes(), // -1 (no expiry) → 0
-            payload,
-            b"REPLACE".to_vec(),
-        ]);
+        // Expiry times are absolute: the TTL left shrinks by the time since
+        // the backup, and a key whose time has passed is not restored.
+        let mut cmd = vec![b"RESTORE".to_vec(), key];
+        match redis_expiry(snap, pttl) {
+            None => cmd.push(b"0".to_vec()),
+            Some(at) if at <= now_ms() => {
+                done.expired += 1;
+                return Ok(());
+            }
+            Some(at) => cmd.push(at.to_string().into_bytes()),
+        }
+        cmd.push(payload);
+        cmd.push(b"REPLACE".to_vec());
+        if pttl >= 0 {
+            cmd.push(b"ABSTTL".to_vec());
+        }
+        done.loaded += 1;
+        cmds.push(cmd);
         if cmds.len() >= 500 {
             flush(conn, &mut cmds)?;
         }
         Ok(())
     })?;
-    flush(conn, &mut cmds)
+    flush(conn, &mut cmds)?;
+    Ok(done)
 }
 
-/// Load a snapshot into the service. Returns bytes restored and, for files
-/// services, what was withheld (device nodes, setuid bits) as a sentence.
+/// A snapshot that passed [`preflight`] for a service: what [`restore`]
+/// takes, so that nothing loads a snapshot that was not checked.
+pub struct Checked<'a>(&'a Snapshot);
+
+/// Check a snapshot before anything of the service is touched (no safety
+/// snapshot, no stop, no drop): the adapter that wrote it must be the
+/// catalog's kind; a MariaDB dump must begin with mariadb-dump's sandbox
+/// line (it puts the client in sandbox mode: no `system`, `\!`, `source`;
+/// a dump without it was not written by mariadb-dump as cairn runs it); a
+/// Redis dump may hold only keys of the service's pattern and databases.
+pub fn preflight<'a>(
+    svc: &Service,
+    repo: &IndexedRepository,
+    id: &cairn_format::SnapshotId,
+    snap: &'a Snapshot,
+) -> Result<Checked<'a>, StackError> {
+    crate::run::snapshot_kind_matches(svc, id, snap).map_err(|e| err(svc, e))?;
+    match svc.kind {
+        Kind::Mariadb => {
+            with_dump(svc, repo, snap, &mut |r| {
+                let mut head = Vec::new();
+                let _ = r.take(MARIADB_SANDBOX.len() as u64).read_to_end(&mut head);
+                if head != MARIADB_SANDBOX {
+                    return Err(err(
+                        svc,
+                        "the dump does not begin with mariadb-dump's sandbox line (/*M!999999\\- enable the sandbox mode */): refused before anything was touched (a dump without it may be forged, or come from a mariadb-dump older than 10.11.8)",
+                    ));
+                }
+                Ok(vec![])
+            })?;
+        }
+        Kind::Redis => {
+            let map = fingerprint::redis_db_map(svc, snap);
+            with_dump(svc, repo, snap, &mut |r| {
+                redis_check_key_space(svc, r, &map).map(|_| vec![])
+            })?;
+        }
+        Kind::Postgres | Kind::Files | Kind::Command => {}
+    }
+    Ok(Checked(snap))
+}
+
+/// Load a snapshot into the service. Returns bytes restored and what was
+/// held back (a files service's device nodes and setuid bits, Redis keys
+/// that expired since the backup) as a sentence.
 pub fn restore(
     svc: &Service,
     repo: &IndexedRepository,
-    snap: &Snapshot,
+    checked: Checked<'_>,
 ) -> Result<(u64, Option<String>), StackError> {
+    let snap = checked.0;
     if svc.kind == Kind::Files {
         return restore_files(svc, repo, snap);
     }
@@ -425,19 +624,22 @@ pub fn restore(
         .find_node(&snap.tree, format!("/{STREAM_NAME}").as_bytes())?
         .ok_or_else(|| err(svc, "snapshot holds no dump stream"))?;
     let size = node.size;
+    let mut note = None;
     // Stream the dump into `sink` from a helper thread.
     let feed =
         |sink: &mut dyn Write| -> Result<(), StackError> { Ok(repo.dump_file(&node, sink)?) };
     match svc.kind {
         Kind::Postgres => {
             let db = svc.database.as_deref().unwrap_or_default();
-            let mut tmp = tempfile::Builder::new()
-                .prefix("cairn-pg-")
-                .suffix(".dump")
-                .tempfile()
-                .map_err(|e| err(svc, e.to_string()))?;
+            // The whole database in plaintext: 0600 in cairn's own
+            // directory, removed on every path (also on a signal, and by
+            // --resume after a SIGKILL).
+            let dir = crate::children::temp_dir(svc.temp_dir.as_deref())
+                .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
+            let mut tmp = crate::children::TempDump::create(&dir)
+                .map_err(|e| err(svc, format!("temporary dump in {}: {e}", dir.display())))?;
             {
-                let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+                let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
                 feed(&mut w)?;
                 w.flush().map_err(|e| err(svc, e.to_string()))?;
             }
@@ -445,10 +647,10 @@ pub fn restore(
             c.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
                 .arg(format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident_pg(db)
+                    crate::sql::pg::ident(db)
                 ))
                 .arg("-c")
-                .arg(format!("CREATE DATABASE {}", quote_ident_pg(db)));
+                .arg(format!("CREATE DATABASE {}", crate::sql::pg::ident(db)));
             run(svc, c, None)?;
             let mut c = tool(svc, "pg_restore");
             c.args([
@@ -463,25 +665,26 @@ pub fn restore(
         }
         Kind::Mariadb => {
             let db = svc.database.as_deref().unwrap_or_default();
+            // The client runs with --sandbox (the preflight checked the
+            // dump's own sandbox line too), so a shell escape in the dump
+            // fails the load instead of running.
             let mut c = tool(svc, "mariadb");
             c.arg("-e").arg(format!(
                 "DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}",
-                quote_ident_my(db)
+                crate::sql::my::ident(db)
             ));
             run(svc, c, None)?;
             let mut c = tool(svc, "mariadb");
-            c.arg(db);
+            c.arg("--sandbox").arg(db);
             pipe_into(svc, c, &feed, "mariadb")?;
         }
         Kind::Command => {
-            pipe_into(
-                svc,
-                shell(svc, svc.restore.as_deref().expect("validated")),
-                &feed,
-                "restore command",
-            )?;
+            let mut c = shell(svc, svc.restore.as_deref().expect("validated"));
+            crate::children::contain(&mut c);
+            pipe_into(svc, c, &feed, "restore command")?;
         }
         Kind::Redis => {
+            let map = fingerprint::redis_db_map(svc, snap);
             let mut conn = redis_conn(svc)?;
             let (mut r, mut w) = std::io::pipe().map_err(|e| err(svc, e.to_string()))?;
             std::thread::scope(|s| {
@@ -492,21 +695,25 @@ pub fn restore(
                     res
                 });
                 let mut br = std::io::BufReader::with_capacity(1 << 20, &mut r);
-                let loaded = redis_load(
-                    svc,
-                    &mut conn,
-                    &mut br,
-                    &fingerprint::redis_db_map(svc, snap),
-                );
+                let loaded = redis_load(svc, &mut conn, &mut br, &map, snap);
                 drop(br);
                 drop(r);
                 let fed = t.join().map_err(|_| err(svc, "dump thread panicked"))?;
-                fed.and(loaded)
+                fed?;
+                loaded
+            })
+            .map(|l| {
+                note = (l.expired > 0).then(|| {
+                    format!(
+                        "{} key(s) had expired since the backup and were not restored",
+                        l.expired
+                    )
+                });
             })?;
         }
         Kind::Files => unreachable!("handled above"),
     }
-    Ok((size, None))
+    Ok((size, note))
 }
 
 fn pipe_into(
@@ -685,7 +892,7 @@ pub fn holds_data(svc: &Service) -> Result<bool, StackError> {
             c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
                 .arg(format!(
                     "select count(*) from pg_database where datname = {}",
-                    quote_lit(db)
+                    crate::sql::pg::lit(db)
                 ));
             Ok(run(svc, c, None)?.trim() != "0")
         }
@@ -693,7 +900,7 @@ pub fn holds_data(svc: &Service) -> Result<bool, StackError> {
             let mut c = tool(svc, "mariadb");
             c.args(["-N", "-B", "-e"]).arg(format!(
                 "select count(*) from information_schema.schemata where schema_name = {}",
-                quote_lit(db)
+                crate::sql::my::lit(db)
             ));
             Ok(run(svc, c, None)?.trim() != "0")
         }
@@ -734,15 +941,17 @@ pub fn teardown(svc: &Service) -> Result<String, StackError> {
             c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
                 .arg(format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident_pg(db)
+                    crate::sql::pg::ident(db)
                 ));
             run(svc, c, None)?;
             Ok(format!("dropped database {db}"))
         }
         Kind::Mariadb => {
             let mut c = tool(svc, "mariadb");
-            c.arg("-e")
-                .arg(format!("DROP DATABASE IF EXISTS {}", quote_ident_my(db)));
+            c.arg("-e").arg(format!(
+                "DROP DATABASE IF EXISTS {}",
+                crate::sql::my::ident(db)
+            ));
             run(svc, c, None)?;
             Ok(format!("dropped database {db}"))
         }

@@ -123,6 +123,9 @@ pub struct Invariant {
     pub expect: Expect,
     /// Catalog line.
     pub line: usize,
+    /// Whether the dependents of the services it names wait for it (and are
+    /// skipped when it fails); `gate = false` in the catalog opts out.
+    pub gate: bool,
 }
 
 /// A service after defaults and environment overrides.
@@ -186,6 +189,9 @@ pub struct Service {
     pub allow_special: bool,
     /// Files: restore setuid/setgid bits (default: cleared).
     pub allow_setuid: bool,
+    /// Postgres: where a restore keeps its temporary dump (the whole
+    /// database, uncompressed; default `<state dir>/tmp`).
+    pub temp_dir: Option<PathBuf>,
 }
 
 impl Service {
@@ -255,6 +261,7 @@ struct RawInvariant {
     at_least: Option<f64>,
     at_most: Option<f64>,
     matches: Option<String>,
+    gate: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +311,7 @@ struct RawOverride {
     ready: Option<RawReady>,
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
+    temp_dir: Option<PathBuf>,
 }
 
 // Not `#[serde(flatten)]` of RawOverride: flatten disables deny_unknown_fields.
@@ -335,8 +343,69 @@ struct RawService {
     ready: Option<RawReady>,
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
+    temp_dir: Option<PathBuf>,
     allow_special: Option<bool>,
     allow_setuid: Option<bool>,
+}
+
+impl RawOverride {
+    /// The fields set, by name.
+    fn set_fields(&self) -> Vec<&'static str> {
+        let all = [
+            ("host", self.host.is_some()),
+            ("port", self.port.is_some()),
+            ("user", self.user.is_some()),
+            ("password", self.password.is_some()),
+            ("database", self.database.is_some()),
+            ("databases", self.databases.is_some()),
+            ("key_pattern", self.key_pattern.is_some()),
+            ("path", self.path.is_some()),
+            ("target", self.target.is_some()),
+            ("backup", self.backup.is_some()),
+            ("restore", self.restore.is_some()),
+            ("start", self.start.is_some()),
+            ("stop", self.stop.is_some()),
+            ("teardown", self.teardown.is_some()),
+            ("ready", self.ready.is_some()),
+            ("rto", self.rto.is_some()),
+            ("parallelism", self.parallelism.is_some()),
+            ("temp_dir", self.temp_dir.is_some()),
+        ];
+        all.into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(f, _)| f)
+            .collect()
+    }
+}
+
+/// Fields every kind takes (besides kind, depends_on, retention, env and
+/// invariant).
+const COMMON_FIELDS: &[&str] = &["start", "stop", "ready", "rto"];
+
+/// The fields of one kind; any other is an error naming its line.
+fn kind_fields(k: Kind) -> &'static [&'static str] {
+    match k {
+        Kind::Postgres => &[
+            "host",
+            "port",
+            "user",
+            "password",
+            "database",
+            "parallelism",
+            "temp_dir",
+        ],
+        Kind::Mariadb => &[
+            "host",
+            "port",
+            "user",
+            "password",
+            "database",
+            "parallelism",
+        ],
+        Kind::Redis => &["host", "port", "password", "databases", "key_pattern"],
+        Kind::Files => &["path", "target", "allow_special", "allow_setuid"],
+        Kind::Command => &["backup", "restore", "teardown"],
+    }
 }
 
 impl RawService {
@@ -361,7 +430,8 @@ impl RawService {
             teardown,
             ready,
             rto,
-            parallelism
+            parallelism,
+            temp_dir
         )
     }
 }
@@ -412,6 +482,25 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The offset of the line setting `field` in the table whose text
+    /// starts at `from` (its header line included), else `from`.
+    fn field_offset(&self, from: usize, field: &str) -> usize {
+        let from = from.min(self.src.len());
+        let mut off = from;
+        for (i, line) in self.src[from..].split_inclusive('\n').enumerate() {
+            let t = line.trim_start();
+            if i > 0 && t.starts_with('[') {
+                break; // the next table
+            }
+            if let Some(r) = t.strip_prefix(field)
+                && r.trim_start().starts_with('=')
+            {
+                return off;
+            }
+            off += line.len();
+        }
+        from
+    }
     fn line(&self, offset: usize) -> usize {
         self.src[..offset.min(self.src.len())].matches('\n').count() + 1
     }
@@ -544,6 +633,7 @@ impl Ctx<'_> {
             check,
             expect: expects.pop().expect("one"),
             line: self.line(at),
+            gate: r.gate.unwrap_or(true),
         })
     }
 }
@@ -569,7 +659,8 @@ fn merge(base: &RawOverride, o: &RawOverride) -> RawOverride {
         teardown,
         ready,
         rto,
-        parallelism
+        parallelism,
+        temp_dir
     )
 }
 
@@ -729,21 +820,56 @@ impl Catalog {
                 }
                 Kind::Redis => {}
             }
-            if kind != Kind::Files {
-                for (set, field) in [
-                    (rs.allow_special.is_some(), "allow_special"),
-                    (rs.allow_setuid.is_some(), "allow_setuid"),
-                ] {
-                    if set {
-                        cx.err(
-                            at,
-                            format!(
-                                "service {name} (kind {}): {field} applies to kind files only",
-                                rs.kind.get_ref()
-                            ),
-                        );
-                    }
+            // Fields of other kinds are errors (a Redis service with a
+            // `database`, a files service with a `host`): each names its line.
+            let mut set: Vec<(&str, usize, Option<&str>)> = rs
+                .base()
+                .set_fields()
+                .into_iter()
+                .map(|f| (f, at, None))
+                .collect();
+            for (f, on) in [
+                ("allow_special", rs.allow_special.is_some()),
+                ("allow_setuid", rs.allow_setuid.is_some()),
+            ] {
+                if on {
+                    set.push((f, at, None));
                 }
+            }
+            for (e, o) in &rs.env {
+                let header = format!("[service.{name}.env.{e}]");
+                let from = src.find(&header).unwrap_or(at);
+                set.extend(
+                    o.set_fields()
+                        .into_iter()
+                        .map(|f| (f, from, Some(e.as_str()))),
+                );
+            }
+            for (field, from, in_env) in set {
+                if COMMON_FIELDS.contains(&field) || kind_fields(kind).contains(&field) {
+                    continue;
+                }
+                let takers: Vec<&str> = [
+                    Kind::Postgres,
+                    Kind::Mariadb,
+                    Kind::Redis,
+                    Kind::Files,
+                    Kind::Command,
+                ]
+                .into_iter()
+                .filter(|k| kind_fields(*k).contains(&field))
+                .map(crate::run::kind_name)
+                .collect();
+                let off = cx.field_offset(from, field);
+                cx.err(
+                    off,
+                    format!(
+                        "service {name} (kind {}){}: {field} is not a field of this kind (it belongs to kind {})",
+                        rs.kind.get_ref(),
+                        in_env.map(|e| format!(", env {e}")).unwrap_or_default(),
+                        takers.join(", ")
+                    ),
+                );
             }
             let retention = rs
                 .retention
@@ -796,6 +922,7 @@ impl Catalog {
                         .collect(),
                     allow_special: rs.allow_special.unwrap_or(false),
                     allow_setuid: rs.allow_setuid.unwrap_or(false),
+                    temp_dir: rel(m.temp_dir),
                 },
             );
         }
@@ -919,7 +1046,14 @@ fn find_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
     ) -> Option<Vec<String>> {
         state.insert(n.to_string(), 1);
         path.push(n.to_string());
-        for d in &s[n].depends_on {
+        // A service whose table was rejected (unknown kind) has no entry;
+        // its error is already reported.
+        let Some(svc) = s.get(n) else {
+            path.pop();
+            state.insert(n.to_string(), 2);
+            return None;
+        };
+        for d in &svc.depends_on {
             match state.get(d.as_str()).copied().unwrap_or(0) {
                 1 => {
                     let i = path.iter().position(|p| p == d).unwrap_or(0);
@@ -1083,6 +1217,42 @@ equals = 0
         assert!(e.0[0].contains("needs `on"), "{:?}", e.0);
         let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\n[[service.a.invariant]]\ncommand = \"x\"\nmatches = \"(\"\n").unwrap_err();
         assert!(e.0[0].contains("bad `matches` pattern"), "{:?}", e.0);
+    }
+
+    /// A misspelt kind on a service others depend on is a file:line error,
+    /// not a panic (catalog.rs indexed the missing service).
+    #[test]
+    fn an_unknown_kind_with_dependents_is_an_error_naming_its_line() {
+        let e = parse(
+            "[service.cache]\nkind = \"rediss\"\n[service.api]\nkind = \"command\"\nbackup = \"b\"\nrestore = \"r\"\ndepends_on = [\"cache\"]\n",
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("cairn.toml:2: service cache: unknown kind \"rediss\""),
+            "{msg}"
+        );
+    }
+
+    /// Fields of another kind are refused where they are written, also in
+    /// an environment override.
+    #[test]
+    fn fields_of_other_kinds_are_errors_naming_their_line() {
+        let e = parse(
+            "[service.sessions]\nkind = \"redis\"\nkey_pattern = \"s:*\"\ndatabase = \"orders\"\n[service.up]\nkind = \"files\"\npath = \"/srv\"\n[service.up.env.staging]\ntarget = \"/t\"\nhost = \"db\"\n",
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("cairn.toml:4: service sessions (kind redis): database is not a field of this kind (it belongs to kind postgres, mariadb)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("cairn.toml:10: service up (kind files), env staging: host is not a field of this kind"),
+            "{msg}"
+        );
+        // Every kind's own fields pass.
+        parse("[service.db]\nkind = \"postgres\"\nhost = \"h\"\nport = 1\nuser = \"u\"\npassword = \"p\"\ndatabase = \"d\"\nparallelism = 2\nstart = \"s\"\nstop = \"t\"\nrto = \"1m\"\n").unwrap();
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //!
 //! PostgreSQL fingerprints are taken inside the exported snapshot `pg_dump`
 //! runs in, so they describe exactly the dumped state even while the database
-//! is being written. MariaDB cannot share a snapshot between sessions: its
-//! fingerprint is taken in a consistent-snapshot transaction started together
-//! with `mariadb-dump`'s; writes landing between the two starts make the
-//! restore check fail (a false alarm, never a false pass).
+//! is being written. MariaDB cannot share a snapshot between sessions, so
+//! the backup holds a brief global read lock (`FLUSH TABLES WITH READ LOCK`,
+//! the RELOAD privilege) while the fingerprint sessions and `mariadb-dump`
+//! start their consistent-snapshot transactions, and releases it as soon as
+//! the dump's output shows it has begun (its first table section); every
+//! snapshot then sees the same committed state, even under writes. Writers
+//! wait for that window only (milliseconds; `mariadb-dump
+//! --single-transaction --master-data` holds the same lock for the same
+//! reason).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -240,13 +245,6 @@ fn pg_script(snapshot: Option<&str>, body: &str) -> String {
     s + body + "\nCOMMIT;\n"
 }
 
-fn quote_pg(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-fn quote_my(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
-}
-
 /// Fingerprint a PostgreSQL database (inside `snapshot` when given).
 pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, StackError> {
     let db = svc.database.as_deref().unwrap_or_default();
@@ -282,8 +280,8 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
         };
         let q = format!(
             "COPY (SELECT * FROM {}.{} AS x ORDER BY {order}) TO STDOUT;",
-            quote_pg(s),
-            quote_pg(t)
+            crate::sql::pg::ident(s),
+            crate::sql::pg::ident(t)
         );
         hash_output(
             svc,
@@ -297,47 +295,263 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
 }
 
 /// Fingerprint a MariaDB database in a consistent-snapshot transaction.
-pub fn mariadb(svc: &Service) -> Result<Fingerprint, StackError> {
-    let db = svc.database.as_deref().unwrap_or_default();
-    let cli = || {
+/// A `mariadb` client kept open: statements are written to it and its
+/// batch output read line by line up to a marker only this session knows.
+pub(crate) struct MySession {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: BufReader<std::process::ChildStdout>,
+    marker: Vec<u8>,
+    svc_name: String,
+}
+
+impl MySession {
+    /// Connect (unbuffered batch mode: each result is written at once).
+    pub(crate) fn open(svc: &Service) -> Result<MySession, StackError> {
         let mut c = crate::adapters::tool(svc, "mariadb");
-        c.args(["-N", "-B", "--default-character-set=utf8mb4"]);
-        c
-    };
-    let list = format!(
-        "SELECT t.table_name, coalesce((SELECT group_concat(concat('`', replace(k.column_name, '`', '``'), '`') ORDER BY k.ordinal_position SEPARATOR ', ') FROM information_schema.key_column_usage k WHERE k.table_schema = t.table_schema AND k.table_name = t.table_name AND k.constraint_name = 'PRIMARY'), ''), (SELECT count(*) FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name) FROM information_schema.tables t WHERE t.table_schema = '{}' AND t.table_type = 'BASE TABLE' ORDER BY 1;",
-        db.replace('\\', "\\\\").replace('\'', "''")
-    );
-    let out = crate::adapters::run(svc, cli(), Some(list.as_bytes()))?;
-    let tables: Vec<(String, String, usize)> = out
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split('\t');
-            Some((
-                it.next()?.to_string(),
-                it.next()?.to_string(),
-                it.next()?.parse().ok()?,
-            ))
+        c.args(["-N", "-B", "-n", "--default-character-set=utf8mb4"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .map_err(|e| err(svc, format!("cannot run mariadb: {e}")))?;
+        let mut nonce = [0u8; 16];
+        cairn_format::crypto::random_bytes(&mut nonce);
+        Ok(MySession {
+            stdin: child.stdin.take(),
+            out: BufReader::new(child.stdout.take().expect("piped")),
+            child,
+            marker: format!("cairn-end-{}", cairn_format::id::to_hex(&nonce)).into_bytes(),
+            svc_name: svc.name.clone(),
         })
-        .collect();
-    let parts = crate::run::parallel(&tables, svc.parallelism as usize, |(t, pk, ncols)| {
-        let order = if pk.is_empty() {
-            (1..=*ncols)
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        } else {
-            pk.clone()
-        };
-        let q = format!(
-            "SET time_zone = '+00:00';\nSTART TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;\nSELECT * FROM {}.{} ORDER BY {order};\nCOMMIT;\n",
-            quote_my(db),
-            quote_my(t)
-        );
-        hash_output(svc, cli(), &q, &format!("fingerprint of {t}"))
-            .map(|p| (format!("table:{t}"), p))
+    }
+
+    fn fail(&mut self, what: &str, e: impl std::fmt::Display) -> StackError {
+        // The client stops at the first failing statement: its stderr says why.
+        self.stdin.take();
+        let mut msg = String::new();
+        if let Some(mut se) = self.child.stderr.take() {
+            let _ = se.read_to_string(&mut msg);
+        }
+        let _ = self.child.wait();
+        StackError::Service {
+            service: self.svc_name.clone(),
+            detail: format!(
+                "{what}: {}",
+                if msg.trim().is_empty() {
+                    e.to_string()
+                } else {
+                    msg.trim().to_string()
+                }
+            ),
+        }
+    }
+
+    /// Run `sql` (complete statements), calling `line` for every output line
+    /// (with its newline) until the marker.
+    pub(crate) fn exec(
+        &mut self,
+        what: &str,
+        sql: &str,
+        line: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StackError> {
+        let m = String::from_utf8_lossy(&self.marker).into_owned();
+        let w = self
+            .stdin
+            .as_mut()
+            .map(|i| i.write_all(format!("{sql}\nSELECT '{m}';\n").as_bytes()))
+            .unwrap_or_else(|| Err(std::io::Error::other("session closed")));
+        if let Err(e) = w {
+            return Err(self.fail(what, e));
+        }
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match self.out.read_until(b'\n', &mut buf) {
+                Ok(0) => return Err(self.fail(what, "the client ended")),
+                Ok(_) => {}
+                Err(e) => return Err(self.fail(what, e)),
+            }
+            if buf.strip_suffix(b"\n") == Some(self.marker.as_slice()) {
+                return Ok(());
+            }
+            line(&buf);
+        }
+    }
+
+    /// End the session (its transaction and locks end with it).
+    pub(crate) fn close(mut self) {
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+/// The base tables of a MariaDB database: name, primary-key column list
+/// (quoted, or empty), number of columns.
+fn mariadb_tables(
+    svc: &Service,
+    s: &mut MySession,
+) -> Result<Vec<(String, String, usize)>, StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    let list = format!(
+        "SELECT t.table_name, coalesce((SELECT group_concat(concat('`', replace(k.column_name, '`', '``'), '`') ORDER BY k.ordinal_position SEPARATOR ', ') FROM information_schema.key_column_usage k WHERE k.table_schema = t.table_schema AND k.table_name = t.table_name AND k.constraint_name = 'PRIMARY'), ''), (SELECT count(*) FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name) FROM information_schema.tables t WHERE t.table_schema = {} AND t.table_type = 'BASE TABLE' ORDER BY 1;",
+        crate::sql::my::lit(db)
+    );
+    let mut out = Vec::new();
+    s.exec("listing tables", &list, &mut |l| {
+        let l = String::from_utf8_lossy(l);
+        let mut it = l.trim_end_matches('\n').split('\t');
+        if let (Some(t), Some(pk), Some(n)) = (it.next(), it.next(), it.next())
+            && let Ok(n) = n.parse()
+        {
+            out.push((t.to_string(), pk.to_string(), n));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Sessions ready to fingerprint, each inside its own consistent-snapshot
+/// transaction.
+fn mariadb_snapshot_sessions(svc: &Service, n: usize) -> Result<Vec<MySession>, StackError> {
+    (0..n.max(1))
+        .map(|_| {
+            let mut s = MySession::open(svc)?;
+            s.exec(
+                "starting the fingerprint transaction",
+                "SET time_zone = '+00:00'; START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;",
+                &mut |_| {},
+            )?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Hash every table over the sessions (each in its transaction), tables
+/// shared out among them.
+fn mariadb_hash_tables(
+    svc: &Service,
+    sessions: Vec<MySession>,
+    tables: &[(String, String, usize)],
+) -> Result<Fingerprint, StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    let next = std::sync::Mutex::new(0usize);
+    let results: Vec<Result<Vec<(String, Part)>, StackError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = sessions
+            .into_iter()
+            .map(|mut sess| {
+                let next = &next;
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = {
+                            let mut g = next.lock().expect("table queue");
+                            let i = *g;
+                            *g += 1;
+                            i
+                        };
+                        let Some((t, pk, ncols)) = tables.get(i) else {
+                            break;
+                        };
+                        let order = if pk.is_empty() {
+                            (1..=*ncols)
+                                .map(|i| i.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        } else {
+                            pk.clone()
+                        };
+                        let q = format!(
+                            "SELECT * FROM {}.{} ORDER BY {order};",
+                            crate::sql::my::ident(db),
+                            crate::sql::my::ident(t)
+                        );
+                        let mut h = blake3::Hasher::new();
+                        let mut count = 0u64;
+                        sess.exec(&format!("fingerprint of {t}"), &q, &mut |l| {
+                            count += 1;
+                            h.update(l);
+                        })?;
+                        out.push((
+                            format!("table:{t}"),
+                            Part {
+                                count,
+                                hash: *h.finalize().as_bytes(),
+                            },
+                        ));
+                    }
+                    sess.close();
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err(svc, "fingerprint thread panicked")))
+            })
+            .collect()
     });
-    parts.into_iter().collect()
+    let mut f = Fingerprint::new();
+    for r in results {
+        f.extend(r?);
+    }
+    Ok(f)
+}
+
+/// Fingerprint a MariaDB database as it is now (after a restore).
+pub fn mariadb(svc: &Service) -> Result<Fingerprint, StackError> {
+    let mut s = MySession::open(svc)?;
+    let tables = mariadb_tables(svc, &mut s)?;
+    s.close();
+    let sessions = mariadb_snapshot_sessions(svc, (svc.parallelism as usize).min(tables.len()))?;
+    mariadb_hash_tables(svc, sessions, &tables)
+}
+
+/// The fingerprint of exactly what a `mariadb-dump --single-transaction`
+/// dumps, taken while it runs: a brief global read lock is held while the
+/// fingerprint sessions start their transactions and until `dump_started`
+/// returns (the dump has begun its own), then released; the tables are
+/// hashed afterwards inside those transactions. `start_dump` spawns the dump
+/// (under the lock) and returns a value passed back to the caller.
+pub(crate) struct MyConsistent {
+    lock: Option<MySession>,
+    sessions: Vec<MySession>,
+    tables: Vec<(String, String, usize)>,
+}
+
+impl MyConsistent {
+    /// Take the lock and start the fingerprint transactions.
+    pub(crate) fn begin(svc: &Service) -> Result<MyConsistent, StackError> {
+        let mut lock = MySession::open(svc)?;
+        lock.exec(
+            "taking the brief global read lock that makes the fingerprint match the dump (FLUSH TABLES WITH READ LOCK needs the RELOAD privilege)",
+            "SET SESSION lock_wait_timeout = 30; FLUSH TABLES WITH READ LOCK;",
+            &mut |_| {},
+        )?;
+        let tables = mariadb_tables(svc, &mut lock)?;
+        let sessions =
+            mariadb_snapshot_sessions(svc, (svc.parallelism as usize).min(tables.len()))?;
+        Ok(MyConsistent {
+            lock: Some(lock),
+            sessions,
+            tables,
+        })
+    }
+
+    /// Release the lock (the dump's transaction has begun).
+    pub(crate) fn release(&mut self) {
+        if let Some(l) = self.lock.take() {
+            l.close();
+        }
+    }
+
+    /// Hash the tables in the transactions begun under the lock.
+    pub(crate) fn finish(mut self, svc: &Service) -> Result<Fingerprint, StackError> {
+        self.release();
+        mariadb_hash_tables(svc, std::mem::take(&mut self.sessions), &self.tables)
+    }
 }
 
 /// Minimal CSV (PostgreSQL's `FORMAT csv` output) reader.
@@ -642,17 +856,26 @@ pub fn redis_differences(
     conn: &mut Conn,
     stored: &mut dyn Read,
     map: &BTreeMap<u32, u32>,
+    snap: &Snapshot,
 ) -> Result<Vec<String>, StackError> {
     let mut want: BTreeMap<(u32, Vec<u8>), (bool, Vec<u8>)> = BTreeMap::new();
+    // Keys whose expiry has passed (or passes within the next seconds, while
+    // this runs) are not required; present, they still compare.
+    let soon = crate::adapters::now_ms() + 5_000;
+    let mut may_be_gone: BTreeMap<(u32, Vec<u8>), (bool, Vec<u8>)> = BTreeMap::new();
     crate::adapters::read_redis_dump(svc, stored, |db, key, pttl, payload| {
         let db = map.get(&db).copied().unwrap_or(db);
-        want.insert((db, key), (pttl >= 0, payload));
+        match crate::adapters::redis_expiry(snap, pttl) {
+            Some(at) if at <= soon => may_be_gone.insert((db, key), (true, payload)),
+            _ => want.insert((db, key), (pttl >= 0, payload)),
+        };
         Ok(())
     })?;
     let mut out = Vec::new();
     redis_keys(svc, conn, |k| {
         let name = String::from_utf8_lossy(&k.key).into_owned();
-        match want.remove(&(k.db, k.key.clone())) {
+        let id = (k.db, k.key.clone());
+        match want.remove(&id).or_else(|| may_be_gone.remove(&id)) {
             None => out.push(format!("db{} key {name:?}: not in the backup", k.db)),
             Some((ttl, payload)) => {
                 if payload != k.dump {

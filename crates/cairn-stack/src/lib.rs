@@ -25,10 +25,14 @@
 
 pub mod adapters;
 pub mod catalog;
+pub mod children;
 pub mod fingerprint;
+pub mod metrics;
 pub mod ready;
 pub mod redis;
 pub mod run;
+pub mod sql;
+pub mod target;
 pub mod trail;
 
 /// Errors of the orchestrator.

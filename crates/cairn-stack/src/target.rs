@@ -1,0 +1,745 @@
+//! What a restore overwrites, as a value that can be compared: the guard
+//! that keeps a drill or a non-production restore off production data.
+//!
+//! Display strings are not compared: `/srv/data/` and `/srv/data`,
+//! `localhost` and `127.0.0.1`, `orders` and `Orders` name the same thing.
+//! A [`Target`] holds the canonical form — paths resolved through symlinks
+//! with no trailing slash, hosts resolved to addresses (every address of
+//! this machine counts as one), database names compared case-insensitively,
+//! Redis key spaces as database sets and glob patterns — and [`overlap`]
+//! says whether two targets can touch the same data. When it cannot tell
+//! (an unresolvable host, an opaque command) it answers "overlap": the
+//! guard refuses rather than guesses.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Component, Path, PathBuf};
+
+use crate::catalog::{Kind, Service};
+
+/// A database server as reached by a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// The host as written (for messages).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Whether the host is this machine (loopback, a Unix socket directory,
+    /// an address of this host's name, or unspecified).
+    pub local: bool,
+    /// Addresses the host resolved to (empty when it did not resolve).
+    pub addrs: BTreeSet<IpAddr>,
+}
+
+impl Server {
+    /// Resolve `host` (None = the tool's default, a local socket) and `port`.
+    pub fn resolve(host: Option<&str>, port: u16) -> Server {
+        let written = host.unwrap_or("localhost").trim();
+        let bare = written
+            .trim_end_matches('.')
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.is_none() || bare.is_empty() || bare.starts_with('/') || bare == "localhost" {
+            return Server {
+                host: written.to_string(),
+                port,
+                local: true,
+                addrs: BTreeSet::new(),
+            };
+        }
+        let addrs: BTreeSet<IpAddr> = (bare.as_str(), port)
+            .to_socket_addrs()
+            .map(|a| a.map(|s| s.ip()).collect())
+            .unwrap_or_default();
+        let mine = own_addresses();
+        let local = addrs
+            .iter()
+            .any(|a| a.is_loopback() || a.is_unspecified() || mine.contains(a));
+        Server {
+            host: bare,
+            port,
+            local,
+            addrs,
+        }
+    }
+
+    /// Whether two servers may be the same one.
+    pub fn same(&self, o: &Server) -> bool {
+        if self.port != o.port {
+            return false;
+        }
+        if self.local || o.local {
+            return self.local == o.local || self.addrs.is_empty() || o.addrs.is_empty();
+        }
+        if self.addrs.is_empty() || o.addrs.is_empty() {
+            // Unresolvable: only the names can be compared, and different
+            // names may still be one server — assume so unless both resolve.
+            return true;
+        }
+        !self.addrs.is_disjoint(&o.addrs)
+    }
+}
+
+/// The addresses this machine's own name resolves to.
+fn own_addresses() -> BTreeSet<IpAddr> {
+    let name = cairn_repo::sys::hostname();
+    (name.as_str(), 0)
+        .to_socket_addrs()
+        .map(|a| a.map(|s| s.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// What a restore of one service overwrites.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A SQL database, dropped and recreated.
+    Database {
+        /// `postgres` or `mariadb`.
+        engine: Kind,
+        /// Where.
+        server: Server,
+        /// Database name, as written.
+        name: String,
+    },
+    /// Redis keys matching a pattern in some databases.
+    Redis {
+        /// Where.
+        server: Server,
+        /// Database numbers.
+        databases: BTreeSet<u32>,
+        /// Glob pattern (Redis `SCAN MATCH` syntax).
+        pattern: String,
+    },
+    /// A directory, emptied and restored (canonical path).
+    Dir(PathBuf),
+    /// Whatever a restore command writes: known only by its text and the
+    /// directory it runs in.
+    Command {
+        /// The restore command.
+        restore: String,
+        /// Its working directory.
+        workdir: PathBuf,
+    },
+}
+
+impl Target {
+    /// The target of a service's restore (a files service's `target` when
+    /// set, else its `path`).
+    pub fn of(s: &Service) -> Target {
+        let db = |engine: Kind, dp: u16| Target::Database {
+            engine,
+            server: Server::resolve(s.host.as_deref(), s.port.unwrap_or(dp)),
+            name: s.database.clone().unwrap_or_default(),
+        };
+        match s.kind {
+            Kind::Postgres => db(Kind::Postgres, 5432),
+            Kind::Mariadb => db(Kind::Mariadb, 3306),
+            Kind::Redis => Target::Redis {
+                server: Server::resolve(s.host.as_deref(), s.port.unwrap_or(6379)),
+                databases: s.databases.iter().copied().collect(),
+                pattern: s.key_pattern.clone(),
+            },
+            Kind::Files => Target::Dir(canonical(
+                s.target
+                    .as_deref()
+                    .or(s.path.as_deref())
+                    .unwrap_or(Path::new("")),
+                &s.workdir,
+            )),
+            Kind::Command => Target::Command {
+                restore: s.restore.clone().unwrap_or_default().trim().to_string(),
+                workdir: canonical(&s.workdir, Path::new("/")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Database {
+                engine,
+                server,
+                name,
+            } => write!(
+                f,
+                "{} database {name:?} at {}:{}",
+                crate::run::kind_name(*engine),
+                server.host,
+                server.port
+            ),
+            Target::Redis {
+                server,
+                databases,
+                pattern,
+            } => write!(
+                f,
+                "redis keys matching {pattern:?} in databases {:?} at {}:{}",
+                databases.iter().collect::<Vec<_>>(),
+                server.host,
+                server.port
+            ),
+            Target::Dir(p) => write!(f, "directory {}", p.display()),
+            Target::Command { restore, .. } => write!(f, "whatever `{restore}` writes"),
+        }
+    }
+}
+
+/// `p` made absolute (against `base`), with `.` and `..` resolved and the
+/// longest existing prefix resolved through symlinks; no trailing slash.
+pub fn canonical(p: &Path, base: &Path) -> PathBuf {
+    use std::ffi::OsString;
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    // Components still to resolve, next last; a symlink met on the way
+    // pushes its own (at most 40 links are followed, as the kernel does).
+    fn push_all(rest: &mut Vec<OsString>, p: &Path) {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => rest.push(n.to_os_string()),
+                Component::ParentDir => rest.push("..".into()),
+                Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+            }
+        }
+    }
+    let mut out = PathBuf::from("/");
+    let mut rest = Vec::new();
+    push_all(&mut rest, &abs);
+    let mut links = 0;
+    while let Some(n) = rest.pop() {
+        if n == ".." {
+            out.pop();
+            continue;
+        }
+        let next = out.join(&n);
+        match std::fs::read_link(&next) {
+            Ok(t) if links < 40 => {
+                links += 1;
+                if t.is_absolute() {
+                    out = PathBuf::from("/");
+                }
+                push_all(&mut rest, &t);
+            }
+            _ => out = next,
+        }
+    }
+    out
+}
+
+/// Whether two glob patterns (Redis syntax: `*`, `?`, `[...]` with `^`
+/// negation and ranges, `\` escapes) can match one common key.
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (glob_tokens(a.as_bytes()), glob_tokens(b.as_bytes()));
+    // Product of the two patterns' automata, searched for a common accept.
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![(0usize, 0usize)];
+    while let Some((i, j)) = todo.pop() {
+        if !seen.insert((i, j)) {
+            continue;
+        }
+        if i == a.len() && j == b.len() {
+            return true;
+        }
+        // A star may match nothing.
+        if a.get(i) == Some(&Tok::Star) {
+            todo.push((i + 1, j));
+        }
+        if b.get(j) == Some(&Tok::Star) {
+            todo.push((i, j + 1));
+        }
+        let (Some(ta), Some(tb)) = (a.get(i), b.get(j)) else {
+            continue;
+        };
+        if (0..=255u8).any(|c| ta.accepts(c) && tb.accepts(c)) {
+            let ni = if *ta == Tok::Star { i } else { i + 1 };
+            let nj = if *tb == Tok::Star { j } else { j + 1 };
+            todo.push((ni, nj));
+        }
+    }
+    false
+}
+
+/// Whether `key` matches the glob `pattern` (Redis `SCAN MATCH` syntax).
+pub fn glob_match(pattern: &str, key: &[u8]) -> bool {
+    let toks = glob_tokens(pattern.as_bytes());
+    // States: positions in the pattern reachable after the bytes so far.
+    let close = |set: &mut Vec<bool>| {
+        for i in 0..toks.len() {
+            if set[i] && toks[i] == Tok::Star {
+                set[i + 1] = true;
+            }
+        }
+    };
+    let mut cur = vec![false; toks.len() + 1];
+    cur[0] = true;
+    close(&mut cur);
+    for &c in key {
+        let mut next = vec![false; toks.len() + 1];
+        for i in 0..toks.len() {
+            if cur[i] && toks[i].accepts(c) {
+                next[if toks[i] == Tok::Star { i } else { i + 1 }] = true;
+            }
+        }
+        close(&mut next);
+        if !next.iter().any(|x| *x) {
+            return false;
+        }
+        cur = next;
+    }
+    cur[toks.len()]
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    Star,
+    /// One byte of a set (a bitmap of 256 bits).
+    One([u64; 4]),
+}
+
+impl Tok {
+    fn accepts(&self, c: u8) -> bool {
+        match self {
+            Tok::Star => true,
+            Tok::One(set) => set[(c >> 6) as usize] & (1 << (c & 63)) != 0,
+        }
+    }
+}
+
+fn set_bit(set: &mut [u64; 4], c: u8) {
+    set[(c >> 6) as usize] |= 1 << (c & 63);
+}
+
+fn glob_tokens(p: &[u8]) -> Vec<Tok> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let single = |c: u8| {
+        let mut s = [0u64; 4];
+        set_bit(&mut s, c);
+        Tok::One(s)
+    };
+    while i < p.len() {
+        match p[i] {
+            b'*' => {
+                if out.last() != Some(&Tok::Star) {
+                    out.push(Tok::Star);
+                }
+                i += 1;
+            }
+            b'?' => {
+                out.push(Tok::One([u64::MAX; 4]));
+                i += 1;
+            }
+            b'\\' if i + 1 < p.len() => {
+                out.push(single(p[i + 1]));
+                i += 2;
+            }
+            b'[' => {
+                // Redis's stringmatchlen: `[^...]` negates, `a-z` ranges,
+                // `\x` escapes; an unclosed class runs to the end.
+                let mut set = [0u64; 4];
+                let mut j = i + 1;
+                let neg = p.get(j) == Some(&b'^');
+                if neg {
+                    j += 1;
+                }
+                while j < p.len() && p[j] != b']' {
+                    if p[j] == b'\\' && j + 1 < p.len() {
+                        set_bit(&mut set, p[j + 1]);
+                        j += 2;
+                    } else if j + 2 < p.len() && p[j + 1] == b'-' && p[j + 2] != b']' {
+                        let (lo, hi) = (p[j].min(p[j + 2]), p[j].max(p[j + 2]));
+                        for c in lo..=hi {
+                            set_bit(&mut set, c);
+                        }
+                        j += 3;
+                    } else {
+                        set_bit(&mut set, p[j]);
+                        j += 1;
+                    }
+                }
+                if neg {
+                    for w in set.iter_mut() {
+                        *w = !*w;
+                    }
+                }
+                out.push(Tok::One(set));
+                i = j + 1;
+            }
+            c => {
+                out.push(single(c));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether two targets may touch the same data (see the module text).
+pub fn overlap(a: &Target, b: &Target) -> bool {
+    match (a, b) {
+        (
+            Target::Database {
+                engine: ea,
+                server: sa,
+                name: na,
+            },
+            Target::Database {
+                engine: eb,
+                server: sb,
+                name: nb,
+            },
+        ) => ea == eb && sa.same(sb) && na.eq_ignore_ascii_case(nb),
+        (
+            Target::Redis {
+                server: sa,
+                databases: da,
+                pattern: pa,
+            },
+            Target::Redis {
+                server: sb,
+                databases: db,
+                pattern: pb,
+            },
+        ) => sa.same(sb) && !da.is_disjoint(db) && patterns_overlap(pa, pb),
+        (Target::Dir(a), Target::Dir(b)) => a.starts_with(b) || b.starts_with(a),
+        (
+            Target::Command {
+                restore: ra,
+                workdir: wa,
+            },
+            Target::Command {
+                restore: rb,
+                workdir: wb,
+            },
+        ) => ra == rb && wa == wb,
+        _ => false,
+    }
+}
+
+/// One refusal of [`guard`]: a service whose target overlaps a production
+/// service's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clash {
+    /// The service being restored.
+    pub service: String,
+    /// Its target.
+    pub target: String,
+    /// The production service whose data it would touch.
+    pub production: String,
+    /// That service's target.
+    pub production_target: String,
+}
+
+impl fmt::Display for Clash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.service == self.production {
+            write!(
+                f,
+                "{}: {} is production's target ({})",
+                self.service, self.target, self.production_target
+            )
+        } else {
+            write!(
+                f,
+                "{}: {} overlaps production service {}'s {}",
+                self.service, self.target, self.production, self.production_target
+            )
+        }
+    }
+}
+
+/// Every selected service of `env` whose restore target overlaps the target
+/// of any production service (not only its own: a staging override aimed at
+/// another service's data is refused too).
+pub fn guard(
+    env: &crate::catalog::Catalog,
+    production: &crate::catalog::Catalog,
+    selected: &BTreeSet<String>,
+) -> Vec<Clash> {
+    let prod: Vec<(&String, Target)> = production
+        .services
+        .iter()
+        .map(|(n, s)| (n, Target::of(s)))
+        .collect();
+    let mut out = Vec::new();
+    for name in selected {
+        let Some(s) = env.services.get(name) else {
+            continue;
+        };
+        let t = Target::of(s);
+        for (pn, pt) in &prod {
+            if overlap(&t, pt) {
+                out.push(Clash {
+                    service: name.clone(),
+                    target: t.to_string(),
+                    production: (*pn).clone(),
+                    production_target: pt.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Refuse, before anything is touched, to restore services of a
+/// non-production catalog (`what`: "a drill", "a restore with --env
+/// staging") into targets that overlap production's: the production
+/// catalog is the same file read without environment overrides.
+pub fn refuse_production_overlap(
+    env: &crate::catalog::Catalog,
+    selected: &BTreeSet<String>,
+    what: &str,
+) -> Result<(), crate::StackError> {
+    let production = crate::catalog::Catalog::load(&env.file, None)?;
+    let clashes = guard(env, &production, selected);
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    Err(crate::StackError::Invalid(format!(
+        "{}: {what} would overwrite production data; nothing was touched:\n  {}\n\
+         give each service [service.NAME.env.{}] overrides that move its target \
+         (another directory, database, server or Redis key space)",
+        env.file.display(),
+        clashes
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("\n  "),
+        env.env
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(p: &str) -> Target {
+        Target::Dir(canonical(Path::new(p), Path::new("/")))
+    }
+    fn db(host: Option<&str>, port: u16, name: &str) -> Target {
+        Target::Database {
+            engine: Kind::Postgres,
+            server: Server::resolve(host, port),
+            name: name.into(),
+        }
+    }
+    fn rd(host: &str, dbs: &[u32], pat: &str) -> Target {
+        Target::Redis {
+            server: Server::resolve(Some(host), 6379),
+            databases: dbs.iter().copied().collect(),
+            pattern: pat.into(),
+        }
+    }
+
+    /// Near misses the guard must refuse, and real separations it must allow.
+    #[test]
+    fn near_miss_targets_overlap_and_separate_ones_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prod = tmp.path().join("prod");
+        std::fs::create_dir(&prod).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&prod, &link).unwrap();
+        let p = prod.to_str().unwrap();
+        let l = link.to_str().unwrap();
+        let cases: Vec<(Target, Target, bool, &str)> = vec![
+            (dir(p), dir(&format!("{p}/")), true, "trailing slash"),
+            (dir(p), dir(&format!("{p}/./")), true, "dot component"),
+            (
+                dir(p),
+                dir(&format!("{p}/../prod")),
+                true,
+                "dot-dot back in",
+            ),
+            (dir(p), dir(&format!("{p}/staging")), true, "nested inside"),
+            (dir(&format!("{p}/data")), dir(p), true, "parent of it"),
+            (dir(p), dir(l), true, "through a symlink"),
+            (
+                dir(p),
+                dir(&format!("{l}/sub/")),
+                true,
+                "inside, through a symlink",
+            ),
+            (
+                dir(p),
+                dir(&format!("{p}-staging")),
+                false,
+                "sibling with a common prefix",
+            ),
+            (
+                dir(p),
+                dir(tmp.path().join("other").to_str().unwrap()),
+                false,
+                "elsewhere",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("localhost"), 5432, "orders"),
+                true,
+                "localhost vs 127.0.0.1",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(None, 5432, "orders"),
+                true,
+                "default socket vs 127.0.0.1",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("/var/run/postgresql"), 5432, "orders"),
+                true,
+                "socket dir",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("127.0.0.2"), 5432, "orders"),
+                true,
+                "another loopback address",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("::1"), 5432, "orders"),
+                true,
+                "IPv6 loopback",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("LOCALHOST."), 5432, "orders"),
+                true,
+                "case and trailing dot",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("127.0.0.1"), 5432, "Orders"),
+                true,
+                "database name case",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("127.0.0.1"), 5432, "orders_staging"),
+                false,
+                "another database",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("127.0.0.1"), 5433, "orders"),
+                false,
+                "another port",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("no-such-host.invalid"), 5432, "orders"),
+                true,
+                "unresolvable host",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("localhost", &[0], "orders:*"),
+                true,
+                "same pattern, localhost",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0], "*"),
+                true,
+                "everything",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0], "ord*"),
+                true,
+                "prefix of the prefix",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0], "*:1"),
+                true,
+                "suffix pattern",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0], "[o]rders:?"),
+                true,
+                "class and one",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0, 1], "orders:*"),
+                true,
+                "databases intersect",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[1], "orders:*"),
+                false,
+                "another database",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0], "staging:orders:*"),
+                false,
+                "another prefix",
+            ),
+            (
+                rd("127.0.0.1", &[0], "orders:*"),
+                rd("127.0.0.1", &[0], "[^o]*"),
+                false,
+                "negated class",
+            ),
+            (
+                rd("127.0.0.1", &[0], "a\\*"),
+                rd("127.0.0.1", &[0], "ab"),
+                false,
+                "escaped star",
+            ),
+        ];
+        for (a, b, want, what) in cases {
+            assert_eq!(overlap(&a, &b), want, "{what}: {a} vs {b}");
+            assert_eq!(overlap(&b, &a), want, "{what} (reversed): {b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn globs_match_as_redis_does() {
+        for (p, k, want) in [
+            ("*", "", true),
+            ("orders:*", "orders:1", true),
+            ("orders:*", "order:1", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("[ab]x", "bx", true),
+            ("[^ab]x", "bx", false),
+            ("[a-c]*", "c9", true),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("*:*:x", "a:b:x", true),
+            ("*:*:x", "a:x", false),
+        ] {
+            assert_eq!(glob_match(p, k.as_bytes()), want, "{p} ~ {k}");
+        }
+    }
+
+    #[test]
+    fn canonical_paths_have_no_trailing_slash_and_follow_symlinks() {
+        assert_eq!(
+            canonical(Path::new("/a/b/"), Path::new("/")),
+            PathBuf::from("/a/b")
+        );
+        assert_eq!(
+            canonical(Path::new("x/../y"), Path::new("/base")),
+            PathBuf::from("/base/y")
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("rel")).unwrap();
+        assert_eq!(
+            canonical(&tmp.path().join("rel/new/"), Path::new("/")),
+            real.join("new")
+        );
+    }
+}
