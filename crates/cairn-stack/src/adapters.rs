@@ -24,14 +24,14 @@ use cairn_repo::{
 };
 
 use crate::StackError;
-use crate::catalog::{Kind, Service};
+use crate::catalog::Service;
 use crate::fingerprint::{self, Fingerprint};
 use crate::redis::{Conn, Reply};
 
 /// Name of the stream file inside a datastore snapshot.
 pub const STREAM_NAME: &str = "dump";
 
-fn err(svc: &Service, detail: impl Into<String>) -> StackError {
+pub(crate) fn err(svc: &Service, detail: impl Into<String>) -> StackError {
     StackError::Service {
         service: svc.name.clone(),
         detail: detail.into(),
@@ -43,39 +43,7 @@ pub(crate) fn tool(svc: &Service, program: &str) -> Command {
     let mut c = Command::new(program);
     c.stdin(Stdio::null());
     crate::children::contain(&mut c);
-    match svc.kind {
-        Kind::Postgres => {
-            if let Some(h) = &svc.host {
-                c.env("PGHOST", h);
-            }
-            if let Some(p) = svc.port {
-                c.env("PGPORT", p.to_string());
-            }
-            if let Some(u) = &svc.user {
-                c.env("PGUSER", u);
-            }
-            if let Some(p) = &svc.password {
-                c.env("PGPASSWORD", p);
-            }
-            c.env("PGCONNECT_TIMEOUT", "10");
-        }
-        Kind::Mariadb => {
-            c.arg("--protocol=TCP");
-            c.arg(format!(
-                "--host={}",
-                svc.host.as_deref().unwrap_or("127.0.0.1")
-            ));
-            c.arg(format!("--port={}", svc.port.unwrap_or(3306)));
-            c.arg(format!("--user={}", svc.user.as_deref().unwrap_or("root")));
-            if program == "mariadb" {
-                c.arg("--connect-timeout=10");
-            }
-            if let Some(p) = &svc.password {
-                c.env("MYSQL_PWD", p);
-            }
-        }
-        _ => {}
-    }
+    svc.kind.datastore().configure(svc, &mut c);
     c
 }
 
@@ -116,7 +84,7 @@ pub(crate) fn run(
 }
 
 /// Wait for a child whose stdout was consumed; fail with its stderr.
-fn finish(svc: &Service, child: Child, what: &str) -> Result<(), RepoError> {
+pub(crate) fn finish(svc: &Service, child: Child, what: &str) -> Result<(), RepoError> {
     let out = child
         .wait_with_output()
         .map_err(|e| RepoError::io(what, e))?;
@@ -158,170 +126,68 @@ pub fn backup(
     repo: &IndexedRepository,
     opts: BackupOptions,
 ) -> Result<BackupResult, StackError> {
-    let progress = Progress::default();
-    let repo_err = |e: StackError| match e {
+    svc.kind.datastore().backup(svc, repo, opts)
+}
+
+/// A stack error as a repository error (inside a backup's commit hook).
+pub(crate) fn repo_err(e: StackError) -> RepoError {
+    match e {
         StackError::Repo(r) => r,
         other => RepoError::InvalidInput(other.to_string()),
-    };
-    // Stream a tool's stdout while `measure` fingerprints the same state on
-    // another thread; the snapshot commits only when both succeeded.
-    let stream = |mut child: Child,
-                  what: &str,
-                  measure: &(dyn Fn() -> Result<Fingerprint, StackError> + Sync)|
-     -> Result<BackupResult, StackError> {
-        let out = child.stdout.take().expect("piped");
-        std::thread::scope(|s| {
-            let fp = s.spawn(measure);
-            let what = what.to_string();
-            Ok(
-                repo.backup_stream_measured(out, STREAM_NAME, &opts, &progress, move || {
-                    finish(svc, child, &what)?;
-                    let fp = fp
-                        .join()
-                        .map_err(|_| RepoError::InvalidInput("fingerprint thread panicked".into()))?
-                        .map_err(repo_err)?;
-                    Ok(fingerprint::encode(&fp))
-                })?,
-            )
-        })
-    };
-    match svc.kind {
-        Kind::Postgres => {
-            // pg_dump and the fingerprint read the same exported snapshot.
-            let snap = fingerprint::pg_export_snapshot(svc)?;
-            let mut c = tool(svc, "pg_dump");
-            c.args([
-                "-Fc",
-                "-Z0",
-                "--snapshot",
-                &snap.id,
-                "-d",
-                svc.database.as_deref().unwrap_or_default(),
-            ]);
-            let child = c
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| err(svc, format!("pg_dump: {e}")))?;
-            let r = stream(child, "pg_dump", &|| {
-                fingerprint::postgres(svc, Some(&snap.id))
-            });
-            drop(snap);
-            r
-        }
-        Kind::Mariadb => {
-            // Reachability first: nothing is written for an unreachable server.
-            let mut c = tool(svc, "mariadb");
-            c.args(["-N", "-e", "SELECT 1"]);
-            run(svc, c, None)?;
-            // Under a brief global read lock: the fingerprint transactions
-            // start, then the dump's (see fingerprint.rs).
-            let mut consistent = fingerprint::MyConsistent::begin(svc)?;
-            let mut c = tool(svc, "mariadb-dump");
-            c.args([
-                "--single-transaction",
-                "--quick",
-                "--routines",
-                "--triggers",
-                "--events",
-                "--hex-blob",
-            ]);
-            c.arg(svc.database.as_deref().unwrap_or_default());
-            let mut child = c
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| err(svc, format!("mariadb-dump: {e}")))?;
-            let started =
-                std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-            let out = DumpStarted {
-                inner: child.stdout.take().expect("piped"),
-                tail: Vec::new(),
-                started: started.clone(),
-            };
-            std::thread::scope(|s| {
-                let fp = s.spawn(move || {
-                    let (m, cv) = &*started;
-                    let mut g = m.lock().expect("dump started");
-                    while !*g {
-                        g = cv.wait(g).expect("dump started");
-                    }
-                    drop(g);
-                    consistent.release();
-                    consistent.finish(svc)
-                });
-                Ok(
-                    repo.backup_stream_measured(out, STREAM_NAME, &opts, &progress, move || {
-                        finish(svc, child, "mariadb-dump")?;
-                        let fp = fp
-                            .join()
-                            .map_err(|_| {
-                                RepoError::InvalidInput("fingerprint thread panicked".into())
-                            })?
-                            .map_err(repo_err)?;
-                        Ok(fingerprint::encode(&fp))
-                    })?,
-                )
-            })
-        }
-        Kind::Command => {
-            let child = crate::children::contain(&mut shell(
-                svc,
-                svc.backup.as_deref().expect("validated"),
-            ))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| err(svc, format!("backup command: {e}")))?;
-            stream(child, "backup command", &|| Ok(Fingerprint::new()))
-        }
-        Kind::Files => {
-            let path = svc.path.clone().expect("validated");
-            if !path.is_dir() {
-                return Err(err(svc, format!("{} is not a directory", path.display())));
-            }
-            Ok(repo.backup_paths(&[path], &opts, &progress)?)
-        }
-        Kind::Redis => {
-            let (mut r, mut w) = std::io::pipe().map_err(|e| err(svc, e.to_string()))?;
-            let mut conn = redis_conn(svc)?;
-            std::thread::scope(|s| {
-                let writer = s.spawn(move || -> Result<Fingerprint, StackError> {
-                    let mut bw = BufWriter::with_capacity(1 << 20, &mut w);
-                    let r = redis_dump(svc, &mut conn, &mut bw);
-                    let f = bw.flush().map_err(|e| err(svc, e.to_string()));
-                    drop(bw);
-                    drop(w);
-                    let fp = r?;
-                    f?;
-                    Ok(fp)
-                });
-                let res =
-                    repo.backup_stream_measured(&mut r, STREAM_NAME, &opts, &progress, || {
-                        let fp = writer
-                            .join()
-                            .map_err(|_| {
-                                RepoError::InvalidInput("redis dump thread panicked".into())
-                            })?
-                            .map_err(repo_err)?;
-                        Ok(fingerprint::encode(&fp))
-                    });
-                drop(r);
-                Ok(res?)
-            })
-        }
     }
+}
+
+/// Stream a tool's stdout into the repository while `measure` fingerprints
+/// the same state on another thread; the snapshot commits only when both
+/// succeeded (and the tool exited 0).
+pub(crate) fn stream_child(
+    svc: &Service,
+    repo: &IndexedRepository,
+    opts: &BackupOptions,
+    progress: &Progress,
+    mut child: Child,
+    what: &str,
+    measure: &(dyn Fn() -> Result<Fingerprint, StackError> + Sync),
+) -> Result<BackupResult, StackError> {
+    let out = child.stdout.take().expect("piped");
+    std::thread::scope(|s| {
+        let fp = s.spawn(measure);
+        let what = what.to_string();
+        Ok(
+            repo.backup_stream_measured(out, STREAM_NAME, opts, progress, move || {
+                finish(svc, child, &what)?;
+                let fp = fp
+                    .join()
+                    .map_err(|_| RepoError::InvalidInput("fingerprint thread panicked".into()))?
+                    .map_err(repo_err)?;
+                Ok(fingerprint::encode(&fp))
+            })?,
+        )
+    })
+}
+
+/// The snapshot's dump stream and its size.
+pub(crate) fn dump_node(
+    svc: &Service,
+    repo: &IndexedRepository,
+    snap: &Snapshot,
+) -> Result<(cairn_format::tree::Node, u64), StackError> {
+    let node = repo
+        .find_node(&snap.tree, format!("/{STREAM_NAME}").as_bytes())?
+        .ok_or_else(|| err(svc, "snapshot holds no dump stream"))?;
+    let size = node.size;
+    Ok((node, size))
 }
 
 /// mariadb-dump's output, watched for the first sign that its transaction
 /// has begun (it starts it before writing any table, routine or event
 /// section); at that point, at the end of the output, or if the reader is
 /// dropped, `started` is set.
-struct DumpStarted<R: Read> {
-    inner: R,
+pub(crate) struct DumpStarted<R: Read> {
+    pub(crate) inner: R,
     /// The last bytes seen, for a marker split across reads.
-    tail: Vec<u8>,
-    started: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    pub(crate) tail: Vec<u8>,
+    pub(crate) started: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl<R: Read> DumpStarted<R> {
@@ -371,13 +237,10 @@ impl<R: Read> Drop for DumpStarted<R> {
 
 const REDIS_MAGIC: &[u8] = b"CAIRN-REDIS-DUMP 1\n";
 
-/// The first line of every dump mariadb-dump (10.11.8 and later) writes.
-const MARIADB_SANDBOX: &[u8] = b"/*M!999999\\- enable the sandbox mode */";
-
 /// Stream format: magic line, then per key `db u32 | key bytes32 | pttl i64
 /// (-1 = no expiry) | DUMP payload bytes32`, all little-endian. Returns the
 /// fingerprint of exactly the keys written.
-fn redis_dump(
+pub(crate) fn redis_dump(
     svc: &Service,
     conn: &mut Conn,
     w: &mut impl Write,
@@ -439,7 +302,7 @@ pub(crate) fn read_redis_dump(
 
 /// UNLINK every key of the service's pattern in each of its databases;
 /// returns how many there were.
-fn unlink_service_keys(svc: &Service, conn: &mut Conn) -> std::io::Result<usize> {
+pub(crate) fn unlink_service_keys(svc: &Service, conn: &mut Conn) -> std::io::Result<usize> {
     let mut n = 0;
     for db in &svc.databases {
         conn.call(&[b"SELECT", db.to_string().as_bytes()])?;
@@ -457,7 +320,7 @@ fn unlink_service_keys(svc: &Service, conn: &mut Conn) -> std::io::Result<usize>
 /// Refuse a Redis dump holding keys outside the service's key space (its
 /// pattern, its databases) before anything is written: a forged dump for
 /// one service must not overwrite another's keys.
-fn redis_check_key_space(
+pub(crate) fn redis_check_key_space(
     svc: &Service,
     r: &mut dyn Read,
     map: &std::collections::BTreeMap<u32, u32>,
@@ -509,7 +372,7 @@ pub(crate) fn redis_expiry(snap: &Snapshot, pttl: i64) -> Option<i64> {
     (pttl >= 0).then(|| snap.time_ns / 1_000_000 + pttl)
 }
 
-fn redis_load(
+pub(crate) fn redis_load(
     svc: &Service,
     conn: &mut Conn,
     r: &mut impl Read,
@@ -583,28 +446,7 @@ pub fn preflight<'a>(
     snap: &'a Snapshot,
 ) -> Result<Checked<'a>, StackError> {
     crate::run::snapshot_kind_matches(svc, id, snap).map_err(|e| err(svc, e))?;
-    match svc.kind {
-        Kind::Mariadb => {
-            with_dump(svc, repo, snap, &mut |r| {
-                let mut head = Vec::new();
-                let _ = r.take(MARIADB_SANDBOX.len() as u64).read_to_end(&mut head);
-                if head != MARIADB_SANDBOX {
-                    return Err(err(
-                        svc,
-                        "the dump does not begin with mariadb-dump's sandbox line (/*M!999999\\- enable the sandbox mode */): refused before anything was touched (a dump without it may be forged, or come from a mariadb-dump older than 10.11.8)",
-                    ));
-                }
-                Ok(vec![])
-            })?;
-        }
-        Kind::Redis => {
-            let map = fingerprint::redis_db_map(svc, snap);
-            with_dump(svc, repo, snap, &mut |r| {
-                redis_check_key_space(svc, r, &map).map(|_| vec![])
-            })?;
-        }
-        Kind::Postgres | Kind::Files | Kind::Command => {}
-    }
+    svc.kind.datastore().preflight(svc, repo, snap)?;
     Ok(Checked(snap))
 }
 
@@ -616,107 +458,10 @@ pub fn restore(
     repo: &IndexedRepository,
     checked: Checked<'_>,
 ) -> Result<(u64, Option<String>), StackError> {
-    let snap = checked.0;
-    if svc.kind == Kind::Files {
-        return restore_files(svc, repo, snap);
-    }
-    let node = repo
-        .find_node(&snap.tree, format!("/{STREAM_NAME}").as_bytes())?
-        .ok_or_else(|| err(svc, "snapshot holds no dump stream"))?;
-    let size = node.size;
-    let mut note = None;
-    // Stream the dump into `sink` from a helper thread.
-    let feed =
-        |sink: &mut dyn Write| -> Result<(), StackError> { Ok(repo.dump_file(&node, sink)?) };
-    match svc.kind {
-        Kind::Postgres => {
-            let db = svc.database.as_deref().unwrap_or_default();
-            // The whole database in plaintext: 0600 in cairn's own
-            // directory, removed on every path (also on a signal, and by
-            // --resume after a SIGKILL).
-            let dir = crate::children::temp_dir(svc.temp_dir.as_deref())
-                .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
-            let mut tmp = crate::children::TempDump::create(&dir)
-                .map_err(|e| err(svc, format!("temporary dump in {}: {e}", dir.display())))?;
-            {
-                let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
-                feed(&mut w)?;
-                w.flush().map_err(|e| err(svc, e.to_string()))?;
-            }
-            let mut c = tool(svc, "psql");
-            c.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    crate::sql::pg::ident(db)
-                ))
-                .arg("-c")
-                .arg(format!("CREATE DATABASE {}", crate::sql::pg::ident(db)));
-            run(svc, c, None)?;
-            let mut c = tool(svc, "pg_restore");
-            c.args([
-                "--exit-on-error",
-                "-j",
-                &svc.parallelism.to_string(),
-                "-d",
-                db,
-            ])
-            .arg(tmp.path());
-            run(svc, c, None)?;
-        }
-        Kind::Mariadb => {
-            let db = svc.database.as_deref().unwrap_or_default();
-            // The client runs with --sandbox (the preflight checked the
-            // dump's own sandbox line too), so a shell escape in the dump
-            // fails the load instead of running.
-            let mut c = tool(svc, "mariadb");
-            c.arg("-e").arg(format!(
-                "DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}",
-                crate::sql::my::ident(db)
-            ));
-            run(svc, c, None)?;
-            let mut c = tool(svc, "mariadb");
-            c.arg("--sandbox").arg(db);
-            pipe_into(svc, c, &feed, "mariadb")?;
-        }
-        Kind::Command => {
-            let mut c = shell(svc, svc.restore.as_deref().expect("validated"));
-            crate::children::contain(&mut c);
-            pipe_into(svc, c, &feed, "restore command")?;
-        }
-        Kind::Redis => {
-            let map = fingerprint::redis_db_map(svc, snap);
-            let mut conn = redis_conn(svc)?;
-            let (mut r, mut w) = std::io::pipe().map_err(|e| err(svc, e.to_string()))?;
-            std::thread::scope(|s| {
-                let t = s.spawn(move || {
-                    let mut bw = BufWriter::with_capacity(1 << 20, &mut w);
-                    let res = feed(&mut bw);
-                    let _ = bw.flush();
-                    res
-                });
-                let mut br = std::io::BufReader::with_capacity(1 << 20, &mut r);
-                let loaded = redis_load(svc, &mut conn, &mut br, &map, snap);
-                drop(br);
-                drop(r);
-                let fed = t.join().map_err(|_| err(svc, "dump thread panicked"))?;
-                fed?;
-                loaded
-            })
-            .map(|l| {
-                note = (l.expired > 0).then(|| {
-                    format!(
-                        "{} key(s) had expired since the backup and were not restored",
-                        l.expired
-                    )
-                });
-            })?;
-        }
-        Kind::Files => unreachable!("handled above"),
-    }
-    Ok((size, note))
+    svc.kind.datastore().restore(svc, repo, checked.0)
 }
 
-fn pipe_into(
+pub(crate) fn pipe_into(
     svc: &Service,
     mut c: Command,
     feed: &(dyn Fn(&mut dyn Write) -> Result<(), StackError> + Sync),
@@ -752,7 +497,7 @@ fn pipe_into(
     fed
 }
 
-fn restore_files(
+pub(crate) fn restore_files(
     svc: &Service,
     repo: &IndexedRepository,
     snap: &Snapshot,
@@ -851,133 +596,18 @@ pub fn with_dump(
 /// Run a SQL query in a postgres or mariadb service's database; its output
 /// in batch form (tab-separated, no headers).
 pub fn query(svc: &Service, sql: &str) -> Result<String, StackError> {
-    let db = svc.database.as_deref().unwrap_or_default();
-    match svc.kind {
-        Kind::Postgres => {
-            let mut c = tool(svc, "psql");
-            c.args([
-                "-X",
-                "-At",
-                "-F",
-                "\t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                db,
-                "-c",
-            ])
-            .arg(sql);
-            run(svc, c, None)
-        }
-        Kind::Mariadb => {
-            let mut c = tool(svc, "mariadb");
-            c.args(["-N", "-B", "-e"]).arg(sql).arg(db);
-            run(svc, c, None)
-        }
-        _ => Err(err(
-            svc,
-            "sql invariants need a postgres or mariadb service (use `command` for others)",
-        )),
-    }
+    svc.kind.datastore().query(svc, sql)
 }
 
 /// Whether the service's restore target holds anything a restore would
 /// overwrite (a database that exists, matching keys, a non-empty directory;
 /// command services are asked through their backup command).
 pub fn holds_data(svc: &Service) -> Result<bool, StackError> {
-    let db = svc.database.as_deref().unwrap_or_default();
-    match svc.kind {
-        Kind::Postgres => {
-            let mut c = tool(svc, "psql");
-            c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-                .arg(format!(
-                    "select count(*) from pg_database where datname = {}",
-                    crate::sql::pg::lit(db)
-                ));
-            Ok(run(svc, c, None)?.trim() != "0")
-        }
-        Kind::Mariadb => {
-            let mut c = tool(svc, "mariadb");
-            c.args(["-N", "-B", "-e"]).arg(format!(
-                "select count(*) from information_schema.schemata where schema_name = {}",
-                crate::sql::my::lit(db)
-            ));
-            Ok(run(svc, c, None)?.trim() != "0")
-        }
-        Kind::Redis => {
-            let mut conn = redis_conn(svc)?;
-            for d in &svc.databases {
-                conn.call(&[b"SELECT", d.to_string().as_bytes()])
-                    .map_err(|e| err(svc, e.to_string()))?;
-                if !conn
-                    .scan(&svc.key_pattern)
-                    .map_err(|e| err(svc, e.to_string()))?
-                    .is_empty()
-                {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        }
-        Kind::Files => {
-            let t = svc
-                .target
-                .as_ref()
-                .or(svc.path.as_ref())
-                .expect("validated");
-            Ok(std::fs::read_dir(t).is_ok_and(|mut d| d.next().is_some()))
-        }
-        Kind::Command => Ok(true),
-    }
+    svc.kind.datastore().holds_data(svc)
 }
 
 /// Remove what a drill restored: drop the database, unlink the keys, remove
 /// the directory, or run the service's `teardown` command.
 pub fn teardown(svc: &Service) -> Result<String, StackError> {
-    let db = svc.database.as_deref().unwrap_or_default();
-    match svc.kind {
-        Kind::Postgres => {
-            let mut c = tool(svc, "psql");
-            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    crate::sql::pg::ident(db)
-                ));
-            run(svc, c, None)?;
-            Ok(format!("dropped database {db}"))
-        }
-        Kind::Mariadb => {
-            let mut c = tool(svc, "mariadb");
-            c.arg("-e").arg(format!(
-                "DROP DATABASE IF EXISTS {}",
-                crate::sql::my::ident(db)
-            ));
-            run(svc, c, None)?;
-            Ok(format!("dropped database {db}"))
-        }
-        Kind::Redis => {
-            let n = unlink_service_keys(svc, &mut redis_conn(svc)?)
-                .map_err(|e| err(svc, e.to_string()))?;
-            Ok(format!("removed {n} keys"))
-        }
-        Kind::Files => {
-            let t = svc
-                .target
-                .as_ref()
-                .or(svc.path.as_ref())
-                .expect("validated");
-            if t.exists() {
-                std::fs::remove_dir_all(t)
-                    .map_err(|e| err(svc, format!("{}: {e}", t.display())))?;
-            }
-            Ok(format!("removed {}", t.display()))
-        }
-        Kind::Command => match svc.teardown.as_deref().or(svc.stop.as_deref()) {
-            Some(c) => {
-                run(svc, shell(svc, c), None)?;
-                Ok(format!("ran `{c}`"))
-            }
-            None => Ok("no teardown command".into()),
-        },
-    }
+    svc.kind.datastore().teardown(svc)
 }

@@ -13,20 +13,43 @@ use toml::Spanned;
 #[error("{}", .0.join("\n"))]
 pub struct CatalogError(pub Vec<String>);
 
-/// Datastore kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
+/// A datastore kind: the name of a [`crate::datastore::Datastore`] in the
+/// registry. The built-in ones have constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind(&'static str);
+
+impl Kind {
     /// PostgreSQL database (pg_dump custom format, pg_restore -j).
-    Postgres,
+    pub const POSTGRES: Kind = Kind("postgres");
     /// MariaDB/MySQL database (mariadb-dump, mariadb).
-    Mariadb,
+    pub const MARIADB: Kind = Kind("mariadb");
     /// Redis keys (DUMP/RESTORE with TTLs).
-    Redis,
+    pub const REDIS: Kind = Kind("redis");
     /// A directory tree.
-    Files,
+    pub const FILES: Kind = Kind("files");
     /// User commands: stdout backed up, restore reads stdin.
-    Command,
+    pub const COMMAND: Kind = Kind("command");
+
+    /// The kind of this name, if one is registered.
+    pub fn named(name: &str) -> Option<Kind> {
+        crate::datastore::lookup(name).map(|d| Kind(d.name()))
+    }
+
+    /// As written in the catalog.
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+
+    /// Its implementation.
+    pub fn datastore(self) -> &'static dyn crate::datastore::Datastore {
+        crate::datastore::lookup(self.0).expect("a Kind is only made from a registered name")
+    }
+}
+
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
 }
 
 /// Readiness check after a restore.
@@ -199,13 +222,7 @@ impl Service {
     /// differs from `path` is described by the target (what a safety
     /// snapshot backs up and a rollback restores).
     pub fn live_view(&self) -> Service {
-        let mut s = self.clone();
-        if s.kind == Kind::Files
-            && let Some(t) = s.target.take()
-        {
-            s.path = Some(t);
-        }
-        s
+        self.kind.datastore().live_view(self)
     }
 }
 
@@ -381,32 +398,6 @@ impl RawOverride {
 /// Fields every kind takes (besides kind, depends_on, retention, env and
 /// invariant).
 const COMMON_FIELDS: &[&str] = &["start", "stop", "ready", "rto"];
-
-/// The fields of one kind; any other is an error naming its line.
-fn kind_fields(k: Kind) -> &'static [&'static str] {
-    match k {
-        Kind::Postgres => &[
-            "host",
-            "port",
-            "user",
-            "password",
-            "database",
-            "parallelism",
-            "temp_dir",
-        ],
-        Kind::Mariadb => &[
-            "host",
-            "port",
-            "user",
-            "password",
-            "database",
-            "parallelism",
-        ],
-        Kind::Redis => &["host", "port", "password", "databases", "key_pattern"],
-        Kind::Files => &["path", "target", "allow_special", "allow_setuid"],
-        Kind::Command => &["backup", "restore", "teardown"],
-    }
-}
 
 impl RawService {
     fn base(&self) -> RawOverride {
@@ -722,19 +713,16 @@ impl Catalog {
                     format!("service name {name:?} may not be empty or contain '/' or spaces"),
                 );
             }
-            let kind = match rs.kind.get_ref().as_str() {
-                "postgres" => Kind::Postgres,
-                "mariadb" => Kind::Mariadb,
-                "redis" => Kind::Redis,
-                "files" => Kind::Files,
-                "command" => Kind::Command,
-                other => {
-                    cx.err(
-                        rs.kind.span().start,
-                        format!("service {name}: unknown kind {other:?} (postgres, mariadb, redis, files, command)"),
-                    );
-                    continue;
-                }
+            let Some(kind) = Kind::named(rs.kind.get_ref()) else {
+                cx.err(
+                    rs.kind.span().start,
+                    format!(
+                        "service {name}: unknown kind {:?} ({})",
+                        rs.kind.get_ref(),
+                        crate::datastore::names().join(", ")
+                    ),
+                );
+                continue;
             };
             if let Some(e) = env
                 && e != "production"
@@ -811,14 +799,9 @@ impl Catalog {
                     );
                 }
             };
-            match kind {
-                Kind::Postgres | Kind::Mariadb => need(&mut cx, m.database.is_some(), "database"),
-                Kind::Files => need(&mut cx, m.path.is_some(), "path"),
-                Kind::Command => {
-                    need(&mut cx, m.backup.is_some(), "backup command");
-                    need(&mut cx, m.restore.is_some(), "restore command");
-                }
-                Kind::Redis => {}
+            let merged_fields = m.set_fields();
+            for (field, what) in kind.datastore().required() {
+                need(&mut cx, merged_fields.contains(field), what);
             }
             // Fields of other kinds are errors (a Redis service with a
             // `database`, a files service with a `host`): each names its line.
@@ -846,20 +829,14 @@ impl Catalog {
                 );
             }
             for (field, from, in_env) in set {
-                if COMMON_FIELDS.contains(&field) || kind_fields(kind).contains(&field) {
+                if COMMON_FIELDS.contains(&field) || kind.datastore().fields().contains(&field) {
                     continue;
                 }
-                let takers: Vec<&str> = [
-                    Kind::Postgres,
-                    Kind::Mariadb,
-                    Kind::Redis,
-                    Kind::Files,
-                    Kind::Command,
-                ]
-                .into_iter()
-                .filter(|k| kind_fields(*k).contains(&field))
-                .map(crate::run::kind_name)
-                .collect();
+                let takers: Vec<&str> = crate::datastore::all()
+                    .into_iter()
+                    .filter(|d| d.fields().contains(&field))
+                    .map(|d| d.name())
+                    .collect();
                 let off = cx.field_offset(from, field);
                 cx.err(
                     off,

@@ -32,7 +32,7 @@ use cairn_repo::IndexedRepository;
 use serde::Serialize;
 
 use crate::StackError;
-use crate::catalog::{Kind, Service};
+use crate::catalog::Service;
 use crate::redis::{Conn, Reply};
 
 /// One measured part of a service (a table, a Redis database).
@@ -899,12 +899,7 @@ pub fn redis_differences(
 /// Fingerprint a database service now (postgres, mariadb, redis); `None`
 /// for kinds verified otherwise (files) or not at all (command).
 pub fn live(svc: &Service) -> Result<Option<Fingerprint>, StackError> {
-    Ok(match svc.kind {
-        Kind::Postgres => Some(postgres(svc, None)?),
-        Kind::Mariadb => Some(mariadb(svc)?),
-        Kind::Redis => Some(redis(svc, &mut crate::adapters::redis_conn(svc)?)?),
-        Kind::Files | Kind::Command => None,
-    })
+    svc.kind.datastore().live_fingerprint(svc)
 }
 
 /// Compare a directory with a snapshot tree: every entry's type, mode,

@@ -26,7 +26,9 @@
 pub mod adapters;
 pub mod catalog;
 pub mod children;
+pub mod datastore;
 pub mod fingerprint;
+pub mod kinds;
 pub mod metrics;
 pub mod ready;
 pub mod redis;

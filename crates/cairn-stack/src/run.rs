@@ -168,51 +168,12 @@ pub fn stack_backup(
 
 /// Kind as written in the catalog.
 pub fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Postgres => "postgres",
-        Kind::Mariadb => "mariadb",
-        Kind::Redis => "redis",
-        Kind::Files => "files",
-        Kind::Command => "command",
-    }
+    k.name()
 }
 
 /// What a restore of a service would overwrite.
 pub fn describe_target(s: &Service) -> String {
-    let hp = |dp: u16| {
-        format!(
-            "{}:{}",
-            s.host.as_deref().unwrap_or("127.0.0.1"),
-            s.port.unwrap_or(dp)
-        )
-    };
-    match s.kind {
-        Kind::Postgres => format!(
-            "postgres database {:?} at {} (dropped and recreated)",
-            s.database.as_deref().unwrap_or(""),
-            hp(5432)
-        ),
-        Kind::Mariadb => format!(
-            "mariadb database {:?} at {} (dropped and recreated)",
-            s.database.as_deref().unwrap_or(""),
-            hp(3306)
-        ),
-        Kind::Redis => format!(
-            "redis keys matching {:?} in databases {:?} at {} (replaced)",
-            s.key_pattern,
-            s.databases,
-            hp(6379)
-        ),
-        Kind::Files => format!(
-            "directory {} (emptied, then restored)",
-            s.target
-                .as_ref()
-                .or(s.path.as_ref())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ),
-        Kind::Command => format!("whatever `{}` writes", s.restore.as_deref().unwrap_or("")),
-    }
+    s.kind.datastore().describe(s)
 }
 
 /// Refuse a snapshot whose adapter tag (`kind:…`, written by every stack
@@ -753,8 +714,7 @@ pub fn stack_restore(
         let dirs: BTreeSet<PathBuf> = selected
             .iter()
             .filter_map(|n| cat.services.get(n))
-            .filter(|s| s.kind == Kind::Postgres)
-            .filter_map(|s| crate::children::temp_dir(s.temp_dir.as_deref()).ok())
+            .flat_map(|s| s.kind.datastore().temp_dirs(s))
             .collect();
         for d in dirs {
             for p in crate::children::remove_stale(&d) {
@@ -1118,9 +1078,8 @@ pub fn service_env(cat: &Catalog) -> Vec<(String, String)> {
                 .or(s.path.as_ref())
                 .map(|x| x.display().to_string()),
         );
-        if s.kind == Kind::Redis {
-            put("DATABASES", Some(format!("{:?}", s.databases)));
-            put("KEY_PATTERN", Some(s.key_pattern.clone()));
+        for (k, val) in s.kind.datastore().env(s) {
+            put(k, Some(val));
         }
     }
     v
@@ -1209,60 +1168,31 @@ pub fn verify_service(
     repo: &IndexedRepository,
     snap: &Snapshot,
 ) -> Result<FingerprintReport, StackError> {
+    svc.kind.datastore().verify(svc, repo, snap)
+}
+
+/// Verify by fingerprint: the one recorded at backup time (database numbers
+/// remapped for Redis environments) against the service's live one.
+pub fn verify_fingerprint(
+    svc: &Service,
+    _repo: &IndexedRepository,
+    snap: &Snapshot,
+    method: &str,
+) -> Result<FingerprintReport, StackError> {
     let mut f = FingerprintReport {
         expected: fingerprint::decode(snap),
+        method: method.into(),
         ..Default::default()
     };
-    match svc.kind {
-        Kind::Files => {
-            f.method = "tree".into();
-            let tree = adapters::service_tree(svc, repo, snap)?;
-            f.tree = Some(tree.to_hex());
-            let dir = svc
-                .target
-                .as_ref()
-                .or(svc.path.as_ref())
-                .expect("validated");
-            let withheld = fingerprint::Withholding {
-                special: !svc.allow_special,
-                setuid: !svc.allow_setuid,
-            };
-            f.differences = fingerprint::verify_tree(repo, &tree, dir, withheld, 20)?;
-            f.verified = Some(f.differences.is_empty());
-        }
-        Kind::Command => {
-            f.method = "none".into();
-        }
-        Kind::Postgres | Kind::Mariadb | Kind::Redis => {
-            f.method = if svc.kind == Kind::Redis {
-                "keys".into()
-            } else {
-                "tables".into()
-            };
-            let map = fingerprint::redis_db_map(svc, snap);
-            f.expected = fingerprint::remap(&f.expected, &map);
-            f.actual = fingerprint::live(svc)?.unwrap_or_default();
-            f.differences = fingerprint::compare(&f.expected, &f.actual);
-            if svc.kind == Kind::Redis && !f.differences.is_empty() {
-                // Compare key by key: the stored dump (authenticated, the
-                // same keys the fingerprint covers) with the live keys. Keys
-                // that expired since the backup are not restored, so the
-                // database digests differ; the key comparison then decides.
-                let mut conn = adapters::redis_conn(svc)?;
-                let keys = adapters::with_dump(svc, repo, snap, &mut |r| {
-                    fingerprint::redis_differences(svc, &mut conn, r, &map, snap)
-                })?;
-                f.differences = if keys.is_empty() {
-                    vec![]
-                } else {
-                    let mut d = f.differences.clone();
-                    d.extend(keys.into_iter().take(20));
-                    d
-                };
-            }
-            f.verified = Some(f.differences.is_empty());
-        }
-    }
+    let map = fingerprint::redis_db_map(svc, snap);
+    f.expected = fingerprint::remap(&f.expected, &map);
+    f.actual = svc
+        .kind
+        .datastore()
+        .live_fingerprint(svc)?
+        .unwrap_or_default();
+    f.differences = fingerprint::compare(&f.expected, &f.actual);
+    f.verified = Some(f.differences.is_empty());
     Ok(f)
 }
 
@@ -1380,7 +1310,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                 };
                 match adapters::backup(&svc.live_view(), cx.repo, opts) {
                     Ok(b) => r.safety_snapshot = Some(b.id.to_hex()),
-                    Err(e) if svc.kind == Kind::Command => {
+                    Err(e) if svc.kind.datastore().safety_snapshot_optional() => {
                         r.safety_note = Some(format!("backup command failed: {e}"))
                     }
                     Err(e) => return Err(format!("{e} (nothing was overwritten)")),

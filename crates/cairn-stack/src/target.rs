@@ -128,31 +128,7 @@ impl Target {
     /// The target of a service's restore (a files service's `target` when
     /// set, else its `path`).
     pub fn of(s: &Service) -> Target {
-        let db = |engine: Kind, dp: u16| Target::Database {
-            engine,
-            server: Server::resolve(s.host.as_deref(), s.port.unwrap_or(dp)),
-            name: s.database.clone().unwrap_or_default(),
-        };
-        match s.kind {
-            Kind::Postgres => db(Kind::Postgres, 5432),
-            Kind::Mariadb => db(Kind::Mariadb, 3306),
-            Kind::Redis => Target::Redis {
-                server: Server::resolve(s.host.as_deref(), s.port.unwrap_or(6379)),
-                databases: s.databases.iter().copied().collect(),
-                pattern: s.key_pattern.clone(),
-            },
-            Kind::Files => Target::Dir(canonical(
-                s.target
-                    .as_deref()
-                    .or(s.path.as_deref())
-                    .unwrap_or(Path::new("")),
-                &s.workdir,
-            )),
-            Kind::Command => Target::Command {
-                restore: s.restore.clone().unwrap_or_default().trim().to_string(),
-                workdir: canonical(&s.workdir, Path::new("/")),
-            },
-        }
+        s.kind.datastore().target(s)
     }
 }
 
@@ -166,7 +142,7 @@ impl fmt::Display for Target {
             } => write!(
                 f,
                 "{} database {name:?} at {}:{}",
-                crate::run::kind_name(*engine),
+                engine.name(),
                 server.host,
                 server.port
             ),
@@ -523,7 +499,7 @@ mod tests {
     }
     fn db(host: Option<&str>, port: u16, name: &str) -> Target {
         Target::Database {
-            engine: Kind::Postgres,
+            engine: Kind::POSTGRES,
             server: Server::resolve(host, port),
             name: name.into(),
         }

@@ -1,0 +1,199 @@
+//! What a datastore kind is to the orchestrator: one trait, one module per
+//! kind (`kinds/`), one registry. Adding a kind is one new module and one
+//! line in [`BUILT_IN`] (or [`register`] at run time): the catalog, the
+//! scheduler, drills, rollbacks, metrics and the production guard take
+//! everything else from the trait.
+
+use std::process::Command;
+use std::sync::RwLock;
+
+use cairn_format::snapshot::Snapshot;
+use cairn_repo::{BackupOptions, BackupResult, IndexedRepository};
+
+use crate::StackError;
+use crate::catalog::Service;
+use crate::fingerprint::Fingerprint;
+use crate::run::FingerprintReport;
+use crate::target::Target;
+
+/// A datastore kind. Methods get the service as the catalog resolved it
+/// (environment overrides applied).
+pub trait Datastore: Sync + Send {
+    /// Its `kind = "…"` in the catalog.
+    fn name(&self) -> &'static str;
+
+    /// The catalog fields it takes, besides those every kind takes (`kind`,
+    /// `depends_on`, `retention`, `env`, `invariant`, `start`, `stop`,
+    /// `ready`, `rto`): any other is an error naming its line.
+    fn fields(&self) -> &'static [&'static str];
+
+    /// Fields that must be set: (field, what to call it in the error).
+    fn required(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// Connection settings for one of its tools (`psql`, `mariadb`, …).
+    fn configure(&self, _svc: &Service, _c: &mut Command) {}
+
+    /// Back up into the repository, recording the fingerprint of exactly
+    /// what was stored in the snapshot.
+    fn backup(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        opts: BackupOptions,
+    ) -> Result<BackupResult, StackError>;
+
+    /// Check a snapshot (which may be forged) before anything of the
+    /// service is touched; its kind tag was checked already.
+    fn preflight(
+        &self,
+        _svc: &Service,
+        _repo: &IndexedRepository,
+        _snap: &Snapshot,
+    ) -> Result<(), StackError> {
+        Ok(())
+    }
+
+    /// Load a snapshot that passed the preflight. Returns bytes restored
+    /// and what was held back, as a sentence.
+    fn restore(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        snap: &Snapshot,
+    ) -> Result<(u64, Option<String>), StackError>;
+
+    /// Compare the restored service with the snapshot (default: the live
+    /// fingerprint against the recorded one; none recorded: not judged).
+    fn verify(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        snap: &Snapshot,
+    ) -> Result<FingerprintReport, StackError> {
+        match self.live_fingerprint(svc)? {
+            Some(_) => crate::run::verify_fingerprint(svc, repo, snap, "tables"),
+            None => Ok(FingerprintReport {
+                expected: crate::fingerprint::decode(snap),
+                method: "none".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The service's fingerprint now (None: it has none).
+    fn live_fingerprint(&self, _svc: &Service) -> Result<Option<Fingerprint>, StackError> {
+        Ok(None)
+    }
+
+    /// Run an SQL invariant's query (batch output).
+    fn query(&self, svc: &Service, _sql: &str) -> Result<String, StackError> {
+        Err(StackError::Service {
+            service: svc.name.clone(),
+            detail: "sql invariants need a postgres or mariadb service (use `command` for others)"
+                .into(),
+        })
+    }
+
+    /// Whether the restore target holds anything a restore would overwrite.
+    fn holds_data(&self, svc: &Service) -> Result<bool, StackError>;
+
+    /// Remove what a drill restored.
+    fn teardown(&self, svc: &Service) -> Result<String, StackError>;
+
+    /// What a restore overwrites, comparable with other targets.
+    fn target(&self, svc: &Service) -> Target;
+
+    /// The same, as a sentence for plans.
+    fn describe(&self, svc: &Service) -> String;
+
+    /// The service as its restore target (what a safety snapshot backs up
+    /// and a rollback restores); default: itself.
+    fn live_view(&self, svc: &Service) -> Service {
+        svc.clone()
+    }
+
+    /// Whether a failed safety snapshot may be noted and the restore go on
+    /// (a command whose state may simply not exist yet) instead of stopping
+    /// it before anything is overwritten.
+    fn safety_snapshot_optional(&self) -> bool {
+        false
+    }
+
+    /// Directories where its restores keep temporary files named by
+    /// [`crate::children::TEMP_PREFIX`], which `--resume` clears of what a
+    /// killed run left.
+    fn temp_dirs(&self, _svc: &Service) -> Vec<std::path::PathBuf> {
+        vec![]
+    }
+
+    /// Extra `CAIRN_<SERVICE>_<NAME>` variables for invariant commands.
+    fn env(&self, _svc: &Service) -> Vec<(&'static str, String)> {
+        vec![]
+    }
+}
+
+/// The kinds cairn ships.
+pub static BUILT_IN: &[&dyn Datastore] = &[
+    &crate::kinds::postgres::Postgres,
+    &crate::kinds::mariadb::Mariadb,
+    &crate::kinds::redis::Redis,
+    &crate::kinds::files::Files,
+    &crate::kinds::command::CommandKind,
+];
+
+/// Kinds registered at run time (embedders, tests).
+static EXTRA: RwLock<Vec<&'static dyn Datastore>> = RwLock::new(Vec::new());
+
+/// Make a kind available to catalogs parsed from now on. A name already
+/// taken is refused.
+pub fn register(d: &'static dyn Datastore) -> Result<(), String> {
+    if lookup(d.name()).is_some() {
+        return Err(format!("datastore kind {:?} exists already", d.name()));
+    }
+    EXTRA.write().unwrap_or_else(|e| e.into_inner()).push(d);
+    Ok(())
+}
+
+/// The kind named `name`.
+pub fn lookup(name: &str) -> Option<&'static dyn Datastore> {
+    BUILT_IN
+        .iter()
+        .copied()
+        .find(|d| d.name() == name)
+        .or_else(|| {
+            EXTRA
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .find(|d| d.name() == name)
+        })
+}
+
+/// Every kind's name (for error messages).
+pub fn names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = BUILT_IN.iter().map(|d| d.name()).collect();
+    v.extend(
+        EXTRA
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|d| d.name()),
+    );
+    v
+}
+
+/// Every kind.
+pub fn all() -> Vec<&'static dyn Datastore> {
+    let mut v: Vec<&'static dyn Datastore> = BUILT_IN.to_vec();
+    v.extend(
+        EXTRA
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied(),
+    );
+    v
+}

@@ -1,0 +1,206 @@
+//! PostgreSQL: `pg_dump -Fc -Z0` inside an exported snapshot, which the
+//! fingerprint reads too; restored with `pg_restore -j` into a dropped and
+//! recreated database from a 0600 temporary dump (see `children.rs`).
+
+use std::io::{BufWriter, Write};
+use std::process::{Command, Stdio};
+
+use cairn_format::snapshot::Snapshot;
+use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
+
+use crate::StackError;
+use crate::adapters::{err, run, tool};
+use crate::catalog::{Kind, Service};
+use crate::datastore::Datastore;
+use crate::fingerprint::{self, Fingerprint};
+use crate::target::{Server, Target};
+
+/// The `postgres` kind.
+pub struct Postgres;
+
+impl Datastore for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        &[
+            "host",
+            "port",
+            "user",
+            "password",
+            "database",
+            "parallelism",
+            "temp_dir",
+        ]
+    }
+
+    fn required(&self) -> &'static [(&'static str, &'static str)] {
+        &[("database", "database")]
+    }
+
+    fn configure(&self, svc: &Service, c: &mut Command) {
+        if let Some(h) = &svc.host {
+            c.env("PGHOST", h);
+        }
+        if let Some(p) = svc.port {
+            c.env("PGPORT", p.to_string());
+        }
+        if let Some(u) = &svc.user {
+            c.env("PGUSER", u);
+        }
+        if let Some(p) = &svc.password {
+            c.env("PGPASSWORD", p);
+        }
+        c.env("PGCONNECT_TIMEOUT", "10");
+    }
+
+    fn backup(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        opts: BackupOptions,
+    ) -> Result<BackupResult, StackError> {
+        let progress = Progress::default();
+
+        // pg_dump and the fingerprint read the same exported snapshot.
+        let snap = fingerprint::pg_export_snapshot(svc)?;
+        let mut c = tool(svc, "pg_dump");
+        c.args([
+            "-Fc",
+            "-Z0",
+            "--snapshot",
+            &snap.id,
+            "-d",
+            svc.database.as_deref().unwrap_or_default(),
+        ]);
+        let child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(svc, format!("pg_dump: {e}")))?;
+        let r =
+            crate::adapters::stream_child(svc, repo, &opts, &progress, child, "pg_dump", &|| {
+                fingerprint::postgres(svc, Some(&snap.id))
+            });
+        drop(snap);
+        r
+    }
+
+    fn restore(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        snap: &Snapshot,
+    ) -> Result<(u64, Option<String>), StackError> {
+        let (node, size) = crate::adapters::dump_node(svc, repo, snap)?;
+        let feed =
+            |sink: &mut dyn Write| -> Result<(), StackError> { Ok(repo.dump_file(&node, sink)?) };
+
+        let db = svc.database.as_deref().unwrap_or_default();
+        // The whole database in plaintext: 0600 in cairn's own
+        // directory, removed on every path (also on a signal, and by
+        // --resume after a SIGKILL).
+        let dir = crate::children::temp_dir(svc.temp_dir.as_deref())
+            .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
+        let mut tmp = crate::children::TempDump::create(&dir)
+            .map_err(|e| err(svc, format!("temporary dump in {}: {e}", dir.display())))?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
+            feed(&mut w)?;
+            w.flush().map_err(|e| err(svc, e.to_string()))?;
+        }
+        let mut c = tool(svc, "psql");
+        c.args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                crate::sql::pg::ident(db)
+            ))
+            .arg("-c")
+            .arg(format!("CREATE DATABASE {}", crate::sql::pg::ident(db)));
+        run(svc, c, None)?;
+        let mut c = tool(svc, "pg_restore");
+        c.args([
+            "--exit-on-error",
+            "-j",
+            &svc.parallelism.to_string(),
+            "-d",
+            db,
+        ])
+        .arg(tmp.path());
+        run(svc, c, None)?;
+
+        Ok((size, None))
+    }
+
+    fn live_fingerprint(&self, svc: &Service) -> Result<Option<Fingerprint>, StackError> {
+        Ok(Some(fingerprint::postgres(svc, None)?))
+    }
+
+    fn query(&self, svc: &Service, sql: &str) -> Result<String, StackError> {
+        let db = svc.database.as_deref().unwrap_or_default();
+
+        let mut c = tool(svc, "psql");
+        c.args([
+            "-X",
+            "-At",
+            "-F",
+            "\t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+        ])
+        .arg(sql);
+        run(svc, c, None)
+    }
+
+    fn holds_data(&self, svc: &Service) -> Result<bool, StackError> {
+        let db = svc.database.as_deref().unwrap_or_default();
+
+        let mut c = tool(svc, "psql");
+        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(format!(
+                "select count(*) from pg_database where datname = {}",
+                crate::sql::pg::lit(db)
+            ));
+        Ok(run(svc, c, None)?.trim() != "0")
+    }
+
+    fn teardown(&self, svc: &Service) -> Result<String, StackError> {
+        let db = svc.database.as_deref().unwrap_or_default();
+
+        let mut c = tool(svc, "psql");
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                crate::sql::pg::ident(db)
+            ));
+        run(svc, c, None)?;
+        Ok(format!("dropped database {db}"))
+    }
+
+    fn target(&self, s: &Service) -> Target {
+        Target::Database {
+            engine: Kind::POSTGRES,
+            server: Server::resolve(s.host.as_deref(), s.port.unwrap_or(5432)),
+            name: s.database.clone().unwrap_or_default(),
+        }
+    }
+
+    fn temp_dirs(&self, svc: &Service) -> Vec<std::path::PathBuf> {
+        crate::children::temp_dir(svc.temp_dir.as_deref())
+            .into_iter()
+            .collect()
+    }
+
+    fn describe(&self, s: &Service) -> String {
+        format!(
+            "postgres database {:?} at {}:{} (dropped and recreated)",
+            s.database.as_deref().unwrap_or(""),
+            s.host.as_deref().unwrap_or("127.0.0.1"),
+            s.port.unwrap_or(5432)
+        )
+    }
+}
