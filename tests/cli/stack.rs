@@ -203,6 +203,11 @@ pub(crate) fn svc<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::V
 
 #[test]
 fn example_stack_backs_up_is_destroyed_and_restores_in_dependency_order() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp_mode = fs::metadata(std::env::temp_dir())
+        .unwrap()
+        .permissions()
+        .mode();
     let env = Env::new();
     let stack = Stack {
         prefix: unique(),
@@ -367,6 +372,32 @@ fn example_stack_backs_up_is_destroyed_and_restores_in_dependency_order() {
         );
     }
     assert_eq!(api["status"], "passed");
+    // The temporary dump went to a directory of cairn's own (no state
+    // directory here: <system temp>/cairn-<uid>), never by changing the
+    // system's temporary directory (an earlier version tightened it to 0700).
+    assert_eq!(
+        fs::metadata(std::env::temp_dir())
+            .unwrap()
+            .permissions()
+            .mode(),
+        tmp_mode
+    );
+    // PostgreSQL got planner statistics in a stage of its own.
+    let stages: Vec<&str> = svc(&r, "orders-db")["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(stages.contains(&"analyze"), "{stages:?}");
+    assert_ne!(
+        psql(
+            &pg_db,
+            "select count(*) from pg_stat_user_tables where last_analyze is not null"
+        )
+        .trim(),
+        "0"
+    );
     // Independent services overlapped in time.
     let o = svc(&r, "orders-db");
     let c = svc(&r, "catalog-db");
@@ -1119,4 +1150,73 @@ fn cross_service_invariants_gate_dependents_and_check_unselected_services_live()
     let r = report(&rep);
     assert_eq!(r["invariants"][0]["status"], "passed", "{r}");
     assert_eq!(fs::read(b.join("v")).unwrap(), b"live");
+}
+
+/// A command service with a `verify` command is proven like a database:
+/// its output is fingerprinted at backup time and compared after the
+/// restore (a tampered restore fails); `post_restore` runs as a stage of its
+/// own once the service passed.
+#[test]
+fn command_services_verify_through_their_verify_command_and_run_post_restore_hooks() {
+    let env = Env::new();
+    env.init(&[]);
+    let state = env.path("state.json");
+    fs::write(&state, b"{\"v\": 1}").unwrap();
+    let cat = env.path("cairn.toml");
+    fs::write(
+        &cat,
+        "[service.cfg]\nkind = \"command\"\nbackup = \"cat state.json\"\nrestore = \"cat > state.json\"\nverify = \"sha256sum state.json\"\npost_restore = \"touch hooked\"\n",
+    )
+    .unwrap();
+    let c = cat.to_str().unwrap();
+    env.ok(&["stack", "backup", "--catalog", c]);
+    fs::write(&state, b"lost").unwrap();
+    let rep = env.path("r.json");
+    env.ok(&[
+        "stack",
+        "restore",
+        "--catalog",
+        c,
+        "--no-safety-snapshot",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let s = svc(&report(&rep), "cfg").clone();
+    assert_eq!(s["fingerprint"]["verified"], true, "{s}");
+    assert_eq!(s["fingerprint"]["method"], "command");
+    assert_eq!(fs::read(&state).unwrap(), b"{\"v\": 1}");
+    assert!(env.path("hooked").exists());
+    assert!(
+        s["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "post-restore")
+    );
+    // Tampered between load and verification: named, failed.
+    fs::remove_file(env.path("hooked")).unwrap();
+    let o = env
+        .cmd()
+        .args([
+            "stack",
+            "restore",
+            "--catalog",
+            c,
+            "--no-safety-snapshot",
+            "--report",
+            rep.to_str().unwrap(),
+        ])
+        .env(
+            "CAIRN_TEST_HOOK_BEFORE_VERIFY",
+            format!("echo x >> {}", state.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let s = svc(&report(&rep), "cfg").clone();
+    assert_eq!(s["fingerprint"]["verified"], false, "{s}");
+    assert!(
+        !env.path("hooked").exists(),
+        "post_restore ran after a failed verification"
+    );
 }

@@ -646,9 +646,10 @@ fn processes_with(needle: &str) -> Vec<u32> {
     out
 }
 
-/// A restore killed while `pg_restore` runs (a stand-in on PATH that waits
-/// 30 s, then execs the real one) leaves no datastore tool behind — SIGKILL
-/// through the parent-death signal, SIGTERM through the handler — and no
+/// A restore killed while `pg_restore` runs (a stand-in on PATH that forks
+/// a worker, as `pg_restore -j` does, waits 30 s, then execs the real one)
+/// leaves no datastore tool behind, workers included — SIGKILL through the
+/// parent-death signal and the watchdog, SIGTERM through the handler — and no
 /// plaintext dump once `--resume` has completed: SIGTERM removes it at once,
 /// SIGKILL leaves it 0600 in the catalog's `temp_dir`, and the resume
 /// removes it and names it.
@@ -681,7 +682,7 @@ fn killed_restores_leave_no_child_and_no_plaintext_dump_after_resume() {
     fs::write(
         shim.join("pg_restore"),
         format!(
-            "#!/usr/bin/env python3\nimport os, sys, time\ntime.sleep(30)\nos.execv({real:?}, [{real:?}] + sys.argv[1:])\n"
+            "#!/usr/bin/env python3\nimport os, sys, time\nif os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\ntime.sleep(30)\nos.execv({real:?}, [{real:?}] + sys.argv[1:])\n"
         ),
     )
     .unwrap();
@@ -728,7 +729,8 @@ fn killed_restores_leave_no_child_and_no_plaintext_dump_after_resume() {
                 .into_iter()
                 .filter(|p| *p != child.id())
                 .collect();
-            if !p.is_empty() {
+            // The stand-in and the worker it forked.
+            if p.len() >= 2 {
                 break p;
             }
             assert!(

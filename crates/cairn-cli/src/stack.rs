@@ -53,6 +53,9 @@ pub struct RollbackArgs {
     /// Write the JSON report here
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write Prometheus textfile metrics here
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -78,10 +81,16 @@ pub struct DrillArgs {
     /// Write the JSON report here
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write Prometheus textfile metrics here
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct HistoryArgs {
+    /// Service catalog whose [repository] (path, password_file) to use
+    #[arg(long, env = "CAIRN_CATALOG")]
+    pub catalog: Option<PathBuf>,
     /// Only this service
     #[arg(long)]
     pub service: Option<String>,
@@ -92,6 +101,9 @@ pub struct HistoryArgs {
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
+    /// Service catalog whose [repository] (path, password_file) to use
+    #[arg(long, env = "CAIRN_CATALOG")]
+    pub catalog: Option<PathBuf>,
     /// Check every record and the hash chain; exit 1 naming any record removed or changed
     #[arg(long)]
     pub verify: bool,
@@ -193,8 +205,17 @@ pub struct StackArgs {
     allow_production_targets: bool,
 }
 
-/// The repository the catalog (or the options) name, index not loaded.
-pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
+/// How to go on with an interrupted restore, rollback or drill.
+pub(crate) fn resume_hint(kind: &str, id: &str) -> String {
+    match kind {
+        "drill" => "a drill is not resumed: run `cairn stack drill` again".into(),
+        k => format!("resume it with `cairn stack {k} --resume {id}`"),
+    }
+}
+
+/// The global options with the catalog's repository and password file
+/// where the options and environment name none.
+pub(crate) fn catalog_globals(g: &GlobalArgs, cat: &Catalog) -> GlobalArgs {
     let mut g = g.clone();
     if g.repo.is_none() {
         g.repo = cat.repository.clone();
@@ -205,6 +226,24 @@ pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
     {
         g.password_file = cat.password_file.clone();
     }
+    g
+}
+
+/// [`catalog_globals`] for an optional `--catalog` (production view).
+pub(crate) fn globals_with(g: &GlobalArgs, catalog: &Option<PathBuf>) -> Result<GlobalArgs> {
+    Ok(match catalog {
+        Some(c) => catalog_globals(g, &Catalog::load(c, None)?),
+        None => g.clone(),
+    })
+}
+
+pub(crate) fn write_metrics(path: &Option<PathBuf>, text: &str) -> Result<()> {
+    write_out(path, text)
+}
+
+/// The repository the catalog (or the options) name, index not loaded.
+pub(crate) fn open_repo(g: &GlobalArgs, cat: &Catalog) -> Result<Repository> {
+    let g = catalog_globals(g, cat);
     if g.repo.is_none() {
         bail!("no repository: give --repo, CAIRN_REPOSITORY or [repository] path in the catalog");
     }
@@ -254,11 +293,10 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
             opened = Some(repo);
             if j.begin.kind != "restore" {
                 bail!(
-                    "{} is a {}, not a restore: resume it with `cairn stack {} --resume {}`",
+                    "{} is a {}, not a restore: {}",
                     j.begin.restore_id,
                     j.begin.kind,
-                    j.begin.kind,
-                    j.begin.restore_id
+                    resume_hint(&j.begin.kind, &j.begin.restore_id)
                 );
             }
             if let Some(true) = j.ended {

@@ -222,11 +222,10 @@ pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
             let rj = trail::read_journal(&repo.repo, rid)?;
             if rj.begin.kind != "rollback" {
                 bail!(
-                    "{} is a {}, not a rollback: resume it with `cairn stack {} --resume {}`",
+                    "{} is a {}, not a rollback: {}",
                     rj.begin.restore_id,
                     rj.begin.kind,
-                    rj.begin.kind,
-                    rj.begin.restore_id
+                    crate::stack::resume_hint(&rj.begin.kind, &rj.begin.restore_id)
                 );
             }
             Some(rj)
@@ -297,6 +296,7 @@ pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
             }
         },
     )?;
+    crate::stack::write_metrics(&a.metrics_file, &run::restore_metrics(&r))?;
     finish_restore(g, &repo, &r, &a.report)
 }
 
@@ -355,6 +355,7 @@ pub fn drill(g: &GlobalArgs, a: DrillArgs) -> Result<i32> {
         std::fs::write(p, serde_json::to_string_pretty(&v)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    crate::stack::write_metrics(&a.metrics_file, &run::restore_metrics(&r))?;
     let code = finish_restore(g, &repo, &r, &None);
     if teardown.iter().any(|t| t["ok"] == false) {
         bail!("drill teardown failed for some services (see above); remove their copies by hand");
@@ -432,6 +433,7 @@ fn trend(times: &[f64]) -> (Option<f64>, Option<f64>) {
 }
 
 pub fn history(g: &GlobalArgs, a: HistoryArgs) -> Result<i32> {
+    let g = &crate::stack::globals_with(g, &a.catalog)?;
     let repo = crate::commands::open(g)?;
     let rows = history_rows(&repo, a.service.as_deref())?;
     let mut by: BTreeMap<String, Vec<&HistoryRow>> = BTreeMap::new();
@@ -517,6 +519,7 @@ fn rows_json(rows: &[HistoryRow]) -> serde_json::Value {
 }
 
 pub fn audit(g: &GlobalArgs, a: AuditArgs) -> Result<i32> {
+    let g = &crate::stack::globals_with(g, &a.catalog)?;
     // Never through the cache: the stored objects are what is judged.
     let repo = crate::commands::open_uncached(g)?;
     let entries = trail::load(&repo)?;

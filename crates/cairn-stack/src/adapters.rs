@@ -83,6 +83,33 @@ pub(crate) fn run(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// [`run`] for a tool that forks workers (`pg_restore -j`): its whole
+/// process group is killed if cairn dies while it runs.
+pub(crate) fn run_guarded(svc: &Service, mut c: Command) -> Result<String, StackError> {
+    let desc = format!("{:?}", c.get_program());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c
+        .spawn()
+        .map_err(|e| err(svc, format!("cannot run {desc}: {e}")))?;
+    let dog = crate::children::Watchdog::guard(child.id())
+        .map_err(|e| err(svc, format!("{desc}: starting its watchdog: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(svc, format!("{desc}: {e}")))?;
+    drop(dog);
+    if !out.status.success() {
+        return Err(err(
+            svc,
+            format!(
+                "{desc} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Wait for a child whose stdout was consumed; fail with its stderr.
 pub(crate) fn finish(svc: &Service, child: Child, what: &str) -> Result<(), RepoError> {
     let out = child
@@ -187,6 +214,8 @@ pub(crate) struct DumpStarted<R: Read> {
     pub(crate) inner: R,
     /// The last bytes seen, for a marker split across reads.
     pub(crate) tail: Vec<u8>,
+    /// The first bytes of the output (to check its sandbox line).
+    pub(crate) head: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     pub(crate) started: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
@@ -208,6 +237,13 @@ const DUMP_SECTIONS: [&[u8]; 4] = [
 impl<R: Read> Read for DumpStarted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        {
+            let mut h = self.head.lock().expect("dump head");
+            if h.len() < 64 {
+                let take = (64 - h.len()).min(n);
+                h.extend_from_slice(&buf[..take]);
+            }
+        }
         if !*self.started.0.lock().expect("dump started") {
             if n == 0 {
                 self.signal();

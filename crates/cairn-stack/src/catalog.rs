@@ -215,6 +215,12 @@ pub struct Service {
     /// Postgres: where a restore keeps its temporary dump (the whole
     /// database, uncompressed; default `<state dir>/tmp`).
     pub temp_dir: Option<PathBuf>,
+    /// Command run after the service verified and its invariants passed
+    /// (a stage of its own, `post-restore`).
+    pub post_restore: Option<String>,
+    /// Command services: a command whose output is fingerprinted at backup
+    /// time and compared after the restore.
+    pub verify: Option<String>,
 }
 
 impl Service {
@@ -329,6 +335,8 @@ struct RawOverride {
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
     temp_dir: Option<PathBuf>,
+    post_restore: Option<String>,
+    verify: Option<String>,
 }
 
 // Not `#[serde(flatten)]` of RawOverride: flatten disables deny_unknown_fields.
@@ -340,7 +348,7 @@ struct RawService {
     depends_on: Vec<Spanned<String>>,
     retention: Option<Retention>,
     #[serde(default)]
-    env: BTreeMap<String, RawOverride>,
+    env: BTreeMap<String, Spanned<RawOverride>>,
     #[serde(default)]
     invariant: Vec<Spanned<RawInvariant>>,
     host: Option<String>,
@@ -361,6 +369,8 @@ struct RawService {
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
     temp_dir: Option<PathBuf>,
+    post_restore: Option<String>,
+    verify: Option<String>,
     allow_special: Option<bool>,
     allow_setuid: Option<bool>,
 }
@@ -387,6 +397,8 @@ impl RawOverride {
             ("rto", self.rto.is_some()),
             ("parallelism", self.parallelism.is_some()),
             ("temp_dir", self.temp_dir.is_some()),
+            ("post_restore", self.post_restore.is_some()),
+            ("verify", self.verify.is_some()),
         ];
         all.into_iter()
             .filter(|(_, set)| *set)
@@ -397,7 +409,7 @@ impl RawOverride {
 
 /// Fields every kind takes (besides kind, depends_on, retention, env and
 /// invariant).
-const COMMON_FIELDS: &[&str] = &["start", "stop", "ready", "rto"];
+const COMMON_FIELDS: &[&str] = &["start", "stop", "ready", "rto", "post_restore"];
 
 impl RawService {
     fn base(&self) -> RawOverride {
@@ -422,7 +434,9 @@ impl RawService {
             ready,
             rto,
             parallelism,
-            temp_dir
+            temp_dir,
+            post_restore,
+            verify
         )
     }
 }
@@ -450,18 +464,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let unit = &rest[..u_end];
         rest = &rest[u_end..];
-        total += match unit {
+        let too_long = || format!("duration {s:?} is too long (at most 100 years)");
+        let secs = |mul: u64| {
+            n.checked_mul(mul)
+                .map(Duration::from_secs)
+                .ok_or_else(too_long)
+        };
+        let part = match unit {
             "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
+            "s" => secs(1)?,
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
+            "d" => secs(86_400)?,
             _ => {
                 return Err(format!(
-                    "bad duration unit {unit:?} in {s:?} (ms, s, m, h, d)"
+                    "bad duration unit {unit:?} in {s:?} (ms, s, m, h, d; m means minutes here)"
                 ));
             }
         };
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > Duration::from_secs(100 * 365 * 86_400) {
+            return Err(too_long());
+        }
     }
     Ok(total)
 }
@@ -651,7 +675,9 @@ fn merge(base: &RawOverride, o: &RawOverride) -> RawOverride {
         ready,
         rto,
         parallelism,
-        temp_dir
+        temp_dir,
+        post_restore,
+        verify
     )
 }
 
@@ -737,7 +763,10 @@ impl Catalog {
                     ),
                 );
             }
-            let o = env.and_then(|e| rs.env.get(e)).cloned().unwrap_or_default();
+            let o = env
+                .and_then(|e| rs.env.get(e))
+                .map(|o| o.get_ref().clone())
+                .unwrap_or_default();
             let m = merge(&rs.base(), &o);
             let mut deps = Vec::new();
             for d in &rs.depends_on {
@@ -803,6 +832,20 @@ impl Catalog {
             for (field, what) in kind.datastore().required() {
                 need(&mut cx, merged_fields.contains(field), what);
             }
+            // A database name is passed to the tools as one: not an option,
+            // not a connection string (which would connect elsewhere than
+            // the production guard compared).
+            if let Some(db) = &m.database
+                && (db.starts_with('-') || db.contains('=') || db.contains("://"))
+            {
+                let off = cx.field_offset(at, "database");
+                cx.err(
+                    off,
+                    format!(
+                        "service {name}: database {db:?} is not a plain database name (no leading '-', no '=' or '://': connection settings go in host, port, user)"
+                    ),
+                );
+            }
             // Fields of other kinds are errors (a Redis service with a
             // `database`, a files service with a `host`): each names its line.
             let mut set: Vec<(&str, usize, Option<&str>)> = rs
@@ -820,10 +863,11 @@ impl Catalog {
                 }
             }
             for (e, o) in &rs.env {
-                let header = format!("[service.{name}.env.{e}]");
-                let from = src.find(&header).unwrap_or(at);
+                // The override's own table (or inline table), from its span.
+                let from = o.span().start;
                 set.extend(
-                    o.set_fields()
+                    o.get_ref()
+                        .set_fields()
                         .into_iter()
                         .map(|f| (f, from, Some(e.as_str()))),
                 );
@@ -900,6 +944,8 @@ impl Catalog {
                     allow_special: rs.allow_special.unwrap_or(false),
                     allow_setuid: rs.allow_setuid.unwrap_or(false),
                     temp_dir: rel(m.temp_dir),
+                    post_restore: m.post_restore,
+                    verify: m.verify,
                 },
             );
         }
@@ -1194,6 +1240,56 @@ equals = 0
         assert!(e.0[0].contains("needs `on"), "{:?}", e.0);
         let e = parse("[service.a]\nkind = \"files\"\npath = \"/a\"\n[[service.a.invariant]]\ncommand = \"x\"\nmatches = \"(\"\n").unwrap_err();
         assert!(e.0[0].contains("bad `matches` pattern"), "{:?}", e.0);
+    }
+
+    #[test]
+    fn durations_too_long_and_odd_database_names_are_errors_not_panics() {
+        for d in ["18446744073709551615s1s", "999999999999999999d", "36600d1s"] {
+            assert!(parse_duration(d).is_err(), "{d}");
+        }
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        let e = parse("[defaults]\nrto = \"18446744073709551615s1s\"\n[service.a]\nkind = \"files\"\npath = \"/a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cairn.toml:2:") && e.contains("too long"), "{e}");
+        for db in ["dbname=orders", "postgresql://h/orders", "--init-command=x"] {
+            let e = parse(&format!(
+                "[service.d]\nkind = \"postgres\"\ndatabase = \"{db}\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("cairn.toml:3: service d: database")
+                    && e.contains("not a plain database name"),
+                "{e}"
+            );
+        }
+    }
+
+    /// Another kind's field in an environment override names its own line,
+    /// however the override's table is written.
+    #[test]
+    fn fields_of_other_kinds_in_overrides_name_their_line_in_any_spelling() {
+        for (src, line) in [
+            (
+                "# [service.m.env.staging]\n[service.m]\nkind = \"mariadb\"\ndatabase = \"d\"\n\n[service.m.env.\"staging\"]\ndatabase = \"e\"\ntemp_dir = \"/t\"\n",
+                8,
+            ),
+            (
+                "[service.m]\nkind = \"mariadb\"\ndatabase = \"d\"\n[ service.m.env.staging ]\ntemp_dir = \"/t\"\n",
+                5,
+            ),
+            (
+                "[service.m]\nkind = \"mariadb\"\ndatabase = \"d\"\nenv.staging = { temp_dir = \"/t\" }\n",
+                4,
+            ),
+        ] {
+            let e = parse(src).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("cairn.toml:{line}: service m (kind mariadb), env staging: temp_dir is not a field")),
+                "{e}\n{src}"
+            );
+        }
     }
 
     /// A misspelt kind on a service others depend on is a file:line error,

@@ -16,6 +16,12 @@
 //!
 //! `start` commands are not put in a group of their own: the services they
 //! launch must outlive cairn.
+//!
+//! The parent-death signal is not inherited by what a tool forks (the
+//! workers of `pg_restore -j`), so tools that fork workers also get a
+//! [`Watchdog`]: a small `sh` outside their group, holding the read end of
+//! a pipe whose write end only cairn holds. When cairn dies, even by
+//! SIGKILL, the pipe closes and the watchdog kills the tool's whole group.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -89,19 +95,37 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The directory temporary dumps go to: `configured`, else `<state
-/// dir>/tmp`, else the system's; created 0700.
+/// The directory temporary dumps go to: `configured` (used as it is: its
+/// mode is the operator's), else cairn's own `<state dir>/tmp`, else
+/// `<system temp>/cairn-<uid>`; cairn's own directories are created 0700 and
+/// kept so (one that is not a directory of ours is refused).
 pub fn temp_dir(configured: Option<&Path>) -> std::io::Result<PathBuf> {
-    let d = match configured {
-        Some(d) => d.to_path_buf(),
-        None => crate::trail::default_state_dir()
-            .map(|s| s.join("tmp"))
-            .unwrap_or_else(std::env::temp_dir),
-    };
+    if let Some(d) = configured {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)?;
+        return Ok(d.to_path_buf());
+    }
+    let uid = cairn_repo::sys::euid();
+    let d = crate::trail::default_state_dir()
+        .map(|s| s.join("tmp"))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("cairn-{uid}")));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&d)?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::symlink_metadata(&d)?;
+    if !m.is_dir() || m.uid() != uid {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this user's: refusing to keep a plaintext dump there",
+            d.display()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+    }
     Ok(d)
 }
 
@@ -184,4 +208,40 @@ pub fn remove_stale(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Kills a tool's process group when cairn dies (see the module text). Drop
+/// it after the tool was waited for: the watchdog is killed first, so it
+/// never signals a group id that was reused.
+pub struct Watchdog {
+    sh: Option<std::process::Child>,
+}
+
+impl Watchdog {
+    /// Guard the group led by `pgid` (a child spawned with [`contain`]).
+    pub fn guard(pgid: u32) -> std::io::Result<Watchdog> {
+        // `read` returns when the pipe's write end (cairn's) closes.
+        let sh = Command::new("sh")
+            .args([
+                "-c",
+                "read _ ; kill -s KILL -- \"-$1\" 2>/dev/null",
+                "cairn-watchdog",
+            ])
+            .arg(pgid.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Watchdog { sh: Some(sh) })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(mut sh) = self.sh.take() {
+            let _ = sh.kill();
+            let _ = sh.wait();
+        }
+    }
 }

@@ -64,6 +64,18 @@ pub trait Datastore: Sync + Send {
         snap: &Snapshot,
     ) -> Result<(u64, Option<String>), StackError>;
 
+    /// A stage of its own after the load (name, what it does), timed and
+    /// failing the service like the others: PostgreSQL's `analyze` (a
+    /// restored database has no planner statistics).
+    fn after_load(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Run the [`Self::after_load`] stage.
+    fn run_after_load(&self, _svc: &Service) -> Result<(), StackError> {
+        Ok(())
+    }
+
     /// Compare the restored service with the snapshot (default: the live
     /// fingerprint against the recorded one; none recorded: not judged).
     fn verify(
@@ -104,6 +116,13 @@ pub trait Datastore: Sync + Send {
 
     /// What a restore overwrites, comparable with other targets.
     fn target(&self, svc: &Service) -> Target;
+
+    /// Everything of the production service another environment's restore
+    /// must not touch: its target, and for kinds that restore elsewhere
+    /// than they read (files with a `target`) the live source too.
+    fn protected(&self, svc: &Service) -> Vec<Target> {
+        vec![self.target(svc)]
+    }
 
     /// The same, as a sentence for plans.
     fn describe(&self, svc: &Service) -> String;

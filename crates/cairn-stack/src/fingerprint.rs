@@ -136,7 +136,12 @@ fn err(svc: &Service, detail: impl Into<String>) -> StackError {
 }
 
 /// Hash a child's stdout line by line: (lines, BLAKE3).
-fn hash_output(svc: &Service, mut c: Command, input: &str, what: &str) -> Result<Part, StackError> {
+pub(crate) fn hash_output(
+    svc: &Service,
+    mut c: Command,
+    input: &str,
+    what: &str,
+) -> Result<Part, StackError> {
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -524,12 +529,44 @@ pub(crate) struct MyConsistent {
 impl MyConsistent {
     /// Take the lock and start the fingerprint transactions.
     pub(crate) fn begin(svc: &Service) -> Result<MyConsistent, StackError> {
-        let mut lock = MySession::open(svc)?;
-        lock.exec(
-            "taking the brief global read lock that makes the fingerprint match the dump (FLUSH TABLES WITH READ LOCK needs the RELOAD privilege)",
-            "SET SESSION lock_wait_timeout = 30; FLUSH TABLES WITH READ LOCK;",
-            &mut |_| {},
-        )?;
+        // FLUSH TABLES WITH READ LOCK waits for running writes, and every
+        // writer waits behind it: never ask while a long write runs (wait up
+        // to a minute for it), and give up an attempt after 2 s (retried 5
+        // times), so writers are held up for seconds at worst, not minutes.
+        let busy = "SELECT count(*) FROM information_schema.processlist WHERE id <> connection_id() AND command = 'Query' AND time_ms > 300 AND upper(ltrim(coalesce(info, ''))) NOT LIKE 'SELECT%';";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut attempt = 0;
+        let lock = loop {
+            // Advisory: if the server cannot answer, go ahead (the lock's
+            // own 2 s timeout still bounds the wait).
+            if let Ok(mut probe) = MySession::open(svc) {
+                loop {
+                    let mut n = String::new();
+                    let asked = probe.exec("looking for long-running writes", busy, &mut |l| {
+                        n = String::from_utf8_lossy(l).trim().to_string()
+                    });
+                    if asked.is_err() || n == "0" || std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                probe.close();
+            }
+            let mut lock = MySession::open(svc)?;
+            match lock.exec(
+                "taking the brief global read lock that makes the fingerprint match the dump (FLUSH TABLES WITH READ LOCK needs the RELOAD privilege)",
+                "SET SESSION lock_wait_timeout = 2; FLUSH TABLES WITH READ LOCK;",
+                &mut |_| {},
+            ) {
+                Ok(()) => break lock,
+                Err(e) if attempt < 5 && e.to_string().contains("Lock wait timeout") => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut lock = lock;
         let tables = mariadb_tables(svc, &mut lock)?;
         let sessions =
             mariadb_snapshot_sessions(svc, (svc.parallelism as usize).min(tables.len()))?;

@@ -427,7 +427,7 @@ pub fn plan(
 /// One timed stage of a service restore.
 #[derive(Debug, Serialize, Clone)]
 pub struct Stage {
-    /// verify (resumed) | preflight | safety-snapshot | stop | fetch+load | start | ready | verify | invariants
+    /// verify (resumed) | preflight | safety-snapshot | stop | fetch+load | analyze (postgres) | start | ready | verify | invariants | post-restore
     pub name: String,
     /// Seconds since the restore began.
     pub start: f64,
@@ -703,10 +703,14 @@ pub fn stack_restore(
         } else {
             "started"
         },
-        if req.kind == RestoreKind::Restore {
-            format!(" (if interrupted: cairn stack restore --resume {restore_id})")
-        } else {
-            String::new()
+        match req.kind {
+            RestoreKind::Restore => {
+                format!(" (if interrupted: cairn stack restore --resume {restore_id})")
+            }
+            RestoreKind::Rollback => {
+                format!(" (if interrupted: cairn stack rollback --resume {restore_id})")
+            }
+            RestoreKind::Drill => String::new(),
         }
     ));
     // Temporary dumps a killed run left (the whole database in plaintext).
@@ -1354,6 +1358,16 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
         }) {
             return false;
         }
+        if let Some(name) = svc.kind.datastore().after_load()
+            && !stage(&mut r, name, &mut |_| {
+                svc.kind
+                    .datastore()
+                    .run_after_load(svc)
+                    .map_err(|e| e.to_string())
+            })
+        {
+            return false;
+        }
         if let Some(start) = &svc.start
             && !stage(&mut r, "start", &mut |_| run_shell(svc, start))
         {
@@ -1395,6 +1409,11 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                     Err(bad.join("; "))
                 }
             })
+        {
+            return false;
+        }
+        if let Some(hook) = &svc.post_restore
+            && !stage(&mut r, "post-restore", &mut |_| run_shell(svc, hook))
         {
             return false;
         }

@@ -8,8 +8,11 @@
 //! this machine counts as one), database names compared case-insensitively,
 //! Redis key spaces as database sets and glob patterns — and [`overlap`]
 //! says whether two targets can touch the same data. When it cannot tell
-//! (an unresolvable host, an opaque command) it answers "overlap": the
-//! guard refuses rather than guesses.
+//! (an unresolvable host) it answers "overlap": the guard refuses rather
+//! than guesses. A command service's target is known only by its restore
+//! command and directory: an override that leaves them as they are is
+//! refused, but what a changed command writes cannot be judged (review
+//! such overrides; README "Never over production by accident").
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -51,12 +54,9 @@ impl Server {
         }
         let addrs: BTreeSet<IpAddr> = (bare.as_str(), port)
             .to_socket_addrs()
-            .map(|a| a.map(|s| s.ip()).collect())
+            .map(|a| a.map(|s| canonical_ip(s.ip())).collect())
             .unwrap_or_default();
-        let mine = own_addresses();
-        let local = addrs
-            .iter()
-            .any(|a| a.is_loopback() || a.is_unspecified() || mine.contains(a));
+        let local = addrs.iter().any(|a| is_this_host(*a));
         Server {
             host: bare,
             port,
@@ -70,8 +70,14 @@ impl Server {
         if self.port != o.port {
             return false;
         }
+        if self.local && o.local {
+            return true;
+        }
         if self.local || o.local {
-            return self.local == o.local || self.addrs.is_empty() || o.addrs.is_empty();
+            // This host against another: separate, unless the other did not
+            // resolve (then nobody can tell).
+            let other = if self.local { o } else { self };
+            return other.addrs.is_empty();
         }
         if self.addrs.is_empty() || o.addrs.is_empty() {
             // Unresolvable: only the names can be compared, and different
@@ -82,13 +88,35 @@ impl Server {
     }
 }
 
-/// The addresses this machine's own name resolves to.
-fn own_addresses() -> BTreeSet<IpAddr> {
-    let name = cairn_repo::sys::hostname();
-    (name.as_str(), 0)
-        .to_socket_addrs()
-        .map(|a| a.map(|s| s.ip()).collect())
-        .unwrap_or_default()
+/// An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address
+/// it reaches.
+fn canonical_ip(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(a),
+        v4 => v4,
+    }
+}
+
+/// Whether `a` reaches this machine: loopback, unspecified, or an address
+/// of one of its interfaces (a socket can be bound to it; IPv6 addresses,
+/// link-local ones included, are also read from /proc/net/if_inet6).
+fn is_this_host(a: IpAddr) -> bool {
+    let a = canonical_ip(a);
+    if a.is_loopback() || a.is_unspecified() {
+        return true;
+    }
+    if std::net::UdpSocket::bind((a, 0)).is_ok() {
+        return true;
+    }
+    if let IpAddr::V6(v6) = a
+        && let Ok(t) = std::fs::read_to_string("/proc/net/if_inet6")
+    {
+        let hex: String = v6.octets().iter().map(|b| format!("{b:02x}")).collect();
+        return t
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(hex.as_str()));
+    }
+    false
 }
 
 /// What a restore of one service overwrites.
@@ -327,7 +355,9 @@ fn glob_tokens(p: &[u8]) -> Vec<Tok> {
                     if p[j] == b'\\' && j + 1 < p.len() {
                         set_bit(&mut set, p[j + 1]);
                         j += 2;
-                    } else if j + 2 < p.len() && p[j + 1] == b'-' && p[j + 2] != b']' {
+                    } else if j + 2 < p.len() && p[j + 1] == b'-' {
+                        // As Redis reads it: `a-]` is the range a..] (the
+                        // `]` ends the range, not the class).
                         let (lo, hi) = (p[j].min(p[j + 2]), p[j].max(p[j + 2]));
                         for c in lo..=hi {
                             set_bit(&mut set, c);
@@ -382,7 +412,9 @@ pub fn overlap(a: &Target, b: &Target) -> bool {
                 pattern: pb,
             },
         ) => sa.same(sb) && !da.is_disjoint(db) && patterns_overlap(pa, pb),
-        (Target::Dir(a), Target::Dir(b)) => a.starts_with(b) || b.starts_with(a),
+        (Target::Dir(a), Target::Dir(b)) => {
+            a.starts_with(b) || b.starts_with(a) || same_directory(a, b)
+        }
         (
             Target::Command {
                 restore: ra,
@@ -393,6 +425,16 @@ pub fn overlap(a: &Target, b: &Target) -> bool {
                 workdir: wb,
             },
         ) => ra == rb && wa == wb,
+        _ => false,
+    }
+}
+
+/// Whether two existing paths are one directory under two names (a bind
+/// mount, a hard-to-see symlink chain): same device and inode.
+fn same_directory(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
 }
@@ -440,7 +482,13 @@ pub fn guard(
     let prod: Vec<(&String, Target)> = production
         .services
         .iter()
-        .map(|(n, s)| (n, Target::of(s)))
+        .flat_map(|(n, s)| {
+            s.kind
+                .datastore()
+                .protected(s)
+                .into_iter()
+                .map(move |t| (n, t))
+        })
         .collect();
     let mut out = Vec::new();
     for name in selected {
@@ -672,10 +720,76 @@ mod tests {
                 false,
                 "escaped star",
             ),
+            (
+                rd("127.0.0.1", &[0], "brk__*"),
+                rd("127.0.0.1", &[0], "brk_[a-]"),
+                true,
+                "range ending in ]",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("::ffff:127.0.0.1"), 5432, "orders"),
+                true,
+                "IPv4-mapped IPv6",
+            ),
+            (
+                db(Some("127.0.0.1"), 5432, "orders"),
+                db(Some("::ffff:7f00:1"), 5432, "orders"),
+                true,
+                "IPv4-mapped, in hex",
+            ),
+            (
+                db(None, 5432, "orders"),
+                db(Some("198.51.100.7"), 5432, "orders"),
+                false,
+                "default socket vs another host",
+            ),
+            (
+                db(Some("localhost"), 5432, "orders"),
+                db(Some("198.51.100.7"), 5432, "orders"),
+                false,
+                "localhost vs another host",
+            ),
         ];
         for (a, b, want, what) in cases {
             assert_eq!(overlap(&a, &b), want, "{what}: {a} vs {b}");
             assert_eq!(overlap(&b, &a), want, "{what} (reversed): {b} vs {a}");
+        }
+    }
+
+    /// A files service restoring elsewhere than it reads: a staging restore
+    /// into its live `path` is refused too.
+    #[test]
+    fn a_files_services_live_path_is_protected_as_well_as_its_target() {
+        let src = "[service.f]\nkind = \"files\"\npath = \"/srv/live\"\ntarget = \"/srv/restored\"\n[service.f.env.staging]\ntarget = \"/srv/live/\"\n";
+        let p = std::path::Path::new("c.toml");
+        let prod = crate::catalog::Catalog::parse(p, src, None).unwrap();
+        let stg = crate::catalog::Catalog::parse(p, src, Some("staging")).unwrap();
+        let all: BTreeSet<String> = ["f".to_string()].into();
+        let c = guard(&stg, &prod, &all);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].production_target.contains("/srv/live"), "{c:?}");
+    }
+
+    /// Every address of this machine's interfaces is this machine.
+    #[test]
+    fn the_machines_own_addresses_are_local() {
+        let t = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+        let mut own = Vec::new();
+        let lines: Vec<&str> = t.lines().collect();
+        for w in lines.windows(2) {
+            if w[1].contains("/32 host LOCAL")
+                && let Some(ip) = w[0].split_whitespace().last()
+                && let Ok(ip) = ip.parse::<IpAddr>()
+                && !ip.is_loopback()
+            {
+                own.push(ip);
+            }
+        }
+        for ip in own {
+            let s = Server::resolve(Some(&ip.to_string()), 5432);
+            assert!(s.local, "{ip} is this machine's");
+            assert!(s.same(&Server::resolve(Some("127.0.0.1"), 5432)), "{ip}");
         }
     }
 
@@ -694,6 +808,7 @@ mod tests {
             ("a\\*b", "axb", false),
             ("*:*:x", "a:b:x", true),
             ("*:*:x", "a:x", false),
+            ("brk_[a-]", "brk__", true),
         ] {
             assert_eq!(glob_match(p, k.as_bytes()), want, "{p} ~ {k}");
         }

@@ -12,10 +12,23 @@ use crate::adapters::{err, pipe_into, run, shell};
 use crate::catalog::Service;
 use crate::datastore::Datastore;
 use crate::fingerprint::Fingerprint;
+use crate::run::FingerprintReport;
 use crate::target::{Target, canonical};
 
 /// The `command` kind.
 pub struct CommandKind;
+
+/// The output of the service's `verify` command, fingerprinted (None
+/// without one).
+fn live(svc: &Service) -> Result<Option<Fingerprint>, StackError> {
+    let Some(v) = &svc.verify else {
+        return Ok(None);
+    };
+    let mut c = shell(svc, v);
+    crate::children::contain(&mut c);
+    let part = crate::fingerprint::hash_output(svc, c, "", "verify command")?;
+    Ok(Some(Fingerprint::from([("verify".to_string(), part)])))
+}
 
 impl Datastore for CommandKind {
     fn name(&self) -> &'static str {
@@ -23,7 +36,7 @@ impl Datastore for CommandKind {
     }
 
     fn fields(&self) -> &'static [&'static str] {
-        &["backup", "restore", "teardown"]
+        &["backup", "restore", "teardown", "verify"]
     }
 
     fn required(&self) -> &'static [(&'static str, &'static str)] {
@@ -51,7 +64,7 @@ impl Datastore for CommandKind {
             &progress,
             child,
             "backup command",
-            &|| Ok(Fingerprint::new()),
+            &|| live(svc).map(Option::unwrap_or_default),
         )
     }
 
@@ -70,6 +83,27 @@ impl Datastore for CommandKind {
         pipe_into(svc, c, &feed, "restore command")?;
 
         Ok((size, None))
+    }
+
+    fn verify(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        snap: &Snapshot,
+    ) -> Result<FingerprintReport, StackError> {
+        if svc.verify.is_some() {
+            crate::run::verify_fingerprint(svc, repo, snap, "command")
+        } else {
+            Ok(FingerprintReport {
+                expected: crate::fingerprint::decode(snap),
+                method: "none".into(),
+                ..Default::default()
+            })
+        }
+    }
+
+    fn live_fingerprint(&self, svc: &Service) -> Result<Option<Fingerprint>, StackError> {
+        live(svc)
     }
 
     fn holds_data(&self, _svc: &Service) -> Result<bool, StackError> {

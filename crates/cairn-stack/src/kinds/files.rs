@@ -116,6 +116,14 @@ impl Datastore for Files {
         ))
     }
 
+    fn protected(&self, s: &Service) -> Vec<Target> {
+        let mut v = vec![self.target(s)];
+        if let Some(p) = &s.path {
+            v.push(Target::Dir(canonical(p, &s.workdir)));
+        }
+        v
+    }
+
     fn live_view(&self, svc: &Service) -> Service {
         let mut s = svc.clone();
         if let Some(t) = s.target.take() {

@@ -94,9 +94,11 @@ impl Datastore for Mariadb {
             .map_err(|e| err(svc, format!("mariadb-dump: {e}")))?;
         let started =
             std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let head = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let out = DumpStarted {
             inner: child.stdout.take().expect("piped"),
             tail: Vec::new(),
+            head: head.clone(),
             started: started.clone(),
         };
         std::thread::scope(|s| {
@@ -113,6 +115,14 @@ impl Datastore for Mariadb {
             Ok(
                 repo.backup_stream_measured(out, STREAM_NAME, &opts, &progress, move || {
                     finish(svc, child, "mariadb-dump")?;
+                    // A dump without the sandbox line would be refused on
+                    // the day it is needed: refuse the backup now instead.
+                    if !head.lock().expect("dump head").starts_with(MARIADB_SANDBOX) {
+                        return Err(RepoError::InvalidInput(format!(
+                            "service {}: mariadb-dump did not begin its dump with the sandbox line (/*M!999999\\- enable the sandbox mode */; mariadb-dump 10.11.8 or later writes it), and restores refuse a dump without it: backup refused",
+                            svc.name
+                        )));
+                    }
                     let fp = fp
                         .join()
                         .map_err(|_| RepoError::InvalidInput("fingerprint thread panicked".into()))?

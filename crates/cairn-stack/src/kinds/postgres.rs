@@ -128,9 +128,28 @@ impl Datastore for Postgres {
             db,
         ])
         .arg(tmp.path());
-        run(svc, c, None)?;
+        crate::adapters::run_guarded(svc, c)?;
 
         Ok((size, None))
+    }
+
+    fn after_load(&self) -> Option<&'static str> {
+        Some("analyze")
+    }
+
+    fn run_after_load(&self, svc: &Service) -> Result<(), StackError> {
+        // Planner statistics for every table, in parallel (a restored
+        // database has none until autovacuum gets to it).
+        let mut c = tool(svc, "vacuumdb");
+        c.args([
+            "--analyze-only",
+            "--quiet",
+            "--jobs",
+            &svc.parallelism.to_string(),
+            "--dbname",
+            svc.database.as_deref().unwrap_or_default(),
+        ]);
+        run(svc, c, None).map(|_| ())
     }
 
     fn live_fingerprint(&self, svc: &Service) -> Result<Option<Fingerprint>, StackError> {
