@@ -178,6 +178,10 @@ pub struct StackArgs {
     /// With --only: add their dependencies
     #[arg(long)]
     with_deps: bool,
+    /// Restore: also restart (stop before, start after; no restore) the
+    /// services that depend on the restored ones
+    #[arg(long)]
+    with_dependents: bool,
     /// Group to restore: id, id prefix or `latest`
     #[arg(long, default_value = "latest")]
     group: String,
@@ -442,6 +446,11 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
         | StackCmd::Audit(_) => unreachable!("handled above"),
         StackCmd::Restore(a) => {
             let quiet = g.json || g.quiet;
+            let restart = match &journal {
+                Some(j) => j.begin.restart.iter().cloned().collect(),
+                None if a.with_dependents => cat.dependents_of(&selected),
+                None => BTreeSet::new(),
+            };
             let req = run::RestoreRequest {
                 kind: run::RestoreKind::Restore,
                 group: journal
@@ -454,6 +463,7 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
                     .as_ref()
                     .map(|j| j.begin.safety)
                     .unwrap_or(!a.no_safety_snapshot),
+                restart,
                 resume: journal,
                 undoes: None,
             };

@@ -289,6 +289,7 @@ pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
                 .unwrap_or(!a.no_safety_snapshot),
             resume: resumed,
             undoes: Some(j.begin.restore_id.clone()),
+            restart: Default::default(),
         },
         &|m| {
             if !quiet {
@@ -323,6 +324,7 @@ pub fn drill(g: &GlobalArgs, a: DrillArgs) -> Result<i32> {
             safety: false,
             resume: None,
             undoes: None,
+            restart: Default::default(),
         },
         &|m| {
             if !quiet {

@@ -1032,6 +1032,29 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The services that depend, directly or through others, on any of
+    /// `selected`, and are not in it.
+    pub fn dependents_of(&self, selected: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let more: Vec<String> = self
+                .services
+                .iter()
+                .filter(|(n, _)| !selected.contains(*n) && !out.contains(*n))
+                .filter(|(_, s)| {
+                    s.depends_on
+                        .iter()
+                        .any(|d| selected.contains(d) || out.contains(d))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            if more.is_empty() {
+                return out;
+            }
+            out.extend(more);
+        }
+    }
+
     /// Dependency waves over the selection (Kahn's algorithm): each wave only
     /// depends on earlier ones. Dependencies outside the selection are ignored.
     pub fn waves(&self, selected: &BTreeSet<String>) -> Vec<Vec<String>> {

@@ -1111,3 +1111,20 @@ fn content_differs(
     }
     Ok(None)
 }
+
+/// The restored state compared with the backed-up state.
+#[derive(Debug, Serialize, Clone, Default)]
+pub struct FingerprintReport {
+    /// tables | keys | tree | none
+    pub method: String,
+    /// Recorded at backup time.
+    pub expected: Fingerprint,
+    /// Recomputed from the live service after the restore.
+    pub actual: Fingerprint,
+    /// The snapshot tree of a files service (hex).
+    pub tree: Option<String>,
+    /// What differs, naming the table, key or path.
+    pub differences: Vec<String>,
+    /// Whether it matched (None: nothing to compare, command services).
+    pub verified: Option<bool>,
+}

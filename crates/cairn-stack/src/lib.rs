@@ -24,17 +24,21 @@
 #![deny(missing_docs)]
 
 pub mod adapters;
+pub mod backup;
 pub mod catalog;
 pub mod children;
 pub mod datastore;
 pub mod fingerprint;
+pub mod invariants;
 pub mod kinds;
 pub mod metrics;
+pub mod plan;
 pub mod ready;
 pub mod redis;
 pub mod run;
 pub mod sql;
 pub mod target;
+pub mod time;
 pub mod trail;
 
 /// Errors of the orchestrator.

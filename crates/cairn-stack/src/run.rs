@@ -1,10 +1,13 @@
-//! Stack backup, plan and restore, with reports.
+//! `stack restore` (and rollback, drill): the scheduler, each service's
+//! stages, the report. Backups are in `backup.rs`, group choice and plans
+//! in `plan.rs`, invariants in `invariants.rs`, metrics in `metrics.rs`,
+//! time in `time.rs`; they are re-exported here, where callers found them
+//! before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cairn_format::SnapshotId;
 use cairn_format::id::to_hex;
@@ -14,155 +17,61 @@ use serde::Serialize;
 
 use crate::StackError;
 use crate::adapters;
-use crate::catalog::{Catalog, Invariant, Kind, Service};
-use crate::fingerprint::{self, Fingerprint};
+use crate::catalog::{Catalog, Kind, Service};
+use crate::fingerprint;
 use crate::trail::{self, Journal, JournalEvent};
 
-fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+pub(crate) use crate::backup::parallel;
+pub use crate::backup::{ServiceBackup, StackBackupReport, stack_backup};
+pub use crate::fingerprint::FingerprintReport;
+use crate::invariants::{gates, skipped_invariant};
+pub use crate::invariants::{run_invariant, service_env};
+pub use crate::metrics::{backup_metrics, restore_metrics};
+pub use crate::plan::{
+    GroupChoice, GroupSnapshots, Plan, PlanEntry, choose_group, group_snapshots, is_safety, plan,
+    snapshot_kind_matches,
+};
+pub use crate::time::{now, rfc3339};
+
+/// Where a service, an invariant or a stage stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Not started yet.
+    #[default]
+    Pending,
+    /// Running now.
+    Running,
+    /// Done, verified.
+    Passed,
+    /// Done, and it did not pass.
+    Failed,
+    /// Not run (a dependency or a gating invariant did not pass).
+    Skipped,
 }
 
-/// One service's part of a stack backup.
-#[derive(Debug, Serialize, Clone)]
-pub struct ServiceBackup {
-    /// Service.
-    pub service: String,
-    /// Its kind.
-    pub kind: &'static str,
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// Error, if it failed.
-    pub error: Option<String>,
-    /// Snapshot written.
-    pub snapshot: Option<String>,
-    /// Capture time (Unix seconds): when its dump started.
-    pub captured_at: f64,
-    /// Wall time.
-    pub seconds: f64,
-    /// Bytes read from the service.
-    pub bytes_read: u64,
-    /// Bytes added to the repository.
-    pub bytes_added: u64,
-    /// Fingerprint recorded (tables, Redis databases).
-    pub fingerprint: Fingerprint,
-}
-
-/// Result of `stack backup`.
-#[derive(Debug, Serialize)]
-pub struct StackBackupReport {
-    /// Group id shared by the snapshots.
-    pub group: String,
-    /// Environment whose catalog was used.
-    pub env: String,
-    /// Per service.
-    pub services: Vec<ServiceBackup>,
-    /// Latest minus earliest capture time of the successful services.
-    pub skew_seconds: f64,
-    /// Wall time of the whole backup.
-    pub seconds: f64,
-}
-
-/// Run `f` over `items` on up to `jobs` threads, results in input order.
-pub(crate) fn parallel<T: Sync, R: Send>(
-    items: &[T],
-    jobs: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(items.len().max(1)) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= items.len() {
-                        break;
-                    }
-                    let r = f(&items[i]);
-                    out.lock().expect("results")[i] = Some(r);
-                }
-            });
+impl Status {
+    /// As the reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Passed => "passed",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
         }
-    });
-    out.into_inner()
-        .expect("results")
-        .into_iter()
-        .map(|r| r.expect("every item ran"))
-        .collect()
+    }
 }
 
-/// Back up the selected services in parallel under one group id.
-pub fn stack_backup(
-    cat: &Catalog,
-    repo: &IndexedRepository,
-    selected: &BTreeSet<String>,
-    jobs: usize,
-    hostname: &str,
-    username: &str,
-) -> StackBackupReport {
-    let start = Instant::now();
-    let mut group = [0u8; 16];
-    cairn_format::crypto::random_bytes(&mut group);
-    let names: Vec<&String> = selected.iter().collect();
-    let services = parallel(&names, jobs, |name| {
-        let svc = &cat.services[*name];
-        let t0 = Instant::now();
-        let captured_at = unix_secs(SystemTime::now());
-        let opts = BackupOptions {
-            service: svc.name.clone(),
-            hostname: hostname.to_string(),
-            username: username.to_string(),
-            tags: vec!["stack".into(), format!("kind:{}", kind_name(svc.kind))],
-            parent: ParentChoice::Auto,
-            group: Some(group),
-            fingerprints: vec![],
-        };
-        match adapters::backup(svc, repo, opts) {
-            Ok(r) => ServiceBackup {
-                service: svc.name.clone(),
-                kind: kind_name(svc.kind),
-                ok: true,
-                error: None,
-                snapshot: Some(r.id.to_hex()),
-                captured_at,
-                seconds: t0.elapsed().as_secs_f64(),
-                bytes_read: r.snapshot.summary.bytes_read,
-                bytes_added: r.snapshot.summary.bytes_added,
-                fingerprint: fingerprint::decode(&r.snapshot),
-            },
-            Err(e) => ServiceBackup {
-                service: svc.name.clone(),
-                kind: kind_name(svc.kind),
-                ok: false,
-                error: Some(e.to_string()),
-                snapshot: None,
-                captured_at,
-                seconds: t0.elapsed().as_secs_f64(),
-                bytes_read: 0,
-                bytes_added: 0,
-                fingerprint: Fingerprint::new(),
-            },
-        }
-    });
-    let caps: Vec<f64> = services
-        .iter()
-        .filter(|s| s.ok)
-        .map(|s| s.captured_at)
-        .collect();
-    let skew = if caps.is_empty() {
-        0.0
-    } else {
-        caps.iter().cloned().fold(f64::MIN, f64::max)
-            - caps.iter().cloned().fold(f64::MAX, f64::min)
-    };
-    StackBackupReport {
-        group: to_hex(&group),
-        env: cat.env.clone(),
-        services,
-        skew_seconds: skew,
-        seconds: start.elapsed().as_secs_f64(),
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Status {
+    fn eq(&self, o: &&str) -> bool {
+        self.as_str() == *o
     }
 }
 
@@ -176,254 +85,6 @@ pub fn describe_target(s: &Service) -> String {
     s.kind.datastore().describe(s)
 }
 
-/// Refuse a snapshot whose adapter tag (`kind:…`, written by every stack
-/// backup and safety snapshot) is not the catalog's kind for the service.
-pub fn snapshot_kind_matches(svc: &Service, id: &SnapshotId, s: &Snapshot) -> Result<(), String> {
-    let want = kind_name(svc.kind);
-    let kinds: Vec<&str> = s
-        .tags
-        .iter()
-        .filter_map(|t| t.strip_prefix("kind:"))
-        .collect();
-    match kinds.as_slice() {
-        [k] if *k == want => Ok(()),
-        [] => Err(format!(
-            "snapshot {} has no kind tag (it was not written by a stack backup); the catalog says kind {want}",
-            &id.to_hex()[..8]
-        )),
-        ks => Err(format!(
-            "snapshot {} was written as kind {}, but the catalog says kind {want}: a snapshot of another kind is not restored (it may be forged)",
-            &id.to_hex()[..8],
-            ks.join(", ")
-        )),
-    }
-}
-
-/// Whether a snapshot is a restore's safety snapshot (tag `safety`).
-pub fn is_safety(s: &Snapshot) -> bool {
-    s.tags.iter().any(|t| t == "safety")
-}
-
-/// A group's snapshots by service.
-pub type GroupSnapshots = BTreeMap<String, (SnapshotId, Snapshot)>;
-
-/// The snapshots of one group, by service (`spec`: a hex id or prefix, or
-/// `latest` = the newest group, whatever it holds). Restores choose with
-/// [`choose_group`].
-pub fn group_snapshots(
-    repo: &IndexedRepository,
-    spec: &str,
-) -> Result<([u8; 16], GroupSnapshots), StackError> {
-    let c = choose_group(repo, spec, None)?;
-    Ok((c.group, c.snapshots))
-}
-
-/// A group chosen for a restore or a plan.
-#[derive(Debug, Default)]
-pub struct GroupChoice {
-    /// Its id.
-    pub group: [u8; 16],
-    /// Its snapshots by service.
-    pub snapshots: GroupSnapshots,
-    /// Why newer groups or snapshots were passed over (one line each).
-    pub notes: Vec<String>,
-}
-
-/// How far a snapshot's own time may lie after the time storage received
-/// it before it counts as dated in the future (clocks of writers drift).
-const FUTURE_TOLERANCE_NS: i64 = 10 * 60 * 1_000_000_000;
-
-/// Choose the group to restore. `latest` means the newest backup group that
-/// holds a snapshot of every service in `selected` (all groups when None):
-/// a `stack backup --only X` or a backup in which a service failed does not
-/// hide the last complete group, and the groups passed over are named in
-/// the notes. A snapshot whose recorded time lies more than ten minutes
-/// after the time storage received it is never taken as `latest` (a planted
-/// or skewed snapshot dated in the future would otherwise shadow every real
-/// backup); name its group explicitly to restore it.
-pub fn choose_group(
-    repo: &IndexedRepository,
-    spec: &str,
-    selected: Option<&BTreeSet<String>>,
-) -> Result<GroupChoice, StackError> {
-    // Unreadable snapshot objects do not block a restore that does not
-    // need them (`check` names them).
-    let all = repo.repo.list_snapshots_readable()?.0;
-    let of_group = |g: [u8; 16]| -> GroupSnapshots {
-        let mut m = BTreeMap::new();
-        for (id, s) in &all {
-            if s.group == Some(g) {
-                m.insert(s.service.clone(), (*id, s.clone()));
-            }
-        }
-        m
-    };
-    if spec != "latest" {
-        let spec = spec.to_ascii_lowercase();
-        let gs: BTreeSet<[u8; 16]> = all
-            .iter()
-            .filter_map(|(_, s)| s.group)
-            .filter(|g| to_hex(g).starts_with(&spec))
-            .collect();
-        let group = match gs.len() {
-            1 => *gs.iter().next().expect("one"),
-            0 => return Err(StackError::Invalid(format!("no group matches {spec:?}"))),
-            n => return Err(StackError::Invalid(format!("{n} groups match {spec:?}"))),
-        };
-        return Ok(GroupChoice {
-            group,
-            snapshots: of_group(group),
-            notes: vec![],
-        });
-    }
-    let received = repo.repo.snapshot_store_times()?;
-    let mut notes = Vec::new();
-    // Groups of backups (safety snapshots form groups too), newest first by
-    // their newest snapshot; future-dated snapshots are left out.
-    let mut newest: BTreeMap<[u8; 16], i64> = BTreeMap::new();
-    let mut future: BTreeSet<SnapshotId> = BTreeSet::new();
-    for (id, s) in &all {
-        let Some(g) = s.group else { continue };
-        if is_safety(s) {
-            continue;
-        }
-        if let Some(&t) = received.get(id)
-            && s.time_ns > t.saturating_add(FUTURE_TOLERANCE_NS)
-        {
-            notes.push(format!(
-                "snapshot {} of {} is dated {}, after storage received it ({}): not taken as latest",
-                &id.to_hex()[..8],
-                s.service,
-                rfc3339(s.time_ns as f64 / 1e9),
-                rfc3339(t as f64 / 1e9)
-            ));
-            future.insert(*id);
-            continue;
-        }
-        let e = newest.entry(g).or_insert(i64::MIN);
-        *e = (*e).max(s.time_ns);
-    }
-    let mut order: Vec<([u8; 16], i64)> = newest.into_iter().collect();
-    order.sort_by_key(|(g, t)| (std::cmp::Reverse(*t), *g));
-    if order.is_empty() {
-        return Err(StackError::Invalid(
-            "no stack backup (group) in the repository".into(),
-        ));
-    }
-    for (g, _) in &order {
-        let mut snaps = of_group(*g);
-        snaps.retain(|_, (id, _)| !future.contains(id));
-        let missing: Vec<&String> = match selected {
-            Some(sel) => sel.iter().filter(|n| !snaps.contains_key(*n)).collect(),
-            None => vec![],
-        };
-        if missing.is_empty() {
-            return Ok(GroupChoice {
-                group: *g,
-                snapshots: snaps,
-                notes,
-            });
-        }
-        notes.push(format!(
-            "group {} has no snapshot of {} (a partial or failed backup): passed over",
-            &to_hex(g)[..8],
-            missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Err(StackError::Invalid(format!(
-        "no backup group holds a snapshot of every selected service:\n  {}\nrestore fewer services (--only) or name a group (--group)",
-        notes.join("\n  ")
-    )))
-}
-
-/// One row of `stack plan`.
-#[derive(Debug, Serialize)]
-pub struct PlanEntry {
-    /// Service.
-    pub service: String,
-    /// Kind.
-    pub kind: &'static str,
-    /// Wave number (1-based).
-    pub wave: usize,
-    /// Dependencies.
-    pub depends_on: Vec<String>,
-    /// Snapshot to restore, if the group has one.
-    pub snapshot: Option<String>,
-    /// Snapshot time (RFC 3339 seconds since epoch).
-    pub snapshot_time_ns: Option<i64>,
-    /// What would be overwritten.
-    pub overwrites: String,
-    /// RTO budget.
-    pub rto_seconds: Option<f64>,
-}
-
-/// Output of `stack plan`.
-#[derive(Debug, Serialize)]
-pub struct Plan {
-    /// Group id (None: no group to restore, see the notes).
-    pub group: Option<String>,
-    /// Why newer groups were passed over, or why there is none.
-    pub notes: Vec<String>,
-    /// Environment.
-    pub env: String,
-    /// Dependency waves.
-    pub waves: Vec<Vec<String>>,
-    /// Per service.
-    pub services: Vec<PlanEntry>,
-}
-
-/// The plan: waves plus per-service details. Touches nothing.
-pub fn plan(
-    cat: &Catalog,
-    repo: &IndexedRepository,
-    group: &str,
-    selected: &BTreeSet<String>,
-) -> Result<Plan, StackError> {
-    // Before the first backup the plan still shows the order.
-    let choice = match choose_group(repo, group, Some(selected)) {
-        Ok(c) => c,
-        Err(StackError::Invalid(why)) if group == "latest" => GroupChoice {
-            notes: vec![why],
-            ..Default::default()
-        },
-        Err(e) => return Err(e),
-    };
-    let (g, snaps) = (choice.group, &choice.snapshots);
-    let waves = cat.waves(selected);
-    let mut entries = Vec::new();
-    for (i, w) in waves.iter().enumerate() {
-        for name in w {
-            let s = &cat.services[name];
-            entries.push(PlanEntry {
-                service: name.clone(),
-                kind: kind_name(s.kind),
-                wave: i + 1,
-                depends_on: s
-                    .depends_on
-                    .iter()
-                    .filter(|d| selected.contains(*d))
-                    .cloned()
-                    .collect(),
-                snapshot: snaps.get(name).map(|x| x.0.to_hex()),
-                snapshot_time_ns: snaps.get(name).map(|x| x.1.time_ns),
-                overwrites: describe_target(s),
-                rto_seconds: s.rto.map(|d| d.as_secs_f64()),
-            });
-        }
-    }
-    Ok(Plan {
-        group: (g != [0u8; 16]).then(|| to_hex(&g)),
-        env: cat.env.clone(),
-        waves,
-        services: entries,
-        notes: choice.notes,
-    })
-}
-
 /// One timed stage of a service restore.
 #[derive(Debug, Serialize, Clone)]
 pub struct Stage {
@@ -435,23 +96,6 @@ pub struct Stage {
     pub end: f64,
     /// Duration.
     pub seconds: f64,
-}
-
-/// The restored state compared with the backed-up state.
-#[derive(Debug, Serialize, Clone, Default)]
-pub struct FingerprintReport {
-    /// tables | keys | tree | none
-    pub method: String,
-    /// Recorded at backup time.
-    pub expected: Fingerprint,
-    /// Recomputed from the live service after the restore.
-    pub actual: Fingerprint,
-    /// The snapshot tree of a files service (hex).
-    pub tree: Option<String>,
-    /// What differs, naming the table, key or path.
-    pub differences: Vec<String>,
-    /// Whether it matched (None: nothing to compare, command services).
-    pub verified: Option<bool>,
 }
 
 /// One invariant's evaluation.
@@ -468,7 +112,7 @@ pub struct InvariantResult {
     /// What it printed (trimmed).
     pub actual: Option<String>,
     /// passed | failed | skipped
-    pub status: String,
+    pub status: Status,
     /// Why it failed or was skipped.
     pub error: Option<String>,
     /// Duration.
@@ -483,7 +127,7 @@ pub struct ServiceRestore {
     /// Kind.
     pub kind: &'static str,
     /// passed | failed | skipped
-    pub status: String,
+    pub status: Status,
     /// Why it failed or was skipped.
     pub error: Option<String>,
     /// Snapshot restored.
@@ -511,6 +155,8 @@ pub struct ServiceRestore {
     pub safety_note: Option<String>,
     /// True when a resumed restore found it complete and still verified.
     pub resumed: bool,
+    /// True for a service restarted, not restored (`--with-dependents`).
+    pub restarted: bool,
     /// Fingerprint check.
     pub fingerprint: FingerprintReport,
     /// The service's own invariants.
@@ -556,6 +202,10 @@ pub struct RestoreRequest {
     pub resume: Option<Journal>,
     /// For a rollback: the restore it undoes.
     pub undoes: Option<String>,
+    /// Services that depend on the restored ones and are restarted, not
+    /// restored (`--with-dependents`): stopped before anything is restored,
+    /// started again once their dependencies passed.
+    pub restart: BTreeSet<String>,
 }
 
 /// Result of `stack restore` (and rollback, drill).
@@ -597,34 +247,6 @@ impl RestoreReport {
         self.services.iter().all(|s| s.status == "passed")
             && self.invariants.iter().all(|i| i.status == "passed")
     }
-}
-
-/// Current time, Unix seconds.
-pub fn now() -> f64 {
-    unix_secs(SystemTime::now())
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(t: f64) -> String {
-    let secs = t.floor() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 struct Ctx<'a> {
@@ -686,6 +308,7 @@ pub fn stack_restore(
                 group: to_hex(&g),
                 env: cat.env.clone(),
                 services: selected.iter().cloned().collect(),
+                restart: req.restart.iter().cloned().collect(),
                 safety: req.safety,
                 safety_group: to_hex(&safety_group),
                 undoes: req.undoes.clone(),
@@ -713,6 +336,44 @@ pub fn stack_restore(
             RestoreKind::Drill => String::new(),
         }
     ));
+    // --with-dependents: stop the services that depend on what is restored
+    // (dependents first) before anything is restored; they are started
+    // again, without a restore, once their dependencies passed.
+    let mut pre_stops: BTreeMap<String, Stage> = BTreeMap::new();
+    let restart: BTreeSet<String> = req
+        .restart
+        .iter()
+        .filter(|n| cat.services.contains_key(*n) && !selected.contains(*n))
+        .cloned()
+        .collect();
+    for wave in cat.waves(&restart).iter().rev() {
+        for name in wave {
+            let svc = &cat.services[name];
+            let Some(stop) = &svc.stop else { continue };
+            let s0 = t0.elapsed().as_secs_f64();
+            run_shell(svc, stop).map_err(|e| StackError::Service {
+                service: name.clone(),
+                detail: format!(
+                    "stopping it before its dependencies are restored failed: {e}; nothing was restored"
+                ),
+            })?;
+            let s1 = t0.elapsed().as_secs_f64();
+            on_event(&format!(
+                "{name}: stopped (restarted after its dependencies)"
+            ));
+            pre_stops.insert(
+                name.clone(),
+                Stage {
+                    name: "stop".into(),
+                    start: s0,
+                    end: s1,
+                    seconds: s1 - s0,
+                },
+            );
+        }
+    }
+    let scheduled: BTreeSet<String> = selected.union(&restart).cloned().collect();
+    let selected = &scheduled;
     // Temporary dumps a killed run left (the whole database in plaintext).
     if req.resume.is_some() {
         let dirs: BTreeSet<PathBuf> = selected
@@ -873,15 +534,19 @@ pub fn stack_restore(
                     continue;
                 }
                 let mut placeholder = skipped(&cat.services[name], String::new(), 0.0);
-                placeholder.status = "running".into();
+                placeholder.status = Status::Running;
                 status.insert(name.clone(), Some(placeholder));
                 running += 1;
                 let svc = &cat.services[name];
                 let snap = snaps.get(name).cloned();
                 let tx = tx.clone();
                 let cx = &cx;
+                let restart_only = restart.contains(name).then(|| pre_stops.get(name).cloned());
                 scope.spawn(move || {
-                    let r = restore_one(cx, svc, snap);
+                    let r = match restart_only {
+                        Some(stop) => restart_one(cx, svc, stop),
+                        None => restore_one(cx, svc, snap),
+                    };
                     let _ = tx.send(r);
                 });
             }
@@ -950,58 +615,64 @@ pub fn stack_restore(
     Ok(report)
 }
 
-/// Whether `a` depends on `b`, directly or through others.
-fn depends_on(cat: &Catalog, a: &str, b: &str) -> bool {
-    let mut todo = vec![a];
-    let mut seen = BTreeSet::new();
-    while let Some(x) = todo.pop() {
-        for d in cat
-            .services
-            .get(x)
-            .map(|s| s.depends_on.as_slice())
-            .unwrap_or(&[])
-        {
-            if d == b {
-                return true;
-            }
-            if seen.insert(d.as_str()) {
-                todo.push(d);
-            }
+/// A service restarted, not restored (`--with-dependents`): its `stop`
+/// ran before the restore began; now `start` and `ready`.
+fn restart_one(cx: &Ctx, svc: &Service, stopped: Option<Stage>) -> ServiceRestore {
+    let start = cx.t0.elapsed().as_secs_f64();
+    let mut r = skipped(svc, String::new(), start);
+    r.error = None;
+    r.restarted = true;
+    r.fingerprint.method = "none (restarted, not restored)".into();
+    r.stages.extend(stopped);
+    let timed =
+        |r: &mut ServiceRestore, name: &str, res: &mut dyn FnMut() -> Result<(), String>| {
+            let s = cx.t0.elapsed().as_secs_f64();
+            let out = res();
+            let e = cx.t0.elapsed().as_secs_f64();
+            r.stages.push(Stage {
+                name: name.into(),
+                start: s,
+                end: e,
+                seconds: e - s,
+            });
+            (cx.on_event)(&format!(
+                "{}: {name} {}",
+                svc.name,
+                match &out {
+                    Ok(()) => format!("done in {:.2}s", e - s),
+                    Err(m) => format!("FAILED: {m}"),
+                }
+            ));
+            out
+        };
+    let mut res = Ok(());
+    if let Some(cmd) = &svc.start {
+        res = timed(&mut r, "start", &mut || run_shell(svc, cmd));
+    }
+    if res.is_ok()
+        && let Some(ready) = &svc.ready
+    {
+        res = timed(&mut r, "ready", &mut || {
+            crate::ready::wait(ready, svc.ready_timeout, &svc.workdir)
+        });
+    }
+    r.end = cx.t0.elapsed().as_secs_f64();
+    r.seconds = r.end - r.start;
+    match res {
+        Ok(()) => r.status = Status::Passed,
+        Err(e) => {
+            r.status = Status::Failed;
+            r.error = Some(e);
         }
     }
-    false
-}
-
-/// The cross-service invariants (indexes) that gate the start of `name`:
-/// `gate` ones naming a selected service it depends on, unless they also
-/// name `name` or a service depending on it (they could not run before it).
-fn gates<'a>(
-    cat: &'a Catalog,
-    name: &'a str,
-    selected: &'a BTreeSet<String>,
-) -> impl Iterator<Item = usize> + 'a {
-    cat.invariants
-        .iter()
-        .enumerate()
-        .filter_map(move |(i, inv)| {
-            let relevant = inv.gate
-                && inv
-                    .services
-                    .iter()
-                    .any(|s| selected.contains(s) && depends_on(cat, name, s))
-                && !inv
-                    .services
-                    .iter()
-                    .any(|s| s == name || depends_on(cat, s, name));
-            relevant.then_some(i)
-        })
+    r
 }
 
 fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
     ServiceRestore {
         service: svc.name.clone(),
         kind: kind_name(svc.kind),
-        status: "skipped".into(),
+        status: Status::Skipped,
         error: Some(why),
         snapshot: None,
         start: now,
@@ -1015,21 +686,9 @@ fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
         safety_snapshot: None,
         safety_note: None,
         resumed: false,
+        restarted: false,
         fingerprint: FingerprintReport::default(),
         invariants: vec![],
-    }
-}
-
-fn skipped_invariant(inv: &Invariant, why: String) -> InvariantResult {
-    InvariantResult {
-        name: inv.name.clone(),
-        services: inv.services.clone(),
-        check: inv.check.clone(),
-        expect: inv.expect.clone(),
-        actual: None,
-        status: "skipped".into(),
-        error: Some(why),
-        seconds: 0.0,
     }
 }
 
@@ -1048,122 +707,6 @@ fn run_shell(svc: &Service, cmd: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-/// `CAIRN_<SERVICE>_<FIELD>` variables for invariant commands: every
-/// service's connection settings in the environment applied.
-pub fn service_env(cat: &Catalog) -> Vec<(String, String)> {
-    let mut v = vec![("CAIRN_ENV".to_string(), cat.env.clone())];
-    for s in cat.services.values() {
-        let p: String = s
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let mut put = |k: &str, val: Option<String>| {
-            if let Some(val) = val {
-                v.push((format!("CAIRN_{p}_{k}"), val));
-            }
-        };
-        put("HOST", s.host.clone());
-        put("PORT", s.port.map(|x| x.to_string()));
-        put("USER", s.user.clone());
-        put("DATABASE", s.database.clone());
-        put(
-            "PATH",
-            s.target
-                .as_ref()
-                .or(s.path.as_ref())
-                .map(|x| x.display().to_string()),
-        );
-        for (k, val) in s.kind.datastore().env(s) {
-            put(k, Some(val));
-        }
-    }
-    v
-}
-
-/// Evaluate one invariant now.
-pub fn run_invariant(cat: &Catalog, inv: &Invariant) -> InvariantResult {
-    use crate::catalog::{Check, Expect};
-    let t = Instant::now();
-    let mut r = skipped_invariant(inv, String::new());
-    r.error = None;
-    let out: Result<String, String> = match &inv.check {
-        Check::Sql { on, query } => {
-            let svc = &cat.services[on];
-            adapters::query(svc, query).map_err(|e| e.to_string())
-        }
-        Check::Command(c) => {
-            let dir = cat
-                .services
-                .values()
-                .next()
-                .map(|s| s.workdir.clone())
-                .unwrap_or_else(|| ".".into());
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(c)
-                .current_dir(dir)
-                .envs(service_env(cat))
-                .stdin(std::process::Stdio::null())
-                .output()
-                .map_err(|e| e.to_string())
-                .and_then(|o| {
-                    if o.status.success() {
-                        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-                    } else {
-                        Err(format!(
-                            "command failed ({}): {}",
-                            o.status,
-                            String::from_utf8_lossy(&o.stderr).trim()
-                        ))
-                    }
-                })
-        }
-    };
-    r.seconds = t.elapsed().as_secs_f64();
-    let out = match out {
-        Ok(o) => o.trim().to_string(),
-        Err(e) => {
-            r.status = "failed".into();
-            r.error = Some(e);
-            return r;
-        }
-    };
-    let num = |s: &str| s.trim().parse::<f64>().ok();
-    let ok = match &inv.expect {
-        Expect::Equals(e) => {
-            out == e.trim() || matches!((num(&out), num(e)), (Some(a), Some(b)) if a == b)
-        }
-        Expect::AtLeast(b) => num(&out).is_some_and(|a| a >= *b),
-        Expect::AtMost(b) => num(&out).is_some_and(|a| a <= *b),
-        Expect::Matches(p) => regex_lite::Regex::new(p).is_ok_and(|re| re.is_match(&out)),
-    };
-    r.actual = Some(out.clone());
-    if ok {
-        r.status = "passed".into();
-    } else {
-        r.status = "failed".into();
-        let want = match &inv.expect {
-            Expect::Equals(e) => format!("equal to {e:?}"),
-            Expect::AtLeast(b) => format!("at least {b}"),
-            Expect::AtMost(b) => format!("at most {b}"),
-            Expect::Matches(p) => format!("matching /{p}/"),
-        };
-        let what = match &inv.check {
-            Check::Sql { on, query } => format!("query `{query}` on {on}"),
-            Check::Command(c) => format!("command `{c}`"),
-        };
-        r.error = Some(format!("{what}: expected {want}, got {out:?}"));
-    }
-    r
 }
 
 /// Compare a service's live state with the snapshot it was restored from.
@@ -1226,7 +769,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             }
             Err(msg) => {
                 on_event(&format!("{}: {name} FAILED: {msg}", svc.name));
-                r.status = "failed".into();
+                r.status = Status::Failed;
                 r.error = Some(format!("{name}: {msg}"));
                 false
             }
@@ -1247,7 +790,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
     };
     let ok = (|| {
         let Some((id, snap)) = &snap else {
-            r.status = "failed".into();
+            r.status = Status::Failed;
             r.error = Some("the group has no snapshot of this service".into());
             return false;
         };
@@ -1268,7 +811,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                 svc.name
             ));
             r.stages = rr.stages;
-            r.status = String::new();
+            r.status = Status::Pending;
             r.error = None;
         }
         // A snapshot that may be forged is refused before anything runs:
@@ -1336,7 +879,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                 time: now(),
             },
         ) {
-            r.status = "failed".into();
+            r.status = Status::Failed;
             r.error = Some(format!("journal: {e}"));
             return false;
         }
@@ -1426,7 +969,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                 time: now(),
             },
         ) {
-            r.status = "failed".into();
+            r.status = Status::Failed;
             r.error = Some(format!("journal: {e}"));
             return false;
         }
@@ -1435,7 +978,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
     r.end = t0.elapsed().as_secs_f64();
     r.seconds = r.end - r.start;
     if ok {
-        r.status = "passed".into();
+        r.status = Status::Passed;
         r.rto_met = svc.rto.map(|b| Duration::from_secs_f64(r.seconds) <= b);
     }
     r
@@ -1473,5 +1016,3 @@ fn critical_path(
         .map(|(t, c)| (c, t))
         .unwrap_or_default()
 }
-
-pub use crate::metrics::{backup_metrics, restore_metrics};

@@ -264,6 +264,9 @@ pub struct Begin {
     pub env: String,
     /// Services selected.
     pub services: Vec<String>,
+    /// Services restarted, not restored (`--with-dependents`).
+    #[serde(default)]
+    pub restart: Vec<String>,
     /// Whether safety snapshots are taken.
     pub safety: bool,
     /// Group id of the safety snapshots (hex).

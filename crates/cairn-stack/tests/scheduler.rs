@@ -175,6 +175,7 @@ fn restore(w: &World, kind: RestoreKind, group: &str, jobs: usize) -> RestoreRep
             safety: false,
             resume: None,
             undoes: None,
+            restart: Default::default(),
         },
         &|_| {},
     )
@@ -310,6 +311,7 @@ fn an_interrupted_restore_resumes_without_redoing_what_passed() {
             safety: false,
             resume: Some(j),
             undoes: None,
+            restart: Default::default(),
         },
         &|_| {},
     )
@@ -367,4 +369,51 @@ fn the_fake_is_a_kind_like_the_built_in_ones() {
     .to_string();
     assert!(e.contains("c.toml:3: service x"), "{e}");
     assert!(e.contains("host is not a field of this kind"), "{e}");
+}
+
+#[test]
+fn with_dependents_stops_them_before_the_restore_and_starts_them_after_without_restoring_them() {
+    let f = fake(100);
+    let w = world(
+        f,
+        "[service.db]\nkind = \"KIND\"\n[service.api]\nkind = \"KIND\"\ndepends_on = [\"db\"]\nstop = \"echo stop >> events\"\nstart = \"echo start >> events\"\n[service.web]\nkind = \"KIND\"\ndepends_on = [\"api\"]\nstop = \"echo stop-web >> events\"\n",
+    );
+    let events = w.cat.services["api"].workdir.join("events");
+    let selected: BTreeSet<String> = ["db".to_string()].into();
+    let restart = w.cat.dependents_of(&selected);
+    assert_eq!(restart, ["api".to_string(), "web".to_string()].into());
+    let before = Instant::now();
+    let r = run::stack_restore(
+        &w.cat,
+        &w.repo,
+        RestoreRequest {
+            kind: RestoreKind::Restore,
+            group: "latest".into(),
+            selected,
+            jobs: 4,
+            safety: false,
+            resume: None,
+            undoes: None,
+            restart,
+        },
+        &|_| {},
+    )
+    .unwrap();
+    assert!(r.ok(), "{r:?}");
+    let s = by_name(&r);
+    assert!(s["api"].restarted && s["web"].restarted && !s["db"].restarted);
+    // Dependents stopped first (web before api), started after db passed.
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        "stop-web\nstop\nstart\n"
+    );
+    let log = f.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "only db is restored: {log:?}");
+    assert!(log[0].1 >= before);
+    assert!(
+        s["api"].start >= s["db"].end,
+        "api started before db passed"
+    );
+    let stages: Vec<&str> = s["api"].stages.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(stages, ["stop", "start"]);
 }
