@@ -333,9 +333,15 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
         && cat.env != "production"
         && !a.allow_production_targets
     {
+        // The services --with-dependents restarts run their stop and start
+        // commands: guarded like the restored ones.
+        let mut guarded = selected.clone();
+        if a.with_dependents {
+            guarded.extend(cat.dependents_of(&selected));
+        }
         cairn_stack::target::refuse_production_overlap(
             &cat,
-            &selected,
+            &guarded,
             &format!(
                 "a restore with --env {} (--allow-production-targets overrides)",
                 cat.env

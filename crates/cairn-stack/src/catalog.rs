@@ -836,6 +836,21 @@ impl Catalog {
             // not a connection string (which would connect elsewhere than
             // the production guard compared).
             if let Some(db) = &m.database
+                && kind == Kind::POSTGRES
+                && db.len() > 63
+            {
+                // PostgreSQL cuts names to 63 bytes: two longer names that
+                // share them are one database.
+                let off = cx.field_offset(at, "database");
+                cx.err(
+                    off,
+                    format!(
+                        "service {name}: database name is {} bytes; PostgreSQL keeps only the first 63, so it would name another database",
+                        db.len()
+                    ),
+                );
+            }
+            if let Some(db) = &m.database
                 && (db.starts_with('-') || db.contains('=') || db.contains("://"))
             {
                 let off = cx.field_offset(at, "database");
@@ -1275,6 +1290,16 @@ equals = 0
             .unwrap_err()
             .to_string();
         assert!(e.contains("cairn.toml:2:") && e.contains("too long"), "{e}");
+        let long = format!("brk_{}", "a".repeat(60));
+        let e = parse(&format!(
+            "[service.d]\nkind = \"postgres\"\ndatabase = \"{long}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cairn.toml:3:") && e.contains("keeps only the first 63"),
+            "{e}"
+        );
         for db in ["dbname=orders", "postgresql://h/orders", "--init-command=x"] {
             let e = parse(&format!(
                 "[service.d]\nkind = \"postgres\"\ndatabase = \"{db}\"\n"

@@ -394,26 +394,30 @@ impl MySession {
 
 /// The base tables of a MariaDB database: name, primary-key column list
 /// (quoted, or empty), number of columns.
-fn mariadb_tables(
-    svc: &Service,
-    s: &mut MySession,
-) -> Result<Vec<(String, String, usize)>, StackError> {
+/// The base tables of a MariaDB database (name, quoted primary-key columns
+/// or empty, number of columns), and the names of those whose engine has no
+/// transactions (Aria, MyISAM, …: a consistent snapshot does not cover them).
+fn mariadb_tables(svc: &Service, s: &mut MySession) -> Result<(MyTables, Vec<String>), StackError> {
     let db = svc.database.as_deref().unwrap_or_default();
     let list = format!(
-        "SELECT t.table_name, coalesce((SELECT group_concat(concat('`', replace(k.column_name, '`', '``'), '`') ORDER BY k.ordinal_position SEPARATOR ', ') FROM information_schema.key_column_usage k WHERE k.table_schema = t.table_schema AND k.table_name = t.table_name AND k.constraint_name = 'PRIMARY'), ''), (SELECT count(*) FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name) FROM information_schema.tables t WHERE t.table_schema = {} AND t.table_type = 'BASE TABLE' ORDER BY 1;",
+        "SELECT t.table_name, coalesce((SELECT group_concat(concat('`', replace(k.column_name, '`', '``'), '`') ORDER BY k.ordinal_position SEPARATOR ', ') FROM information_schema.key_column_usage k WHERE k.table_schema = t.table_schema AND k.table_name = t.table_name AND k.constraint_name = 'PRIMARY'), ''), (SELECT count(*) FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name), coalesce(t.engine, '') FROM information_schema.tables t WHERE t.table_schema = {} AND t.table_type = 'BASE TABLE' ORDER BY 1;",
         crate::sql::my::lit(db)
     );
     let mut out = Vec::new();
+    let mut plain = Vec::new();
     s.exec("listing tables", &list, &mut |l| {
         let l = String::from_utf8_lossy(l);
         let mut it = l.trim_end_matches('\n').split('\t');
         if let (Some(t), Some(pk), Some(n)) = (it.next(), it.next(), it.next())
             && let Ok(n) = n.parse()
         {
+            if !it.next().unwrap_or("").eq_ignore_ascii_case("innodb") {
+                plain.push(t.to_string());
+            }
             out.push((t.to_string(), pk.to_string(), n));
         }
     })?;
-    Ok(out)
+    Ok((out, plain))
 }
 
 /// Sessions ready to fingerprint, each inside its own consistent-snapshot
@@ -508,7 +512,7 @@ fn mariadb_hash_tables(
 /// Fingerprint a MariaDB database as it is now (after a restore).
 pub fn mariadb(svc: &Service) -> Result<Fingerprint, StackError> {
     let mut s = MySession::open(svc)?;
-    let tables = mariadb_tables(svc, &mut s)?;
+    let (tables, _) = mariadb_tables(svc, &mut s)?;
     s.close();
     let sessions = mariadb_snapshot_sessions(svc, (svc.parallelism as usize).min(tables.len()))?;
     mariadb_hash_tables(svc, sessions, &tables)
@@ -520,10 +524,27 @@ pub fn mariadb(svc: &Service) -> Result<Fingerprint, StackError> {
 /// returns (the dump has begun its own), then released; the tables are
 /// hashed afterwards inside those transactions. `start_dump` spawns the dump
 /// (under the lock) and returns a value passed back to the caller.
+type MyTables = Vec<(String, String, usize)>;
+
 pub(crate) struct MyConsistent {
     lock: Option<MySession>,
     sessions: Vec<MySession>,
     tables: Vec<(String, String, usize)>,
+    /// Tables without transactions: while there are any, the lock is held
+    /// until the dump has ended (a snapshot does not cover them).
+    pub(crate) non_transactional: Vec<String>,
+}
+
+/// The global read lock, while it must outlast the fingerprint (tables
+/// without transactions): dropped once the dump has ended.
+pub(crate) struct HeldLock(Option<MySession>);
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.close();
+        }
+    }
 }
 
 impl MyConsistent {
@@ -534,6 +555,16 @@ impl MyConsistent {
         // to a minute for it), and give up an attempt after 2 s (retried 5
         // times), so writers are held up for seconds at worst, not minutes.
         let busy = "SELECT count(*) FROM information_schema.processlist WHERE id <> connection_id() AND command = 'Query' AND time_ms > 300 AND upper(ltrim(coalesce(info, ''))) NOT LIKE 'SELECT%';";
+        // The tables are listed before the lock (listing takes seconds on a
+        // database with hundreds of tables). A table created in between is
+        // in the dump but not in the fingerprint: the restore check then
+        // fails (a false alarm, never a false pass).
+        let (tables, plain) = {
+            let mut s = MySession::open(svc)?;
+            let t = mariadb_tables(svc, &mut s)?;
+            s.close();
+            t
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let mut attempt = 0;
         let lock = loop {
@@ -566,28 +597,33 @@ impl MyConsistent {
                 Err(e) => return Err(e),
             }
         };
-        let mut lock = lock;
-        let tables = mariadb_tables(svc, &mut lock)?;
+
         let sessions =
             mariadb_snapshot_sessions(svc, (svc.parallelism as usize).min(tables.len()))?;
         Ok(MyConsistent {
             lock: Some(lock),
             sessions,
             tables,
+            non_transactional: plain,
         })
     }
 
-    /// Release the lock (the dump's transaction has begun).
+    /// The dump's transaction has begun: release the lock, unless tables
+    /// without transactions need it until the dump has ended.
     pub(crate) fn release(&mut self) {
-        if let Some(l) = self.lock.take() {
+        if self.non_transactional.is_empty()
+            && let Some(l) = self.lock.take()
+        {
             l.close();
         }
     }
 
-    /// Hash the tables in the transactions begun under the lock.
-    pub(crate) fn finish(mut self, svc: &Service) -> Result<Fingerprint, StackError> {
+    /// Hash the tables in the transactions begun under the lock; the lock,
+    /// if it must outlast the dump, comes back to be dropped after it.
+    pub(crate) fn finish(mut self, svc: &Service) -> Result<(Fingerprint, HeldLock), StackError> {
         self.release();
-        mariadb_hash_tables(svc, std::mem::take(&mut self.sessions), &self.tables)
+        let f = mariadb_hash_tables(svc, std::mem::take(&mut self.sessions), &self.tables)?;
+        Ok((f, HeldLock(self.lock.take())))
     }
 }
 

@@ -351,12 +351,35 @@ pub fn stack_restore(
             let svc = &cat.services[name];
             let Some(stop) = &svc.stop else { continue };
             let s0 = t0.elapsed().as_secs_f64();
-            run_shell(svc, stop).map_err(|e| StackError::Service {
-                service: name.clone(),
-                detail: format!(
-                    "stopping it before its dependencies are restored failed: {e}; nothing was restored"
-                ),
-            })?;
+            if let Err(e) = run_shell(svc, stop) {
+                // Nothing was restored: start again what was stopped.
+                let mut again = Vec::new();
+                for w in cat.waves(&pre_stops.keys().cloned().collect()) {
+                    for n in w {
+                        let s = &cat.services[&n];
+                        let ok = s.start.as_ref().is_none_or(|c| run_shell(s, c).is_ok());
+                        again.push(format!(
+                            "{n} ({})",
+                            if ok {
+                                "started again"
+                            } else {
+                                "FAILED to start again"
+                            }
+                        ));
+                    }
+                }
+                return Err(StackError::Service {
+                    service: name.clone(),
+                    detail: format!(
+                        "stopping it before its dependencies are restored failed: {e}; nothing was restored{}",
+                        if again.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; already stopped: {}", again.join(", "))
+                        }
+                    ),
+                });
+            }
             let s1 = t0.elapsed().as_secs_f64();
             on_event(&format!(
                 "{name}: stopped (restarted after its dependencies)"
@@ -453,8 +476,18 @@ pub fn stack_restore(
                         });
                     if let Some(why) = why {
                         let now = t0.elapsed().as_secs_f64();
-                        on_event(&format!("{name}: skipped ({why})"));
-                        status.insert(name.clone(), Some(skipped(&cat.services[name], why, now)));
+                        let mut r = skipped(&cat.services[name], why.clone(), now);
+                        if restart.contains(name) {
+                            // Stopped for the restore, not started again.
+                            r.restarted = true;
+                            r.stages.extend(pre_stops.get(name).cloned());
+                            r.error = Some(format!("left stopped: {why}"));
+                        }
+                        on_event(&format!(
+                            "{name}: skipped ({})",
+                            r.error.as_deref().unwrap_or("")
+                        ));
+                        status.insert(name.clone(), Some(r));
                         changed = true;
                     }
                 }

@@ -413,7 +413,7 @@ pub fn overlap(a: &Target, b: &Target) -> bool {
             },
         ) => sa.same(sb) && !da.is_disjoint(db) && patterns_overlap(pa, pb),
         (Target::Dir(a), Target::Dir(b)) => {
-            a.starts_with(b) || b.starts_with(a) || same_directory(a, b)
+            a.starts_with(b) || b.starts_with(a) || inside_by_inode(a, b) || inside_by_inode(b, a)
         }
         (
             Target::Command {
@@ -437,6 +437,13 @@ fn same_directory(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+/// Whether `a`, or an existing directory it lies in, is the directory `b`
+/// under another name (a bind mount of `b`, or of a directory above it...
+/// checked by device and inode).
+fn inside_by_inode(a: &Path, b: &Path) -> bool {
+    a.ancestors().any(|anc| same_directory(anc, b))
 }
 
 /// One refusal of [`guard`]: a service whose target overlaps a production
@@ -769,6 +776,30 @@ mod tests {
         let c = guard(&stg, &prod, &all);
         assert_eq!(c.len(), 1, "{c:?}");
         assert!(c[0].production_target.contains("/srv/live"), "{c:?}");
+    }
+
+    /// A directory inside a bind mount of production's is production's.
+    #[test]
+    fn a_directory_inside_a_bind_mount_of_production_overlaps() {
+        if cairn_repo::sys::euid() != 0 {
+            eprintln!("skipped: bind mounts need root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (prod, bm) = (tmp.path().join("prod"), tmp.path().join("bm"));
+        std::fs::create_dir_all(prod.join("sub")).unwrap();
+        std::fs::create_dir(&bm).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["--bind", prod.to_str().unwrap(), bm.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --bind");
+        let r = overlap(
+            &dir(bm.join("sub").to_str().unwrap()),
+            &dir(prod.to_str().unwrap()),
+        );
+        let _ = std::process::Command::new("umount").arg(&bm).status();
+        assert!(r, "bm/sub is prod/sub");
     }
 
     /// Every address of this machine's interfaces is this machine.

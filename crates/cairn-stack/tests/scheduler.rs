@@ -417,3 +417,41 @@ fn with_dependents_stops_them_before_the_restore_and_starts_them_after_without_r
     let stages: Vec<&str> = s["api"].stages.iter().map(|x| x.name.as_str()).collect();
     assert_eq!(stages, ["stop", "start"]);
 }
+
+#[test]
+fn with_dependents_says_which_dependents_are_left_stopped_when_a_restore_fails() {
+    let f = fake(10);
+    let w = world(
+        f,
+        "[service.db]\nkind = \"KIND\"\n[service.api]\nkind = \"KIND\"\ndepends_on = [\"db\"]\nstop = \"true\"\nstart = \"echo started >> events\"\n",
+    );
+    f.fail.lock().unwrap().insert("db".into());
+    let selected: BTreeSet<String> = ["db".to_string()].into();
+    let restart = w.cat.dependents_of(&selected);
+    let r = run::stack_restore(
+        &w.cat,
+        &w.repo,
+        RestoreRequest {
+            kind: RestoreKind::Restore,
+            group: "latest".into(),
+            selected,
+            jobs: 4,
+            safety: false,
+            resume: None,
+            undoes: None,
+            restart,
+        },
+        &|_| {},
+    )
+    .unwrap();
+    let api = &by_name(&r)["api"];
+    assert_eq!(api.status, "skipped");
+    assert!(api.restarted);
+    assert_eq!(
+        api.error.as_deref(),
+        Some("left stopped: dependency db did not pass")
+    );
+    let stages: Vec<&str> = api.stages.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(stages, ["stop"]);
+    assert!(!w.cat.services["api"].workdir.join("events").exists());
+}

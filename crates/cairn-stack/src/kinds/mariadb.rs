@@ -123,10 +123,12 @@ impl Datastore for Mariadb {
                             svc.name
                         )));
                     }
-                    let fp = fp
+                    let (fp, held) = fp
                         .join()
                         .map_err(|_| RepoError::InvalidInput("fingerprint thread panicked".into()))?
                         .map_err(repo_err)?;
+                    // Tables without transactions kept the lock until here.
+                    drop(held);
                     Ok(fingerprint::encode(&fp))
                 })?,
             )
