@@ -182,6 +182,28 @@ fn restore(w: &World, kind: RestoreKind, group: &str, jobs: usize) -> RestoreRep
     .unwrap()
 }
 
+/// A restore of `selected` that restarts their dependents.
+fn restore_with_dependents(w: &World, selected: &[&str]) -> RestoreReport {
+    let selected: BTreeSet<String> = selected.iter().map(|s| s.to_string()).collect();
+    let restart = w.cat.dependents_of(&selected);
+    run::stack_restore(
+        &w.cat,
+        &w.repo,
+        RestoreRequest {
+            kind: RestoreKind::Restore,
+            group: "latest".into(),
+            selected,
+            jobs: 4,
+            safety: false,
+            resume: None,
+            undoes: None,
+            restart,
+        },
+        &|_| {},
+    )
+    .unwrap()
+}
+
 fn by_name(r: &RestoreReport) -> BTreeMap<String, ServiceRestore> {
     r.services
         .iter()
@@ -380,25 +402,12 @@ fn with_dependents_stops_them_before_the_restore_and_starts_them_after_without_r
     );
     let events = w.cat.services["api"].workdir.join("events");
     let selected: BTreeSet<String> = ["db".to_string()].into();
-    let restart = w.cat.dependents_of(&selected);
-    assert_eq!(restart, ["api".to_string(), "web".to_string()].into());
+    assert_eq!(
+        w.cat.dependents_of(&selected),
+        ["api".to_string(), "web".to_string()].into()
+    );
     let before = Instant::now();
-    let r = run::stack_restore(
-        &w.cat,
-        &w.repo,
-        RestoreRequest {
-            kind: RestoreKind::Restore,
-            group: "latest".into(),
-            selected,
-            jobs: 4,
-            safety: false,
-            resume: None,
-            undoes: None,
-            restart,
-        },
-        &|_| {},
-    )
-    .unwrap();
+    let r = restore_with_dependents(&w, &["db"]);
     assert!(r.ok(), "{r:?}");
     let s = by_name(&r);
     assert!(s["api"].restarted && s["web"].restarted && !s["db"].restarted);
@@ -426,24 +435,7 @@ fn with_dependents_says_which_dependents_are_left_stopped_when_a_restore_fails()
         "[service.db]\nkind = \"KIND\"\n[service.api]\nkind = \"KIND\"\ndepends_on = [\"db\"]\nstop = \"true\"\nstart = \"echo started >> events\"\n",
     );
     f.fail.lock().unwrap().insert("db".into());
-    let selected: BTreeSet<String> = ["db".to_string()].into();
-    let restart = w.cat.dependents_of(&selected);
-    let r = run::stack_restore(
-        &w.cat,
-        &w.repo,
-        RestoreRequest {
-            kind: RestoreKind::Restore,
-            group: "latest".into(),
-            selected,
-            jobs: 4,
-            safety: false,
-            resume: None,
-            undoes: None,
-            restart,
-        },
-        &|_| {},
-    )
-    .unwrap();
+    let r = restore_with_dependents(&w, &["db"]);
     let api = &by_name(&r)["api"];
     assert_eq!(api.status, "skipped");
     assert!(api.restarted);
