@@ -48,10 +48,17 @@ pub(crate) fn tool(svc: &Service, program: &str) -> Command {
 }
 
 /// Run to completion; stdout on success, an error with stderr otherwise.
-pub(crate) fn run(
+pub(crate) fn run(svc: &Service, c: Command, input: Option<&[u8]>) -> Result<String, StackError> {
+    run_with(svc, c, input, false)
+}
+
+/// [`run`], with a [`crate::children::Watchdog`] over the child's process
+/// group while it runs when `guard`.
+fn run_with(
     svc: &Service,
     mut c: Command,
     input: Option<&[u8]>,
+    guard: bool,
 ) -> Result<String, StackError> {
     let desc = format!("{:?}", c.get_program());
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -61,6 +68,14 @@ pub(crate) fn run(
     let mut child = c
         .spawn()
         .map_err(|e| err(svc, format!("cannot run {desc}: {e}")))?;
+    let dog = if guard {
+        Some(
+            crate::children::Watchdog::guard(child.id())
+                .map_err(|e| err(svc, format!("{desc}: starting its watchdog: {e}")))?,
+        )
+    } else {
+        None
+    };
     if let Some(i) = input {
         let mut stdin = child.stdin.take().expect("piped");
         stdin
@@ -70,6 +85,8 @@ pub(crate) fn run(
     let out = child
         .wait_with_output()
         .map_err(|e| err(svc, format!("{desc}: {e}")))?;
+    // Killed first, so it never signals a group id reused after the tool.
+    drop(dog);
     if !out.status.success() {
         return Err(err(
             svc,
@@ -85,29 +102,8 @@ pub(crate) fn run(
 
 /// [`run`] for a tool that forks workers (`pg_restore -j`): its whole
 /// process group is killed if cairn dies while it runs.
-pub(crate) fn run_guarded(svc: &Service, mut c: Command) -> Result<String, StackError> {
-    let desc = format!("{:?}", c.get_program());
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c
-        .spawn()
-        .map_err(|e| err(svc, format!("cannot run {desc}: {e}")))?;
-    let dog = crate::children::Watchdog::guard(child.id())
-        .map_err(|e| err(svc, format!("{desc}: starting its watchdog: {e}")))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(svc, format!("{desc}: {e}")))?;
-    drop(dog);
-    if !out.status.success() {
-        return Err(err(
-            svc,
-            format!(
-                "{desc} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+pub(crate) fn run_guarded(svc: &Service, c: Command) -> Result<String, StackError> {
+    run_with(svc, c, None, true)
 }
 
 /// Wait for a child whose stdout was consumed; fail with its stderr.
