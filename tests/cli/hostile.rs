@@ -508,6 +508,9 @@ pub(crate) fn plant_tree_bomb(env: &Env, src: &Path) -> String {
         ctime: Time { sec: 0, nsec: 0 },
         inode: 0,
         size: 0,
+        device: 0,
+        nlink: 0,
+        xattrs: vec![],
     };
     let mut t = packer
         .store_tree(&Tree {

@@ -27,13 +27,13 @@ fn is_mounted(path: &Path) -> bool {
 }
 
 /// A `cairn mount` process; unmounts and reaps it when dropped.
-struct Mounted {
+pub(crate) struct Mounted {
     child: Option<Child>,
     path: PathBuf,
 }
 
 impl Mounted {
-    fn start(env: &Env, mnt: &Path, extra: &[&str]) -> Mounted {
+    pub(crate) fn start(env: &Env, mnt: &Path, extra: &[&str]) -> Mounted {
         let child = env
             .cmd()
             .arg("mount")
@@ -69,7 +69,7 @@ impl Mounted {
     }
 
     /// Send SIGTERM and wait: the process must unmount and exit 0.
-    fn stop(self) -> String {
+    pub(crate) fn stop(self) -> String {
         self.stop_with_stderr().0
     }
 

@@ -64,6 +64,7 @@ fn forge(
         parent: cairn_repo::ParentChoice::None,
         group: Some(group),
         fingerprints: like.fingerprints.clone(),
+        exclusions: Default::default(),
     };
     repo.backup_stream(dump, "dump", &opts, &Default::default(), || Ok(()))
         .unwrap();

@@ -20,7 +20,7 @@ use cairn_repo::{
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::util::{Ticker, format_time, human_bytes, parse_size, read_password};
+use crate::util::{Ticker, format_time, human_bytes, parse_size, parse_size64, read_password};
 use crate::{EXIT_WARNINGS, GlobalArgs};
 
 pub fn location(g: &GlobalArgs) -> Result<String> {
@@ -353,9 +353,137 @@ pub struct BackupArgs {
     /// Back up the standard output of a command (given after --)
     #[arg(long)]
     stdin_from_command: bool,
+    #[command(flatten)]
+    select: BackupSelect,
 }
 
-pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
+/// What a backup leaves out, and lists of paths to back up.
+#[derive(Args, Debug, Default)]
+pub struct BackupSelect {
+    /// Leave out paths matching PATTERN (repeatable). `*.log` matches a name
+    /// anywhere, `/var/cache` only from the root, `**` any number of
+    /// directories, a trailing `/` only directories
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Like --exclude, ignoring case
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    iexclude: Vec<String>,
+    /// Read --exclude patterns from a file, one per line (# starts a comment)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+    /// Read --iexclude patterns from a file
+    #[arg(long = "iexclude-file", value_name = "FILE")]
+    iexclude_file: Vec<PathBuf>,
+    /// Leave out directories holding a CACHEDIR.TAG (https://bford.info/cachedir/)
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Leave out directories holding a file NAME (whose content starts with
+    /// HEADER, when given) (repeatable)
+    #[arg(long = "exclude-if-present", value_name = "NAME[:HEADER]")]
+    exclude_if_present: Vec<String>,
+    /// Leave out files larger than SIZE (e.g. 500M, 2G; K, M, G, T are
+    /// powers of 1024)
+    #[arg(long, value_name = "SIZE")]
+    exclude_larger_than: Option<String>,
+    /// Stay on the file system of each path given: what is mounted below is
+    /// left out (the mount point is kept, empty)
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Back up the paths listed in FILE, one per line (# starts a comment,
+    /// empty lines are skipped) (repeatable)
+    #[arg(long = "files-from", value_name = "FILE")]
+    files_from: Vec<PathBuf>,
+    /// Like --files-from, every line a path as written (no comments)
+    #[arg(long = "files-from-verbatim", value_name = "FILE")]
+    files_from_verbatim: Vec<PathBuf>,
+    /// Like --files-from, paths separated by NUL bytes (find -print0)
+    #[arg(long = "files-from-raw", value_name = "FILE")]
+    files_from_raw: Vec<PathBuf>,
+}
+
+impl BackupSelect {
+    fn exclusions(&self) -> Result<cairn_repo::select::Exclusions> {
+        use cairn_repo::select::{CACHEDIR_TAG, Exclusions, Pattern, Patterns, patterns_from_file};
+        let mut pats: Vec<Pattern> = self.exclude.iter().map(Pattern::new).collect();
+        pats.extend(self.iexclude.iter().map(Pattern::ignoring_case));
+        for f in &self.exclude_file {
+            pats.extend(patterns_from_file(f, false)?);
+        }
+        for f in &self.iexclude_file {
+            pats.extend(patterns_from_file(f, true)?);
+        }
+        let mut if_present = Vec::new();
+        if self.exclude_caches {
+            if_present.push((CACHEDIR_TAG.0.to_string(), Some(CACHEDIR_TAG.1.to_vec())));
+        }
+        for spec in &self.exclude_if_present {
+            if_present.push(Exclusions::parse_if_present(spec)?);
+        }
+        Ok(Exclusions {
+            patterns: Patterns::new(&pats)?,
+            if_present,
+            larger_than: self
+                .exclude_larger_than
+                .as_deref()
+                .map(|v| parse_size64(v).map_err(|e| anyhow::anyhow!("--exclude-larger-than: {e}")))
+                .transpose()?,
+            one_file_system: self.one_file_system,
+        })
+    }
+
+    /// Paths listed by --files-from and its variants.
+    fn listed_paths(&self) -> Result<Vec<PathBuf>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = Vec::new();
+        let read = |f: &PathBuf| -> Result<Vec<u8>> {
+            if f.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                Ok(b)
+            } else {
+                std::fs::read(f).with_context(|| format!("reading {}", f.display()))
+            }
+        };
+        for f in &self.files_from {
+            let b = read(f)?;
+            for line in b.split(|&c| c == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let trimmed = line.trim_ascii();
+                if trimmed.is_empty() || trimmed.starts_with(b"#") {
+                    continue;
+                }
+                out.push(PathBuf::from(std::ffi::OsStr::from_bytes(trimmed)));
+            }
+        }
+        for f in &self.files_from_verbatim {
+            let b = read(f)?;
+            for line in b.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+                out.push(PathBuf::from(std::ffi::OsStr::from_bytes(line)));
+            }
+        }
+        for f in &self.files_from_raw {
+            let b = read(f)?;
+            for p in b.split(|&c| c == 0).filter(|l| !l.is_empty()) {
+                out.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+            }
+        }
+        let listed = !(self.files_from.is_empty()
+            && self.files_from_verbatim.is_empty()
+            && self.files_from_raw.is_empty());
+        if listed && out.is_empty() {
+            bail!("--files-from: the lists name no path");
+        }
+        Ok(out)
+    }
+}
+
+pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
+    let exclusions = a.select.exclusions()?;
+    let listed = a.select.listed_paths()?;
+    if !listed.is_empty() && (a.stdin || a.stdin_from_command) {
+        bail!("--files-from takes no --stdin or --stdin-from-command");
+    }
+    a.paths.extend(listed);
     if !a.stdin && !a.stdin_from_command && a.paths.is_empty() {
         bail!("nothing to back up: give paths, --stdin or --stdin-from-command -- CMD");
     }
@@ -382,6 +510,7 @@ pub fn backup(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
         parent,
         group: None,
         fingerprints: vec![],
+        exclusions,
     };
     let progress = Arc::new(Progress::default());
     let p2 = progress.clone();
@@ -443,6 +572,9 @@ fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
     if g.json {
         let mut v = snapshot_json(&r.id, &r.snapshot);
         v["packs_added"] = json!(r.stats.packs);
+        if let Some((_, n)) = r.snapshot.extra.iter().find(|(k, _)| k == "excluded") {
+            v["excluded"] = json!(n.parse::<u64>().unwrap_or(0));
+        }
         v["warnings"] = json!(r.warnings);
         return print_json(&v);
     }
@@ -451,6 +583,9 @@ fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
         s.files_new, s.files_changed, s.files_unchanged
     );
     println!("Dirs:       {}", s.dirs);
+    if let Some((_, n)) = r.snapshot.extra.iter().find(|(k, _)| k == "excluded") {
+        println!("Excluded:   {n} entries");
+    }
     println!(
         "Read:       {} of {} total",
         human_bytes(s.bytes_read),
@@ -630,6 +765,14 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
             if let NodeKind::Symlink { target } = &e.node.kind {
                 v["target"] = json!(lossy(target));
             }
+            if e.node.nlink > 1 {
+                v["links"] = json!(e.node.nlink);
+                v["inode"] = json!(e.node.inode);
+                v["device"] = json!(e.node.device);
+            }
+            if !e.node.xattrs.is_empty() {
+                v["xattrs"] = json!(e.node.xattrs.iter().map(|x| lossy(&x.name)).collect::<Vec<_>>());
+            }
             rows.push(v);
         } else {
             let mut line = e.path.clone();
@@ -674,14 +817,34 @@ pub fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot id, id prefix or `latest`
+    /// Snapshot id, id prefix or `latest`; SNAPSHOT:/PATH restores only
+    /// that directory's content (or that file) at the target's root
     snapshot: String,
     /// Directory to restore into
     #[arg(long)]
     target: PathBuf,
-    /// Restore only this path (repeatable)
-    #[arg(long = "include")]
-    includes: Vec<String>,
+    /// Restore only what matches PATTERN, with everything beneath it
+    /// (repeatable): `/home/ann` from the root, `*.conf` a name anywhere,
+    /// `**` any number of directories. A pattern that matches nothing is
+    /// an error
+    #[arg(long = "include", value_name = "PATTERN")]
+    include: Vec<String>,
+    /// Like --include, ignoring case
+    #[arg(long = "iinclude", value_name = "PATTERN")]
+    iinclude: Vec<String>,
+    /// Leave out what matches PATTERN, with everything beneath it
+    /// (repeatable); a pattern that matches nothing is an error
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Like --exclude, ignoring case
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    iexclude: Vec<String>,
+    /// Do not set extended attributes (ACLs aside: see --no-acls)
+    #[arg(long)]
+    no_xattrs: bool,
+    /// Do not set POSIX ACLs
+    #[arg(long)]
+    no_acls: bool,
     /// Restore into a non-empty target, replacing entries (what is in the way
     /// is unlinked and recreated, never written through)
     #[arg(long)]
@@ -693,7 +856,7 @@ pub struct RestoreArgs {
     /// Do not create device nodes or FIFOs
     #[arg(long)]
     no_special: bool,
-    /// Clear setuid and setgid bits
+    /// Clear setuid and setgid bits and leave out file capabilities
     #[arg(long)]
     no_setuid: bool,
     /// Exit 3 (not 1) when some files are damaged: the intact ones are
@@ -705,11 +868,32 @@ pub struct RestoreArgs {
 }
 
 pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
+    use cairn_repo::select::{Pattern, Patterns};
+    let pats = |cs: &[String], ci: &[String]| -> Result<Patterns> {
+        let mut p: Vec<Pattern> = cs.iter().map(Pattern::new).collect();
+        p.extend(ci.iter().map(Pattern::ignoring_case));
+        Ok(Patterns::new(&p)?)
+    };
+    let include = pats(&a.include, &a.iinclude)?;
+    let exclude = pats(&a.exclude, &a.iexclude)?;
+    let (snapshot, subpath) = match a.snapshot.split_once(':') {
+        Some((s, p)) => {
+            if p.is_empty() {
+                bail!("{}: no path after ':' (SNAPSHOT:/PATH)", a.snapshot);
+            }
+            (s.to_string(), Some(p.as_bytes().to_vec()))
+        }
+        None => (a.snapshot.clone(), None),
+    };
     let repo = open_indexed(g)?;
-    let (id, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let (id, snap) = resolve(&repo.repo, &snapshot, &a.pick)?;
     let opts = RestoreOptions {
         target: a.target.clone(),
-        includes: a.includes.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        subpath,
+        include,
+        exclude,
+        no_xattrs: a.no_xattrs,
+        no_acls: a.no_acls,
         overwrite: a.overwrite,
         no_owner: a.no_owner,
         no_special: a.no_special,
@@ -745,7 +929,7 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         print_json(&json!({
             "snapshot": id.to_hex(),
             "target": a.target.display().to_string(),
-            "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "others": r.others,
+            "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "others": r.others, "hard_links": r.links,
             "bytes_written": r.bytes_written,
             "seconds": secs,
             "damaged": r.damaged.iter().map(|d| json!({"path": d.path.display().to_string(), "detail": d.detail, "on_target": d.on_target})).collect::<Vec<_>>(),

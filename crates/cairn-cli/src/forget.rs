@@ -75,6 +75,10 @@ pub struct ForgetArgs {
     /// Show what would be removed; remove nothing
     #[arg(long)]
     dry_run: bool,
+    /// Allow the rules to remove every snapshot of a group (only --keep-tag
+    /// can: every other rule keeps the newest)
+    #[arg(long)]
+    allow_empty: bool,
     /// Prune afterwards
     #[arg(long)]
     prune: bool,
@@ -108,8 +112,31 @@ pub fn execute(
     repo: &Repository,
     groups: &BTreeMap<String, (Vec<Decision>, BTreeMap<SnapshotId, Snapshot>)>,
     dry_run: bool,
+    allow_empty: bool,
     label: &str,
 ) -> Result<(usize, Value)> {
+    let emptied: Vec<&str> = groups
+        .iter()
+        .filter(|(_, (d, _))| !d.is_empty() && d.iter().all(|d| !d.keep))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !emptied.is_empty() && !allow_empty && !dry_run {
+        bail!(
+            "{label}the rules keep no snapshot of {} {}: nothing was removed (check the rules, or pass --allow-empty to remove them all)",
+            if emptied.len() == 1 {
+                "group"
+            } else {
+                "groups"
+            },
+            emptied.join(", ")
+        );
+    }
+    if !emptied.is_empty() && !allow_empty {
+        eprintln!(
+            "note: {label}the rules keep no snapshot of {}: a real run refuses without --allow-empty",
+            emptied.join(", ")
+        );
+    }
     let mut remove = Vec::new();
     let mut out = Vec::new();
     for (key, (decisions, snaps)) in groups {
@@ -153,8 +180,9 @@ pub fn execute(
 }
 
 pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
-    let repo = crate::commands::open(g)?;
     let policy = a.keep.policy();
+    policy.validate().map_err(anyhow::Error::msg)?;
+    let repo = crate::commands::open(g)?;
     if !a.ids.is_empty() {
         if !policy.is_empty() {
             bail!("give either snapshot ids or keep rules, not both");
@@ -219,7 +247,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
         })
         .collect();
     let groups = decide(&policy, a.group_by, snaps);
-    let (_, v) = execute(g, &repo, &groups, a.dry_run, "")?;
+    let (_, v) = execute(g, &repo, &groups, a.dry_run, a.allow_empty, "")?;
     if g.json {
         println!(
             "{}",

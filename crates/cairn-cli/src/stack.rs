@@ -149,7 +149,8 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
             .cloned()
             .collect();
         let groups = crate::forget::decide(&policy, cairn_repo::forget::GroupBy::default(), snaps);
-        let (n, v) = crate::forget::execute(g, &repo, &groups, a.dry_run, &format!("{name}: "))?;
+        let (n, v) =
+            crate::forget::execute(g, &repo, &groups, a.dry_run, false, &format!("{name}: "))?;
         removed += n;
         report.push(json!({"service": name, "removed": n, "groups": v}));
     }

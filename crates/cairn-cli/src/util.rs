@@ -78,6 +78,7 @@ pub fn parse_size64(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
         u => return Err(format!("unknown size unit {u:?} in {s:?}")),
     };
     n.checked_mul(mul)

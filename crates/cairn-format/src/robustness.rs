@@ -6,10 +6,27 @@ use crate::index::{IndexFile, IndexPack};
 use crate::keyfile::KeyFile;
 use crate::pack::{self, PackEntry};
 use crate::snapshot::{Snapshot, Summary};
-use crate::tree::{Extent, Node, NodeKind, Time, Tree};
+use crate::tree::{Extent, Node, NodeKind, Time, Tree, Xattr, XattrValue};
 use crate::{BlobKind, ChunkId, IndexId, KdfParams, MasterKey, PackId, PackKey, SnapshotId};
 
 fn sample_tree() -> Tree {
+    let mut t = sample_tree_plain();
+    t.nodes[1].device = 3;
+    t.nodes[1].nlink = 2;
+    t.nodes[1].xattrs = vec![
+        Xattr {
+            name: b"user.a".to_vec(),
+            value: XattrValue::Inline(b"xy".to_vec()),
+        },
+        Xattr {
+            name: b"user.b".to_vec(),
+            value: XattrValue::Chunks(vec![(ChunkId([5; 32]), 70_000 / 2)]),
+        },
+    ];
+    t
+}
+
+fn sample_tree_plain() -> Tree {
     let base = |name: &[u8], kind: NodeKind, size: u64| Node {
         name: name.to_vec(),
         kind,
@@ -20,6 +37,9 @@ fn sample_tree() -> Tree {
         ctime: Time { sec: 5, nsec: 6 },
         inode: 7,
         size,
+        device: 0,
+        nlink: 0,
+        xattrs: vec![],
     };
     Tree {
         nodes: vec![

@@ -8,10 +8,24 @@ use crate::id::ChunkId;
 
 /// Magic at the start of a tree blob's plaintext.
 pub const MAGIC: &[u8; 8] = b"CAIRNTRE";
-/// Current tree version.
-pub const VERSION: u16 = 1;
+/// Current tree version (written); version 1 is still read.
+pub const VERSION: u16 = 2;
+/// The first tree version, without hard links and extended attributes.
+pub const VERSION_1: u16 = 1;
 /// Longest name accepted (Linux NAME_MAX is 255; leave room for other systems).
 pub const MAX_NAME: usize = 4096;
+/// Longest extended attribute name (Linux XATTR_NAME_MAX).
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest extended attribute value (Linux XATTR_SIZE_MAX).
+pub const MAX_XATTR_VALUE: usize = 65536;
+/// Values up to this size are stored in the tree; larger ones as data blobs.
+pub const XATTR_INLINE_MAX: usize = 1024;
+/// Most extended attributes on one entry (Linux lists at most 64 KiB of
+/// names, each at least 7 bytes with its NUL).
+pub const MAX_XATTRS: usize = 10_000;
+/// Most bytes of extended attribute values on one entry (a restore holds
+/// one entry's values in memory at a time).
+pub const MAX_XATTR_TOTAL: u64 = 64 << 20;
 
 /// A piece of a file's content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +106,39 @@ impl NodeKind {
     }
 }
 
+/// The value of an extended attribute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XattrValue {
+    /// Stored in the tree (at most [`XATTR_INLINE_MAX`] bytes when written).
+    Inline(Vec<u8>),
+    /// Stored as data blobs, in order (larger values).
+    Chunks(Vec<(ChunkId, u32)>),
+}
+
+impl XattrValue {
+    /// Length of the value in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            XattrValue::Inline(v) => v.len() as u64,
+            XattrValue::Chunks(c) => c.iter().map(|(_, l)| *l as u64).sum(),
+        }
+    }
+    /// True for an empty value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One extended attribute (`user.*`, `trusted.*`, `security.*`, and
+/// `system.posix_acl_access`/`_default`, which carry POSIX ACLs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Xattr {
+    /// Full name with its namespace, e.g. `user.comment`.
+    pub name: Vec<u8>,
+    /// Its value.
+    pub value: XattrValue,
+}
+
 /// Timestamp with nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Time {
@@ -122,6 +169,46 @@ pub struct Node {
     pub inode: u64,
     /// Size in bytes (files: content length; symlinks: target length; else 0).
     pub size: u64,
+    /// Device of the source inode, when it had more than one link (else 0).
+    /// Entries of one snapshot with equal `(device, inode)` and `nlink > 1`
+    /// were hard links to one inode (format-spec §4.7).
+    pub device: u64,
+    /// Link count of the source inode when above 1 (never for directories);
+    /// 0 otherwise.
+    pub nlink: u32,
+    /// Extended attributes, sorted by name, unique.
+    pub xattrs: Vec<Xattr>,
+}
+
+impl Node {
+    /// Every data blob the entry refers to: its content's chunks and those
+    /// holding its large extended attribute values. Whatever keeps data
+    /// alive (prune) or checks it (check, repair) goes through this.
+    pub fn data_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        let content: &[Extent] = match &self.kind {
+            NodeKind::File { extents } => extents,
+            _ => &[],
+        };
+        content
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(*id),
+                Extent::Hole { .. } => None,
+            })
+            .chain(self.xattrs.iter().flat_map(|x| {
+                match &x.value {
+                    XattrValue::Inline(_) => [].iter(),
+                    XattrValue::Chunks(c) => c.iter(),
+                }
+                .map(|(id, _)| *id)
+            }))
+    }
+
+    /// The key that groups hard links within one snapshot, if this entry
+    /// was one of several links to its inode.
+    pub fn link_key(&self) -> Option<(u64, u64)> {
+        (self.nlink > 1).then_some((self.device, self.inode))
+    }
 }
 
 /// A decoded directory.
@@ -218,13 +305,20 @@ impl Tree {
                 NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => w.u64(*rdev),
                 NodeKind::Fifo | NodeKind::Socket => {}
             }
+            encode_v2_fields(&mut w, n)?;
         }
         Ok(w.buf)
     }
 
-    /// Decode and validate.
+    /// Decode and validate (version 2, or version 1 without links and
+    /// extended attributes).
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        crate::envelope::check_prefix("tree", MAGIC, VERSION, bytes)?;
+        let version = if bytes.len() >= 10 && bytes[8..10] == VERSION_1.to_le_bytes() {
+            VERSION_1
+        } else {
+            VERSION
+        };
+        crate::envelope::check_prefix("tree", MAGIC, version, bytes)?;
         let mut r = Reader::new(bytes, "tree");
         r.take(10)?;
         let n = r.count(2 + 1 + 4 * 3 + 12 * 2 + 16)?;
@@ -293,6 +387,11 @@ impl Tree {
                 6 => NodeKind::Socket,
                 x => return Err(r.err(format!("unknown node kind {x}"))),
             };
+            let (device, nlink, xattrs) = if version == VERSION_1 {
+                (0, 0, Vec::new())
+            } else {
+                decode_v2_fields(&mut r, tag)?
+            };
             nodes.push(Node {
                 name,
                 kind,
@@ -303,9 +402,137 @@ impl Tree {
                 ctime,
                 inode,
                 size,
+                device,
+                nlink,
+                xattrs,
             });
         }
         r.finish()?;
         Ok(Tree { nodes })
     }
+}
+
+fn check_xattr_name(name: &[u8]) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > MAX_XATTR_NAME || name.contains(&0) {
+        return Err(format!(
+            "invalid extended attribute name {:?}",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    Ok(())
+}
+
+/// The fields version 2 adds after the kind-specific part (§4.7).
+fn encode_v2_fields(w: &mut Writer, n: &Node) -> Result<()> {
+    let bad = |m: String| Err(FormatError::InvalidParameter(m));
+    if n.nlink == 1 || (n.nlink == 0 && n.device != 0) {
+        return bad("a node's device is recorded only with a link count above 1".into());
+    }
+    if n.nlink > 1 && matches!(n.kind, NodeKind::Dir { .. }) {
+        return bad("directories carry no link count".into());
+    }
+    w.u64(n.device);
+    w.u32(n.nlink);
+    if n.xattrs.len() > MAX_XATTRS {
+        return bad(format!(
+            "{} extended attributes on one entry",
+            n.xattrs.len()
+        ));
+    }
+    let total: u64 = n.xattrs.iter().map(|x| x.value.len()).sum();
+    if total > MAX_XATTR_TOTAL {
+        return bad(format!("{total} bytes of extended attributes on one entry"));
+    }
+    w.u16(n.xattrs.len() as u16);
+    let mut prev: Option<&[u8]> = None;
+    for x in &n.xattrs {
+        check_xattr_name(&x.name).or_else(&bad)?;
+        if prev.is_some_and(|p| p >= x.name.as_slice()) {
+            return bad("extended attributes must be sorted and unique".into());
+        }
+        prev = Some(&x.name);
+        if x.value.len() > MAX_XATTR_VALUE as u64 {
+            return bad(format!(
+                "extended attribute value of {} bytes",
+                x.value.len()
+            ));
+        }
+        w.bytes16(&x.name);
+        match &x.value {
+            XattrValue::Inline(v) => {
+                w.u8(0);
+                w.bytes32(v);
+            }
+            XattrValue::Chunks(c) => {
+                if c.is_empty() || c.iter().any(|(_, l)| *l == 0) {
+                    return bad("an extended attribute's chunks are empty".into());
+                }
+                w.u8(1);
+                w.u16(c.len() as u16);
+                for (id, len) in c {
+                    w.raw(&id.0);
+                    w.u32(*len);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decode_v2_fields(r: &mut Reader<'_>, tag: u8) -> Result<(u64, u32, Vec<Xattr>)> {
+    let device = r.u64()?;
+    let nlink = r.u32()?;
+    if nlink == 1 || (nlink == 0 && device != 0) {
+        return Err(r.err("device recorded without a link count above 1"));
+    }
+    if nlink > 1 && tag == 1 {
+        return Err(r.err("a directory with a link count"));
+    }
+    let n = r.u16()? as usize;
+    if n > MAX_XATTRS || n.saturating_mul(2 + 1 + 4) > r.remaining() {
+        return Err(r.err(format!("{n} extended attributes on one entry")));
+    }
+    let mut xattrs: Vec<Xattr> = Vec::with_capacity(n);
+    let mut total = 0u64;
+    for _ in 0..n {
+        let name = r.bytes16()?.to_vec();
+        check_xattr_name(&name).map_err(|m| r.err(m))?;
+        if xattrs.last().is_some_and(|p| p.name >= name) {
+            return Err(r.err("extended attributes not sorted or not unique"));
+        }
+        let value = match r.u8()? {
+            0 => XattrValue::Inline(r.bytes32()?.to_vec()),
+            1 => {
+                let nc = r.u16()? as usize;
+                if nc == 0 || nc.saturating_mul(36) > r.remaining() {
+                    return Err(r.err("bad chunk count of an extended attribute"));
+                }
+                let mut c = Vec::with_capacity(nc);
+                for _ in 0..nc {
+                    let id = ChunkId(r.array()?);
+                    let len = r.u32()?;
+                    if len == 0 {
+                        return Err(r.err("empty chunk of an extended attribute"));
+                    }
+                    c.push((id, len));
+                }
+                XattrValue::Chunks(c)
+            }
+            x => return Err(r.err(format!("unknown extended attribute value kind {x}"))),
+        };
+        if value.len() > MAX_XATTR_VALUE as u64 {
+            return Err(r.err(format!(
+                "extended attribute value of {} bytes (at most {MAX_XATTR_VALUE})",
+                value.len()
+            )));
+        }
+        total += value.len();
+        if total > MAX_XATTR_TOTAL {
+            return Err(r.err(format!(
+                "more than {MAX_XATTR_TOTAL} bytes of extended attributes on one entry"
+            )));
+        }
+        xattrs.push(Xattr { name, value });
+    }
+    Ok((device, nlink, xattrs))
 }

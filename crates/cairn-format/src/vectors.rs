@@ -11,7 +11,7 @@ use crate::index::{IndexFile, IndexPack};
 use crate::keyfile::KeyFile;
 use crate::pack::{self, PackEntry};
 use crate::snapshot::{Snapshot, Summary};
-use crate::tree::{Extent, Node, NodeKind, Time, Tree};
+use crate::tree::{Extent, Node, NodeKind, Time, Tree, Xattr, XattrValue};
 use crate::{BlobKind, ChunkId, IndexId, KdfParams, MasterKey, PackId, PackKey, SnapshotId};
 
 const VECTORS: &str = include_str!("../../../format-spec/test-vectors.txt");
@@ -26,7 +26,8 @@ fn nonce() -> [u8; 24] {
     std::array::from_fn(|i| 0x40 + i as u8)
 }
 
-fn vector_tree(key: &MasterKey) -> Tree {
+/// The version-1 tree of `tree.v1.encoded` (written by the first format).
+fn vector_tree_v1(key: &MasterKey) -> Tree {
     Tree {
         nodes: vec![
             Node {
@@ -53,6 +54,9 @@ fn vector_tree(key: &MasterKey) -> Tree {
                 },
                 inode: 42,
                 size: 11 + 4096,
+                device: 0,
+                nlink: 0,
+                xattrs: vec![],
             },
             Node {
                 name: b"link".to_vec(),
@@ -66,9 +70,44 @@ fn vector_tree(key: &MasterKey) -> Tree {
                 ctime: Time { sec: 2, nsec: 0 },
                 inode: 43,
                 size: 9,
+                device: 0,
+                nlink: 0,
+                xattrs: vec![],
             },
         ],
     }
+}
+
+/// The current (version 2) tree: two hard links to one file with extended
+/// attributes (one inline, one in a data blob, one ACL) and a symlink.
+fn vector_tree(key: &MasterKey) -> Tree {
+    let mut t = vector_tree_v1(key);
+    let file = &mut t.nodes[0];
+    file.device = 0x0803;
+    file.nlink = 2;
+    file.xattrs = vec![
+        Xattr {
+            name: b"system.posix_acl_access".to_vec(),
+            // version 2; user:: rw-, user 65534 r--, group:: r--, mask r--, other r--
+            value: XattrValue::Inline(vec![
+                2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 4, 0, 0xfe, 0xff, 0, 0, 4, 0,
+                4, 0, 0xff, 0xff, 0xff, 0xff, 0x10, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 4, 0,
+                0xff, 0xff, 0xff, 0xff,
+            ]),
+        },
+        Xattr {
+            name: b"user.big".to_vec(),
+            value: XattrValue::Chunks(vec![(key.chunk_id(b"hello cairn"), 11)]),
+        },
+        Xattr {
+            name: b"user.comment".to_vec(),
+            value: XattrValue::Inline(b"hello".to_vec()),
+        },
+    ];
+    let mut twin = t.nodes[0].clone();
+    twin.name = b"hello2.txt".to_vec();
+    t.nodes.insert(1, twin);
+    t
 }
 
 fn vector_snapshot(key: &MasterKey) -> Snapshot {
@@ -133,6 +172,10 @@ fn generate() -> Vec<(String, String)> {
     let tree = vector_tree(&key).encode().unwrap();
     put("tree.encoded", to_hex(&tree));
     put("tree.id", key.chunk_id(&tree).to_hex());
+    // Version 1 can no longer be written: its vector stays as it was.
+    let file = parse();
+    put("tree.v1.encoded", file["tree.v1.encoded"].clone());
+    put("tree.v1.id", file["tree.v1.id"].clone());
     // Sealed with random nonces: checked by decoding.
     let mut cfg = Config::new_default(1_795_000_000);
     cfg.repo_id = [0x11; 32];
@@ -207,6 +250,8 @@ fn deterministic_vectors_match() {
         "blob.sealed_hello_cairn",
         "tree.encoded",
         "tree.id",
+        "tree.v1.encoded",
+        "tree.v1.id",
     ];
     let now: HashMap<String, String> = generate().into_iter().collect();
     for k in deterministic {
@@ -216,6 +261,25 @@ fn deterministic_vectors_match() {
             "test vector {k} differs from the code"
         );
     }
+}
+
+#[test]
+fn tree_vectors_decode_in_both_versions() {
+    let f = parse();
+    let key = MasterKey::from_secret(secret());
+    let v2 = hex(&f["tree.encoded"]);
+    assert_eq!(&v2[8..10], &2u16.to_le_bytes());
+    assert_eq!(Tree::decode(&v2).unwrap(), vector_tree(&key));
+    let v1 = hex(&f["tree.v1.encoded"]);
+    assert_eq!(&v1[8..10], &1u16.to_le_bytes());
+    assert_eq!(key.chunk_id(&v1).to_hex(), f["tree.v1.id"]);
+    assert_eq!(Tree::decode(&v1).unwrap(), vector_tree_v1(&key));
+    let links: Vec<_> = vector_tree(&key)
+        .nodes
+        .iter()
+        .filter_map(Node::link_key)
+        .collect();
+    assert_eq!(links, vec![(0x0803, 42), (0x0803, 42)]);
 }
 
 #[test]

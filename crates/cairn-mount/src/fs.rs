@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_format::snapshot::Snapshot;
-use cairn_format::tree::{Extent, Node, NodeKind, Time};
+use cairn_format::tree::{Extent, Node, NodeKind, Time, Xattr};
 use cairn_format::{ChunkId, SnapshotId};
 use cairn_repo::IndexedRepository;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::cache::ChunkCache;
@@ -124,6 +124,8 @@ struct Inode {
     /// The inode of its snapshot's root directory (its own for a snapshot
     /// root; 0 for virtual entries): entries are counted per snapshot.
     root: u64,
+    /// Extended attributes of a snapshot entry (none for virtual ones).
+    xattrs: Vec<Xattr>,
 }
 
 struct Table {
@@ -352,6 +354,7 @@ impl CairnFs {
                 virtual_: true,
                 depth: 0,
                 root: 0,
+                xattrs: Vec::new(),
             }),
         );
         fs.refresh(Duration::ZERO)?;
@@ -498,6 +501,7 @@ impl CairnFs {
                             virtual_: true,
                             depth: 0,
                             root: 0,
+                            xattrs: Vec::new(),
                         },
                     );
                     self.install_virtual(ino, children);
@@ -520,6 +524,7 @@ impl CairnFs {
                             virtual_: false,
                             depth: 0,
                             root: ino,
+                            xattrs: Vec::new(),
                         },
                     );
                     listing.push((name.clone(), ino, FileType::Directory));
@@ -543,6 +548,7 @@ impl CairnFs {
                                 virtual_: true,
                                 depth: 0,
                                 root: 0,
+                                xattrs: Vec::new(),
                             }
                         },
                     );
@@ -590,7 +596,7 @@ impl CairnFs {
                 nlink: if matches!(node.kind, NodeKind::Dir { .. }) {
                     2
                 } else {
-                    1
+                    node.nlink.max(1)
                 },
                 uid: node.uid,
                 gid: node.gid,
@@ -603,6 +609,7 @@ impl CairnFs {
             virtual_: false,
             depth: parent.depth + 1,
             root: parent.root,
+            xattrs: node.xattrs.clone(),
         }
     }
 
@@ -808,6 +815,13 @@ impl std::ops::Deref for FsHandle {
 }
 
 impl Filesystem for FsHandle {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // POSIX ACLs travel as the extended attributes they are: with this
+        // the kernel asks for system.posix_acl_* instead of refusing them.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let p = u64::from(parent);
         let name = name.as_bytes();
@@ -843,6 +857,55 @@ impl Filesystem for FsHandle {
             }) => reply.data(t),
             Some(_) => reply.error(Errno::EINVAL),
             None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(inode) = self.inode(u64::from(ino)) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let Some(x) = inode.xattrs.iter().find(|x| x.name == name.as_bytes()) else {
+            reply.error(Errno::NO_XATTR);
+            return;
+        };
+        let value = match self.repo.xattr_value(&x.value) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!(
+                    "cairn mount: {}: extended attribute {}: {e}",
+                    inode.path,
+                    String::from_utf8_lossy(&x.name)
+                );
+                reply.error(Errno::EIO);
+                return;
+            }
+        };
+        if size == 0 {
+            reply.size(value.len() as u32);
+        } else if value.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&value);
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some(inode) = self.inode(u64::from(ino)) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let mut list = Vec::new();
+        for x in &inode.xattrs {
+            list.extend_from_slice(&x.name);
+            list.push(0);
+        }
+        if size == 0 {
+            reply.size(list.len() as u32);
+        } else if list.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&list);
         }
     }
 

@@ -51,7 +51,7 @@ impl Read for Prefetching<'_> {
 /// read and cut, one being encoded), 16 MiB together as before the overlap.
 const STREAM_WINDOW: usize = 8 << 20;
 use cairn_format::snapshot::{Snapshot, Summary};
-use cairn_format::tree::{Extent, Node, NodeKind, Time, Tree};
+use cairn_format::tree::{Extent, Node, NodeKind, Time, Tree, XATTR_INLINE_MAX, Xattr, XattrValue};
 use cairn_format::{BlobKind, ChunkId, SnapshotId};
 use rayon::prelude::*;
 
@@ -59,6 +59,7 @@ use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
 use crate::packer::{Packer, PackerStats};
 use crate::repo::now_ns;
+use crate::select::Exclusions;
 
 /// Which snapshot to compare against for change detection.
 #[derive(Clone, Debug, Default)]
@@ -89,6 +90,8 @@ pub struct BackupOptions {
     pub group: Option<[u8; 16]>,
     /// Logical fingerprints recorded by a datastore adapter.
     pub fingerprints: Vec<(String, Vec<u8>)>,
+    /// What to leave out.
+    pub exclusions: Exclusions,
 }
 
 /// Live counters of a running backup (polled by progress displays).
@@ -108,6 +111,9 @@ pub struct Progress {
     pub bytes_total: AtomicU64,
     /// Sources skipped because of errors.
     pub errors: AtomicU64,
+    /// Entries left out by the exclusions (an excluded directory counts
+    /// once, whatever it holds).
+    pub excluded: AtomicU64,
     /// Messages about skipped sources.
     pub warnings: Mutex<Vec<String>>,
 }
@@ -140,7 +146,15 @@ struct Walker<'a> {
     packer: &'a Packer<'a>,
     progress: &'a Progress,
     params: ChunkerParams,
+    excl: &'a Exclusions,
+    /// Content of inodes with several links read so far in this backup, by
+    /// (device, inode), with the size, mtime and ctime it was read at: the
+    /// other links reuse it instead of reading the file again.
+    links: Mutex<HashMap<(u64, u64), ReadInode>>,
 }
+
+/// An inode's content as read: size, mtime and ctime when read, extents.
+type ReadInode = (u64, Time, Time, Vec<Extent>);
 
 #[derive(Default)]
 struct Trie {
@@ -172,6 +186,7 @@ fn time_of(sec: i64, nsec: i64) -> Time {
 }
 
 fn base_node(name: Vec<u8>, md: &fs::Metadata, kind: NodeKind) -> Node {
+    let linked = md.nlink() > 1 && !md.is_dir();
     Node {
         name,
         kind,
@@ -182,6 +197,13 @@ fn base_node(name: Vec<u8>, md: &fs::Metadata, kind: NodeKind) -> Node {
         ctime: time_of(md.ctime(), md.ctime_nsec()),
         inode: md.ino(),
         size: 0,
+        device: if linked { md.dev() } else { 0 },
+        nlink: if linked {
+            md.nlink().min(u32::MAX as u64) as u32
+        } else {
+            0
+        },
+        xattrs: Vec::new(),
     }
 }
 
@@ -255,6 +277,22 @@ impl Walker<'_> {
         let size = md.size();
         let mut extents = Vec::new();
         if size == 0 {
+            // procfs and sysfs report 0 bytes for files that read data:
+            // what is read is stored (an empty file costs one read more).
+            let limit = self.params.max as u64;
+            let mut buf = Vec::new();
+            (&f).take(limit + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| RepoError::io(path, e))?;
+            if buf.is_empty() {
+                return Ok(extents);
+            }
+            let rest = std::io::Cursor::new(buf).chain(&f);
+            self.stream_extents(rest, &mut extents)
+                .map_err(|e| match e {
+                    RepoError::Io { source, .. } => RepoError::io(path, source),
+                    other => other,
+                })?;
             return Ok(extents);
         }
         let sparse = md.blocks() * 512 < size;
@@ -314,11 +352,60 @@ impl Walker<'_> {
         Ok(extents)
     }
 
-    /// Nodes for a list of (name, path) entries of one directory, in name order.
+    /// The entry's extended attributes as tree values (large ones stored as
+    /// data blobs). A list that cannot be read is a warning naming the
+    /// entry, which is kept without them.
+    fn xattrs(&self, path: &Path) -> Result<Vec<Xattr>> {
+        let raw = match crate::sys::read_xattrs(path) {
+            Ok(r) => r,
+            Err(e) => {
+                self.progress.warn(format!(
+                    "{}: cannot read extended attributes: {e} (stored without them)",
+                    path.display()
+                ));
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for (name, value) in raw {
+            let value = if value.len() <= XATTR_INLINE_MAX {
+                XattrValue::Inline(value)
+            } else {
+                let mut cuts = Vec::new();
+                self.params.cut(&value, true, &mut cuts);
+                let mut chunks = Vec::with_capacity(cuts.len());
+                for c in cuts {
+                    let id = self.store_chunk(&value[c.offset..c.offset + c.len])?;
+                    chunks.push((id, c.len as u32));
+                }
+                XattrValue::Chunks(chunks)
+            };
+            out.push(Xattr { name, value });
+        }
+        Ok(out)
+    }
+
+    /// Whether the exclusions leave this entry out.
+    fn excluded(&self, path: &Path, md: &fs::Metadata) -> bool {
+        let e = self.excl;
+        let is_dir = md.is_dir();
+        let out = e.patterns.matches(path.as_os_str().as_bytes(), is_dir)
+            || (md.is_file() && e.larger_than.is_some_and(|n| md.size() > n))
+            || (is_dir && !e.if_present.is_empty() && e.tagged(path));
+        if out {
+            Progress::add(&self.progress.excluded, 1);
+        }
+        out
+    }
+
+    /// Nodes for a list of (name, path) entries of one directory, in name
+    /// order. `dir_dev` is the device of the directory holding them (`None`
+    /// for the paths given to the backup).
     fn nodes_for(
         &self,
         mut entries: Vec<(Vec<u8>, PathBuf)>,
         parent: Option<&Tree>,
+        dir_dev: Option<u64>,
     ) -> Result<Vec<Node>> {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let small_limit = self.params.max as u64;
@@ -326,7 +413,9 @@ impl Walker<'_> {
             Done(Node),
             Small(Node, PathBuf, fs::Metadata),
             Large(Node, PathBuf, fs::Metadata),
-            Dir(Node, PathBuf),
+            /// A directory, its path, its device, and whether it is a mount
+            /// point left empty by `--one-file-system`.
+            Dir(Node, PathBuf, u64, bool),
             Skip,
         }
         let mut todo = Vec::with_capacity(entries.len());
@@ -340,8 +429,35 @@ impl Walker<'_> {
                     continue;
                 }
             };
+            if self.excluded(&path, &md) {
+                continue;
+            }
+            let xattrs = self.xattrs(&path)?;
             let ft = md.file_type();
             let prev = parent.and_then(|t| t.find(&name));
+            let linked = md.nlink() > 1 && ft.is_file();
+            if linked
+                && let Some((size, mtime, ctime, extents)) =
+                    self.links.lock().expect("links").get(&(md.dev(), md.ino()))
+                && *size == md.size()
+                && *mtime == time_of(md.mtime(), md.mtime_nsec())
+                && *ctime == time_of(md.ctime(), md.ctime_nsec())
+            {
+                // Another link to an inode read in this backup already.
+                let mut node = base_node(
+                    name,
+                    &md,
+                    NodeKind::File {
+                        extents: extents.clone(),
+                    },
+                );
+                node.size = *size;
+                node.xattrs = xattrs;
+                Progress::add(&self.progress.bytes_total, md.size());
+                Progress::add(&self.progress.files_unchanged, 1);
+                todo.push(Todo::Done(node));
+                continue;
+            }
             if ft.is_file() {
                 let mut node = base_node(name, &md, NodeKind::File { extents: vec![] });
                 node.size = md.size();
@@ -358,6 +474,13 @@ impl Walker<'_> {
                         extents: extents.clone(),
                     };
                     Progress::add(&self.progress.files_unchanged, 1);
+                    node.xattrs = xattrs;
+                    if linked && let NodeKind::File { extents } = &node.kind {
+                        self.links.lock().expect("links").insert(
+                            (md.dev(), md.ino()),
+                            (node.size, node.mtime, node.ctime, extents.clone()),
+                        );
+                    }
                     todo.push(Todo::Done(node));
                     continue;
                 }
@@ -366,26 +489,33 @@ impl Walker<'_> {
                 } else {
                     Progress::add(&self.progress.files_new, 1);
                 }
+                node.xattrs = xattrs;
                 if md.size() <= small_limit {
                     todo.push(Todo::Small(node, path, md));
                 } else {
                     todo.push(Todo::Large(node, path, md));
                 }
             } else if ft.is_dir() {
-                let node = base_node(
+                let mut node = base_node(
                     name,
                     &md,
                     NodeKind::Dir {
                         tree: ChunkId::default(),
                     },
                 );
-                todo.push(Todo::Dir(node, path));
+                node.xattrs = xattrs;
+                let cross = self.excl.one_file_system && dir_dev.is_some_and(|d| d != md.dev());
+                if cross {
+                    Progress::add(&self.progress.excluded, 1);
+                }
+                todo.push(Todo::Dir(node, path, md.dev(), cross));
             } else if ft.is_symlink() {
                 match fs::read_link(&path) {
                     Ok(t) => {
                         let target = t.as_os_str().as_bytes().to_vec();
                         let mut node = base_node(name, &md, NodeKind::Symlink { target });
                         node.size = t.as_os_str().len() as u64;
+                        node.xattrs = xattrs;
                         todo.push(Todo::Done(node));
                     }
                     Err(e) => {
@@ -404,7 +534,9 @@ impl Walker<'_> {
                 } else {
                     NodeKind::Socket
                 };
-                todo.push(Todo::Done(base_node(name, &md, kind)));
+                let mut node = base_node(name, &md, kind);
+                node.xattrs = xattrs;
+                todo.push(Todo::Done(node));
             }
         }
 
@@ -412,6 +544,12 @@ impl Walker<'_> {
             match self.read_file(path, md, small) {
                 Ok(ext) => {
                     node.size = ext.iter().map(Extent::len).sum();
+                    if node.nlink > 1 {
+                        self.links.lock().expect("links").insert(
+                            (md.dev(), md.ino()),
+                            (node.size, node.mtime, node.ctime, ext.clone()),
+                        );
+                    }
                     node.kind = NodeKind::File { extents: ext };
                     // Like tar and borg: a file written to while it was read
                     // is stored as read (the node keeps the times seen
@@ -468,19 +606,25 @@ impl Walker<'_> {
             .par_iter()
             .enumerate()
             .filter_map(|(i, t)| match t {
-                Todo::Dir(n, path) => Some((i, n, path)),
+                Todo::Dir(n, path, dev, cross) => Some((i, n, path, *dev, *cross)),
                 _ => None,
             })
-            .map(|(i, n, path)| -> Result<(usize, Option<ChunkId>)> {
-                let prev_tree = match parent.and_then(|t| t.find(&n.name)) {
-                    Some(Node {
-                        kind: NodeKind::Dir { tree },
-                        ..
-                    }) => self.repo.load_tree(tree).ok(),
-                    _ => None,
-                };
-                Ok((i, self.backup_dir(path, prev_tree.as_ref())?))
-            })
+            .map(
+                |(i, n, path, dev, cross)| -> Result<(usize, Option<ChunkId>)> {
+                    if cross {
+                        // A mount point: kept, without what is mounted there.
+                        return Ok((i, Some(self.packer.store_tree(&Tree::default())?)));
+                    }
+                    let prev_tree = match parent.and_then(|t| t.find(&n.name)) {
+                        Some(Node {
+                            kind: NodeKind::Dir { tree },
+                            ..
+                        }) => self.repo.load_tree(tree).ok(),
+                        _ => None,
+                    };
+                    Ok((i, self.backup_dir(path, prev_tree.as_ref(), dev)?))
+                },
+            )
             .collect::<Result<_>>()?;
 
         let mut nodes = Vec::with_capacity(todo.len());
@@ -492,7 +636,7 @@ impl Walker<'_> {
                         nodes.push(n);
                     }
                 }
-                Todo::Dir(mut n, _) => {
+                Todo::Dir(mut n, ..) => {
                     if let Some(id) = subtrees.remove(&i).flatten() {
                         n.kind = NodeKind::Dir { tree: id };
                         nodes.push(n);
@@ -505,15 +649,15 @@ impl Walker<'_> {
     }
 
     /// Back up a directory; `None` if it could not be read (warned).
-    fn backup_dir(&self, path: &Path, parent: Option<&Tree>) -> Result<Option<ChunkId>> {
-        match self.dir_nodes(path, parent)? {
+    fn backup_dir(&self, path: &Path, parent: Option<&Tree>, dev: u64) -> Result<Option<ChunkId>> {
+        match self.dir_nodes(path, parent, dev)? {
             Some(nodes) => Ok(Some(self.packer.store_tree(&Tree { nodes })?)),
             None => Ok(None),
         }
     }
 
     /// The nodes of a directory's entries; `None` if it could not be read (warned).
-    fn dir_nodes(&self, path: &Path, parent: Option<&Tree>) -> Result<Option<Vec<Node>>> {
+    fn dir_nodes(&self, path: &Path, parent: Option<&Tree>, dev: u64) -> Result<Option<Vec<Node>>> {
         Progress::add(&self.progress.dirs, 1);
         let rd = match fs::read_dir(path) {
             Ok(rd) => rd,
@@ -530,7 +674,7 @@ impl Walker<'_> {
                 Err(e) => self.progress.warn(format!("{}: {e}", path.display())),
             }
         }
-        Ok(Some(self.nodes_for(entries, parent)?))
+        Ok(Some(self.nodes_for(entries, parent, Some(dev))?))
     }
 
     /// Build the synthetic directories above the backed-up paths.
@@ -553,21 +697,30 @@ impl Walker<'_> {
             };
             let sub = self.backup_trie(child, &cpath, prev_tree.as_ref())?;
             let id = self.packer.store_tree(&Tree { nodes: sub })?;
-            nodes.push(base_node(name.clone(), &md, NodeKind::Dir { tree: id }));
+            let mut node = base_node(name.clone(), &md, NodeKind::Dir { tree: id });
+            node.xattrs = self.xattrs(&cpath)?;
+            nodes.push(node);
         }
-        nodes.extend(self.nodes_for(targets, parent)?);
+        nodes.extend(self.nodes_for(targets, parent, None)?);
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
     }
 }
 
 impl IndexedRepository {
-    fn walker<'a>(&'a self, packer: &'a Packer<'a>, progress: &'a Progress) -> Walker<'a> {
+    fn walker<'a>(
+        &'a self,
+        packer: &'a Packer<'a>,
+        progress: &'a Progress,
+        excl: &'a Exclusions,
+    ) -> Walker<'a> {
         Walker {
             repo: self,
             packer,
             progress,
             params: self.chunker_params(),
+            excl,
+            links: Mutex::new(HashMap::new()),
         }
     }
 
@@ -658,7 +811,7 @@ impl IndexedRepository {
             }
         }
         let packer = Packer::new(self);
-        let walker = self.walker(&packer, progress);
+        let walker = self.walker(&packer, progress, &opts.exclusions);
         // The walk (directories and small files in parallel) runs on a pool
         // of its own, as many threads as cores; large files' windows are
         // encoded from a plain thread (`Walker::stream_extents`), so at most
@@ -672,8 +825,11 @@ impl IndexedRepository {
             if trie.target {
                 // "/" itself was given: its entries are the root.
                 let parent_tree = parent.as_ref().map(|p| &p.1);
+                let root_dev = fs::symlink_metadata("/")
+                    .map_err(|e| RepoError::io("/", e))?
+                    .dev();
                 walker
-                    .dir_nodes(Path::new("/"), parent_tree)?
+                    .dir_nodes(Path::new("/"), parent_tree, root_dev)?
                     .ok_or_else(|| RepoError::InvalidInput("cannot read the directory /".into()))
             } else {
                 walker.backup_trie(&trie, Path::new("/"), parent.as_ref().map(|p| &p.1))
@@ -733,7 +889,10 @@ impl IndexedRepository {
                 duration_ns: start.elapsed().as_nanos() as u64,
             },
             fingerprints: opts.fingerprints.clone(),
-            extra: vec![],
+            extra: match progress.excluded.load(Ordering::Relaxed) {
+                0 => vec![],
+                n => vec![("excluded".into(), n.to_string())],
+            },
         };
         // Prune protocol (format-spec §5.1 steps 5–8): every pack the
         // snapshot needs exists, the commit is claimed (a prune that took
@@ -810,7 +969,8 @@ impl IndexedRepository {
             )));
         }
         let packer = Packer::new(self);
-        let walker = self.walker(&packer, progress);
+        let none = Exclusions::default();
+        let walker = self.walker(&packer, progress, &none);
         let mut extents = Vec::new();
         let size = walker
             .stream_extents(reader, &mut extents)
@@ -834,6 +994,9 @@ impl IndexedRepository {
             ctime: now,
             inode: 0,
             size,
+            device: 0,
+            nlink: 0,
+            xattrs: Vec::new(),
         };
         let root = packer.store_tree(&Tree { nodes: vec![node] })?;
         let reused = packer.reused();

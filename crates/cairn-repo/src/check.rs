@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cairn_format::index::IndexFile;
 use cairn_format::snapshot::Snapshot;
-use cairn_format::tree::{Extent, NodeKind};
+use cairn_format::tree::NodeKind;
 use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 use rayon::prelude::*;
 
@@ -332,35 +332,27 @@ impl Repository {
                 match repo.load_tree(&t) {
                     Ok(tree) => {
                         for n in tree.nodes {
-                            match n.kind {
-                                NodeKind::Dir { tree } => stack.push(tree),
-                                NodeKind::File { extents } => {
-                                    for e in extents {
-                                        if let Extent::Chunk { id, .. } = e {
-                                            let loc = repo
-                                                .index
-                                                .read()
-                                                .expect("index")
-                                                .get(BlobKind::Data, &id);
-                                            match loc {
-                                                None => {
-                                                    if damaged_blobs.insert((BlobKind::Data, id)) {
-                                                        problem(
-                                                            &mut report,
-                                                            &format!("data blob {id}"),
-                                                            "not in any index".into(),
-                                                        );
-                                                    }
-                                                }
-                                                Some(l) if bad_packs.contains(&l.pack) => {
-                                                    damaged_blobs.insert((BlobKind::Data, id));
-                                                }
-                                                Some(_) => {}
-                                            }
+                            if let NodeKind::Dir { tree } = n.kind {
+                                stack.push(tree);
+                            }
+                            for id in n.data_ids() {
+                                let loc =
+                                    repo.index.read().expect("index").get(BlobKind::Data, &id);
+                                match loc {
+                                    None => {
+                                        if damaged_blobs.insert((BlobKind::Data, id)) {
+                                            problem(
+                                                &mut report,
+                                                &format!("data blob {id}"),
+                                                "not in any index".into(),
+                                            );
                                         }
                                     }
+                                    Some(l) if bad_packs.contains(&l.pack) => {
+                                        damaged_blobs.insert((BlobKind::Data, id));
+                                    }
+                                    Some(_) => {}
                                 }
-                                _ => {}
                             }
                         }
                     }
@@ -598,8 +590,9 @@ fn affected_paths(
             NodeKind::Dir { tree } => {
                 is_clean &= affected_paths(repo, &tree, &p, damaged, clean, out, hit);
             }
-            NodeKind::File { extents }
-                if extents.iter().any(|e| matches!(e, Extent::Chunk { id, .. } if damaged.contains(&(BlobKind::Data, *id)))) =>
+            _ if n
+                .data_ids()
+                .any(|id| damaged.contains(&(BlobKind::Data, id))) =>
             {
                 *hit = true;
                 is_clean = false;

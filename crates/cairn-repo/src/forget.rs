@@ -44,6 +44,31 @@ impl RetentionPolicy {
     pub fn is_empty(&self) -> bool {
         *self == RetentionPolicy::default()
     }
+
+    /// Refuse rules of 0 (`--keep-last 0`): read literally they keep
+    /// nothing, and a retention template whose value came out empty or 0
+    /// would remove every snapshot. (restic reads 0 as "no rule"; cairn
+    /// refuses, so that the mistake is seen instead of guessed at.)
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("keep-last", self.keep_last),
+            ("keep-hourly", self.keep_hourly),
+            ("keep-daily", self.keep_daily),
+            ("keep-weekly", self.keep_weekly),
+            ("keep-monthly", self.keep_monthly),
+            ("keep-yearly", self.keep_yearly),
+        ] {
+            if v == Some(0) {
+                return Err(format!(
+                    "--{name} 0 keeps nothing: give 1 or more, or leave the rule out (to remove snapshots by id, name them)"
+                ));
+            }
+        }
+        if self.keep_within.is_some_and(|d| d.is_zero()) {
+            return Err("--keep-within 0 keeps nothing but the newest: give a span such as 30d, or leave the rule out".into());
+        }
+        Ok(())
+    }
 }
 
 /// The verdict on one snapshot.

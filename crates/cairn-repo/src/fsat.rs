@@ -224,22 +224,8 @@ pub enum Create<'a> {
 /// directory is wanted is kept. Returns the new entry's identity.
 pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io::Result<Ident> {
     let (parent, name) = b.parent(rel)?;
-    if overwrite {
-        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => {
-                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-                if is_dir && matches!(what, Create::Dir) {
-                    return Ok(ident(&stat_dir_at(&parent, name, rel)?));
-                }
-                if is_dir {
-                    remove_tree_at(parent.as_fd(), name)?;
-                } else {
-                    rustix::fs::unlinkat(&parent, name, AtFlags::empty())?;
-                }
-            }
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
+    if overwrite && let Some(kept) = clear(&parent, name, rel, matches!(what, Create::Dir))? {
+        return Ok(kept);
     }
     let private = Mode::from_raw_mode(0o600);
     let st = match what {
@@ -273,6 +259,53 @@ pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io
         }
     };
     created(&st, rel)
+}
+
+/// Unlink what is at `name` in `parent` (a directory with everything in
+/// it), except a directory when `keep_dir`: its identity is returned.
+fn clear(parent: &OwnedFd, name: &OsStr, rel: &Path, keep_dir: bool) -> io::Result<Option<Ident>> {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if is_dir && keep_dir {
+                return Ok(Some(ident(&stat_dir_at(parent, name, rel)?)));
+            }
+            if is_dir {
+                remove_tree_at(parent.as_fd(), name)?;
+            } else {
+                rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+            }
+            Ok(None)
+        }
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make `rel` a hard link to `leader`, an entry this restore created as
+/// `expect`, both beneath the target. With `overwrite`, what is in the way
+/// is unlinked first. The new name is checked to be the leader's inode: if
+/// the leader's name was swapped meanwhile, the new link is removed again
+/// and an error returned (nothing of someone else's is linked in).
+pub fn link(
+    b: &Beneath,
+    leader: &Path,
+    expect: Ident,
+    rel: &Path,
+    overwrite: bool,
+) -> io::Result<()> {
+    let (lparent, lname) = b.parent(leader)?;
+    let (parent, name) = b.parent(rel)?;
+    if overwrite {
+        clear(&parent, name, rel, false)?;
+    }
+    rustix::fs::linkat(&lparent, lname, &parent, name, AtFlags::empty())?;
+    let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if ident(&st) != expect {
+        let _ = rustix::fs::unlinkat(&parent, name, AtFlags::empty());
+        return Err(replaced(leader));
+    }
+    Ok(())
 }
 
 /// Remove `name` in `dir` and everything below it, through descriptors
@@ -321,16 +354,17 @@ pub struct Meta {
     pub mode: Option<u32>,
     /// Modification time (seconds, nanoseconds); access time is left alone.
     pub mtime: (i64, u32),
+    /// Extended attributes (ACLs included) to set, after owner and mode:
+    /// a change of owner clears file capabilities, and an access ACL sets
+    /// the group bits of the mode.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Set owner, mode and mtime of `rel` through a descriptor opened beneath the
-/// target and checked against `expect`. Errors carry which step failed.
-pub fn set_meta(
-    b: &Beneath,
-    rel: &Path,
-    expect: Ident,
-    m: &Meta,
-) -> Vec<(&'static str, io::Error)> {
+/// Set owner, mode, extended attributes and mtime of `rel` through a
+/// descriptor opened beneath the target and checked against `expect`.
+/// Errors carry which step failed ("open", "owner", "mode", "mtime", or
+/// "extended attribute NAME").
+pub fn set_meta(b: &Beneath, rel: &Path, expect: Ident, m: &Meta) -> Vec<(String, io::Error)> {
     let mut errs = Vec::new();
     // One descriptor for all three, opened (and checked) while the entry is
     // still the restoring user's. Files and directories are opened for
@@ -340,12 +374,12 @@ pub fn set_meta(
     let kind = match b.open_checked(rel, OFlags::PATH, expect) {
         Ok(o) => FileType::from_raw_mode(o.stat.st_mode),
         Err(e) => {
-            errs.push(("open", e));
+            errs.push(("open".into(), e));
             return errs;
         }
     };
     if kind != m.kind {
-        errs.push(("open", replaced(rel)));
+        errs.push(("open".into(), replaced(rel)));
         return errs;
     }
     let flags = match kind {
@@ -356,7 +390,7 @@ pub fn set_meta(
     let o = match b.open_checked(rel, flags, expect) {
         Ok(o) => o,
         Err(e) => {
-            errs.push(("open", e));
+            errs.push(("open".into(), e));
             return errs;
         }
     };
@@ -375,7 +409,7 @@ pub fn set_meta(
             rustix::fs::chownat(&o.fd, "", u, g, AtFlags::EMPTY_PATH)
         };
         if let Err(e) = r {
-            errs.push(("owner", e.into()));
+            errs.push(("owner".into(), e.into()));
         }
     }
     if let Some(mode) = m.mode
@@ -390,7 +424,15 @@ pub fn set_meta(
             rustix::fs::chmod(link.as_str(), Mode::from_raw_mode(mode)).map_err(Into::into)
         };
         if let Err(e) = r {
-            errs.push(("mode", e));
+            errs.push(("mode".into(), e));
+        }
+    }
+    for (name, value) in &m.xattrs {
+        if let Err(e) = crate::sys::set_xattr(o.fd.as_fd(), real_fd, name, value) {
+            errs.push((
+                format!("extended attribute {}", String::from_utf8_lossy(name)),
+                e,
+            ));
         }
     }
     let times = Timestamps {
@@ -409,7 +451,7 @@ pub fn set_meta(
         rustix::fs::utimensat(&o.fd, "", &times, AtFlags::EMPTY_PATH)
     };
     if let Err(e) = r {
-        errs.push(("mtime", e.into()));
+        errs.push(("mtime".into(), e.into()));
     }
     errs
 }

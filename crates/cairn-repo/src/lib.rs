@@ -49,6 +49,7 @@ pub mod repair;
 mod repo;
 mod restore;
 pub mod retry;
+pub mod select;
 pub mod session;
 pub mod store;
 pub mod sys;

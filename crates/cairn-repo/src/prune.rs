@@ -8,7 +8,7 @@ use cairn_format::deletion::Deletion;
 use cairn_format::index::{IndexFile, IndexPack};
 use cairn_format::pack::PackEntry;
 use cairn_format::snapshot::Snapshot;
-use cairn_format::tree::{Extent, NodeKind};
+use cairn_format::tree::NodeKind;
 use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 
 use crate::error::{RepoError, Result};
@@ -151,16 +151,9 @@ impl IndexedRepository {
                 ))
             })?;
             for n in t.nodes {
-                match n.kind {
-                    NodeKind::Dir { tree } => stack.push((tree, snap)),
-                    NodeKind::File { extents } => {
-                        for e in extents {
-                            if let Extent::Chunk { id, .. } = e {
-                                used.insert((BlobKind::Data, id));
-                            }
-                        }
-                    }
-                    _ => {}
+                used.extend(n.data_ids().map(|id| (BlobKind::Data, id)));
+                if let NodeKind::Dir { tree } = n.kind {
+                    stack.push((tree, snap));
                 }
             }
         }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use cairn_format::index::{IndexFile, IndexPack};
 use cairn_format::snapshot::Snapshot;
-use cairn_format::tree::{Extent, Node, NodeKind, Tree};
+use cairn_format::tree::{Node, NodeKind, Tree};
 use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 
 use crate::check::ReadData;
@@ -197,14 +197,20 @@ fn repair_tree(
                     n.kind = NodeKind::Dir { tree: id };
                 }
             }
-            NodeKind::File { extents } => {
-                let bad = extents.iter().any(|e| matches!(e, Extent::Chunk { id, .. } if damaged.contains(&(BlobKind::Data, *id)) || !repo.index.read().expect("index").contains(BlobKind::Data, id)));
+            _ => {
+                let bad = n.data_ids().any(|id| {
+                    damaged.contains(&(BlobKind::Data, id))
+                        || !repo
+                            .index
+                            .read()
+                            .expect("index")
+                            .contains(BlobKind::Data, &id)
+                });
                 if bad {
                     removed.push(String::from_utf8_lossy(&p).into_owned());
                     continue;
                 }
             }
-            _ => {}
         }
         nodes.push(n);
     }

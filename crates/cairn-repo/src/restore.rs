@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use cairn_format::tree::{Extent, Node, NodeKind, Tree};
+use cairn_format::tree::{Extent, Node, NodeKind, Tree, XattrValue};
 use cairn_format::{BlobKind, ChunkId};
 use rayon::prelude::*;
 
@@ -25,6 +25,7 @@ use crate::error::{RepoError, Result};
 use crate::fsat::{Beneath, Create, Ident, Meta};
 use crate::index::BlobLocation;
 use crate::indexed::IndexedRepository;
+use crate::select::Patterns;
 
 /// Bytes of a pack read at once when most of it is restored.
 const RESTORE_WINDOW: u64 = 4 << 20;
@@ -37,8 +38,21 @@ type FailFn<'a> = dyn Fn(&[(ChunkId, BlobLocation)], &str, bool) + Sync + 'a;
 pub struct RestoreOptions {
     /// Directory to restore into.
     pub target: PathBuf,
-    /// Snapshot paths to restore (with everything below them); empty = all.
-    pub includes: Vec<Vec<u8>>,
+    /// Restore only this part of the snapshot (a directory's content, or a
+    /// file), at the target's root (`restore SNAPSHOT:SUBPATH`).
+    pub subpath: Option<Vec<u8>>,
+    /// Restore only what matches (a directory with everything beneath it,
+    /// and the directories above it); empty = all. Matched against
+    /// snapshot paths (see [`crate::select`]); a pattern that matches
+    /// nothing is an error.
+    pub include: Patterns,
+    /// Leave out what matches (a directory with everything beneath it); a
+    /// pattern that matches nothing is an error.
+    pub exclude: Patterns,
+    /// Do not set extended attributes (other than ACLs).
+    pub no_xattrs: bool,
+    /// Do not set POSIX ACLs (`system.posix_acl_access`/`_default`).
+    pub no_acls: bool,
     /// Allow a non-empty target and replace what is there.
     pub overwrite: bool,
     /// Leave ownership to the restoring user (as root, do not set the
@@ -46,7 +60,8 @@ pub struct RestoreOptions {
     pub no_owner: bool,
     /// Do not create device nodes or FIFOs.
     pub no_special: bool,
-    /// Clear setuid and setgid bits.
+    /// Clear setuid and setgid bits, and leave out file capabilities
+    /// (`security.capability`), which grant privileges as setuid does.
     pub no_setuid: bool,
     /// How errors name what is restored ("snapshot 1a2b3c4d"; empty: "the
     /// snapshot").
@@ -59,7 +74,8 @@ pub struct RestoreOptions {
 pub struct Withheld {
     /// Device nodes and FIFOs not created.
     pub special: u64,
-    /// Entries whose setuid/setgid bits were cleared.
+    /// Entries whose setuid/setgid bits were cleared or file capabilities
+    /// left out.
     pub setuid: u64,
     /// Entries whose snapshot owner was not set (it differs from the
     /// restoring user's).
@@ -75,7 +91,10 @@ impl Withheld {
             parts.push(format!("{} device nodes/FIFOs not created", self.special));
         }
         if self.setuid > 0 {
-            parts.push(format!("{} setuid/setgid bits cleared", self.setuid));
+            parts.push(format!(
+                "{} setuid/setgid bits or file capabilities cleared",
+                self.setuid
+            ));
         }
         if self.owner > 0 {
             parts.push(format!("{} owners not set", self.owner));
@@ -116,6 +135,9 @@ pub struct RestoreReport {
     pub symlinks: u64,
     /// Other entries (FIFOs, devices).
     pub others: u64,
+    /// Entries restored as hard links to an earlier one (counted in
+    /// `files`/`others` too).
+    pub links: u64,
     /// Content bytes written.
     pub bytes_written: u64,
     /// Files whose content is damaged or missing; non-empty means failure.
@@ -131,6 +153,11 @@ pub struct RestoreReport {
 struct Item {
     rel: PathBuf,
     node: Node,
+    /// The earlier entry of this restore this one was a hard link to.
+    link_to: Option<usize>,
+    /// Set once it was made a link to `link_to` (its content and metadata
+    /// are then the leader's).
+    linked: std::sync::atomic::AtomicBool,
     made: OnceLock<Ident>,
     /// Set when a later entry of this restore got the same identity: this
     /// one was deleted by someone else in between (its inode number was
@@ -219,9 +246,20 @@ fn listing_error(e: RepoError, prefix: &[u8]) -> RepoError {
     }
 }
 
-/// `a` equals `b` or is an ancestor of it (component-wise).
-fn is_ancestor_or_self(a: &[u8], b: &[u8]) -> bool {
-    b.starts_with(a) && (a.len() == b.len() || b[a.len()] == b'/' || a.is_empty())
+/// The name under which an ACL travels as an extended attribute.
+fn is_acl(name: &[u8]) -> bool {
+    name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+}
+
+/// Whether two entries are links to one inode: equal as nodes but for the
+/// name (a snapshot that claims a link between different files gets two).
+fn same_inode(a: &Node, b: &Node) -> bool {
+    a.kind == b.kind
+        && a.mode == b.mode
+        && (a.uid, a.gid) == (b.uid, b.gid)
+        && a.mtime == b.mtime
+        && a.size == b.size
+        && a.xattrs == b.xattrs
 }
 
 /// Normalize a user-given snapshot path: leading slash, no trailing slash.
@@ -414,6 +452,57 @@ impl IndexedRepository {
         Ok(())
     }
 
+    /// The entries below `prefix` a restore selects, in walk order: what
+    /// `include` matches (`inherited`: an ancestor matched) with the
+    /// directories above it, less what `exclude` matches. Returns whether
+    /// anything below was selected.
+    fn select(
+        &self,
+        tree: &ChunkId,
+        prefix: &[u8],
+        inherited: bool,
+        opts: &RestoreOptions,
+        out: &mut Vec<Entry>,
+    ) -> Result<bool> {
+        let t = self.load_tree(tree).map_err(|e| listing_error(e, prefix))?;
+        let all = opts.include.is_empty();
+        let mut any = false;
+        for node in t.nodes {
+            let path = join(prefix, &node.name);
+            let sub = match &node.kind {
+                NodeKind::Dir { tree } => Some(*tree),
+                _ => None,
+            };
+            if opts.exclude.matches(&path, sub.is_some()) {
+                continue;
+            }
+            let here = inherited || all || opts.include.matches(&path, sub.is_some());
+            match sub {
+                None if here => {
+                    out.push(Entry { path, node });
+                    any = true;
+                }
+                None => {}
+                Some(sub) => {
+                    if !here && !opts.include.may_match_below(&path) {
+                        continue;
+                    }
+                    let at = out.len();
+                    out.push(Entry {
+                        path: path.clone(),
+                        node,
+                    });
+                    if self.select(&sub, &path, here, opts, out)? || here {
+                        any = true;
+                    } else {
+                        out.truncate(at);
+                    }
+                }
+            }
+        }
+        Ok(any)
+    }
+
     /// Restore a snapshot's tree into `opts.target`.
     pub fn restore(
         &self,
@@ -443,21 +532,71 @@ impl IndexedRepository {
             &opts.what
         };
         self.check_tree_limits(root, what)?;
-        let includes: Vec<Vec<u8>> = opts
-            .includes
-            .iter()
-            .map(|i| normalize_snapshot_path(i))
-            .collect();
-        let filter = |p: &[u8]| {
-            includes.is_empty()
-                || includes
-                    .iter()
-                    .any(|i| is_ancestor_or_self(i, p) || is_ancestor_or_self(p, i))
-        };
         let mut report = RestoreReport::default();
         let me = (crate::sys::euid(), crate::sys::egid());
+        let mut entries: Vec<Entry> = Vec::new();
+        let base = opts.subpath.as_deref().map(normalize_snapshot_path);
+        match &base {
+            None => {
+                self.select(root, b"", false, opts, &mut entries)?;
+            }
+            Some(sub) => match self.find_node(root, sub)? {
+                None => self
+                    .select(root, b"", false, opts, &mut entries)
+                    .map(|_| ())?,
+                Some(node) => match &node.kind {
+                    NodeKind::Dir { tree } => {
+                        let here = opts.include.is_empty() || opts.include.matches(sub, true);
+                        if !opts.exclude.matches(sub, true) {
+                            self.select(tree, sub, here, opts, &mut entries)?;
+                        }
+                    }
+                    _ => {
+                        let included = opts.include.is_empty() || opts.include.matches(sub, false);
+                        if !opts.exclude.matches(sub, false) && included {
+                            entries.push(Entry {
+                                path: sub.clone(),
+                                node,
+                            });
+                        }
+                    }
+                },
+            },
+        }
+        let unmatched: Vec<String> = opts
+            .include
+            .unmatched()
+            .into_iter()
+            .map(|p| format!("--include {p:?}"))
+            .chain(
+                opts.exclude
+                    .unmatched()
+                    .into_iter()
+                    .map(|p| format!("--exclude {p:?}")),
+            )
+            .collect();
+        if !unmatched.is_empty() {
+            return Err(RepoError::InvalidInput(format!(
+                "{} of {what} (patterns match snapshot paths such as /home/ann/file; see restore --help)",
+                if unmatched.len() == 1 {
+                    format!("{} matches nothing", unmatched[0])
+                } else {
+                    format!("{} match nothing", unmatched.join(", "))
+                }
+            )));
+        }
+        // Where entries go: below the target, without the subpath's own
+        // directories (a file given as the subpath keeps its name).
+        let strip = match (&base, entries.first()) {
+            (Some(sub), Some(first)) if first.path == *sub => {
+                sub.iter().rposition(|&c| c == b'/').unwrap_or(0)
+            }
+            (Some(sub), _) => sub.len(),
+            (None, _) => 0,
+        };
         let mut items: Vec<Item> = Vec::new();
-        self.walk(root, b"", &filter, &mut |e| {
+        let mut leaders: HashMap<(u64, u64), usize> = HashMap::new();
+        for e in entries {
             let mut node = e.node;
             if opts.no_special
                 && matches!(
@@ -466,27 +605,50 @@ impl IndexedRepository {
                 )
             {
                 report.withheld.special += 1;
-                return Ok(());
+                continue;
             }
-            if opts.no_setuid && node.mode & 0o6000 != 0 {
+            let caps = node.xattrs.len();
+            if opts.no_setuid {
+                node.xattrs.retain(|x| x.name != b"security.capability");
+            }
+            if opts.no_setuid && (node.mode & 0o6000 != 0 || node.xattrs.len() != caps) {
                 node.mode &= !0o6000;
                 report.withheld.setuid += 1;
+            }
+            if opts.no_xattrs {
+                node.xattrs.retain(|x| is_acl(&x.name));
+            }
+            if opts.no_acls {
+                node.xattrs.retain(|x| !is_acl(&x.name));
             }
             if opts.no_owner && (node.uid, node.gid) != me {
                 report.withheld.owner += 1;
             }
+            let idx = items.len();
+            let link_to = match node.link_key() {
+                Some(key) => match leaders.get(&key) {
+                    Some(&l) if same_inode(&items[l].node, &node) => Some(l),
+                    Some(_) => None,
+                    None => {
+                        leaders.insert(key, idx);
+                        None
+                    }
+                },
+                None => None,
+            };
             items.push(Item {
-                rel: PathBuf::from(OsStr::from_bytes(&e.path[1..])),
+                rel: PathBuf::from(OsStr::from_bytes(&e.path[strip + 1..])),
                 node,
+                link_to,
+                linked: Default::default(),
                 made: OnceLock::new(),
                 revoked: Default::default(),
             });
-            Ok(())
-        })?;
-        if !includes.is_empty() && items.is_empty() {
-            return Err(RepoError::InvalidInput(
-                "no entry of the snapshot matches --include".into(),
-            ));
+        }
+        if items.is_empty() && !(opts.include.is_empty() && base.is_none()) {
+            return Err(RepoError::InvalidInput(format!(
+                "nothing of {what} is selected (after --include/--exclude)"
+            )));
         }
 
         // Parallel work (creating entries, downloading packs) runs on the
@@ -507,6 +669,9 @@ impl IndexedRepository {
         // Plan: which (file, offset) pairs each chunk goes to, grouped by pack.
         let mut targets: HashMap<ChunkId, Vec<(u32, u64)>> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
+            if item.linked.load(Ordering::Relaxed) {
+                continue; // its leader's content is its own
+            }
             if let NodeKind::File { extents } = &item.node.kind {
                 let mut off = 0u64;
                 for e in extents {
@@ -582,6 +747,10 @@ impl IndexedRepository {
         report.bytes_written = written.into_inner();
 
         self.set_metadata(&beneath, target, &items, opts.no_owner, &mut report);
+        report.links = items
+            .iter()
+            .filter(|i| i.linked.load(Ordering::Relaxed))
+            .count() as u64;
         let mut d = damaged.into_inner().expect("damage");
         d.sort_by(|a, b| a.path.cmp(&b.path));
         d.dedup_by(|a, b| a.path == b.path);
@@ -606,6 +775,30 @@ impl IndexedRepository {
         report.damaged.sort_by(|a, b| a.path.cmp(&b.path));
         report.damaged.dedup_by(|a, b| a.path == b.path);
         Ok(report)
+    }
+
+    /// The bytes of an extended attribute's value.
+    pub fn xattr_value(&self, v: &XattrValue) -> Result<Vec<u8>> {
+        match v {
+            XattrValue::Inline(b) => Ok(b.clone()),
+            XattrValue::Chunks(c) => {
+                let mut out = Vec::with_capacity(v.len() as usize);
+                for (id, _) in c {
+                    out.extend_from_slice(&self.read_blob(BlobKind::Data, id)?);
+                }
+                if out.len() as u64 != v.len() {
+                    return Err(RepoError::Corrupted {
+                        object: format!("data blob {}", c[0].0),
+                        detail: format!(
+                            "an extended attribute's chunks hold {} bytes, its tree says {}",
+                            out.len(),
+                            v.len()
+                        ),
+                    });
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// Whether a restore reads this pack whole (at least half of it is
@@ -736,7 +929,17 @@ impl IndexedRepository {
         };
         let mut dirs: BTreeMap<usize, Vec<(usize, &Item)>> = BTreeMap::new();
         let mut others = Vec::new();
+        let mut followers = Vec::new();
         for (idx, item) in items.iter().enumerate() {
+            if item.link_to.is_some() {
+                match item.node.kind {
+                    NodeKind::File { .. } => report.files += 1,
+                    NodeKind::Symlink { .. } => report.symlinks += 1,
+                    _ => report.others += 1,
+                }
+                followers.push((idx, item));
+                continue;
+            }
             match item.node.kind {
                 NodeKind::Dir { .. } => {
                     report.dirs += 1;
@@ -763,6 +966,35 @@ impl IndexedRepository {
             level.par_iter().for_each(create);
         }
         others.par_iter().for_each(create);
+        // Hard links, once their leaders exist; where linking is not
+        // possible (a file system without links, a leader not created), the
+        // entry is created as a file of its own and restored in full.
+        let warnings = Mutex::new(Vec::new());
+        followers.par_iter().for_each(|&(idx, item)| {
+            let leader = &items[item.link_to.expect("follower")];
+            let why = match leader.ident() {
+                None => "its first link was not restored".to_string(),
+                Some(made) => {
+                    match crate::fsat::link(beneath, &leader.rel, *made, &item.rel, overwrite) {
+                        Ok(()) => {
+                            let _ = item.made.set(*made);
+                            item.linked.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+            };
+            warnings.lock().expect("warnings").push(format!(
+                "{}: not restored as a hard link to {} ({why}); restored as a separate copy",
+                target.join(&item.rel).display(),
+                target.join(&leader.rel).display()
+            ));
+            create(&(idx, item));
+        });
+        report
+            .warnings
+            .extend(warnings.into_inner().expect("warnings"));
         report.damaged.extend(damaged.into_inner().expect("damage"));
     }
 
@@ -781,9 +1013,24 @@ impl IndexedRepository {
         let root = crate::sys::euid() == 0;
         for item in items.iter().rev() {
             let node = &item.node;
+            if item.linked.load(Ordering::Relaxed) {
+                continue; // the leader's metadata is its own
+            }
             let Some(made) = item.ident() else {
                 continue;
             };
+            let path = target.join(&item.rel);
+            let mut xattrs = Vec::with_capacity(node.xattrs.len());
+            for x in &node.xattrs {
+                match self.xattr_value(&x.value) {
+                    Ok(v) => xattrs.push((x.name.clone(), v)),
+                    Err(e) => report.warnings.push(format!(
+                        "{}: extended attribute {} not restored: {e}",
+                        path.display(),
+                        String::from_utf8_lossy(&x.name)
+                    )),
+                }
+            }
             let meta = Meta {
                 kind: match node.kind {
                     NodeKind::Dir { .. } => rustix::fs::FileType::Directory,
@@ -798,8 +1045,8 @@ impl IndexedRepository {
                 mode: (!matches!(node.kind, NodeKind::Symlink { .. }))
                     .then_some(node.mode & 0o7777),
                 mtime: (node.mtime.sec, node.mtime.nsec),
+                xattrs,
             };
-            let path = target.join(&item.rel);
             for (what, e) in crate::fsat::set_meta(beneath, &item.rel, *made, &meta) {
                 if what == "open" {
                     report.damaged.push(Damage {

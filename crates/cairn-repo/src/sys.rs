@@ -167,3 +167,79 @@ pub fn kill_group(pgid: u32) {
 
 /// `O_NOFOLLOW`, for `OpenOptionsExt::custom_flags`.
 pub const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+
+/// The extended attributes of `path` itself (a symlink's own, not its
+/// target's), as (name, value) pairs in name order. A filesystem without
+/// extended attributes has none; an attribute removed between listing and
+/// reading is left out.
+pub fn read_xattrs(path: &std::path::Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut small = [0u8; 512];
+    let names: Vec<u8> = match rustix::fs::llistxattr(path, &mut small[..]) {
+        Ok(0) => return Ok(Vec::new()),
+        Ok(n) => small[..n].to_vec(),
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(rustix::io::Errno::RANGE) => loop {
+            let want = rustix::fs::llistxattr_query(path)?;
+            let mut big = vec![0u8; want.max(1)];
+            match rustix::fs::llistxattr(path, &mut big[..]) {
+                Ok(n) => {
+                    big.truncate(n);
+                    break big;
+                }
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let os = std::ffi::OsStr::from_bytes(name);
+        let value = loop {
+            let want = match rustix::fs::lgetxattr_query(path, os) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            };
+            let mut v = vec![0u8; want];
+            match rustix::fs::lgetxattr(path, os, &mut v[..]) {
+                Ok(n) => {
+                    v.truncate(n);
+                    break Some(v);
+                }
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(v) = value {
+            out.push((name.to_vec(), v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Set an extended attribute through a descriptor. `real` says whether the
+/// descriptor is a real one (files, directories) or `O_PATH` (symlinks,
+/// FIFOs, devices), for which the attribute is set through its
+/// `/proc/self/fd` link: that names this inode itself (a symlink's own
+/// attributes), not a path that could be swapped.
+pub fn set_xattr(
+    fd: std::os::fd::BorrowedFd<'_>,
+    real: bool,
+    name: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(name);
+    let flags = rustix::fs::XattrFlags::empty();
+    if real {
+        rustix::fs::fsetxattr(fd, name, value, flags)?;
+    } else {
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        rustix::fs::setxattr(link.as_str(), name, value, flags)?;
+    }
+    Ok(())
+}

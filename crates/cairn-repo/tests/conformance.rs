@@ -74,7 +74,6 @@ fn restore_and_compare(r: &IndexedRepository, id: &cairn_format::SnapshotId, src
             &snap.tree,
             &RestoreOptions {
                 target: target.clone(),
-                includes: vec![],
                 overwrite: false,
                 ..Default::default()
             },

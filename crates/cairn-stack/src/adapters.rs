@@ -553,12 +553,12 @@ pub(crate) fn restore_files(
     }
     let opts = RestoreOptions {
         target: target.clone(),
-        includes: vec![],
         overwrite: true,
         no_owner: false,
         no_special: !svc.allow_special,
         no_setuid: !svc.allow_setuid,
         what: format!("service {}'s snapshot", svc.name),
+        ..Default::default()
     };
     let report = repo.restore(&tree, &opts, &RestoreProgress::default())?;
     if let Some(d) = report.damaged.first() {

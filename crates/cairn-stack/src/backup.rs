@@ -109,6 +109,7 @@ pub fn stack_backup(
             parent: ParentChoice::Auto,
             group: Some(group),
             fingerprints: vec![],
+            exclusions: Default::default(),
         };
         match adapters::backup(svc, repo, opts) {
             Ok(r) => ServiceBackup {

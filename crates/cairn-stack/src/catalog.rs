@@ -86,7 +86,7 @@ pub struct Retention {
 impl Retention {
     /// The keep rules as a policy.
     pub fn policy(&self) -> Result<cairn_repo::forget::RetentionPolicy, String> {
-        Ok(cairn_repo::forget::RetentionPolicy {
+        let p = cairn_repo::forget::RetentionPolicy {
             keep_last: self.keep_last,
             keep_hourly: self.keep_hourly,
             keep_daily: self.keep_daily,
@@ -99,7 +99,14 @@ impl Retention {
                 .map(cairn_repo::forget::parse_keep_within)
                 .transpose()?,
             keep_tags: vec![],
-        })
+        };
+        p.validate().map_err(|e| {
+            format!(
+                "retention: {}",
+                e.replace("--keep-", "keep_").replace("-within", "_within")
+            )
+        })?;
+        Ok(p)
     }
 }
 
@@ -212,6 +219,10 @@ pub struct Service {
     pub allow_special: bool,
     /// Files: restore setuid/setgid bits (default: cleared).
     pub allow_setuid: bool,
+    /// Files: patterns left out of backups (the `--exclude` language).
+    pub exclude: Vec<String>,
+    /// Files: do not back up what is mounted below the path.
+    pub one_file_system: bool,
     /// Postgres: where a restore keeps its temporary dump (the whole
     /// database, uncompressed; default `<state dir>/tmp`).
     pub temp_dir: Option<PathBuf>,
@@ -373,6 +384,8 @@ struct RawService {
     verify: Option<String>,
     allow_special: Option<bool>,
     allow_setuid: Option<bool>,
+    exclude: Option<Vec<String>>,
+    one_file_system: Option<bool>,
 }
 
 impl RawOverride {
@@ -835,6 +848,13 @@ impl Catalog {
             // A database name is passed to the tools as one: not an option,
             // not a connection string (which would connect elsewhere than
             // the production guard compared).
+            if let Some(ex) = &rs.exclude {
+                let pats: Vec<_> = ex.iter().map(cairn_repo::select::Pattern::new).collect();
+                if let Err(e) = cairn_repo::select::Patterns::new(&pats) {
+                    let off = cx.field_offset(at, "exclude");
+                    cx.err(off, format!("service {name}: exclude: {e}"));
+                }
+            }
             if let Some(db) = &m.database
                 && kind == Kind::POSTGRES
                 && db.len() > 63
@@ -872,6 +892,8 @@ impl Catalog {
             for (f, on) in [
                 ("allow_special", rs.allow_special.is_some()),
                 ("allow_setuid", rs.allow_setuid.is_some()),
+                ("exclude", rs.exclude.is_some()),
+                ("one_file_system", rs.one_file_system.is_some()),
             ] {
                 if on {
                     set.push((f, at, None));
@@ -958,6 +980,8 @@ impl Catalog {
                         .collect(),
                     allow_special: rs.allow_special.unwrap_or(false),
                     allow_setuid: rs.allow_setuid.unwrap_or(false),
+                    exclude: rs.exclude.clone().unwrap_or_default(),
+                    one_file_system: rs.one_file_system.unwrap_or(false),
                     temp_dir: rel(m.temp_dir),
                     post_restore: m.post_restore,
                     verify: m.verify,

@@ -1057,6 +1057,30 @@ fn walk_compare(
             out.push(format!("{}: type differs", p.display()));
             continue;
         }
+        let want: Vec<(Vec<u8>, Vec<u8>)> = n
+            .xattrs
+            .iter()
+            .filter(|x| !(withheld.setuid && x.name == b"security.capability"))
+            .map(|x| Ok((x.name.clone(), repo.xattr_value(&x.value)?)))
+            .collect::<Result<_, cairn_repo::RepoError>>()?;
+        match cairn_repo::sys::read_xattrs(&p) {
+            Ok(have) if have == want => {}
+            Ok(have) => {
+                let names = |v: &[(Vec<u8>, Vec<u8>)]| {
+                    v.iter()
+                        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                out.push(format!(
+                    "{}: extended attributes differ (expected [{}], found [{}])",
+                    p.display(),
+                    names(&want),
+                    names(&have)
+                ));
+            }
+            Err(e) => out.push(format!("{}: extended attributes: {e}", p.display())),
+        }
         if md.mode() & 0o7777 != mode && !ft.is_symlink() {
             out.push(format!(
                 "{}: mode {:o} expected, {:o} found",

@@ -887,6 +887,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                     parent: ParentChoice::Auto,
                     group: Some(cx.safety_group),
                     fingerprints: vec![],
+                    exclusions: Default::default(),
                 };
                 match adapters::backup(&svc.live_view(), cx.repo, opts) {
                     Ok(b) => r.safety_snapshot = Some(b.id.to_hex()),

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use cairn_format::snapshot::Snapshot;
+use cairn_repo::select::{Exclusions, Pattern, Patterns};
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
 
 use crate::StackError;
@@ -16,6 +17,16 @@ use crate::fingerprint;
 use crate::run::FingerprintReport;
 use crate::target::{Target, canonical};
 
+/// The backup exclusions of a `files` service.
+pub fn exclusions(svc: &Service) -> Result<Exclusions, StackError> {
+    let patterns: Vec<Pattern> = svc.exclude.iter().map(Pattern::new).collect();
+    Ok(Exclusions {
+        patterns: Patterns::new(&patterns).map_err(|e| err(svc, format!("exclude: {e}")))?,
+        one_file_system: svc.one_file_system,
+        ..Default::default()
+    })
+}
+
 /// The `files` kind.
 pub struct Files;
 
@@ -25,7 +36,14 @@ impl Datastore for Files {
     }
 
     fn fields(&self) -> &'static [&'static str] {
-        &["path", "target", "allow_special", "allow_setuid"]
+        &[
+            "path",
+            "target",
+            "allow_special",
+            "allow_setuid",
+            "exclude",
+            "one_file_system",
+        ]
     }
 
     fn required(&self) -> &'static [(&'static str, &'static str)] {
@@ -36,9 +54,10 @@ impl Datastore for Files {
         &self,
         svc: &Service,
         repo: &IndexedRepository,
-        opts: BackupOptions,
+        mut opts: BackupOptions,
     ) -> Result<BackupResult, StackError> {
         let progress = Progress::default();
+        opts.exclusions = exclusions(svc)?;
 
         let path = svc.path.clone().expect("validated");
         if !path.is_dir() {
