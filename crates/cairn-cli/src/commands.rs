@@ -934,7 +934,7 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
             "seconds": secs,
             "damaged": r.damaged.iter().map(|d| json!({"path": d.path.display().to_string(), "detail": d.detail, "on_target": d.on_target})).collect::<Vec<_>>(),
             "warnings": r.warnings,
-            "withheld": {"special": r.withheld.special, "setuid": r.withheld.setuid, "owner": r.withheld.owner},
+            "withheld": {"special": r.withheld.special, "setuid": r.withheld.setuid, "capabilities": r.withheld.capabilities, "owner": r.withheld.owner},
         }))?;
     } else {
         let others = if r.others > 0 {

@@ -74,9 +74,11 @@ pub struct RestoreOptions {
 pub struct Withheld {
     /// Device nodes and FIFOs not created.
     pub special: u64,
-    /// Entries whose setuid/setgid bits were cleared or file capabilities
-    /// left out.
+    /// Entries whose setuid/setgid bits were cleared.
     pub setuid: u64,
+    /// Entries whose file capabilities (`security.capability`) were left
+    /// out (`--no-setuid`).
+    pub capabilities: u64,
     /// Entries whose snapshot owner was not set (it differs from the
     /// restoring user's).
     pub owner: u64,
@@ -91,10 +93,10 @@ impl Withheld {
             parts.push(format!("{} device nodes/FIFOs not created", self.special));
         }
         if self.setuid > 0 {
-            parts.push(format!(
-                "{} setuid/setgid bits or file capabilities cleared",
-                self.setuid
-            ));
+            parts.push(format!("{} setuid/setgid bits cleared", self.setuid));
+        }
+        if self.capabilities > 0 {
+            parts.push(format!("{} file capabilities left out", self.capabilities));
         }
         if self.owner > 0 {
             parts.push(format!("{} owners not set", self.owner));
@@ -607,13 +609,16 @@ impl IndexedRepository {
                 report.withheld.special += 1;
                 continue;
             }
-            let caps = node.xattrs.len();
+            if opts.no_setuid && node.mode & 0o6000 != 0 {
+                node.mode &= !0o6000;
+                report.withheld.setuid += 1;
+            }
+            let before = node.xattrs.len();
             if opts.no_setuid {
                 node.xattrs.retain(|x| x.name != b"security.capability");
             }
-            if opts.no_setuid && (node.mode & 0o6000 != 0 || node.xattrs.len() != caps) {
-                node.mode &= !0o6000;
-                report.withheld.setuid += 1;
+            if node.xattrs.len() != before {
+                report.withheld.capabilities += 1;
             }
             if opts.no_xattrs {
                 node.xattrs.retain(|x| is_acl(&x.name));
