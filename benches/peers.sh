@@ -8,7 +8,9 @@
 # encryption, rustic defaults. Repositories on local disk.
 #
 # Usage: benches/peers.sh [SCALE] [TOOLS]   (default 1.0 ≈ 2.3 GiB; TOOLS
-#        default "cairn restic rustic borg")
+#        default "cairn restic rustic borg"; "cairn-prev" measures the
+#        binary CAIRN_PREV, e.g. a release build of the commit before a
+#        change, the same way as cairn, in the same run)
 # Writes benches/results/peers-YYYY-MM-DD[-scaleS].md and .csv.
 # Installs what is missing: restic and borgbackup from Debian, rustic-rs
 # with `cargo install --locked` into ${CAIRN_TOOLS_DIR:-~/.cache/cairn}/rustic
@@ -62,21 +64,22 @@ measure() { # tool step cmd...
   local size
   size=$(du -sb "$(repo_of "$tool")" | cut -f1)
   echo "$tool,$step,$wall,$user,$sys,$rss,$size" >>"$CSV"
-  printf '%-7s %-10s wall %7.2fs cpu %7.2fs rss %8d KiB repo %12d B\n' "$tool" "$step" "$wall" "$(echo "$user + $sys" | bc)" "$rss" "$size"
+  printf '%-10s %-10s wall %7.2fs cpu %7.2fs rss %8d KiB repo %12d B\n' "$tool" "$step" "$wall" "$(echo "$user + $sys" | bc)" "$rss" "$size"
 }
 verify() { # restored-root
   diff -r "$SRC" "$1" >/dev/null || { echo "restore into $1 differs from the source"; exit 1; }
 }
 
 run_step() { # tool step
-  local t=$1 s=$2 R
+  local t=$1 s=$2 R C=$CAIRN
   R=$(repo_of "$t")
+  [ "$t" = cairn-prev ] && C=${CAIRN_PREV:?cairn-prev needs CAIRN_PREV=/path/to/cairn}
   case "$t:$s" in
-    cairn:init) measure cairn init "$CAIRN" -r "$R" init ;;
-    cairn:backup*) measure cairn "$s" "$CAIRN" -r "$R" -q backup "$SRC" ;;
-    cairn:restore) measure cairn restore "$CAIRN" -r "$R" -q restore latest --target "$WORK/out" ;;
-    cairn:check) measure cairn check "$CAIRN" -r "$R" -q check --read-data ;;
-    cairn:prune) measure cairn forget+prune "$CAIRN" -r "$R" -q forget --keep-last 1 --prune --instant-delete ;;
+    cairn*:init) measure "$t" init "$C" -r "$R" init ;;
+    cairn*:backup*) measure "$t" "$s" "$C" -r "$R" -q backup "$SRC" ;;
+    cairn*:restore) measure "$t" restore "$C" -r "$R" -q restore latest --target "$WORK/out" ;;
+    cairn*:check) measure "$t" check "$C" -r "$R" -q check --read-data ;;
+    cairn*:prune) measure "$t" forget+prune "$C" -r "$R" -q forget --keep-last 1 --prune --instant-delete ;;
     restic:init) measure restic init restic -r "$R" init --repository-version 2 ;;
     restic:backup*) measure restic "$s" restic -r "$R" -q backup "$SRC" ;;
     restic:restore) measure restic restore restic -r "$R" -q restore latest --target "$WORK/out" ;;
@@ -143,8 +146,9 @@ print("\nPeer commands: restic `init --repository-version 2`, `backup`, `restore
 for metric, col, fmt in (("Wall time (s)", "wall_s", "{:.2f}"), ("CPU user+sys (s)", None, "{:.2f}"),
                          ("Peak RSS (MiB)", "max_rss_kib", "{:.0f}"), ("Repository size after the step (MB)", "repo_bytes", "{:.1f}")):
     print(f"## {metric}\n")
-    print("| step | " + " | ".join(tools) + " | cairn / best peer |")
-    print("|---|" + "---|" * (len(tools) + 1))
+    prev = "cairn-prev" in tools
+    print("| step | " + " | ".join(tools) + " | cairn / best peer |" + (" cairn / cairn-prev |" if prev else ""))
+    print("|---|" + "---|" * (len(tools) + 1 + prev))
     for s in steps:
         vals = {}
         for t in tools:
@@ -160,9 +164,13 @@ for metric, col, fmt in (("Wall time (s)", "wall_s", "{:.2f}"), ("CPU user+sys (
             else:
                 v = float(r[col])
             vals[t] = v
-        peers = [v for t, v in vals.items() if t != "cairn"]
+        peers = [v for t, v in vals.items() if not t.startswith("cairn")]
         ratio = f"{vals['cairn'] / min(peers):.2f}" if "cairn" in vals and peers and min(peers) > 0 else "–"
-        print(f"| {s} | " + " | ".join(fmt.format(vals[t]) if t in vals else "–" for t in tools) + f" | {ratio} |")
+        own = ""
+        if prev:
+            p = vals.get("cairn-prev")
+            own = f" {vals['cairn'] / p:.3f} |" if "cairn" in vals and p else " – |"
+        print(f"| {s} | " + " | ".join(fmt.format(vals[t]) if t in vals else "–" for t in tools) + f" | {ratio} |" + own)
     print()
 EOF
 cat "$OUT.md"

@@ -599,7 +599,10 @@ fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
     );
     println!("Duration:   {:.2}s", s.duration_ns as f64 / 1e9);
     if !r.warnings.is_empty() {
-        println!("Warnings:   {} sources skipped", r.warnings.len());
+        println!(
+            "Warnings:   {} (listed above: sources skipped, changed while read, or excluded though given)",
+            r.warnings.len()
+        );
     }
     println!("snapshot {} saved", r.id.short());
     Ok(())
@@ -764,6 +767,9 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
             });
             if let NodeKind::Symlink { target } = &e.node.kind {
                 v["target"] = json!(lossy(target));
+            }
+            if let NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } = e.node.kind {
+                v["rdev"] = json!(rdev);
             }
             if e.node.nlink > 1 {
                 v["links"] = json!(e.node.nlink);

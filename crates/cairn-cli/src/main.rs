@@ -128,6 +128,21 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // Listings end quietly when their reader goes away (`| head`); commands
+    // that feed child processes through pipes (stack) or hold state that
+    // must be cleaned up (restore, mount, prune) keep handling EPIPE.
+    if matches!(
+        cli.command,
+        Cmd::Snapshots(_)
+            | Cmd::Ls(_)
+            | Cmd::Forget(_)
+            | Cmd::Check(_)
+            | Cmd::Stats
+            | Cmd::Cat(_)
+            | Cmd::Tag(_)
+    ) {
+        cairn_repo::sys::default_sigpipe();
+    }
     cairn_repo::sys::tune_allocator(matches!(
         cli.command,
         Cmd::Backup(_) | Cmd::Stack { .. } | Cmd::Dump(_) | Cmd::Forget(_) | Cmd::Prune(_)

@@ -134,6 +134,11 @@ struct Table {
     next: u64,
     /// Entries listed so far below each snapshot root (by its inode).
     held: HashMap<u64, u64>,
+    /// Hard links seen, by (snapshot root inode, device, inode): the inode
+    /// shown for them and the node it was made from. A later name of the
+    /// same inode whose node is equal (but for the name) is shown as the
+    /// same inode, as restore links them.
+    links: HashMap<(u64, u64, u64), (u64, Node)>,
 }
 
 struct Handle {
@@ -331,6 +336,7 @@ impl CairnFs {
                 by_name: HashMap::new(),
                 next: ROOT + 1,
                 held: HashMap::new(),
+                links: HashMap::new(),
             }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -409,6 +415,42 @@ impl CairnFs {
         t.next += 1;
         t.inodes.insert(ino, Arc::new(make(ino)));
         t.by_name.insert((parent, name.to_vec()), ino);
+        ino
+    }
+
+    /// [`Self::intern`] for a name of an inode with several links: the
+    /// inode already shown for an earlier name of it, if that was made
+    /// from an equal node.
+    fn intern_link(
+        &self,
+        parent: &Inode,
+        parent_ino: u64,
+        node: &Node,
+        key: (u64, u64, u64),
+    ) -> u64 {
+        let mut t = self.table.lock().expect("inode table");
+        if let Some(&ino) = t.by_name.get(&(parent_ino, node.name.clone())) {
+            return ino;
+        }
+        let unnamed = |n: &Node| Node {
+            name: Vec::new(),
+            ..n.clone()
+        };
+        if let Some((ino, first)) = t.links.get(&key)
+            && *first == unnamed(node)
+        {
+            let ino = *ino;
+            t.by_name.insert((parent_ino, node.name.clone()), ino);
+            return ino;
+        }
+        let ino = t.next;
+        t.next += 1;
+        t.inodes.insert(
+            ino,
+            Arc::new(self.node_inode(parent, parent_ino, node, ino)),
+        );
+        t.by_name.insert((parent_ino, node.name.clone()), ino);
+        t.links.entry(key).or_insert((ino, unnamed(node)));
         ino
     }
 
@@ -665,12 +707,15 @@ impl CairnFs {
             let ft = file_type(&node.kind);
             // The parent's tree is immutable, so a (parent, name) pair always
             // means the same node.
-            let child = self.intern(
-                ino,
-                &node.name,
-                |_| true,
-                |c| self.node_inode(&inode, ino, node, c),
-            );
+            let child = match node.link_key() {
+                Some((dev, i)) => self.intern_link(&inode, ino, node, (inode.root, dev, i)),
+                None => self.intern(
+                    ino,
+                    &node.name,
+                    |_| true,
+                    |c| self.node_inode(&inode, ino, node, c),
+                ),
+            };
             out.push((node.name.clone(), child, ft));
         }
         let out = Arc::new(out);

@@ -151,6 +151,8 @@ struct Walker<'a> {
     /// (device, inode), with the size, mtime and ctime it was read at: the
     /// other links reuse it instead of reading the file again.
     links: Mutex<HashMap<(u64, u64), ReadInode>>,
+    /// Paths given to the backup that the exclusions left out.
+    top_excluded: AtomicU64,
 }
 
 /// An inode's content as read: size, mtime and ctime when read, extents.
@@ -287,6 +289,24 @@ impl Walker<'_> {
             if buf.is_empty() {
                 return Ok(extents);
             }
+            Progress::add(&self.progress.bytes_read, buf.len() as u64);
+            if buf.len() as u64 <= limit {
+                // All of it (read to the end): no further read, which
+                // /proc/sys refuses for large buffers (ENOMEM).
+                let mut cuts = Vec::new();
+                self.params.cut(&buf, true, &mut cuts);
+                for c in cuts {
+                    let id = self.store_chunk(&buf[c.offset..c.offset + c.len])?;
+                    extents.push(Extent::Chunk {
+                        id,
+                        len: c.len as u32,
+                    });
+                }
+                return Ok(extents);
+            }
+            self.progress
+                .bytes_read
+                .fetch_sub(buf.len() as u64, Ordering::Relaxed);
             let rest = std::io::Cursor::new(buf).chain(&f);
             self.stream_extents(rest, &mut extents)
                 .map_err(|e| match e {
@@ -318,6 +338,7 @@ impl Walker<'_> {
             vec![(0, size)]
         };
         let mut pos = 0u64;
+        let mut short = false;
         for (start, end) in regions {
             if start > pos {
                 extents.push(Extent::Hole { len: start - pos });
@@ -337,10 +358,14 @@ impl Walker<'_> {
                 })?;
             pos = start + got;
             if got < end - start {
-                break; // file shrank while we read it
+                // The file shrank while it was read, or never held what its
+                // size said (sysfs reports 4096 for a few bytes): stored as
+                // read, without a hole to pad it to the size seen.
+                short = true;
+                break;
             }
         }
-        if pos < size && extents.iter().map(Extent::len).sum::<u64>() == pos {
+        if !short && pos < size && extents.iter().map(Extent::len).sum::<u64>() == pos {
             // Trailing hole (only when the file did not shrink).
             let real_len = f.metadata().map(|m| m.size()).unwrap_or(pos);
             if real_len > pos {
@@ -430,6 +455,14 @@ impl Walker<'_> {
                 }
             };
             if self.excluded(&path, &md) {
+                if dir_dev.is_none() {
+                    // Given to back up and excluded at once: said, not silent.
+                    self.top_excluded.fetch_add(1, Ordering::Relaxed);
+                    self.progress.warn(format!(
+                        "{}: given to back up, but the exclusions leave it out",
+                        path.display()
+                    ));
+                }
                 continue;
             }
             let xattrs = self.xattrs(&path)?;
@@ -443,7 +476,8 @@ impl Walker<'_> {
                 && *mtime == time_of(md.mtime(), md.mtime_nsec())
                 && *ctime == time_of(md.ctime(), md.ctime_nsec())
             {
-                // Another link to an inode read in this backup already.
+                // Another link to an inode read in this backup already:
+                // counted as new or changed, as it was, but not read again.
                 let mut node = base_node(
                     name,
                     &md,
@@ -454,7 +488,18 @@ impl Walker<'_> {
                 node.size = *size;
                 node.xattrs = xattrs;
                 Progress::add(&self.progress.bytes_total, md.size());
-                Progress::add(&self.progress.files_unchanged, 1);
+                let unchanged = prev.is_some_and(|p| {
+                    p.size == node.size
+                        && p.mtime == node.mtime
+                        && p.ctime == node.ctime
+                        && p.inode == node.inode
+                });
+                let counter = match prev {
+                    _ if unchanged => &self.progress.files_unchanged,
+                    Some(_) => &self.progress.files_changed,
+                    None => &self.progress.files_new,
+                };
+                Progress::add(counter, 1);
                 todo.push(Todo::Done(node));
                 continue;
             }
@@ -687,7 +732,10 @@ impl Walker<'_> {
                 targets.push((name.clone(), cpath));
                 continue;
             }
-            let md = fs::symlink_metadata(&cpath).map_err(|e| RepoError::io(&cpath, e))?;
+            // A directory above a backed-up path: the walk goes through it,
+            // so a symlink here (`/home -> /data/home`) is recorded as the
+            // directory it leads to, not with the link's own 0777.
+            let md = fs::metadata(&cpath).map_err(|e| RepoError::io(&cpath, e))?;
             let prev_tree = match parent.and_then(|t| t.find(name)) {
                 Some(Node {
                     kind: NodeKind::Dir { tree },
@@ -698,7 +746,8 @@ impl Walker<'_> {
             let sub = self.backup_trie(child, &cpath, prev_tree.as_ref())?;
             let id = self.packer.store_tree(&Tree { nodes: sub })?;
             let mut node = base_node(name.clone(), &md, NodeKind::Dir { tree: id });
-            node.xattrs = self.xattrs(&cpath)?;
+            let real = fs::canonicalize(&cpath).unwrap_or(cpath.clone());
+            node.xattrs = self.xattrs(&real)?;
             nodes.push(node);
         }
         nodes.extend(self.nodes_for(targets, parent, None)?);
@@ -721,6 +770,7 @@ impl IndexedRepository {
             params: self.chunker_params(),
             excl,
             links: Mutex::new(HashMap::new()),
+            top_excluded: AtomicU64::new(0),
         }
     }
 
@@ -835,6 +885,12 @@ impl IndexedRepository {
                 walker.backup_trie(&trie, Path::new("/"), parent.as_ref().map(|p| &p.1))
             }
         })?;
+        if walker.top_excluded.load(Ordering::Relaxed) == abs.len() as u64 {
+            return Err(RepoError::InvalidInput(
+                "the exclusions leave out every path given: nothing to back up, no snapshot written"
+                    .into(),
+            ));
+        }
         let root = packer.store_tree(&Tree { nodes: root_nodes })?;
         let reused = packer.reused();
         let stats = packer.finish()?;

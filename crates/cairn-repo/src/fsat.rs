@@ -354,13 +354,13 @@ pub struct Meta {
     pub mode: Option<u32>,
     /// Modification time (seconds, nanoseconds); access time is left alone.
     pub mtime: (i64, u32),
-    /// Extended attributes (ACLs included) to set, after owner and mode:
-    /// a change of owner clears file capabilities, and an access ACL sets
-    /// the group bits of the mode.
+    /// Extended attributes (ACLs included) to set, after the owner (a
+    /// change of owner clears file capabilities) and before the mode (a
+    /// read-only entry still takes its owner's attributes).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// Set owner, mode, extended attributes and mtime of `rel` through a
+/// Set owner, extended attributes, mode and mtime of `rel` through a
 /// descriptor opened beneath the target and checked against `expect`.
 /// Errors carry which step failed ("open", "owner", "mode", "mtime", or
 /// "extended attribute NAME").
@@ -412,6 +412,18 @@ pub fn set_meta(b: &Beneath, rel: &Path, expect: Ident, m: &Meta) -> Vec<(String
             errs.push(("owner".into(), e.into()));
         }
     }
+    // Before the mode: a file restored read-only (0444, a 0555
+    // directory) still takes the attributes of its owner; chmod after an
+    // access ACL sets the ACL's mask to the mode's group bits, which the
+    // snapshot recorded equal.
+    for (name, value) in &m.xattrs {
+        if let Err(e) = crate::sys::set_xattr(o.fd.as_fd(), real_fd, name, value) {
+            errs.push((
+                format!("extended attribute {}", String::from_utf8_lossy(name)),
+                e,
+            ));
+        }
+    }
     if let Some(mode) = m.mode
         && ft != FileType::Symlink
     {
@@ -425,14 +437,6 @@ pub fn set_meta(b: &Beneath, rel: &Path, expect: Ident, m: &Meta) -> Vec<(String
         };
         if let Err(e) = r {
             errs.push(("mode".into(), e));
-        }
-    }
-    for (name, value) in &m.xattrs {
-        if let Err(e) = crate::sys::set_xattr(o.fd.as_fd(), real_fd, name, value) {
-            errs.push((
-                format!("extended attribute {}", String::from_utf8_lossy(name)),
-                e,
-            ));
         }
     }
     let times = Timestamps {

@@ -542,7 +542,12 @@ impl IndexedRepository {
             None => {
                 self.select(root, b"", false, opts, &mut entries)?;
             }
-            Some(sub) => match self.find_node(root, sub)? {
+            Some(sub) => match self.find_node(root, sub).map_err(|e| match e {
+                RepoError::InvalidInput(m) => {
+                    RepoError::InvalidInput(m.replace("the snapshot", what))
+                }
+                other => other,
+            })? {
                 None => self
                     .select(root, b"", false, opts, &mut entries)
                     .map(|_| ())?,
@@ -565,16 +570,19 @@ impl IndexedRepository {
                 },
             },
         }
+        let name = |flag: &str, (p, ci): (&str, bool)| {
+            format!("--{}{flag} {p:?}", if ci { "i" } else { "" })
+        };
         let unmatched: Vec<String> = opts
             .include
             .unmatched()
             .into_iter()
-            .map(|p| format!("--include {p:?}"))
+            .map(|p| name("include", p))
             .chain(
                 opts.exclude
                     .unmatched()
                     .into_iter()
-                    .map(|p| format!("--exclude {p:?}")),
+                    .map(|p| name("exclude", p)),
             )
             .collect();
         if !unmatched.is_empty() {

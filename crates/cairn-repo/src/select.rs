@@ -27,6 +27,7 @@ use crate::error::{RepoError, Result};
 #[derive(Clone, Debug)]
 struct Source {
     text: String,
+    ignore_case: bool,
     dir_only: bool,
     /// The literal leading directory of an anchored pattern ("/a/b" for
     /// "/a/b/*.c"): only paths on it can match.
@@ -34,9 +35,16 @@ struct Source {
 }
 
 /// A compiled list of patterns, counting how often each matched.
+/// Case-insensitive patterns are lowercased (Unicode) and matched against
+/// the lowercased path, so that `--iexclude ÄRGER` matches `ärger`.
 #[derive(Debug)]
 pub struct Patterns {
+    /// Case-sensitive patterns, and the index of each in `sources`.
     set: GlobSet,
+    set_idx: Vec<usize>,
+    /// Case-insensitive ones.
+    iset: GlobSet,
+    iset_idx: Vec<usize>,
     sources: Vec<Source>,
     hits: Vec<AtomicU64>,
 }
@@ -51,6 +59,9 @@ impl Clone for Patterns {
     fn clone(&self) -> Self {
         Patterns {
             set: self.set.clone(),
+            set_idx: self.set_idx.clone(),
+            iset: self.iset.clone(),
+            iset_idx: self.iset_idx.clone(),
             sources: self.sources.clone(),
             hits: self
                 .hits
@@ -92,10 +103,18 @@ const META: &[u8] = b"*?[{\\";
 impl Patterns {
     /// Compile; a malformed pattern is an error naming it.
     pub fn new(patterns: &[Pattern]) -> Result<Self> {
-        let mut b = GlobSetBuilder::new();
+        let (mut b, mut ib) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+        let (mut set_idx, mut iset_idx) = (Vec::new(), Vec::new());
         let mut sources = Vec::new();
         for p in patterns {
+            let lowered;
             let raw = p.text.trim_end_matches(['\r', '\n']);
+            let raw = if p.ignore_case {
+                lowered = raw.to_lowercase();
+                lowered.as_str()
+            } else {
+                raw
+            };
             let bad = |why: &str| {
                 Err(RepoError::InvalidInput(format!(
                     "pattern {:?}: {why}",
@@ -125,13 +144,18 @@ impl Patterns {
             let g = GlobBuilder::new(&glob)
                 .literal_separator(true)
                 .backslash_escape(true)
-                .case_insensitive(p.ignore_case)
                 .empty_alternates(true)
                 .build()
                 .map_err(|e| {
                     RepoError::InvalidInput(format!("pattern {:?}: {}", p.text, e.kind()))
                 })?;
-            b.add(g);
+            if p.ignore_case {
+                ib.add(g);
+                iset_idx.push(sources.len());
+            } else {
+                b.add(g);
+                set_idx.push(sources.len());
+            }
             let literal_prefix = anchored.then(|| {
                 let bytes = body.as_bytes();
                 let stop = bytes
@@ -150,15 +174,24 @@ impl Patterns {
             });
             sources.push(Source {
                 text: p.text.clone(),
+                ignore_case: p.ignore_case,
                 dir_only,
                 literal_prefix,
             });
         }
-        let set = b
-            .build()
-            .map_err(|e| RepoError::InvalidInput(format!("patterns: {e}")))?;
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| RepoError::InvalidInput(format!("patterns: {e}")))
+        };
         let hits = sources.iter().map(|_| AtomicU64::new(0)).collect();
-        Ok(Patterns { set, sources, hits })
+        Ok(Patterns {
+            set: build(b)?,
+            set_idx,
+            iset: build(ib)?,
+            iset_idx,
+            sources,
+            hits,
+        })
     }
 
     /// No patterns at all.
@@ -173,8 +206,22 @@ impl Patterns {
             return false;
         }
         let p = Path::new(std::ffi::OsStr::from_bytes(path));
+        let mut hit: Vec<usize> = self
+            .set
+            .matches(p)
+            .into_iter()
+            .map(|i| self.set_idx[i])
+            .collect();
+        if !self.iset_idx.is_empty() {
+            let lower = match std::str::from_utf8(path) {
+                Ok(s) => s.to_lowercase().into_bytes(),
+                Err(_) => path.to_ascii_lowercase(),
+            };
+            let lp = Path::new(std::ffi::OsStr::from_bytes(&lower));
+            hit.extend(self.iset.matches(lp).into_iter().map(|i| self.iset_idx[i]));
+        }
         let mut any = false;
-        for i in self.set.matches(p) {
+        for i in hit {
             if self.sources[i].dir_only && !is_dir {
                 continue;
             }
@@ -193,13 +240,14 @@ impl Patterns {
         })
     }
 
-    /// The patterns that have matched nothing so far.
-    pub fn unmatched(&self) -> Vec<&str> {
+    /// The patterns that have matched nothing so far, and whether each
+    /// ignores case.
+    pub fn unmatched(&self) -> Vec<(&str, bool)> {
         self.sources
             .iter()
             .zip(&self.hits)
             .filter(|(_, h)| h.load(Ordering::Relaxed) == 0)
-            .map(|(s, _)| s.text.as_str())
+            .map(|(s, _)| (s.text.as_str(), s.ignore_case))
             .collect()
     }
 }
@@ -214,14 +262,16 @@ pub fn is_ancestor_or_self(a: &[u8], b: &[u8]) -> bool {
     a == b"/" || b == a || (b.starts_with(a) && b.get(a.len()) == Some(&b'/'))
 }
 
-/// Read patterns from a file, one per line; empty lines and lines starting
-/// with `#` are skipped, as in restic's exclude files.
+/// Read patterns from a file, one per line, each trimmed of surrounding
+/// white space (as restic does); empty lines and lines starting with `#`
+/// are skipped, and a byte-order mark is ignored.
 pub fn patterns_from_file(path: &Path, ignore_case: bool) -> Result<Vec<Pattern>> {
     let text = std::fs::read_to_string(path).map_err(|e| RepoError::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     Ok(text
         .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| Pattern {
             text: l.to_string(),
             ignore_case,
@@ -267,6 +317,9 @@ impl Exclusions {
     }
 
     /// Whether the directory `dir` holds one of the `if_present` markers.
+    /// A marker with a header must be a regular file, opened without
+    /// following a symlink and without blocking: a FIFO planted under the
+    /// name cannot stall the backup.
     pub fn tagged(&self, dir: &Path) -> bool {
         self.if_present.iter().any(|(name, header)| {
             let p = dir.join(name);
@@ -274,9 +327,17 @@ impl Exclusions {
                 None => std::fs::symlink_metadata(&p).is_ok(),
                 Some(h) => {
                     use std::io::Read;
-                    let Ok(f) = std::fs::File::open(&p) else {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let Ok(f) = std::fs::File::options()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(&p)
+                    else {
                         return false;
                     };
+                    if !f.metadata().is_ok_and(|m| m.is_file()) {
+                        return false;
+                    }
                     let mut buf = vec![0u8; h.len()];
                     f.take(h.len() as u64).read_exact(&mut buf).is_ok() && &buf == h
                 }
@@ -331,6 +392,10 @@ mod tests {
         let ci = Patterns::new(&[Pattern::ignoring_case("*.LOG")]).unwrap();
         assert!(ci.matches(b"/p/a.log", false));
         assert!(ci.matches(b"/p/A.Log", false));
+        let ci = Patterns::new(&[Pattern::ignoring_case("ÄRGER")]).unwrap();
+        assert!(ci.matches("/p/ärger".as_bytes(), false));
+        assert!(ci.matches("/p/Ärger".as_bytes(), false));
+        assert!(!ci.matches(b"/p/arger", false));
     }
 
     #[test]
@@ -352,6 +417,6 @@ mod tests {
         assert!(p.may_match_below(b"/a/b"));
         assert!(!p.may_match_below(b"/q"));
         assert!(p.matches(b"/a/b/x.c", false));
-        assert_eq!(p.unmatched(), vec!["/zz"]);
+        assert_eq!(p.unmatched(), vec![("/zz", false)]);
     }
 }

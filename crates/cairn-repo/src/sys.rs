@@ -243,3 +243,15 @@ pub fn set_xattr(
     }
     Ok(())
 }
+
+/// Let a closed standard output end the process quietly, as for other Unix
+/// tools (`cairn snapshots | head -1`): Rust ignores SIGPIPE, and a write to
+/// a closed pipe would then panic in `println!`.
+#[allow(unsafe_code)]
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default, before any
+    // thread is started, has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
