@@ -1139,3 +1139,70 @@ fn an_unprivileged_restore_keeps_the_user_attributes_of_read_only_entries() {
         assert!(got.contains(&format!("{name}=\"1\"")), "{rel}: {got}");
     }
 }
+
+#[test]
+fn an_unchanged_file_keeps_its_attributes_and_a_changed_attribute_is_seen_by_the_next_backup() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    let f = src.join("f");
+    fs::write(&f, b"content").unwrap();
+    let big = format!("0x{}", "ef".repeat(1500));
+    tool(&[
+        "setfattr",
+        "-n",
+        "user.big",
+        "-v",
+        &big,
+        f.to_str().unwrap(),
+    ]);
+    tool(&[
+        "setfattr",
+        "-n",
+        "user.small",
+        "-v",
+        "one",
+        f.to_str().unwrap(),
+    ]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let r = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(r["summary"]["files_unchanged"], 1, "{r}");
+    let attrs = |name: &str| -> String {
+        let out = env.path(name);
+        env.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+        tool(&[
+            "getfattr",
+            "-d",
+            "-m",
+            "-",
+            "-e",
+            "hex",
+            "--absolute-names",
+            restored(&out, &src).join("f").to_str().unwrap(),
+        ])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    let first = attrs("out1");
+    assert!(
+        first.contains(&format!("user.big={big}")) && first.contains("user.small=0x6f6e65"),
+        "{first}"
+    );
+    tool(&[
+        "setfattr",
+        "-n",
+        "user.small",
+        "-v",
+        "two",
+        f.to_str().unwrap(),
+    ]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let second = attrs("out2");
+    assert!(
+        second.contains("user.small=0x74776f") && second.contains(&format!("user.big={big}")),
+        "{second}"
+    );
+}

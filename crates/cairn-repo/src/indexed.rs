@@ -446,6 +446,20 @@ impl IndexedRepository {
         Ok(entries)
     }
 
+    /// [`Self::load_tree`], and whether the tree is of version 2 or later
+    /// (records hard links and extended attributes).
+    pub fn load_tree_versioned(&self, id: &ChunkId) -> Result<(Tree, bool)> {
+        let b = self.read_tree_blob(id)?;
+        let v2 = b
+            .get(8..10)
+            .is_some_and(|v| v != cairn_format::tree::VERSION_1.to_le_bytes());
+        let t = Tree::decode(&b).map_err(|e| RepoError::Corrupted {
+            object: format!("tree blob {id}"),
+            detail: e.to_string(),
+        })?;
+        Ok((t, v2))
+    }
+
     /// Read and decode a tree blob.
     pub fn load_tree(&self, id: &ChunkId) -> Result<Tree> {
         let b = self.read_tree_blob(id)?;
