@@ -1,4 +1,5 @@
-//! The binary against a real S3 server (moto, started here): an s3:// URL
+//! The binary against a real S3 server (moto, started here) and Azure Blob
+//! Storage (Azurite, started here): an s3:// or az:// URL
 //! with `--option`s through init, backup, snapshots (from the cache),
 //! restore and check; and the errors for a missing bucket and an unreachable
 //! endpoint.
@@ -164,4 +165,57 @@ fn wrong_credentials_are_refused_at_once_and_named() {
     assert!(err.contains("InvalidAccessKeyId"), "{err}");
     // A refusal is final: not retried for minutes.
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn azure_url_backup_restore_forget_prune_check_through_the_binary_and_a_missing_container() {
+    use cairn_testkit::azure::AzuriteServer;
+    let az = AzuriteServer::start().unwrap();
+    az.create_container("cli").unwrap();
+    let env = Env::new();
+    let base = repo_args("az://cli/team/repo", &az.options());
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    let o = run(&env, &base, &init);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Azurite enforces create-only writes: no warning about them.
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("ignores create-only"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/a"), "hello azure\n".repeat(10_000)).unwrap();
+    fs::write(src.join("b"), crate::util::prng(8, 3 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    fs::write(src.join("b"), crate::util::prng(9, 3 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    let target = env.path("out");
+    ok(
+        &env,
+        &base,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read(restored.join("b")).unwrap(),
+        fs::read(src.join("b")).unwrap()
+    );
+    assert_eq!(
+        fs::read(restored.join("d/a")).unwrap(),
+        fs::read(src.join("d/a")).unwrap()
+    );
+    ok(&env, &base, &["forget", "--keep-last", "1"]);
+    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
+    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
+    let checked = ok(&env, &base, &["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    fails(&env, &base, &init);
+    let err = fails(
+        &env,
+        &repo_args("az://no-such-container/repo", &az.options()),
+        &["snapshots"],
+    );
+    assert!(err.contains("az://no-such-container/repo"), "{err}");
 }

@@ -1206,3 +1206,199 @@ fn an_unchanged_file_keeps_its_attributes_and_a_changed_attribute_is_seen_by_the
         "{second}"
     );
 }
+
+#[test]
+fn restore_overwrite_never_removes_what_is_mounted_in_the_target() {
+    if crate::util::euid() != 0 {
+        return;
+    }
+    let env = Env::new();
+    env.init(&[]);
+    // In the snapshot, `lnk` is a symlink and `z/b` a file.
+    let src = env.path("src");
+    fs::create_dir_all(src.join("z")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", src.join("lnk")).unwrap();
+    fs::write(src.join("z/b"), b"file").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // On the target, both are mount points: a bind mount of a directory
+    // outside the target, and a tmpfs.
+    let outside = env.path("outside");
+    fs::create_dir_all(outside.join("sub")).unwrap();
+    fs::write(outside.join("sub/data"), b"not the restore's").unwrap();
+    let t = env.path("t");
+    fs::create_dir_all(t.join("lnk")).unwrap();
+    fs::create_dir_all(t.join("z/b")).unwrap();
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+    }
+    let mount = |args: &[&str], at: &Path| {
+        assert!(
+            Command::new("mount")
+                .args(args)
+                .arg(at)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    mount(&["--bind", outside.to_str().unwrap()], &t.join("lnk"));
+    let _u1 = Unmount(vec![t.join("lnk")]);
+    mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &t.join("z/b"));
+    let _u2 = Unmount(vec![t.join("z/b")]);
+    fs::write(t.join("z/b/on-tmpfs"), b"mounted data").unwrap();
+    let sub = format!("latest:{}", src.display());
+    let o = env.run(&[
+        "restore",
+        &sub,
+        "--target",
+        t.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("lnk is a mount point") && err.contains("z/b is a mount point"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(outside.join("sub/data")).unwrap(),
+        b"not the restore's"
+    );
+    assert_eq!(fs::read(t.join("z/b/on-tmpfs")).unwrap(), b"mounted data");
+}
+
+#[test]
+fn a_default_acl_on_the_target_gives_nobody_access_the_snapshot_did_not() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/secret"), b"group only").unwrap();
+    let chmod = |mode: &str, p: &Path| {
+        assert!(
+            Command::new("chmod")
+                .arg(mode)
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    chmod("640", &src.join("sub/secret"));
+    chmod("750", &src.join("sub"));
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let t = env.path("t");
+    fs::create_dir(&t).unwrap();
+    tool(&["setfacl", "-d", "-m", "u:nobody:rwx", t.to_str().unwrap()]);
+    tool(&["setfacl", "-m", "u:nobody:rwx", t.to_str().unwrap()]);
+    let sub = format!("latest:{}", src.display());
+    for extra in [None, Some("--no-acls")] {
+        let out = t.join(extra.unwrap_or("plain"));
+        fs::create_dir(&out).unwrap();
+        let mut args = vec!["restore", sub.as_str(), "--target", out.to_str().unwrap()];
+        args.extend(extra);
+        env.ok(&args);
+        for rel in ["sub", "sub/secret"] {
+            let acl = tool(&["getfacl", "-p", "-n", out.join(rel).to_str().unwrap()]);
+            assert!(
+                !acl.contains("user:65534"),
+                "{rel} ({extra:?}) inherited the target's ACL:\n{acl}"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_owner_does_not_hand_another_users_setuid_program_to_the_restoring_user() {
+    if crate::util::euid() != 0 {
+        return;
+    }
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::copy("/bin/true", src.join("suid")).unwrap();
+    Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(src.join("suid"))
+        .status()
+        .unwrap();
+    Command::new("chmod")
+        .arg("4755")
+        .arg(src.join("suid"))
+        .status()
+        .unwrap();
+    tool(&[
+        "setcap",
+        "cap_net_raw+ep",
+        src.join("suid").to_str().unwrap(),
+    ]);
+    Command::new("chmod")
+        .arg("4755")
+        .arg(src.join("suid"))
+        .status()
+        .unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let out = env.path("out");
+    let r = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+        "--no-owner",
+    ]);
+    assert_eq!(r["withheld"]["setuid"], 1, "{r}");
+    assert_eq!(r["withheld"]["capabilities"], 1, "{r}");
+    let f = restored(&out, &src).join("suid");
+    let md = fs::metadata(&f).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o755));
+    assert_eq!(tool(&["getcap", f.to_str().unwrap()]), "");
+}
+
+#[test]
+fn include_and_exclude_are_both_counted_whichever_decides() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("m")).unwrap();
+    fs::create_dir_all(src.join("z")).unwrap();
+    fs::write(src.join("m/a"), b"a").unwrap();
+    fs::write(src.join("z/b"), b"b").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let s = src.to_str().unwrap();
+    // The exclude matches outside what the include selected: no typo.
+    let (inc, exc) = (format!("{s}/m"), format!("{s}/z/b"));
+    let out = env.path("o1");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--include",
+        &inc,
+        "--exclude",
+        &exc,
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert!(restored(&out, &src).join("m/a").exists());
+    // One path both included and excluded: excluded, and nothing blamed.
+    let out = env.path("o2");
+    let a = format!("{s}/m/a");
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "--include",
+        &a,
+        "--exclude",
+        &a,
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("matches nothing"), "{err}");
+    assert!(!restored(&out, &src).join("m/a").exists());
+}

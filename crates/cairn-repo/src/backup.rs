@@ -385,14 +385,19 @@ impl Walker<'_> {
     /// data blobs). A list that cannot be read is a warning naming the
     /// entry, which is kept without them.
     fn xattrs(&self, path: &Path) -> Result<Vec<Xattr>> {
+        Ok(self.xattrs_read(path)?.0)
+    }
+
+    /// [`Self::xattrs`], and whether they could be read.
+    fn xattrs_read(&self, path: &Path) -> Result<(Vec<Xattr>, bool)> {
         let raw = match crate::sys::read_xattrs(path) {
             Ok(r) => r,
             Err(e) => {
                 self.progress.warn(format!(
-                    "{}: cannot read extended attributes: {e} (stored without them)",
+                    "{}: cannot read extended attributes: {e} (stored without them; the next backup reads them again)",
                     path.display()
                 ));
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             }
         };
         let mut out = Vec::with_capacity(raw.len());
@@ -411,7 +416,7 @@ impl Walker<'_> {
             };
             out.push(Xattr { name, value });
         }
-        Ok(out)
+        Ok((out, true))
     }
 
     /// Whether every data blob of these attribute values is still indexed;
@@ -507,10 +512,11 @@ impl Walker<'_> {
                         && p.inode == md.ino()
                         && self.xattr_chunks_ok(&p.xattrs)
                 });
-            let xattrs = match prev {
-                Some(p) if known => p.xattrs.clone(),
-                _ => self.xattrs(&path)?,
+            let (xattrs, xattrs_read) = match prev {
+                Some(p) if known => (p.xattrs.clone(), true),
+                _ => self.xattrs_read(&path)?,
             };
+            let at = todo.len();
             let linked = md.nlink() > 1 && ft.is_file();
             if linked
                 && let Some((size, mtime, ctime, extents)) =
@@ -626,6 +632,16 @@ impl Walker<'_> {
                 node.xattrs = xattrs;
                 todo.push(Todo::Done(node));
             }
+            if !xattrs_read {
+                // Recorded without its attributes: a ctime no file has
+                // makes the next backup read it (and them) again.
+                if let Some(
+                    Todo::Done(n) | Todo::Small(n, ..) | Todo::Large(n, ..) | Todo::Dir(n, ..),
+                ) = todo.get_mut(at)
+                {
+                    n.ctime = Time::default();
+                }
+            }
         }
 
         let fill = |node: &mut Node, path: &Path, md: &fs::Metadata, small: bool| -> Result<bool> {
@@ -707,7 +723,11 @@ impl Walker<'_> {
                         Some(Node {
                             kind: NodeKind::Dir { tree },
                             ..
-                        }) => self.repo.load_tree_versioned(tree).ok(),
+                        }) => self
+                            .repo
+                            .load_tree_versioned(tree)
+                            .ok()
+                            .map(|(t, v2)| (t, v2 && parent.is_some_and(|p| p.1))),
                         _ => None,
                     };
                     Ok((i, self.backup_dir(path, prev_tree.as_ref(), dev)?))
@@ -798,7 +818,11 @@ impl Walker<'_> {
                 Some(Node {
                     kind: NodeKind::Dir { tree },
                     ..
-                }) => self.repo.load_tree_versioned(tree).ok(),
+                }) => self
+                    .repo
+                    .load_tree_versioned(tree)
+                    .ok()
+                    .map(|(t, v2)| (t, v2 && parent.is_some_and(|p| p.1))),
                 _ => None,
             };
             let sub = self.backup_trie(child, &cpath, prev_tree.as_ref())?;
@@ -866,10 +890,14 @@ impl IndexedRepository {
             Some(id) => {
                 // The parent only saves reading unchanged files: if it cannot be
                 // read (forgotten or being pruned meanwhile), read everything.
-                let tree = self
-                    .repo
-                    .load_snapshot(&id)
-                    .and_then(|s| self.load_tree_versioned(&s.tree));
+                // Its attributes stand for an unchanged file's only if the
+                // same user read them: another (root after a service user)
+                // may see namespaces the first could not list.
+                let tree = self.repo.load_snapshot(&id).and_then(|s| {
+                    let same_user = s.username == opts.username;
+                    self.load_tree_versioned(&s.tree)
+                        .map(|(t, v2)| (t, v2 && same_user))
+                });
                 Ok(tree.ok().map(|t| (id, t)))
             }
         }

@@ -99,6 +99,34 @@ impl Beneath {
         Ok(Beneath { root })
     }
 
+    /// The target directory's own descriptor.
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The target directory's identity.
+    pub fn root_ident(&self) -> io::Result<Ident> {
+        Ok(ident(&rustix::fs::fstat(&self.root)?))
+    }
+
+    /// The parent directory of `rel`, required to be the directory
+    /// recorded as `expect` (created by this restore, or the target): a
+    /// directory someone renamed away and replaced by one of their own is
+    /// not created into.
+    fn parent_checked<'a>(
+        &self,
+        rel: &'a Path,
+        expect: Option<Ident>,
+    ) -> io::Result<(OwnedFd, &'a OsStr)> {
+        let (fd, name) = self.parent(rel)?;
+        if let Some(want) = expect
+            && ident(&rustix::fs::fstat(&fd)?) != want
+        {
+            return Err(replaced(rel.parent().unwrap_or(Path::new("."))));
+        }
+        Ok((fd, name))
+    }
+
     /// Open `rel` (relative, no `..`) beneath the target without following
     /// any symlink, the last component included (with `O_PATH` a final
     /// symlink is opened itself).
@@ -221,9 +249,16 @@ pub enum Create<'a> {
 /// metadata is set (directories 0700, others 0600). With `overwrite`, what is
 /// in the way is unlinked (a directory with everything in it, through
 /// descriptors) and recreated, never written through; a directory where a
-/// directory is wanted is kept. Returns the new entry's identity.
-pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io::Result<Ident> {
-    let (parent, name) = b.parent(rel)?;
+/// directory is wanted is kept. The parent must be the directory recorded
+/// as `parent_is` (when given). Returns the new entry's identity.
+pub fn create(
+    b: &Beneath,
+    rel: &Path,
+    parent_is: Option<Ident>,
+    what: &Create<'_>,
+    overwrite: bool,
+) -> io::Result<Ident> {
+    let (parent, name) = b.parent_checked(rel, parent_is)?;
     if overwrite && let Some(kept) = clear(&parent, name, rel, matches!(what, Create::Dir))? {
         return Ok(kept);
     }
@@ -261,14 +296,58 @@ pub fn create(b: &Beneath, rel: &Path, what: &Create<'_>, overwrite: bool) -> io
     created(&st, rel)
 }
 
+/// Whether `name` in `dir` is the root of another mount (a file system or
+/// a bind mount, even of the same file system): by the kernel's mount-root
+/// attribute or mount id where it has them (Linux 5.8), else by device.
+fn is_mount_point(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    let flags = AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW;
+    let child = rustix::fs::statx(
+        dir,
+        name,
+        flags,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?;
+    if child
+        .stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+        && child.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    {
+        return Ok(true);
+    }
+    let here = rustix::fs::statx(
+        dir,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?;
+    let mnt = StatxFlags::MNT_ID.bits();
+    if child.stx_mask & mnt != 0 && here.stx_mask & mnt != 0 {
+        return Ok(child.stx_mnt_id != here.stx_mnt_id);
+    }
+    Ok((child.stx_dev_major, child.stx_dev_minor) != (here.stx_dev_major, here.stx_dev_minor))
+}
+
+fn mount_point(rel: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} is a mount point (another file system, or a bind mount, is mounted there): not removed, and nothing below it touched",
+        rel.display()
+    ))
+}
+
 /// Unlink what is at `name` in `parent` (a directory with everything in
 /// it), except a directory when `keep_dir`: its identity is returned.
+/// Nothing on another mount is removed: a mount point in the way is an
+/// error naming it.
 fn clear(parent: &OwnedFd, name: &OsStr, rel: &Path, keep_dir: bool) -> io::Result<Option<Ident>> {
     match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => {
             let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
             if is_dir && keep_dir {
                 return Ok(Some(ident(&stat_dir_at(parent, name, rel)?)));
+            }
+            if is_mount_point(parent.as_fd(), name)? {
+                return Err(mount_point(rel));
             }
             if is_dir {
                 remove_tree_at(parent.as_fd(), name)?;
@@ -292,10 +371,11 @@ pub fn link(
     leader: &Path,
     expect: Ident,
     rel: &Path,
+    parent_is: Option<Ident>,
     overwrite: bool,
 ) -> io::Result<()> {
     let (lparent, lname) = b.parent(leader)?;
-    let (parent, name) = b.parent(rel)?;
+    let (parent, name) = b.parent_checked(rel, parent_is)?;
     if overwrite {
         clear(&parent, name, rel, false)?;
     }
@@ -304,6 +384,34 @@ pub fn link(
     if ident(&st) != expect {
         let _ = rustix::fs::unlinkat(&parent, name, AtFlags::empty());
         return Err(replaced(leader));
+    }
+    Ok(())
+}
+
+/// Remove everything in the directory `dir` (kept itself), through
+/// descriptors, never following a symlink and never crossing into another
+/// mount: a mount point inside is an error naming it.
+pub fn empty_directory(dir: &Path) -> io::Result<()> {
+    let b = Beneath::open(dir)?;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(b.root_fd())? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    for n in names {
+        let rel = dir.join(&n);
+        if is_mount_point(b.root_fd(), &n)? {
+            return Err(mount_point(&rel));
+        }
+        let st = rustix::fs::statat(b.root_fd(), &n, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            remove_tree_at(b.root_fd(), &n)?;
+        } else {
+            rustix::fs::unlinkat(b.root_fd(), &n, AtFlags::empty())?;
+        }
     }
     Ok(())
 }
@@ -333,6 +441,9 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
                 .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory),
             _ => false,
         };
+        if is_mount_point(fd.as_fd(), &n)? {
+            return Err(mount_point(Path::new(&n)));
+        }
         if is_dir {
             remove_tree_at(fd.as_fd(), &n)?;
         } else {
@@ -358,6 +469,10 @@ pub struct Meta {
     /// change of owner clears file capabilities) and before the mode (a
     /// read-only entry still takes its owner's attributes).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Remove every attribute not in `xattrs` first: what a kept directory
+    /// (`--overwrite`) had, and ACLs inherited from a default ACL of the
+    /// target, which would give others access the snapshot did not.
+    pub exact_xattrs: bool,
 }
 
 /// Set owner, extended attributes, mode and mtime of `rel` through a
@@ -416,6 +531,27 @@ pub fn set_meta(b: &Beneath, rel: &Path, expect: Ident, m: &Meta) -> Vec<(String
     // directory) still takes the attributes of its owner; chmod after an
     // access ACL sets the ACL's mask to the mode's group bits, which the
     // snapshot recorded equal.
+    if m.exact_xattrs {
+        match crate::sys::xattr_names_fd(o.fd.as_fd(), real_fd) {
+            Ok(names) => {
+                for n in names
+                    .iter()
+                    .filter(|n| !m.xattrs.iter().any(|(k, _)| k == *n))
+                {
+                    if let Err(e) = crate::sys::remove_xattr_fd(o.fd.as_fd(), real_fd, n) {
+                        errs.push((
+                            format!(
+                                "extended attribute {} (found on the target, not in the snapshot; not removed)",
+                                String::from_utf8_lossy(n)
+                            ),
+                            e,
+                        ));
+                    }
+                }
+            }
+            Err(e) => errs.push(("extended attributes (listing them)".into(), e)),
+        }
+    }
     for (name, value) in &m.xattrs {
         if let Err(e) = crate::sys::set_xattr(o.fd.as_fd(), real_fd, name, value) {
             errs.push((

@@ -56,6 +56,7 @@ pub mod sys;
 
 pub use backup::{BackupOptions, BackupResult, ParentChoice, Progress, clean_absolute};
 pub use error::{RepoError, Result};
+pub use fsat::empty_directory;
 
 /// What a long operation is doing now, for progress displays.
 pub type Stage = std::sync::Arc<std::sync::Mutex<String>>;

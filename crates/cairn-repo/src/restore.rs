@@ -475,10 +475,15 @@ impl IndexedRepository {
                 NodeKind::Dir { tree } => Some(*tree),
                 _ => None,
             };
-            if opts.exclude.matches(&path, sub.is_some()) {
+            // Both are matched (and their hits counted) before either
+            // decides, so that neither is reported as matching nothing
+            // when the other took the path.
+            let is_dir = sub.is_some();
+            let included = !(inherited || all) && opts.include.matches(&path, is_dir);
+            if opts.exclude.matches(&path, is_dir) {
                 continue;
             }
-            let here = inherited || all || opts.include.matches(&path, sub.is_some());
+            let here = inherited || all || included;
             match sub {
                 None if here => {
                     out.push(Entry { path, node });
@@ -570,6 +575,27 @@ impl IndexedRepository {
                 },
             },
         }
+        // Includes prune the walk: an exclude may match only outside what
+        // they selected, which is no typo. Look for it in the whole tree.
+        if !opts.include.is_empty() && !opts.exclude.unmatched().is_empty() {
+            let tree = match &base {
+                Some(sub) => match self.find_node(root, sub)? {
+                    Some(Node {
+                        kind: NodeKind::Dir { tree },
+                        ..
+                    }) => Some((tree, sub.clone())),
+                    _ => None,
+                },
+                None => Some((*root, Vec::new())),
+            };
+            if let Some((tree, prefix)) = tree {
+                self.walk(&tree, &prefix, &|_| true, &mut |e| {
+                    let is_dir = matches!(e.node.kind, NodeKind::Dir { .. });
+                    opts.exclude.matches(&e.path, is_dir);
+                    Ok(())
+                })?;
+            }
+        }
         let name = |flag: &str, (p, ci): (&str, bool)| {
             format!("--{}{flag} {p:?}", if ci { "i" } else { "" })
         };
@@ -636,6 +662,17 @@ impl IndexedRepository {
             }
             if opts.no_owner && (node.uid, node.gid) != me {
                 report.withheld.owner += 1;
+                // Not setting the owner must not hand another user's
+                // setuid program (or file capability) to the restoring one.
+                if node.mode & 0o6000 != 0 {
+                    node.mode &= !0o6000;
+                    report.withheld.setuid += 1;
+                }
+                let before = node.xattrs.len();
+                node.xattrs.retain(|x| x.name != b"security.capability");
+                if node.xattrs.len() != before {
+                    report.withheld.capabilities += 1;
+                }
             }
             let idx = items.len();
             let link_to = match node.link_key() {
@@ -759,7 +796,13 @@ impl IndexedRepository {
         });
         report.bytes_written = written.into_inner();
 
-        self.set_metadata(&beneath, target, &items, opts.no_owner, &mut report);
+        // Attributes are made exact (what the target had removed) where
+        // it can hold some the snapshot does not: directories kept by
+        // --overwrite, and entries inheriting a default ACL of the target.
+        let inherits = crate::sys::xattr_names_fd(beneath.root_fd(), true)
+            .is_ok_and(|n| n.iter().any(|n| n == b"system.posix_acl_default"));
+        let exact = opts.overwrite || inherits;
+        self.set_metadata(&beneath, target, &items, opts.no_owner, exact, &mut report);
         report.links = items
             .iter()
             .filter(|i| i.linked.load(Ordering::Relaxed))
@@ -909,8 +952,26 @@ impl IndexedRepository {
         // reused for the second: the first is revoked, or an attacker could
         // swap the two names between the content and metadata steps.
         let owners: Mutex<HashMap<Ident, usize>> = Mutex::new(HashMap::new());
+        // Directories by path, as created (the target itself as ""): an
+        // entry is only created in the directory this restore made for it.
+        let dir_made: Mutex<HashMap<PathBuf, Ident>> = Mutex::new(HashMap::new());
+        if let Ok(root) = beneath.root_ident() {
+            dir_made.lock().expect("dirs").insert(PathBuf::new(), root);
+        }
+        let parent_of = |item: &Item| -> Option<Ident> {
+            let p = item.rel.parent().unwrap_or(std::path::Path::new(""));
+            dir_made.lock().expect("dirs").get(p).copied()
+        };
         let create = |(idx, item): &(usize, &Item)| {
             let (idx, item) = (*idx, *item);
+            let Some(parent_is) = parent_of(item) else {
+                damaged.lock().expect("damage").push(Damage {
+                    path: target.join(&item.rel),
+                    detail: "not created: its directory was not restored".into(),
+                    on_target: true,
+                });
+                return;
+            };
             let what = match &item.node.kind {
                 NodeKind::Dir { .. } => Create::Dir,
                 NodeKind::File { .. } => Create::File(item.node.size),
@@ -920,9 +981,15 @@ impl IndexedRepository {
                 NodeKind::BlockDevice { rdev } => Create::BlockDevice(*rdev),
                 NodeKind::Socket => return,
             };
-            match crate::fsat::create(beneath, &item.rel, &what, overwrite) {
+            match crate::fsat::create(beneath, &item.rel, Some(parent_is), &what, overwrite) {
                 Ok(made) => {
                     let _ = item.made.set(made);
+                    if matches!(what, Create::Dir) {
+                        dir_made
+                            .lock()
+                            .expect("dirs")
+                            .insert(item.rel.clone(), made);
+                    }
                     let prev = owners.lock().expect("owners").insert(made, idx);
                     if let Some(prev) = prev.filter(|p| *p != idx) {
                         items[prev].revoked.store(true, Ordering::Relaxed);
@@ -988,7 +1055,14 @@ impl IndexedRepository {
             let why = match leader.ident() {
                 None => "its first link was not restored".to_string(),
                 Some(made) => {
-                    match crate::fsat::link(beneath, &leader.rel, *made, &item.rel, overwrite) {
+                    match crate::fsat::link(
+                        beneath,
+                        &leader.rel,
+                        *made,
+                        &item.rel,
+                        parent_of(item),
+                        overwrite,
+                    ) {
                         Ok(()) => {
                             let _ = item.made.set(*made);
                             item.linked.store(true, Ordering::Relaxed);
@@ -1021,6 +1095,7 @@ impl IndexedRepository {
         target: &std::path::Path,
         items: &[Item],
         no_owner: bool,
+        exact: bool,
         report: &mut RestoreReport,
     ) {
         let root = crate::sys::euid() == 0;
@@ -1037,11 +1112,15 @@ impl IndexedRepository {
             for x in &node.xattrs {
                 match self.xattr_value(&x.value) {
                     Ok(v) => xattrs.push((x.name.clone(), v)),
-                    Err(e) => report.warnings.push(format!(
-                        "{}: extended attribute {} not restored: {e}",
-                        path.display(),
-                        String::from_utf8_lossy(&x.name)
-                    )),
+                    // The repository's damage, as for content: exit 1.
+                    Err(e) => report.damaged.push(Damage {
+                        path: path.clone(),
+                        detail: format!(
+                            "extended attribute {} not restored: {e}",
+                            String::from_utf8_lossy(&x.name)
+                        ),
+                        on_target: false,
+                    }),
                 }
             }
             let meta = Meta {
@@ -1059,6 +1138,7 @@ impl IndexedRepository {
                     .then_some(node.mode & 0o7777),
                 mtime: (node.mtime.sec, node.mtime.nsec),
                 xattrs,
+                exact_xattrs: exact,
             };
             for (what, e) in crate::fsat::set_meta(beneath, &item.rel, *made, &meta) {
                 if what == "open" {

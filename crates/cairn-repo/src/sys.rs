@@ -255,3 +255,58 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// The names of the extended attributes of an open entry (see
+/// [`set_xattr`] for `real`). A file system without them has none.
+pub fn xattr_names_fd(fd: std::os::fd::BorrowedFd<'_>, real: bool) -> io::Result<Vec<Vec<u8>>> {
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let query = || -> rustix::io::Result<usize> {
+        if real {
+            rustix::fs::flistxattr_query(fd)
+        } else {
+            rustix::fs::listxattr_query(link.as_str())
+        }
+    };
+    loop {
+        let want = match query() {
+            Ok(0) | Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Ok(n) => n,
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; want];
+        let got = if real {
+            rustix::fs::flistxattr(fd, &mut buf[..])
+        } else {
+            rustix::fs::listxattr(link.as_str(), &mut buf[..])
+        };
+        match got {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|&b| b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect());
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Remove an extended attribute of an open entry (see [`set_xattr`]); one
+/// that is not there is no error.
+pub fn remove_xattr_fd(fd: std::os::fd::BorrowedFd<'_>, real: bool, name: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(name);
+    let r = if real {
+        rustix::fs::fremovexattr(fd, name)
+    } else {
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        rustix::fs::removexattr(link.as_str(), name)
+    };
+    match r {
+        Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -24,6 +24,7 @@ use cairn_repo::{
     BackupOptions, BackupResult, IndexedRepository, Progress, PruneOptions, RepoError, Repository,
     RestoreOptions, RestoreProgress,
 };
+use cairn_testkit::azure::AzuriteServer;
 use cairn_testkit::proxy::{FaultProxy, ProxyPlan};
 use cairn_testkit::s3::S3Server;
 
@@ -134,8 +135,12 @@ fn assert_checks_clean(s: Store, when: &str) {
 
 /// The server's options, but through `proxy`, one connection per request
 /// (so the proxy's faults hit single requests), plus `extra`.
-fn via_proxy(s3: &S3Server, proxy: &FaultProxy, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut opts = s3.options();
+fn via_proxy(
+    server: &[(String, String)],
+    proxy: &FaultProxy,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut opts = server.to_vec();
     opts[0].1 = proxy.endpoint();
     opts.push(("pool_max_idle_per_host".into(), "0".into()));
     opts.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -244,7 +249,7 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
     make_tree(&src, 2);
     // Through a proxy that counts connections (no faults): one per request.
     let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
-    let opts = via_proxy(&s3, &proxy, &[]);
+    let opts = via_proxy(&s3.options(), &proxy, &[]);
     let cached = || open_store(loc, opts.clone(), Some(cache.path().to_path_buf()));
     let r = indexed(cached());
     let b = backup(&r, &src).unwrap();
@@ -330,22 +335,24 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
     );
 }
 
-#[test]
-fn s3_backups_under_network_faults_commit_whole_or_nothing() {
-    let s3 = S3Server::start().unwrap();
-    s3.create_bucket("faults").unwrap();
-    let loc = "s3://faults/repo";
-    let direct = || open_store(loc, s3.options(), None);
+/// `attempts` backups of a growing tree through `proxy` (options `opts`),
+/// faults injected into each and every fifth cut off for good: each either
+/// commits a snapshot that restores byte-identical or fails naming an
+/// object and leaving the snapshots as they were; `check --read-data` is
+/// clean every ten attempts. Returns (committed, failed).
+fn backups_under_network_faults(
+    loc: &str,
+    direct: &dyn Fn() -> Store,
+    proxy: &FaultProxy,
+    opts: Vec<(String, String)>,
+    attempts: u64,
+) -> (usize, usize) {
     Repository::init_store(direct(), b"pw", config(), KDF).unwrap();
-    let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
-    // Keep the cloud client's own patience short so that the network "gone
-    // for good" attempts end quickly.
-    let opts = via_proxy(&s3, &proxy, &[("retry_timeout", "4")]);
     let src_dir = tempfile::tempdir().unwrap();
     let src = src_dir.path().join("tree");
     make_tree(&src, 3);
     let (mut committed, mut failed) = (Vec::new(), 0);
-    for attempt in 0..50u64 {
+    for attempt in 0..attempts {
         // New content each time, so that every attempt uploads.
         fs::write(
             src.join(format!("new-{attempt}")),
@@ -398,18 +405,18 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
                 );
             }
         }
-        if attempt % 10 == 9 {
+        if attempt % 10 == 9 || attempt + 1 == attempts {
             assert_checks_clean(direct(), &format!("after attempt {attempt}"));
         }
     }
     eprintln!(
-        "50 attempts: {} committed, {failed} failed cleanly; {} faults injected over {} connections",
+        "{loc}: {attempts} attempts: {} committed, {failed} failed cleanly, 0 broken; {} faults injected over {} connections",
         committed.len(),
         proxy.faults(),
         proxy.connections()
     );
     assert!(
-        committed.len() >= 30,
+        committed.len() as u64 >= attempts * 3 / 5,
         "only {} attempts committed",
         committed.len()
     );
@@ -420,6 +427,52 @@ fn s3_backups_under_network_faults_commit_whole_or_nothing() {
         let snap = r.repo.load_snapshot(id).unwrap();
         assert!(r.find_node(&snap.tree, b"/").is_ok());
     }
+    (committed.len(), failed)
+}
+
+#[test]
+fn s3_backups_under_network_faults_commit_whole_or_nothing() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("faults").unwrap();
+    let loc = "s3://faults/repo";
+    let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
+    // Keep the cloud client's own patience short so that the network "gone
+    // for good" attempts end quickly.
+    let opts = via_proxy(&s3.options(), &proxy, &[("retry_timeout", "4")]);
+    backups_under_network_faults(
+        loc,
+        &|| open_store(loc, s3.options(), None),
+        &proxy,
+        opts,
+        50,
+    );
+}
+
+#[test]
+fn azure_backups_under_network_faults_commit_whole_or_nothing() {
+    let az = AzuriteServer::start().unwrap();
+    az.create_container("faults").unwrap();
+    let loc = "az://faults/repo";
+    let proxy = FaultProxy::start(az.port, ProxyPlan::default());
+    let mut opts = via_proxy(&az.options(), &proxy, &[("retry_timeout", "4")]);
+    opts[0].1 = format!("{}/{}", proxy.endpoint(), cairn_testkit::azure::ACCOUNT);
+    backups_under_network_faults(
+        loc,
+        &|| open_store(loc, az.options(), None),
+        &proxy,
+        opts,
+        20,
+    );
+}
+
+#[test]
+fn conformance_azure() {
+    let az = AzuriteServer::start().unwrap();
+    az.create_container("conformance").unwrap();
+    suite(&|| open_store("az://conformance/some/prefix", az.options(), None));
+    let whole = open_store("az://conformance", az.options(), None);
+    assert!(whole.exists("some/prefix/config").unwrap());
+    assert!(!whole.exists("config").unwrap());
 }
 
 /// An interrupted backup's uploads are indexed (every 16 packs) and the next
@@ -438,7 +491,7 @@ fn s3_backup_cut_off_by_the_network_is_reused_by_the_next() {
         fs::write(src.join(format!("f{i}")), data(50 + i, 6 << 20)).unwrap();
     }
     let proxy = FaultProxy::start(s3.port, ProxyPlan::default());
-    let opts = via_proxy(&s3, &proxy, &[("retry_timeout", "3")]);
+    let opts = via_proxy(&s3.options(), &proxy, &[("retry_timeout", "3")]);
     // The network goes away after 40 requests: about 34 of the ~50 packs are
     // uploaded, 32 of them indexed (an index object every 16 packs).
     proxy.set_plan(ProxyPlan {

@@ -537,19 +537,11 @@ pub(crate) fn restore_files(
     let src = svc.path.as_ref().expect("validated");
     let target: PathBuf = svc.target.clone().unwrap_or_else(|| src.clone());
     let tree = service_tree(svc, repo, snap)?;
-    // The service's directory must end up equal to the snapshot: empty it first.
+    // The service's directory must end up equal to the snapshot: empty it
+    // first (never what is mounted inside it).
     if target.exists() {
-        for e in std::fs::read_dir(&target)
-            .map_err(|e| err(svc, format!("{}: {e}", target.display())))?
-        {
-            let p = e.map_err(|e| err(svc, e.to_string()))?.path();
-            let r = if p.is_dir() && !p.is_symlink() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.map_err(|e| err(svc, format!("{}: {e}", p.display())))?;
-        }
+        cairn_repo::empty_directory(&target)
+            .map_err(|e| err(svc, format!("emptying {}: {e}", target.display())))?;
     }
     let opts = RestoreOptions {
         target: target.clone(),

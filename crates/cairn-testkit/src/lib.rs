@@ -26,6 +26,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod azure;
 pub mod proxy;
 pub mod s3;
 
