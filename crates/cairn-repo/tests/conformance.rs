@@ -1,12 +1,13 @@
-//! One storage conformance suite, run against the in-memory store, local disk
-//! and a real S3 server (moto, started and stopped here): init, backup of a
-//! tree, an incremental backup, restore byte-identical, write-once, forget,
-//! two prunes, `check --read-data`, and the local cache. Then S3 under
+//! One storage conformance suite, run against the in-memory store, local
+//! disk, a real S3 server (moto) and a real Azure Blob Storage server
+//! (Azurite), each started and stopped here: init, backup of a tree, an
+//! incremental backup, restore byte-identical, write-once, forget, two
+//! prunes, `check --read-data`, and the local cache. Then S3 and Azure under
 //! network faults (a proxy that answers 503, drops requests, loses answers to
-//! writes that landed, cuts responses, and goes away for good): 50 backup
-//! attempts either commit a snapshot that restores byte-identical or fail with
-//! an error naming the object and leave no visible snapshot; the repository
-//! passes `check --read-data` after every one.
+//! writes that landed, cuts responses, and goes away for good): 50 (S3) and
+//! 20 (Azure) backup attempts either commit a snapshot that restores
+//! byte-identical or fail with an error naming the object and leave no
+//! visible snapshot; the repository passes `check --read-data` every ten.
 
 mod common;
 use common::{KDF, data};
