@@ -7,7 +7,8 @@ Last-Modified/ETag, and `x-goog-if-generation-match: 0` is enforced.
 Everything else is passed through.
 Usage: scripts/gcs-shim.py PORT EMULATOR_PORT; cairn then takes
 `-o base_url=http://127.0.0.1:PORT -o bearer_token=test`.
-Not yet used by the test suite (issue #26)."""
+Used by cairn_testkit::gcs::GcsServer (the conformance, fault and CLI
+tests on gs://)."""
 import http.client, http.server, json, sys, urllib.parse, email.utils, datetime
 
 UP = int(sys.argv[2])

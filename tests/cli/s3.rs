@@ -219,3 +219,40 @@ fn azure_url_backup_restore_forget_prune_check_through_the_binary_and_a_missing_
     );
     assert!(err.contains("az://no-such-container/repo"), "{err}");
 }
+
+#[test]
+fn gcs_url_backup_restore_forget_prune_check_through_the_binary() {
+    use cairn_testkit::gcs::GcsServer;
+    let gcs = GcsServer::start().unwrap();
+    gcs.create_bucket("cli").unwrap();
+    let env = Env::new();
+    let base = repo_args("gs://cli/team/repo", &gcs.options());
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    let o = run(&env, &base, &init);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/a"), "hello gcs\n".repeat(10_000)).unwrap();
+    fs::write(src.join("b"), crate::util::prng(10, 3 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    fs::write(src.join("b"), crate::util::prng(11, 3 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    let target = env.path("out");
+    ok(
+        &env,
+        &base,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read(restored.join("b")).unwrap(),
+        fs::read(src.join("b")).unwrap()
+    );
+    ok(&env, &base, &["forget", "--keep-last", "1"]);
+    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
+    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
+    let checked = ok(&env, &base, &["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    fails(&env, &base, &init);
+}

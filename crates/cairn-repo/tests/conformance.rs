@@ -1,11 +1,12 @@
 //! One storage conformance suite, run against the in-memory store, local
-//! disk, a real S3 server (moto) and a real Azure Blob Storage server
-//! (Azurite), each started and stopped here: init, backup of a tree, an
+//! disk, a real S3 server (moto), a real Azure Blob Storage server (Azurite)
+//! and a GCS emulator (gcp-storage-emulator behind scripts/gcs-shim.py),
+//! each started and stopped here: init, backup of a tree, an
 //! incremental backup, restore byte-identical, write-once, forget, two
-//! prunes, `check --read-data`, and the local cache. Then S3 and Azure under
+//! prunes, `check --read-data`, and the local cache. Then S3, Azure and GCS under
 //! network faults (a proxy that answers 503, drops requests, loses answers to
 //! writes that landed, cuts responses, and goes away for good): 50 (S3) and
-//! 20 (Azure) backup attempts either commit a snapshot that restores
+//! 20 (Azure, GCS) backup attempts either commit a snapshot that restores
 //! byte-identical or fail with an error naming the object and leave no
 //! visible snapshot; the repository passes `check --read-data` every ten.
 
@@ -26,6 +27,7 @@ use cairn_repo::{
     RestoreOptions, RestoreProgress,
 };
 use cairn_testkit::azure::AzuriteServer;
+use cairn_testkit::gcs::GcsServer;
 use cairn_testkit::proxy::{FaultProxy, ProxyPlan};
 use cairn_testkit::s3::S3Server;
 
@@ -464,6 +466,32 @@ fn azure_backups_under_network_faults_commit_whole_or_nothing() {
         opts,
         20,
     );
+}
+
+#[test]
+fn gcs_backups_under_network_faults_commit_whole_or_nothing() {
+    let gcs = GcsServer::start().unwrap();
+    gcs.create_bucket("faults").unwrap();
+    let loc = "gs://faults/repo";
+    let proxy = FaultProxy::start(gcs.port, ProxyPlan::default());
+    let opts = via_proxy(&gcs.options(), &proxy, &[("retry_timeout", "4")]);
+    backups_under_network_faults(
+        loc,
+        &|| open_store(loc, gcs.options(), None),
+        &proxy,
+        opts,
+        20,
+    );
+}
+
+#[test]
+fn conformance_gcs() {
+    let gcs = GcsServer::start().unwrap();
+    gcs.create_bucket("conformance").unwrap();
+    suite(&|| open_store("gs://conformance/some/prefix", gcs.options(), None));
+    let whole = open_store("gs://conformance", gcs.options(), None);
+    assert!(whole.exists("some/prefix/config").unwrap());
+    assert!(!whole.exists("config").unwrap());
 }
 
 #[test]

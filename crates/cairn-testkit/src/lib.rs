@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod azure;
+pub mod gcs;
 pub mod proxy;
 pub mod s3;
 
