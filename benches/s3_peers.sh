@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Backup and restore throughput on a local S3 server (moto, started here)
+# Backup, restore and `check --read-data` throughput on a local S3 server (moto, started here)
 # against local disk, and against restic on the same S3 server and data, in
 # one run. Peers at their defaults (restic: repository v2, zstd auto, 5 S3
 # connections); cairn at its defaults (8 connections on object storage).
@@ -60,6 +60,7 @@ for r in $(seq 1 "$ROUNDS"); do
   measure "$r" cairn s3 backup "$CAIRN" -r "s3://$B/cairn" "${S3OPTS[@]}" --no-cache -q backup "$WORK/src"
   measure "$r" cairn s3 restore "$CAIRN" -r "s3://$B/cairn" "${S3OPTS[@]}" --no-cache -q restore latest --target "$WORK/out"
   verify "$WORK/out"
+  measure "$r" cairn s3 check "$CAIRN" -r "s3://$B/cairn" "${S3OPTS[@]}" --no-cache -q check --read-data
   # cairn on local disk
   "$CAIRN" -r "$WORK/cairn-local" init >/dev/null 2>&1
   measure "$r" cairn local backup "$CAIRN" -r "$WORK/cairn-local" -q backup "$WORK/src"
@@ -72,6 +73,7 @@ for r in $(seq 1 "$ROUNDS"); do
   measure "$r" restic s3 backup restic -r "$RR" --no-cache -q backup "$WORK/src"
   measure "$r" restic s3 restore restic -r "$RR" --no-cache -q restore latest --target "$WORK/out"
   verify "$WORK/out"
+  measure "$r" restic s3 check restic -r "$RR" --no-cache -q check --read-data
 done
 
 DATE=$(date -u +%Y-%m-%d)
@@ -95,7 +97,7 @@ for key in sorted(med):
     s, rss, xs = med[key]
     print(f"| {key[0]} | {key[1]} | {key[2]} | {s:.2f} | {nbytes/s/1e6:.1f} | {rss} | {' / '.join(f'{x:.2f}' for x in xs)} |")
 print()
-for step in ("backup", "restore"):
+for step in ("backup", "restore", "check"):
     c, r = med[("cairn", "s3", step)][0], med[("restic", "s3", step)][0]
     print(f"- {step} on S3: cairn {nbytes/c/1e6:.1f} MB/s vs restic {nbytes/r/1e6:.1f} MB/s = **{r/c:.2f}×**")
 for step in ("backup", "restore"):
