@@ -167,51 +167,52 @@ fn wrong_credentials_are_refused_at_once_and_named() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
+/// init (create-only writes enforced: no warning), two backups, restore
+/// byte for byte, forget, two prunes, `check --read-data` and a refused
+/// second init, through the binary at `base`.
+fn cloud_round_trip(env: &Env, base: &[String], seed: u64) {
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    let o = run(env, base, &init);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("ignores create-only"), "{err}");
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/a"), "hello cloud\n".repeat(10_000)).unwrap();
+    fs::write(src.join("b"), crate::util::prng(seed, 3 << 20)).unwrap();
+    ok(env, base, &["backup", src.to_str().unwrap()]);
+    fs::write(src.join("b"), crate::util::prng(seed + 1, 3 << 20)).unwrap();
+    ok(env, base, &["backup", src.to_str().unwrap()]);
+    let target = env.path("out");
+    ok(
+        env,
+        base,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    for f in ["b", "d/a"] {
+        assert_eq!(
+            fs::read(restored.join(f)).unwrap(),
+            fs::read(src.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    ok(env, base, &["forget", "--keep-last", "1"]);
+    ok(env, base, &["prune", "--keep-delete", "0s"]);
+    ok(env, base, &["prune", "--keep-delete", "0s"]);
+    let checked = ok(env, base, &["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+    fails(env, base, &init);
+}
+
 #[test]
 fn azure_url_backup_restore_forget_prune_check_through_the_binary_and_a_missing_container() {
     use cairn_testkit::azure::AzuriteServer;
     let az = AzuriteServer::start().unwrap();
     az.create_container("cli").unwrap();
     let env = Env::new();
-    let base = repo_args("az://cli/team/repo", &az.options());
-    let mut init = vec!["init"];
-    init.extend_from_slice(&CHEAP_KDF);
-    let o = run(&env, &base, &init);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // Azurite enforces create-only writes: no warning about them.
-    assert!(
-        !String::from_utf8_lossy(&o.stderr).contains("ignores create-only"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let src = env.path("src");
-    fs::create_dir_all(src.join("d")).unwrap();
-    fs::write(src.join("d/a"), "hello azure\n".repeat(10_000)).unwrap();
-    fs::write(src.join("b"), crate::util::prng(8, 3 << 20)).unwrap();
-    ok(&env, &base, &["backup", src.to_str().unwrap()]);
-    fs::write(src.join("b"), crate::util::prng(9, 3 << 20)).unwrap();
-    ok(&env, &base, &["backup", src.to_str().unwrap()]);
-    let target = env.path("out");
-    ok(
-        &env,
-        &base,
-        &["restore", "latest", "--target", target.to_str().unwrap()],
-    );
-    let restored = target.join(src.strip_prefix("/").unwrap());
-    assert_eq!(
-        fs::read(restored.join("b")).unwrap(),
-        fs::read(src.join("b")).unwrap()
-    );
-    assert_eq!(
-        fs::read(restored.join("d/a")).unwrap(),
-        fs::read(src.join("d/a")).unwrap()
-    );
-    ok(&env, &base, &["forget", "--keep-last", "1"]);
-    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
-    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
-    let checked = ok(&env, &base, &["check", "--read-data"]);
-    assert!(checked.contains("no errors were found"), "{checked}");
-    fails(&env, &base, &init);
+    cloud_round_trip(&env, &repo_args("az://cli/team/repo", &az.options()), 8);
     let err = fails(
         &env,
         &repo_args("az://no-such-container/repo", &az.options()),
@@ -226,33 +227,5 @@ fn gcs_url_backup_restore_forget_prune_check_through_the_binary() {
     let gcs = GcsServer::start().unwrap();
     gcs.create_bucket("cli").unwrap();
     let env = Env::new();
-    let base = repo_args("gs://cli/team/repo", &gcs.options());
-    let mut init = vec!["init"];
-    init.extend_from_slice(&CHEAP_KDF);
-    let o = run(&env, &base, &init);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let src = env.path("src");
-    fs::create_dir_all(src.join("d")).unwrap();
-    fs::write(src.join("d/a"), "hello gcs\n".repeat(10_000)).unwrap();
-    fs::write(src.join("b"), crate::util::prng(10, 3 << 20)).unwrap();
-    ok(&env, &base, &["backup", src.to_str().unwrap()]);
-    fs::write(src.join("b"), crate::util::prng(11, 3 << 20)).unwrap();
-    ok(&env, &base, &["backup", src.to_str().unwrap()]);
-    let target = env.path("out");
-    ok(
-        &env,
-        &base,
-        &["restore", "latest", "--target", target.to_str().unwrap()],
-    );
-    let restored = target.join(src.strip_prefix("/").unwrap());
-    assert_eq!(
-        fs::read(restored.join("b")).unwrap(),
-        fs::read(src.join("b")).unwrap()
-    );
-    ok(&env, &base, &["forget", "--keep-last", "1"]);
-    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
-    ok(&env, &base, &["prune", "--keep-delete", "0s"]);
-    let checked = ok(&env, &base, &["check", "--read-data"]);
-    assert!(checked.contains("no errors were found"), "{checked}");
-    fails(&env, &base, &init);
+    cloud_round_trip(&env, &repo_args("gs://cli/team/repo", &gcs.options()), 10);
 }

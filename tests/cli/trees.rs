@@ -310,34 +310,7 @@ fn an_xattr_the_target_refuses_is_a_warning_naming_the_file_and_exit_3() {
     ]);
     env.ok(&["backup", src.to_str().unwrap()]);
     let out = env.path("out");
-    fs::create_dir(&out).unwrap();
-    Command::new("chown")
-        .args(["nobody"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    for p in [env.dir.path().to_path_buf(), env.repo()] {
-        Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&p)
-            .status()
-            .unwrap();
-    }
-    let o = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(crate::util::cairn_bin())
-        .args(["-r", env.repo().to_str().unwrap()])
-        .args(["--password-file", env.path("pw").to_str().unwrap()])
-        .args([
-            "--no-cache",
-            "restore",
-            "latest",
-            "--target",
-            out.to_str().unwrap(),
-        ])
-        .env_clear()
-        .output()
-        .unwrap();
+    let o = restore_as_nobody(&env, &out, "latest", &out);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     let f = restored(&out, &src).join("f");
@@ -349,6 +322,40 @@ fn an_xattr_the_target_refuses_is_a_warning_naming_the_file_and_exit_3() {
         "{err}"
     );
     assert_eq!(fs::read(&f).unwrap(), b"x");
+}
+
+/// `cairn restore SNAPSHOT --target TARGET` run as `nobody` (setpriv), with
+/// the repository and password made readable to it and `dir` (created) its
+/// own.
+fn restore_as_nobody(env: &Env, dir: &Path, snapshot: &str, target: &Path) -> std::process::Output {
+    fs::create_dir(dir).unwrap();
+    Command::new("chown")
+        .arg("nobody")
+        .arg(dir)
+        .status()
+        .unwrap();
+    for p in [env.dir.path().to_path_buf(), env.repo()] {
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&p)
+            .status()
+            .unwrap();
+    }
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(crate::util::cairn_bin())
+        .args(["-r", env.repo().to_str().unwrap()])
+        .args(["--password-file", env.path("pw").to_str().unwrap()])
+        .args([
+            "--no-cache",
+            "restore",
+            snapshot,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .env_clear()
+        .output()
+        .unwrap()
 }
 
 /// Paths of the latest snapshot below `base`, relative to it.
@@ -1097,35 +1104,8 @@ fn an_unprivileged_restore_keeps_the_user_attributes_of_read_only_entries() {
     chmod("444", &src.join("rw"));
     env.ok(&["backup", src.to_str().unwrap()]);
     let out = env.path("out");
-    fs::create_dir(&out).unwrap();
-    Command::new("chown")
-        .arg("nobody")
-        .arg(&out)
-        .status()
-        .unwrap();
-    for p in [env.dir.path().to_path_buf(), env.repo()] {
-        Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(&p)
-            .status()
-            .unwrap();
-    }
     let sub = format!("latest:{}", src.display());
-    let o = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(crate::util::cairn_bin())
-        .args(["-r", env.repo().to_str().unwrap()])
-        .args(["--password-file", env.path("pw").to_str().unwrap()])
-        .args([
-            "--no-cache",
-            "restore",
-            &sub,
-            "--target",
-            out.join("t").to_str().unwrap(),
-        ])
-        .env_clear()
-        .output()
-        .unwrap();
+    let o = restore_as_nobody(&env, &out, &sub, &out.join("t"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (rel, name) in [("rw", "user.rw"), ("rodir", "user.d")] {
         let p = out.join("t").join(rel);

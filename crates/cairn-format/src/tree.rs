@@ -123,6 +123,14 @@ impl XattrValue {
             XattrValue::Chunks(c) => c.iter().map(|(_, l)| *l as u64).sum(),
         }
     }
+    /// The data blobs holding the value (none when inline).
+    pub fn chunk_ids(&self) -> impl Iterator<Item = ChunkId> + Clone + '_ {
+        let chunks: &[(ChunkId, u32)] = match self {
+            XattrValue::Inline(_) => &[],
+            XattrValue::Chunks(c) => c,
+        };
+        chunks.iter().map(|(id, _)| *id)
+    }
     /// True for an empty value.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -195,13 +203,7 @@ impl Node {
                 Extent::Chunk { id, .. } => Some(*id),
                 Extent::Hole { .. } => None,
             })
-            .chain(self.xattrs.iter().flat_map(|x| {
-                match &x.value {
-                    XattrValue::Inline(_) => [].iter(),
-                    XattrValue::Chunks(c) => c.iter(),
-                }
-                .map(|(id, _)| *id)
-            }))
+            .chain(self.xattrs.iter().flat_map(|x| x.value.chunk_ids()))
     }
 
     /// The key that groups hard links within one snapshot, if this entry

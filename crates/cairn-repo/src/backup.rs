@@ -217,20 +217,46 @@ impl Walker<'_> {
     /// Whether every chunk of an unchanged file is still indexed; if so the
     /// backup relies on them (recorded for the prune protocol, format-spec §5.1).
     fn chunk_ok(&self, extents: &[Extent]) -> bool {
-        let ids = || {
-            extents.iter().filter_map(|e| match e {
-                Extent::Chunk { id, .. } => Some(*id),
-                Extent::Hole { .. } => None,
-            })
-        };
+        self.all_indexed(extents.iter().filter_map(|e| match e {
+            Extent::Chunk { id, .. } => Some(*id),
+            Extent::Hole { .. } => None,
+        }))
+    }
+
+    /// Whether every one of these data blobs is still indexed; if so the
+    /// backup relies on them (noted as reused).
+    fn all_indexed(&self, ids: impl Iterator<Item = ChunkId> + Clone) -> bool {
         let ok = {
             let idx = self.repo.index.read().expect("index lock");
-            ids().all(|id| idx.contains(BlobKind::Data, &id))
+            ids.clone().all(|id| idx.contains(BlobKind::Data, &id))
         };
         if ok {
-            self.packer.note_reused(BlobKind::Data, ids());
+            self.packer.note_reused(BlobKind::Data, ids);
         }
         ok
+    }
+
+    /// Cut bytes held in memory into chunks and store them.
+    fn store_in_memory(&self, buf: &[u8]) -> Result<Vec<(ChunkId, u32)>> {
+        let mut cuts = Vec::new();
+        self.params.cut(buf, true, &mut cuts);
+        cuts.into_iter()
+            .map(|c| {
+                Ok((
+                    self.store_chunk(&buf[c.offset..c.offset + c.len])?,
+                    c.len as u32,
+                ))
+            })
+            .collect()
+    }
+
+    /// [`Self::store_in_memory`] as a file's extents.
+    fn in_memory_extents(&self, buf: &[u8]) -> Result<Vec<Extent>> {
+        Ok(self
+            .store_in_memory(buf)?
+            .into_iter()
+            .map(|(id, len)| Extent::Chunk { id, len })
+            .collect())
     }
 
     /// Store one chunk that is entirely in memory.
@@ -293,24 +319,13 @@ impl Walker<'_> {
             if buf.is_empty() {
                 return Ok(extents);
             }
-            Progress::add(&self.progress.bytes_read, buf.len() as u64);
             if buf.len() as u64 <= limit {
                 // All of it (read to the end): no further read, which
                 // /proc/sys refuses for large buffers (ENOMEM).
-                let mut cuts = Vec::new();
-                self.params.cut(&buf, true, &mut cuts);
-                for c in cuts {
-                    let id = self.store_chunk(&buf[c.offset..c.offset + c.len])?;
-                    extents.push(Extent::Chunk {
-                        id,
-                        len: c.len as u32,
-                    });
-                }
-                return Ok(extents);
+                Progress::add(&self.progress.bytes_read, buf.len() as u64);
+                return self.in_memory_extents(&buf);
             }
-            self.progress
-                .bytes_read
-                .fetch_sub(buf.len() as u64, Ordering::Relaxed);
+            // More than a chunk: streamed (which counts what it reads).
             let rest = std::io::Cursor::new(buf).chain(&f);
             self.stream_extents(rest, &mut extents)
                 .map_err(|e| match e {
@@ -325,16 +340,7 @@ impl Walker<'_> {
             f.read_to_end(&mut buf)
                 .map_err(|e| RepoError::io(path, e))?;
             Progress::add(&self.progress.bytes_read, buf.len() as u64);
-            let mut cuts = Vec::new();
-            self.params.cut(&buf, true, &mut cuts);
-            for c in cuts {
-                let id = self.store_chunk(&buf[c.offset..c.offset + c.len])?;
-                extents.push(Extent::Chunk {
-                    id,
-                    len: c.len as u32,
-                });
-            }
-            return Ok(extents);
+            return self.in_memory_extents(&buf);
         }
         let regions = if sparse {
             crate::sys::data_regions(&f, size).map_err(|e| RepoError::io(path, e))?
@@ -405,14 +411,7 @@ impl Walker<'_> {
             let value = if value.len() <= XATTR_INLINE_MAX {
                 XattrValue::Inline(value)
             } else {
-                let mut cuts = Vec::new();
-                self.params.cut(&value, true, &mut cuts);
-                let mut chunks = Vec::with_capacity(cuts.len());
-                for c in cuts {
-                    let id = self.store_chunk(&value[c.offset..c.offset + c.len])?;
-                    chunks.push((id, c.len as u32));
-                }
-                XattrValue::Chunks(chunks)
+                XattrValue::Chunks(self.store_in_memory(&value)?)
             };
             out.push(Xattr { name, value });
         }
@@ -422,24 +421,7 @@ impl Walker<'_> {
     /// Whether every data blob of these attribute values is still indexed;
     /// if so the backup relies on them (as [`Self::chunk_ok`]).
     fn xattr_chunks_ok(&self, xattrs: &[Xattr]) -> bool {
-        let ids = || {
-            xattrs.iter().flat_map(|x| match &x.value {
-                XattrValue::Inline(_) => [].iter(),
-                XattrValue::Chunks(c) => c.iter(),
-            })
-        };
-        if ids().next().is_none() {
-            return true;
-        }
-        let ok = {
-            let idx = self.repo.index.read().expect("index lock");
-            ids().all(|(id, _)| idx.contains(BlobKind::Data, id))
-        };
-        if ok {
-            self.packer
-                .note_reused(BlobKind::Data, ids().map(|(id, _)| *id));
-        }
-        ok
+        self.all_indexed(xattrs.iter().flat_map(|x| x.value.chunk_ids()))
     }
 
     /// Whether the exclusions leave this entry out.

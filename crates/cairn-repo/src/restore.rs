@@ -643,27 +643,13 @@ impl IndexedRepository {
                 report.withheld.special += 1;
                 continue;
             }
-            if opts.no_setuid && node.mode & 0o6000 != 0 {
-                node.mode &= !0o6000;
-                report.withheld.setuid += 1;
-            }
-            let before = node.xattrs.len();
-            if opts.no_setuid {
-                node.xattrs.retain(|x| x.name != b"security.capability");
-            }
-            if node.xattrs.len() != before {
-                report.withheld.capabilities += 1;
-            }
-            if opts.no_xattrs {
-                node.xattrs.retain(|x| is_acl(&x.name));
-            }
-            if opts.no_acls {
-                node.xattrs.retain(|x| !is_acl(&x.name));
-            }
-            if opts.no_owner && (node.uid, node.gid) != me {
+            let foreign = opts.no_owner && (node.uid, node.gid) != me;
+            if foreign {
                 report.withheld.owner += 1;
-                // Not setting the owner must not hand another user's
-                // setuid program (or file capability) to the restoring one.
+            }
+            // Not setting the owner must not hand another user's setuid
+            // program (or file capability) to the restoring one either.
+            if opts.no_setuid || foreign {
                 if node.mode & 0o6000 != 0 {
                     node.mode &= !0o6000;
                     report.withheld.setuid += 1;
@@ -673,6 +659,12 @@ impl IndexedRepository {
                 if node.xattrs.len() != before {
                     report.withheld.capabilities += 1;
                 }
+            }
+            if opts.no_xattrs {
+                node.xattrs.retain(|x| is_acl(&x.name));
+            }
+            if opts.no_acls {
+                node.xattrs.retain(|x| !is_acl(&x.name));
             }
             let idx = items.len();
             let link_to = match node.link_key() {

@@ -3,12 +3,10 @@
 //! stops it when dropped. `scripts/azurite-server.sh` installs it on first
 //! use (under `~/.cache/cairn/azurite`, or `$CAIRN_TOOLS_DIR/azurite`).
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::s3::free_port;
+use crate::s3::{free_port, wait_listening};
 
 /// Azurite's well-known account and key (public, emulator only).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -51,20 +49,8 @@ impl AzuriteServer {
             port,
             _data: data,
         };
-        // The first start installs Azurite (a minute or so).
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(format!("Azurite exited: {status}"));
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                return Err("Azurite did not listen within 10 minutes".into());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_listening(port, &mut s.child, "Azurite")?;
+        Ok(s)
     }
 
     /// `http://127.0.0.1:PORT/devstoreaccount1` (path-style, as Azurite serves it).

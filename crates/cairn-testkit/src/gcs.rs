@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::s3::free_port;
+use crate::s3::{free_port, wait_listening};
 
 /// The emulator and the shim in front of it.
 pub struct GcsServer {
@@ -24,23 +24,6 @@ pub struct GcsServer {
 
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts")
-}
-
-fn wait_listening(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
-    // The first start installs the emulator (a minute or so).
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("{what} exited: {status}"));
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{what} did not listen within 10 minutes"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 impl GcsServer {

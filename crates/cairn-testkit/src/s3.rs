@@ -24,6 +24,25 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Wait until `child` (a test server, installing itself on first start)
+/// listens on `port` of 127.0.0.1, or fail if it exits or takes 10 minutes.
+pub fn wait_listening(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
+    // The first start installs the emulator (a minute or so).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited: {status}"));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not listen within 10 minutes"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh")
 }
