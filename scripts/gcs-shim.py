@@ -3,13 +3,21 @@
 lacks parts of the XML API that object_store's GCS client uses: HEAD and
 DELETE are answered through the emulator's JSON API, `list-type=2`
 listings are translated to ListBucketResult, PUT and GET answers get
-Last-Modified/ETag, and `x-goog-if-generation-match: 0` is enforced.
+Last-Modified/ETag, and `x-goog-if-generation-match: 0` is enforced
+(atomically per object name: check and write under one lock).
 Everything else is passed through.
 Usage: scripts/gcs-shim.py PORT EMULATOR_PORT; cairn then takes
 `-o base_url=http://127.0.0.1:PORT -o bearer_token=test`.
 Used by cairn_testkit::gcs::GcsServer (the conformance, fault and CLI
 tests on gs://)."""
-import http.client, http.server, json, sys, urllib.parse, email.utils, datetime
+import http.client, http.server, json, sys, urllib.parse, email.utils, datetime, threading
+
+# One lock per object name: a create-only PUT checks and writes under it, so
+# of two racing creates of one name exactly one succeeds (as on GCS).
+LOCKS, LOCKS_GUARD = {}, threading.Lock()
+def name_lock(key):
+    with LOCKS_GUARD:
+        return LOCKS.setdefault(key, threading.Lock())
 
 UP = int(sys.argv[2])
 
@@ -107,10 +115,11 @@ class H(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(n)
         bucket, obj, p = self.split()
-        if self.headers.get("x-goog-if-generation-match") == "0" and not p.path.startswith("/storage/"):
-            m, _ = self.meta(bucket, obj)
-            if m is not None:
-                return self.reply(412, {}, b"<Error><Code>PreconditionFailed</Code></Error>")
-        self.passthrough(body)
+        with name_lock((bucket, obj)):
+            if self.headers.get("x-goog-if-generation-match") == "0" and not p.path.startswith("/storage/"):
+                m, _ = self.meta(bucket, obj)
+                if m is not None:
+                    return self.reply(412, {}, b"<Error><Code>PreconditionFailed</Code></Error>")
+            self.passthrough(body)
 
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()

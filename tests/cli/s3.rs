@@ -229,3 +229,59 @@ fn gcs_url_backup_restore_forget_prune_check_through_the_binary() {
     let env = Env::new();
     cloud_round_trip(&env, &repo_args("gs://cli/team/repo", &gcs.options()), 10);
 }
+
+/// S3 without conditional writes (`conditional_put=disabled`: cairn emulates
+/// create-only puts with a HEAD first): `init` says the prune lease cannot
+/// keep two prunes apart there, `prune` refuses naming `--single-pruner`
+/// and changes nothing, and with it prunes, warns, and leaves `check` clean.
+#[test]
+fn prune_on_s3_without_conditional_writes_is_refused_unless_single_pruner() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("lax").unwrap();
+    let env = Env::new();
+    let mut opts = s3.options();
+    opts.push(("conditional_put".into(), "disabled".into()));
+    let base = repo_args("s3://lax/repo", &opts);
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    let o = run(&env, &base, &init);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("--single-pruner"), "{err}");
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), crate::util::prng(21, 2 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    fs::write(src.join("a"), crate::util::prng(22, 2 << 20)).unwrap();
+    ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    ok(&env, &base, &["forget", "--keep-last", "1"]);
+    let listing = || {
+        let mut v: Vec<String> = s3
+            .list_keys("lax")
+            .unwrap()
+            .into_iter()
+            .filter(|k| !k.contains("/sessions/"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    let err = fails(&env, &base, &["prune", "--keep-delete", "0s"]);
+    assert!(err.contains("prune refused"), "{err}");
+    assert!(err.contains("emulated with a HEAD"), "{err}");
+    assert!(err.contains("--single-pruner"), "{err}");
+    assert_eq!(listing(), before, "the refused prune changed nothing");
+    for _ in 0..2 {
+        let o = run(
+            &env,
+            &base,
+            &["prune", "--keep-delete", "0s", "--single-pruner"],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("relied on no other prune running"), "{err}");
+    }
+    assert!(listing().len() < before.len(), "the second prune deleted");
+    let checked = ok(&env, &base, &["check", "--read-data"]);
+    assert!(checked.contains("no errors were found"), "{checked}");
+}

@@ -304,7 +304,11 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
     };
     if conditional == ConditionalCreate::Ignored {
         eprintln!(
-            "warning: {loc} ignores create-only writes (If-None-Match); cairn names every object but the config by the hash of its bytes, so a repeated write stores the same bytes, but two `cairn init` racing on this location could replace each other's config (format-spec §1.1)"
+            "warning: {loc} ignores create-only writes (If-None-Match); cairn names every object but the config by the hash of its bytes, so a repeated write stores the same bytes, but two `cairn init` racing on this location could replace each other's config, and the prune lease cannot keep two prunes apart: prune refuses there unless given --single-pruner (format-spec §1.1)"
+        );
+    } else if store.write_once == cairn_repo::store::WriteOnce::Emulated {
+        eprintln!(
+            "warning: {loc}: create-only writes are emulated with a HEAD before each write (conditional_put=disabled), so the prune lease cannot keep two prunes apart: prune refuses there unless given --single-pruner (format-spec §1.1)"
         );
     }
     let pw = read_password(g, true)?;

@@ -321,6 +321,12 @@ pub struct PruneArgs {
     /// prune holding it is certainly gone (its host is down, its process killed)
     #[arg(long)]
     force_takeover: bool,
+    /// Prune on a store that does not enforce create-only writes (S3 with
+    /// conditional_put=disabled, or a server that ignores If-None-Match),
+    /// where the lease cannot keep two prunes apart: you make sure no other
+    /// prune runs on this repository at the same time
+    #[arg(long)]
+    single_pruner: bool,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -359,6 +365,7 @@ pub fn run_prune(g: &GlobalArgs, repo: Repository, a: &PruneArgs, dry_run: bool)
         dry_run,
         stage: Some(cairn_repo::Stage::default()),
         force_takeover: a.force_takeover,
+        single_pruner: a.single_pruner,
     };
     let ticker = crate::util::Ticker::stage(!g.quiet && !g.json, opts.stage.clone().expect("set"));
     let r = repo.prune(&opts);

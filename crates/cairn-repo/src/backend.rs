@@ -99,6 +99,8 @@ pub struct Backend {
     pub cache_dir: Option<PathBuf>,
     /// The directory of a local repository (for read-ahead hints).
     pub local_root: Option<PathBuf>,
+    /// Who enforces create-only writes.
+    pub write_once: crate::store::WriteOnce,
 }
 
 impl Backend {
@@ -108,6 +110,7 @@ impl Backend {
         s.connections = self.connections;
         s.cache_root = self.cache_dir;
         s.local_root = self.local_root;
+        s.write_once = self.write_once;
         s
     }
 }
@@ -242,8 +245,14 @@ pub fn open(location: &str, create: bool, opts: &BackendOptions) -> Result<Backe
     // pack: with 4 the peak RSS of a 1.2 GB restore was 223 MB against
     // 132 MB with 2, for the same time (benches/results/peers-*.md).
     let connections = connections.unwrap_or(if kind.is_remote() { 8 } else { 2 });
+    use crate::store::WriteOnce;
     Ok(Backend {
         store: Arc::new(RetryingStore::new(inner, policy, emulate)),
+        write_once: match (emulate, kind.is_remote()) {
+            (true, _) => WriteOnce::Emulated,
+            (false, true) => WriteOnce::Server,
+            (false, false) => WriteOnce::Local,
+        },
         kind,
         connections,
         cache_dir: if kind.is_remote() {
@@ -320,6 +329,25 @@ pub fn probe_conditional_create(store: &Store) -> Result<ConditionalCreate> {
             "the store does not support create-only writes ({e}); for an S3 server without conditional writes pass --option conditional_put=disabled"
         )),
         e => RepoError::from_store(&name, e),
+    })
+}
+
+/// Why the prune lease cannot keep two prunes apart on this store, if it
+/// cannot (format-spec §1.1): create-only writes emulated by cairn, or a
+/// server that accepted a second create of one name when probed just now.
+pub fn create_only_unenforced(store: &Store) -> Result<Option<String>> {
+    use crate::store::WriteOnce;
+    Ok(match store.write_once {
+        WriteOnce::Local => None,
+        WriteOnce::Emulated => Some(
+            "create-only writes are emulated with a HEAD before each write (conditional_put=disabled), so two prunes racing for the lease can both take it".to_string(),
+        ),
+        WriteOnce::Server => match probe_conditional_create(store)? {
+            ConditionalCreate::Enforced => None,
+            ConditionalCreate::Ignored => Some(
+                "the store accepted a second create-only write of one name when probed just now, so two prunes racing for the lease can both take it".to_string(),
+            ),
+        },
     })
 }
 

@@ -50,6 +50,10 @@ pub struct PruneOptions {
     /// Take the prune lease even if it has not expired (the operator knows
     /// its holder is gone).
     pub force_takeover: bool,
+    /// Prune although the store does not keep create-only writes
+    /// create-only, so the lease cannot keep two prunes apart: the operator
+    /// makes sure no other prune runs at the same time (format-spec §1.1).
+    pub single_pruner: bool,
 }
 
 impl Default for PruneOptions {
@@ -61,6 +65,7 @@ impl Default for PruneOptions {
             dry_run: false,
             stage: None,
             force_takeover: false,
+            single_pruner: false,
         }
     }
 }
@@ -347,10 +352,28 @@ impl IndexedRepository {
                 s
             }
         };
+        crate::set_stage(
+            &opts.stage,
+            "checking that the store keeps create-only writes",
+        );
+        let unenforced = crate::backend::create_only_unenforced(&self.repo.store)?;
+        if let Some(why) = &unenforced
+            && !opts.single_pruner
+            && !opts.dry_run
+        {
+            return Err(RepoError::Refused(format!(
+                "prune refused: {why} (format-spec §1.1); if no other prune can run on this repository at the same time, pass --single-pruner"
+            )));
+        }
         crate::set_stage(&opts.stage, "taking the prune lease");
         let clock = session.store_now()?;
         let lease = crate::session::Lease::acquire(&self.repo, &clock, opts.force_takeover)?;
-        let r = self.prune_leased(&lease, &session, clock, opts);
+        let mut r = self.prune_leased(&lease, &session, clock, opts);
+        if let (Some(why), Ok(report)) = (unenforced, &mut r) {
+            report.warnings.push(format!(
+                "{why}: this prune relied on no other prune running (format-spec §1.1)"
+            ));
+        }
         lease.release();
         self.end_session();
         r

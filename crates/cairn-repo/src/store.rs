@@ -73,6 +73,21 @@ pub struct Store {
     pub cache: Option<Arc<ObjectCache>>,
     /// The directory of a local repository: objects there can be read ahead.
     pub local_root: Option<std::path::PathBuf>,
+    /// Who keeps create-only writes create-only (format-spec §1.1).
+    pub write_once: WriteOnce,
+}
+
+/// Who enforces create-only writes on a store (format-spec §1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOnce {
+    /// The store itself, and it is local (memory, local disk): trusted.
+    Local,
+    /// A server that says it does (S3 `If-None-Match`, GCS generation
+    /// preconditions, Azure `If-None-Match: *`): probed before a prune.
+    Server,
+    /// cairn, with a HEAD before each write (`conditional_put=disabled`):
+    /// two writers racing on one name can both succeed.
+    Emulated,
 }
 
 impl std::fmt::Debug for Store {
@@ -99,6 +114,7 @@ impl Store {
             cache_root: None,
             cache: None,
             local_root: None,
+            write_once: WriteOnce::Local,
         }
     }
 

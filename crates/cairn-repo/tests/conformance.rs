@@ -3,7 +3,8 @@
 //! and a GCS emulator (gcp-storage-emulator behind scripts/gcs-shim.py),
 //! each started and stopped here: init, backup of a tree, an
 //! incremental backup, restore byte-identical, write-once, forget, two
-//! prunes, `check --read-data`, and the local cache. Then S3, Azure and GCS under
+//! prunes, `check --read-data`, the prune protocol's store time, lease,
+//! fencing and grace period with real waits, and the local cache. Then S3, Azure and GCS under
 //! network faults (a proxy that answers 503, drops requests, loses answers to
 //! writes that landed, cuts responses, and goes away for good): 50 (S3) and
 //! 20 (Azure, GCS) backup attempts either commit a snapshot that restores
@@ -21,6 +22,7 @@ use std::time::Duration;
 use cairn_format::config::Config;
 use cairn_repo::backend::{self, BackendOptions, ConditionalCreate};
 use cairn_repo::check::ReadData;
+use cairn_repo::session::{Lease, ProtocolTimes, Session};
 use cairn_repo::store::Store;
 use cairn_repo::{
     BackupOptions, BackupResult, IndexedRepository, Progress, PruneOptions, RepoError, Repository,
@@ -121,13 +123,16 @@ fn indexed(s: Store) -> IndexedRepository {
     repo(s).load_index().unwrap()
 }
 
-/// Back up one directory with default options.
+/// Back up one directory with default options, and end the writer session
+/// (as the process of `cairn backup` does when it exits).
 fn backup(r: &IndexedRepository, src: &Path) -> cairn_repo::Result<BackupResult> {
-    r.backup_paths(
+    let b = r.backup_paths(
         &[src.to_path_buf()],
         &BackupOptions::default(),
         &Progress::default(),
-    )
+    );
+    r.end_session();
+    b
 }
 
 /// `check --read-data` finds nothing.
@@ -211,6 +216,117 @@ fn suite(reopen: &dyn Fn() -> Store) {
     let r = indexed(reopen());
     assert_eq!(r.repo.list_snapshots().unwrap().len(), 1);
     restore_and_compare(&r, &second.id, &src);
+    protocol_suite(reopen, &src, &second.id);
+}
+
+/// A repository whose protocol runs in seconds: no beat of its own (a
+/// writer that stops beating), stale after 2 s, a lease of 2 s.
+fn quick(s: Store) -> Repository {
+    let mut r = repo(s);
+    r.protocol = ProtocolTimes {
+        beat: Duration::from_secs(3600),
+        stale: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(2),
+    };
+    r
+}
+
+/// Wait out a protocol time by the store's clock, plus its precision
+/// (GCS's `Last-Modified` has whole seconds).
+fn wait_out(d: Duration) {
+    std::thread::sleep(d + Duration::from_millis(1500));
+}
+
+/// The prune protocol's store-time and lease behaviour on this backend
+/// (format-spec §5), with real waits: the store's clock read from a write,
+/// four prunes racing for the lease (one wins, create-only), a dead
+/// holder's lease taken over once expired by store time, a backup that
+/// stopped beating fenced and failing without a snapshot, and deletion
+/// markers held until their grace period passed by store time.
+fn protocol_suite(reopen: &dyn Fn() -> Store, src: &Path, kept: &cairn_format::SnapshotId) {
+    // The store's clock.
+    let r = quick(reopen());
+    let session = Session::announce(&r, "conformance").unwrap();
+    let c1 = session.store_now().unwrap();
+    assert!(
+        c1.skew_ns.unsigned_abs() < 5_000_000_000,
+        "the store's clock is this host's: {c1:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let c2 = session.store_now().unwrap();
+    assert!(
+        c2.store_ns > c1.store_ns,
+        "store time moves on: {c1:?} {c2:?}"
+    );
+    session.end();
+
+    // Four prunes race for the lease: exactly one takes it.
+    let barrier = std::sync::Barrier::new(4);
+    let outcomes: Vec<cairn_repo::Result<Lease>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let r = quick(reopen());
+                let barrier = &barrier;
+                sc.spawn(move || {
+                    barrier.wait();
+                    Lease::acquire(&r, &c2, false)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (won, lost): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.is_ok());
+    let lost: Vec<String> = lost
+        .into_iter()
+        .map(|e| e.err().unwrap().to_string())
+        .collect();
+    assert_eq!(won.len(), 1, "one lease holder: {lost:?}");
+    for msg in lost {
+        assert!(msg.contains("another prune"), "{msg}");
+    }
+    // Its holder dies; the next prune is refused until the lease expired by
+    // store time, then takes it over.
+    won.into_iter().next().unwrap().unwrap().abandon();
+    let e = quick(reopen()).prune(&PruneOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("another prune is running"), "{e}");
+    wait_out(Duration::from_secs(2));
+    quick(reopen())
+        .prune(&PruneOptions::default())
+        .expect("an expired lease is taken over");
+
+    // A backup that stopped beating is fenced by a prune once stale, and
+    // fails without a snapshot.
+    let w = quick(reopen()).load_index_for_writing("backup").unwrap();
+    wait_out(Duration::from_secs(2));
+    let fenced = quick(reopen()).prune(&PruneOptions::default()).unwrap();
+    assert!(!fenced.sessions_fenced.is_empty(), "{fenced:?}");
+    let e = backup(&w, src).unwrap_err();
+    assert!(e.to_string().contains("taken for dead by a prune"), "{e}");
+    drop(w);
+
+    // Markers are due by store time: a new snapshot, forgotten, has its
+    // packs marked, kept while the grace period runs, deleted after.
+    let extra = tempfile::tempdir().unwrap();
+    fs::write(extra.path().join("new"), data(77, 3 << 20)).unwrap();
+    let gone = backup(&indexed(reopen()), extra.path()).unwrap();
+    repo(reopen()).delete_snapshots(&[gone.id]).unwrap();
+    let grace = PruneOptions {
+        keep_delete: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let marked = quick(reopen()).prune(&grace).unwrap();
+    assert!(marked.packs_marked > 0, "{marked:?}");
+    assert_eq!(marked.packs_deleted, 0, "{marked:?}");
+    let early = quick(reopen()).prune(&grace).unwrap();
+    assert!(early.markers_pending > 0, "{early:?}");
+    assert_eq!(early.packs_deleted, 0, "{early:?}");
+    wait_out(Duration::from_secs(3));
+    let due = quick(reopen()).prune(&grace).unwrap();
+    assert!(due.packs_deleted > 0, "{due:?}");
+    assert_checks_clean(reopen(), "after the protocol suite");
+    let r = indexed(reopen());
+    assert_eq!(r.repo.list_snapshots().unwrap().len(), 1);
+    restore_and_compare(&r, kept, src);
 }
 
 #[test]

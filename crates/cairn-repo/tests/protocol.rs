@@ -346,3 +346,91 @@ fn an_index_listing_missing_packs_is_survived_and_repaired() {
     repo(&s).repair_index(false).unwrap();
     assert_sound(&s, &[(a, &d), (b, &d)], "missing pack");
 }
+
+/// On a store that does not keep create-only writes create-only (a server
+/// ignoring `If-None-Match`, or cairn's HEAD-before-write emulation), the
+/// lease cannot keep two prunes apart: prune refuses, naming why and
+/// `--single-pruner`, before it marks or deletes anything; a dry run still
+/// reports, and with `single_pruner` the prune runs and says what it relied on.
+#[test]
+fn prune_refuses_on_a_store_that_ignores_create_only_writes_unless_told_it_is_alone() {
+    use cairn_repo::store::{Store, WriteOnce};
+    use cairn_testkit::{FaultPlan, FaultyStore};
+    let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let lax: Arc<dyn ObjectStore> = FaultyStore::new(
+        mem,
+        FaultPlan {
+            ignore_create_only: true,
+            ..Default::default()
+        },
+    );
+    let store = |w: WriteOnce| {
+        let mut s = Store::new(lax.clone());
+        s.write_once = w;
+        s
+    };
+    let mut cfg = Config::new_default(0);
+    cfg.pack_target = 1 << 20;
+    Repository::init_store(store(WriteOnce::Server), b"pw", cfg, KDF).unwrap();
+    let open = |w| Repository::open_store(store(w), b"pw").unwrap();
+    let d = data(8, 3 << 20);
+    let a = backup(&open(WriteOnce::Server).load_index().unwrap(), &d).unwrap();
+    let b = backup(
+        &open(WriteOnce::Server).load_index().unwrap(),
+        &data(9, 3 << 20),
+    )
+    .unwrap();
+    open(WriteOnce::Server).delete_snapshots(&[b]).unwrap();
+    let now = PruneOptions {
+        keep_delete: Duration::ZERO,
+        ..Default::default()
+    };
+    let listing = |w| {
+        let mut names: Vec<String> = store(w)
+            .list("")
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !n.starts_with("sessions/"))
+            .collect();
+        names.sort();
+        names
+    };
+    for (w, why) in [
+        (WriteOnce::Server, "accepted a second create-only write"),
+        (WriteOnce::Emulated, "emulated with a HEAD"),
+    ] {
+        let before = listing(w);
+        let e = open(w).prune(&now).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(why), "{msg}");
+        assert!(msg.contains("--single-pruner"), "{msg}");
+        assert_eq!(
+            listing(w),
+            before,
+            "{w:?}: the refused prune changed nothing"
+        );
+        let dry = open(w)
+            .prune(&PruneOptions {
+                dry_run: true,
+                ..now.clone()
+            })
+            .unwrap();
+        assert!(dry.warnings.iter().any(|x| x.contains(why)), "{dry:?}");
+    }
+    let done = open(WriteOnce::Server)
+        .prune(&PruneOptions {
+            single_pruner: true,
+            ..now.clone()
+        })
+        .unwrap();
+    assert!(done.packs_marked > 0, "{done:?}");
+    assert!(
+        done.warnings
+            .iter()
+            .any(|x| x.contains("relied on no other prune running")),
+        "{:?}",
+        done.warnings
+    );
+    assert_sound(&lax, &[(a, &d)], "after the single pruner");
+}

@@ -84,6 +84,9 @@ pub struct FaultPlan {
     /// Each put waits a pseudo-random time up to this long, so concurrent
     /// puts complete in another order than they started.
     pub reorder_puts: Option<Duration>,
+    /// Create-only puts overwrite, as on a server that ignores
+    /// `If-None-Match` (format-spec §1.1).
+    pub ignore_create_only: bool,
 }
 
 /// An `ObjectStore` that injects the faults of a [`FaultPlan`].
@@ -247,6 +250,10 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         let (op, tear) = self.enter(OpKind::Put).await?;
+        let mut opts = opts;
+        if self.state.plan.lock().expect("plan").ignore_create_only {
+            opts.mode = object_store::PutMode::Overwrite;
+        }
         if tear {
             let bytes: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
             let half = PutPayload::from(bytes[..bytes.len() / 2].to_vec());

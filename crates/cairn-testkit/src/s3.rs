@@ -105,6 +105,21 @@ impl S3Server {
         }
     }
 
+    /// The keys of a bucket (up to 1,000, the server's first page).
+    pub fn list_keys(&self, bucket: &str) -> Result<Vec<String>, String> {
+        let r = self.request("GET", &format!("/{bucket}?list-type=2"), b"")?;
+        if !r.starts_with("HTTP/1.1 200") {
+            return Err(format!(
+                "listing bucket {bucket}: {}",
+                r.lines().next().unwrap_or("")
+            ));
+        }
+        Ok(r.split("<Key>")
+            .skip(1)
+            .filter_map(|x| x.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect())
+    }
+
     /// The backend options that reach this server (credentials are not
     /// checked by moto, but the client signs with them).
     pub fn options(&self) -> Vec<(String, String)> {
