@@ -160,6 +160,7 @@ pub static BUILT_IN: &[&dyn Datastore] = &[
     &crate::kinds::redis::Redis,
     &crate::kinds::files::Files,
     &crate::kinds::command::CommandKind,
+    &crate::kinds::sqlite::Sqlite,
 ];
 
 /// Kinds registered at run time (embedders, tests).

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | postgres | `table:<schema>.<table>` | rows | BLAKE3 of the `COPY … TO STDOUT` text of the rows in primary-key order (no key: ordered by the row's text) |
 //! | mariadb | `table:<table>` | rows | BLAKE3 of the batch-mode rows in primary-key order (no key: ordered by every column) |
+//! | sqlite | `table:<table>` | rows | BLAKE3 of the rows in `.mode quote` ordered by every column, read from the online backup's copy (`kinds/sqlite.rs`) |
 //! | redis | `db<n>` | keys | BLAKE3 over the keys in byte order, each `key, type, TTL present, value` |
 //! | files | (the snapshot's tree) | | compared entry by entry with the restored directory |
 //!

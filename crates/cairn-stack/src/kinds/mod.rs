@@ -6,3 +6,4 @@ pub mod files;
 pub mod mariadb;
 pub mod postgres;
 pub mod redis;
+pub mod sqlite;

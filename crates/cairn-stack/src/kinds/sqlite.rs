@@ -1,0 +1,393 @@
+//! SQLite: a database file copied with SQLite's online backup API (the
+//! `sqlite3` shell's `.backup`, which takes a consistent copy while the
+//! service keeps writing), fingerprinted from that copy — so the recorded
+//! fingerprint is of exactly what was stored — and streamed into the
+//! repository. A restore writes the snapshot next to the target (0600),
+//! checks it is an SQLite database that passes `PRAGMA integrity_check`,
+//! removes the target's stale `-wal`, `-shm` and `-journal` files (a WAL
+//! left from the old database would be replayed into the new one) and
+//! renames it into place, keeping the old file's owner and mode.
+//!
+//! Fingerprint parts are `table:<name>`: the row count and the BLAKE3 of the
+//! rows in `.mode quote` (SQL literals, blobs in hex), ordered by every
+//! column. Every `sqlite3` that reads a snapshot runs `-safe` and
+//! `-readonly` (no shell escapes, no extensions, no writes).
+
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cairn_format::snapshot::Snapshot;
+use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
+
+use crate::StackError;
+use crate::adapters::{err, run, tool};
+use crate::catalog::Service;
+use crate::datastore::Datastore;
+use crate::fingerprint::{Fingerprint, Part};
+use crate::target::{Target, canonical};
+
+/// The first bytes of every SQLite database file.
+const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The `sqlite` kind.
+pub struct Sqlite;
+
+/// The database file a restore writes (`target`, else `path`).
+fn restore_path(svc: &Service) -> PathBuf {
+    let p = svc.target.as_ref().or(svc.path.as_ref());
+    let p = p.cloned().unwrap_or_default();
+    if p.is_absolute() {
+        p
+    } else {
+        svc.workdir.join(p)
+    }
+}
+
+fn live_path(svc: &Service) -> PathBuf {
+    let p = svc.path.clone().unwrap_or_default();
+    if p.is_absolute() {
+        p
+    } else {
+        svc.workdir.join(p)
+    }
+}
+
+/// `sqlite3` on a file that must not be trusted: read-only, safe mode (no
+/// `.shell`, no `ATTACH`, no extensions), stop at the first error.
+fn reader(svc: &Service, db: &Path) -> Command {
+    let mut c = tool(svc, "sqlite3");
+    c.args(["-readonly", "-safe", "-bail", "-batch", "-noheader"]);
+    c.arg(db);
+    c
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Fingerprint a database file, table by table.
+fn fingerprint(svc: &Service, db: &Path) -> Result<Fingerprint, StackError> {
+    let list = run(
+        svc,
+        reader(svc, db),
+        Some(b".mode list\nSELECT name || char(9) || (SELECT count(*) FROM pragma_table_info(name)) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name;\n"),
+    )?;
+    let mut f = Fingerprint::new();
+    for line in list.lines() {
+        let Some((table, cols)) = line.rsplit_once('\t') else {
+            continue;
+        };
+        let cols: usize = cols.trim().parse().unwrap_or(1).max(1);
+        let order: Vec<String> = (1..=cols).map(|i| i.to_string()).collect();
+        let t = ident(table);
+        let count = run(
+            svc,
+            reader(svc, db),
+            Some(format!(".mode list\nSELECT count(*) FROM {t};\n").as_bytes()),
+        )?;
+        let count: u64 = count.trim().parse().map_err(|_| {
+            err(
+                svc,
+                format!("fingerprint of {table}: not a count: {count:?}"),
+            )
+        })?;
+        let mut c = reader(svc, db);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(svc, format!("sqlite3: {e}")))?;
+        let script = format!(
+            ".mode quote\nSELECT * FROM {t} ORDER BY {};\n",
+            order.join(", ")
+        );
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())
+            .map_err(|e| err(svc, format!("fingerprint of {table}: {e}")))?;
+        let mut out = child.stdout.take().expect("piped");
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = out
+                .read(&mut buf)
+                .map_err(|e| err(svc, format!("fingerprint of {table}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let o = child
+            .wait_with_output()
+            .map_err(|e| err(svc, format!("fingerprint of {table}: {e}")))?;
+        if !o.status.success() {
+            return Err(err(
+                svc,
+                format!(
+                    "fingerprint of {table} failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            ));
+        }
+        f.insert(
+            format!("table:{table}"),
+            Part {
+                count,
+                hash: *h.finalize().as_bytes(),
+            },
+        );
+    }
+    Ok(f)
+}
+
+/// Refuse what is not a whole, sound SQLite database.
+fn check_file(svc: &Service, db: &Path, what: &str) -> Result<(), StackError> {
+    let mut head = [0u8; 16];
+    let ok = std::fs::File::open(db)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok();
+    if !ok || &head != MAGIC {
+        return Err(err(svc, format!("{what} is not an SQLite database")));
+    }
+    let out = run(
+        svc,
+        reader(svc, db),
+        Some(b".mode list\nPRAGMA integrity_check;\n"),
+    )?;
+    if out.trim() != "ok" {
+        return Err(err(
+            svc,
+            format!(
+                "{what} fails PRAGMA integrity_check: {}",
+                out.lines().take(5).collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The database's companion files, which belong to the file they sit next to.
+fn companions(db: &Path) -> Vec<PathBuf> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| {
+            let mut n = db.as_os_str().to_owned();
+            n.push(s);
+            PathBuf::from(n)
+        })
+        .collect()
+}
+
+impl Datastore for Sqlite {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        &["path", "target", "temp_dir"]
+    }
+
+    fn required(&self) -> &'static [(&'static str, &'static str)] {
+        &[("path", "path (the database file)")]
+    }
+
+    fn backup(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        opts: BackupOptions,
+    ) -> Result<BackupResult, StackError> {
+        let live = live_path(svc);
+        if !live.is_file() {
+            return Err(err(
+                svc,
+                format!("{} is not a database file", live.display()),
+            ));
+        }
+        // The copy is the whole database in plaintext: 0600 in cairn's own
+        // 0700 directory, removed on every path (and by --resume).
+        let dir = crate::children::temp_dir(svc.temp_dir.as_deref())
+            .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
+        let tmp = crate::children::TempDump::create(&dir)
+            .map_err(|e| err(svc, format!("temporary copy in {}: {e}", dir.display())))?;
+        let mut c = tool(svc, "sqlite3");
+        c.args(["-bail", "-batch"]).arg(&live);
+        let script = format!(
+            ".timeout 60000\n.backup '{}'\n",
+            tmp.path().display().to_string().replace('\'', "''")
+        );
+        run(svc, c, Some(script.as_bytes()))
+            .map_err(|e| err(svc, format!("online backup of {}: {e}", live.display())))?;
+        check_file(svc, tmp.path(), "the online backup's copy")?;
+        let fp = fingerprint(svc, tmp.path())?;
+        let file = std::fs::File::open(tmp.path())
+            .map_err(|e| err(svc, format!("{}: {e}", tmp.path().display())))?;
+        let r = repo.backup_stream_measured(
+            file,
+            crate::adapters::STREAM_NAME,
+            &opts,
+            &Progress::default(),
+            move || Ok(crate::fingerprint::encode(&fp)),
+        )?;
+        drop(tmp);
+        Ok(r)
+    }
+
+    fn preflight(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        snap: &Snapshot,
+    ) -> Result<(), StackError> {
+        let (node, _) = crate::adapters::dump_node(svc, repo, snap)?;
+        let mut head = Vec::new();
+        struct First<'a>(&'a mut Vec<u8>);
+        impl Write for First<'_> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let take = (MAGIC.len() - self.0.len()).min(b.len());
+                self.0.extend_from_slice(&b[..take]);
+                if self.0.len() == MAGIC.len() {
+                    return Err(std::io::Error::other("enough"));
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = repo.dump_file(&node, &mut First(&mut head));
+        if head != MAGIC {
+            return Err(err(
+                svc,
+                "the snapshot's dump is not an SQLite database file; nothing was touched",
+            ));
+        }
+        Ok(())
+    }
+
+    fn restore(
+        &self,
+        svc: &Service,
+        repo: &IndexedRepository,
+        snap: &Snapshot,
+    ) -> Result<(u64, Option<String>), StackError> {
+        let (node, size) = crate::adapters::dump_node(svc, repo, snap)?;
+        let target = restore_path(svc);
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| err(svc, format!("{}: {e}", dir.display())))?;
+        // Written next to the target, so that the rename is atomic.
+        let mut tmp = crate::children::TempDump::create(&dir)
+            .map_err(|e| err(svc, format!("temporary file in {}: {e}", dir.display())))?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
+            repo.dump_file(&node, &mut w)?;
+            w.flush().map_err(|e| err(svc, e.to_string()))?;
+        }
+        tmp.file()
+            .sync_all()
+            .map_err(|e| err(svc, format!("{}: {e}", tmp.path().display())))?;
+        check_file(svc, tmp.path(), "the snapshot's database")?;
+        // The old file's owner and mode, else 0600.
+        let old = std::fs::symlink_metadata(&target).ok();
+        if let Some(m) = &old {
+            if !m.is_file() {
+                return Err(err(
+                    svc,
+                    format!("{} is not a regular file; not replaced", target.display()),
+                ));
+            }
+            let shown = tmp.path().display().to_string();
+            let f = tmp.file();
+            std::os::unix::fs::fchown(&*f, Some(m.uid()), Some(m.gid()))
+                .map_err(|e| err(svc, format!("{shown}: chown: {e}")))?;
+            f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o777))
+                .map_err(|e| err(svc, format!("{shown}: chmod: {e}")))?;
+        }
+        for c in companions(&target) {
+            match std::fs::remove_file(&c) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(svc, format!("{}: {e}", c.display()))),
+            }
+        }
+        std::fs::rename(tmp.path(), &target)
+            .map_err(|e| err(svc, format!("{}: {e}", target.display())))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok((size, None))
+    }
+
+    fn live_fingerprint(&self, svc: &Service) -> Result<Option<Fingerprint>, StackError> {
+        // What a restore wrote (the staging copy under an environment).
+        Ok(Some(fingerprint(svc, &restore_path(svc))?))
+    }
+
+    fn query(&self, svc: &Service, sql: &str) -> Result<String, StackError> {
+        let mut c = reader(svc, &restore_path(svc));
+        c.args(["-separator", "\t"]);
+        run(svc, c, Some(format!(".mode list\n{sql}\n").as_bytes()))
+    }
+
+    fn holds_data(&self, svc: &Service) -> Result<bool, StackError> {
+        Ok(std::fs::metadata(restore_path(svc)).is_ok_and(|m| m.len() > 0))
+    }
+
+    fn teardown(&self, svc: &Service) -> Result<String, StackError> {
+        let t = restore_path(svc);
+        for p in std::iter::once(t.clone()).chain(companions(&t)) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(svc, format!("{}: {e}", p.display()))),
+            }
+        }
+        Ok(format!("removed {}", t.display()))
+    }
+
+    fn target(&self, s: &Service) -> Target {
+        Target::Dir(canonical(&restore_path(s), &s.workdir))
+    }
+
+    fn protected(&self, s: &Service) -> Vec<Target> {
+        vec![
+            self.target(s),
+            Target::Dir(canonical(&live_path(s), &s.workdir)),
+        ]
+    }
+
+    fn live_view(&self, svc: &Service) -> Service {
+        let mut s = svc.clone();
+        if let Some(t) = s.target.take() {
+            s.path = Some(t);
+        }
+        s
+    }
+
+    fn temp_dirs(&self, svc: &Service) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = crate::children::temp_dir(svc.temp_dir.as_deref())
+            .into_iter()
+            .collect();
+        if let Some(d) = restore_path(svc).parent() {
+            v.push(d.to_path_buf());
+        }
+        v
+    }
+
+    fn describe(&self, s: &Service) -> String {
+        format!(
+            "sqlite database file {} (replaced)",
+            restore_path(s).display()
+        )
+    }
+}
