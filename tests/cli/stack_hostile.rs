@@ -272,3 +272,126 @@ fn a_redis_dump_reaching_outside_its_key_pattern_is_refused_before_anything_is_w
         c.call(&[b"DEL", k.as_bytes()]).unwrap();
     }
 }
+
+/// A PostgreSQL archive whose table has a CHECK constraint calling a
+/// function that runs `COPY … TO PROGRAM` (a shell command on the database
+/// host) runs that command when `pg_restore` loads the rows as a superuser.
+/// With `restore_role` (a role without SUPERUSER, which then owns the
+/// recreated database and everything in it), `pg_restore` connects as that
+/// role, the load fails naming the missing privilege and the command never
+/// runs; an honest database restores verified under the role and is owned
+/// by it; a superuser `restore_role` is refused before anything is touched.
+#[test]
+fn a_postgres_archive_that_runs_a_program_is_harmless_under_restore_role() {
+    use crate::stack::{drop_pg, psql, report, svc};
+    let env = Env::new();
+    env.init(&[]);
+    let (db, role, admin) = (unique(), unique(), unique());
+    let marker = PathBuf::from(format!("/tmp/{db}-ran"));
+    // Dropped whatever happens below.
+    struct Cleanup(String, [String; 2]);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let db = &self.0;
+            for d in [
+                db.clone(),
+                format!("{db}_g"),
+                format!("{db}_o"),
+                format!("{db}_s"),
+            ] {
+                drop_pg(&d);
+            }
+            for r in &self.1 {
+                let _ = std::process::Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-q", "-c"])
+                    .arg(format!("DROP ROLE IF EXISTS {r}"))
+                    .output();
+            }
+        }
+    }
+    let _cleanup = Cleanup(db.clone(), [role.clone(), admin.clone()]);
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    psql("postgres", &format!("CREATE ROLE {role} LOGIN"));
+    psql("postgres", &format!("CREATE ROLE {admin} LOGIN SUPERUSER"));
+    psql(
+        &db,
+        &format!(
+            "CREATE FUNCTION run(int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; RETURN $1; END $$; CREATE TABLE t (a int PRIMARY KEY CHECK (run(a) > 0), b text); INSERT INTO t VALUES (1, 'x'), (2, 'y'); CREATE TABLE honest (k int PRIMARY KEY, v text); INSERT INTO honest SELECT g, md5(g::text) FROM generate_series(1, 500) g;",
+            marker.display()
+        ),
+    );
+    let _ = fs::remove_file(&marker);
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.orders]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n[service.orders.env.guarded]\ndatabase = \"{db}_g\"\nrestore_role = \"{role}\"\n[service.orders.env.open]\ndatabase = \"{db}_o\"\n[service.orders.env.super]\ndatabase = \"{db}_s\"\nrestore_role = \"{admin}\"\n"
+        ),
+    );
+    let o = stack(&env, &cat, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let restore = |e: &str| {
+        let rep = env.path(&format!("{e}.json"));
+        let o = stack(
+            &env,
+            &cat,
+            &[
+                "restore",
+                "--env",
+                e,
+                "--no-safety-snapshot",
+                "--report",
+                rep.to_str().unwrap(),
+            ],
+        );
+        (o, report(&rep))
+    };
+    // A superuser as restore role: refused in the preflight, nothing made.
+    let (o, r) = restore("super");
+    assert!(!o.status.success());
+    let e = svc(&r, "orders")["error"].to_string();
+    assert!(e.contains("is a superuser"), "{e}");
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("select count(*) from pg_database where datname = '{db}_s'")
+        ),
+        "0"
+    );
+    // Under the restore role the program never runs.
+    let (o, r) = restore("guarded");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    let e = svc(&r, "orders")["error"].to_string();
+    assert!(e.contains("pg_execute_server_program"), "{e}");
+    assert!(
+        !marker.exists(),
+        "the archive's program ran under restore_role"
+    );
+    // Without it, as the superuser, it does: the threat is real.
+    let (o, _) = restore("open");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(marker.exists(), "the superuser restore ran the program");
+    let _ = fs::remove_file(&marker);
+    // An honest database restores verified under the role, owned by it.
+    psql(&db, "DROP TABLE t; DROP FUNCTION run(int)");
+    let o = stack(&env, &cat, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (o, r) = restore("guarded");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(svc(&r, "orders")["fingerprint"]["verified"], true, "{r}");
+    assert_eq!(
+        psql(
+            &format!("{db}_g"),
+            "select tableowner from pg_tables where tablename = 'honest'"
+        ),
+        role
+    );
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("select pg_get_userbyid(datdba) from pg_database where datname = '{db}_g'")
+        ),
+        role
+    );
+    let _ = fs::remove_file(&marker);
+}

@@ -226,6 +226,10 @@ pub struct Service {
     /// Postgres: where a restore keeps its temporary dump (the whole
     /// database, uncompressed; default `<state dir>/tmp`).
     pub temp_dir: Option<PathBuf>,
+    /// Postgres: the role `pg_restore` connects as (not a superuser), which
+    /// owns the recreated database and everything restored into it
+    /// (`--no-owner`), so the archive's SQL runs without superuser rights.
+    pub restore_role: Option<String>,
     /// Command run after the service verified and its invariants passed
     /// (a stage of its own, `post-restore`).
     pub post_restore: Option<String>,
@@ -346,6 +350,7 @@ struct RawOverride {
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
     temp_dir: Option<PathBuf>,
+    restore_role: Option<String>,
     post_restore: Option<String>,
     verify: Option<String>,
 }
@@ -380,6 +385,7 @@ struct RawService {
     rto: Option<Spanned<String>>,
     parallelism: Option<u32>,
     temp_dir: Option<PathBuf>,
+    restore_role: Option<String>,
     post_restore: Option<String>,
     verify: Option<String>,
     allow_special: Option<bool>,
@@ -410,6 +416,7 @@ impl RawOverride {
             ("rto", self.rto.is_some()),
             ("parallelism", self.parallelism.is_some()),
             ("temp_dir", self.temp_dir.is_some()),
+            ("restore_role", self.restore_role.is_some()),
             ("post_restore", self.post_restore.is_some()),
             ("verify", self.verify.is_some()),
         ];
@@ -448,6 +455,7 @@ impl RawService {
             rto,
             parallelism,
             temp_dir,
+            restore_role,
             post_restore,
             verify
         )
@@ -689,6 +697,7 @@ fn merge(base: &RawOverride, o: &RawOverride) -> RawOverride {
         rto,
         parallelism,
         temp_dir,
+        restore_role,
         post_restore,
         verify
     )
@@ -870,6 +879,21 @@ impl Catalog {
                     ),
                 );
             }
+            if let Some(r) = &m.restore_role
+                && (r.is_empty()
+                    || r.len() > 63
+                    || r.starts_with('-')
+                    || r.contains('=')
+                    || r.contains("://"))
+            {
+                let off = cx.field_offset(at, "restore_role");
+                cx.err(
+                    off,
+                    format!(
+                        "service {name}: restore_role {r:?} is not a plain role name (1 to 63 bytes, no leading '-', no '=' or '://')"
+                    ),
+                );
+            }
             if let Some(db) = &m.database
                 && (db.starts_with('-') || db.contains('=') || db.contains("://"))
             {
@@ -983,6 +1007,7 @@ impl Catalog {
                     exclude: rs.exclude.clone().unwrap_or_default(),
                     one_file_system: rs.one_file_system.unwrap_or(false),
                     temp_dir: rel(m.temp_dir),
+                    restore_role: m.restore_role,
                     post_restore: m.post_restore,
                     verify: m.verify,
                 },

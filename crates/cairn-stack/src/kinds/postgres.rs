@@ -32,6 +32,7 @@ impl Datastore for Postgres {
             "database",
             "parallelism",
             "temp_dir",
+            "restore_role",
         ]
     }
 
@@ -87,6 +88,43 @@ impl Datastore for Postgres {
         r
     }
 
+    fn preflight(
+        &self,
+        svc: &Service,
+        _repo: &IndexedRepository,
+        _snap: &Snapshot,
+    ) -> Result<(), StackError> {
+        // A restore role that is a superuser (or cannot log in) would give
+        // the archive's SQL every right, or fail after the drop.
+        let Some(role) = &svc.restore_role else {
+            return Ok(());
+        };
+        let mut c = tool(svc, "psql");
+        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(format!(
+                "select rolsuper, rolcanlogin, rolbypassrls from pg_roles where rolname = {}",
+                crate::sql::pg::lit(role)
+            ));
+        let out = run(svc, c, None)?;
+        match out.trim() {
+            "" => Err(err(
+                svc,
+                format!("restore_role {role:?} does not exist on the server; nothing was touched"),
+            )),
+            o if o.starts_with("t|") => Err(err(
+                svc,
+                format!(
+                    "restore_role {role:?} is a superuser: the archive's SQL would run with every right; use a role without SUPERUSER (nothing was touched)"
+                ),
+            )),
+            o if o.split('|').nth(1) != Some("t") => Err(err(
+                svc,
+                format!("restore_role {role:?} cannot log in (LOGIN); nothing was touched"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn restore(
         &self,
         svc: &Service,
@@ -117,7 +155,16 @@ impl Datastore for Postgres {
                 crate::sql::pg::ident(db)
             ))
             .arg("-c")
-            .arg(format!("CREATE DATABASE {}", crate::sql::pg::ident(db)));
+            .arg(match &svc.restore_role {
+                // The role owns the database, so it may create in it (and
+                // in its `public` schema, owned by pg_database_owner).
+                Some(r) => format!(
+                    "CREATE DATABASE {} OWNER {}",
+                    crate::sql::pg::ident(db),
+                    crate::sql::pg::ident(r)
+                ),
+                None => format!("CREATE DATABASE {}", crate::sql::pg::ident(db)),
+            });
         run(svc, c, None)?;
         let mut c = tool(svc, "pg_restore");
         c.args([
@@ -126,8 +173,14 @@ impl Datastore for Postgres {
             &svc.parallelism.to_string(),
             "-d",
             db,
-        ])
-        .arg(tmp.path());
+        ]);
+        if let Some(r) = &svc.restore_role {
+            // Connected as the role itself, not `SET ROLE` (which the
+            // archive's SQL could `RESET`): objects become its own.
+            c.env("PGUSER", r).env_remove("PGPASSWORD");
+            c.arg("--no-owner");
+        }
+        c.arg(tmp.path());
         crate::adapters::run_guarded(svc, c)?;
 
         Ok((size, None))
