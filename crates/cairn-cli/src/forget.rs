@@ -34,7 +34,9 @@ pub struct KeepArgs {
     /// Keep the newest snapshot of each of the last N years
     #[arg(long)]
     keep_yearly: Option<u32>,
-    /// Keep everything within this span of the newest snapshot (e.g. 1y6m, 30d, 12h; m = months)
+    /// Keep everything within this span of the newest snapshot (e.g. 1y6m,
+    /// 30d, 12h). Here, as in restic, m = months (30 days); everywhere else
+    /// in cairn m = minutes. Units: ms, s, min, m, h, d, w, mo, y
     #[arg(long, value_parser = forget::parse_keep_within)]
     keep_within: Option<std::time::Duration>,
     /// Keep snapshots with this tag (repeatable)
@@ -310,7 +312,8 @@ pub struct PruneArgs {
     /// Repack packs whose unused share exceeds this (e.g. 5% or 0.05)
     #[arg(long, default_value = "5%", value_parser = parse_fraction)]
     max_unused: f64,
-    /// Grace period between marking packs and deleting them (e.g. 24h, 30m)
+    /// Grace period between marking packs and deleting them (e.g. 24h, 30m;
+    /// m = minutes; units ms, s, min, m, h, d, w, mo, y)
     #[arg(long, default_value = "24h", value_parser = cairn_stack::catalog::parse_duration)]
     keep_delete: std::time::Duration,
     /// Delete immediately: ONLY safe if nothing else writes to the repository

@@ -350,33 +350,7 @@ impl GroupBy {
 /// Parse a `keep-within` duration the way restic users write it:
 /// `1y6m`, `30d`, `12h`, `2y3m10d5h` (y = 365 days, m = 30 days: months, not minutes).
 pub fn parse_keep_within(s: &str) -> Result<Duration, String> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    for ch in s.chars() {
-        if ch.is_ascii_digit() {
-            num.push(ch);
-            continue;
-        }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("bad duration {s:?} (use e.g. 1y6m, 30d, 12h)"))?;
-        num.clear();
-        total += n * match ch {
-            'y' => 365 * 86_400,
-            'm' => 30 * 86_400,
-            'w' => 7 * 86_400,
-            'd' => 86_400,
-            'h' => 3600,
-            _ => return Err(format!("bad unit {ch:?} in {s:?} (y, m = months, w, d, h)")),
-        };
-    }
-    if !num.is_empty() {
-        return Err(format!("{s:?} needs a unit (y, m = months, w, d, h)"));
-    }
-    Ok(Duration::from_secs(total))
+    crate::duration::parse(s, crate::duration::Grammar::Retention)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub mod backend;
 mod backup;
 pub mod cache;
 pub mod check;
+pub mod duration;
 pub mod error;
 pub mod forget;
 mod fsat;

@@ -462,53 +462,10 @@ impl RawService {
     }
 }
 
-/// Parse "90s", "2m", "1h30m", "500ms", "1d".
+/// Parse "90s", "2m", "1h30m", "500ms", "1d" ([`cairn_repo::duration`]; `m`
+/// is minutes).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let n_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if n_end == 0 {
-            return Err(format!("bad duration {s:?} (use e.g. 90s, 2m, 1h30m)"));
-        }
-        let n: u64 = rest[..n_end]
-            .parse()
-            .map_err(|_| format!("bad number in {s:?}"))?;
-        rest = &rest[n_end..];
-        let u_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..u_end];
-        rest = &rest[u_end..];
-        let too_long = || format!("duration {s:?} is too long (at most 100 years)");
-        let secs = |mul: u64| {
-            n.checked_mul(mul)
-                .map(Duration::from_secs)
-                .ok_or_else(too_long)
-        };
-        let part = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => secs(1)?,
-            "m" => secs(60)?,
-            "h" => secs(3600)?,
-            "d" => secs(86_400)?,
-            _ => {
-                return Err(format!(
-                    "bad duration unit {unit:?} in {s:?} (ms, s, m, h, d; m means minutes here)"
-                ));
-            }
-        };
-        total = total.checked_add(part).ok_or_else(too_long)?;
-        if total > Duration::from_secs(100 * 365 * 86_400) {
-            return Err(too_long());
-        }
-    }
-    Ok(total)
+    cairn_repo::duration::parse(s, cairn_repo::duration::Grammar::Span)
 }
 
 struct Ctx<'a> {

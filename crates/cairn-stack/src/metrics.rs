@@ -208,7 +208,7 @@ pub fn restore_metrics(r: &RestoreReport) -> String {
     for x in &r.services {
         for st in &x.stages {
             let mut l = owned(x);
-            l.push(("stage", st.name.clone()));
+            l.push(("stage", st.name.as_str().to_string()));
             emit(
                 &mut m,
                 "cairn_restore_stage_duration_seconds",

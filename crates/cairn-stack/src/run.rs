@@ -85,11 +85,69 @@ pub fn describe_target(s: &Service) -> String {
     s.kind.datastore().describe(s)
 }
 
+/// The stages of a service restore, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageName {
+    /// A resumed restore re-verifies what completed before.
+    VerifyResumed,
+    /// The snapshot is checked (kind tag, the kind's own checks).
+    Preflight,
+    /// What the target holds is backed up first.
+    SafetySnapshot,
+    /// The service's `stop` command.
+    Stop,
+    /// The snapshot is fetched and loaded.
+    FetchLoad,
+    /// The kind's own stage after the load ([`crate::datastore::Datastore::after_load`]).
+    AfterLoad(&'static str),
+    /// The service's `start` command.
+    Start,
+    /// Its readiness check.
+    Ready,
+    /// The restored state is compared with the snapshot's fingerprint.
+    Verify,
+    /// Its invariants.
+    Invariants,
+    /// Its `post_restore` hook.
+    PostRestore,
+}
+
+impl StageName {
+    /// As reports, journals and metrics spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StageName::VerifyResumed => "verify (resumed)",
+            StageName::Preflight => "preflight",
+            StageName::SafetySnapshot => "safety-snapshot",
+            StageName::Stop => "stop",
+            StageName::FetchLoad => "fetch+load",
+            StageName::AfterLoad(n) => n,
+            StageName::Start => "start",
+            StageName::Ready => "ready",
+            StageName::Verify => "verify",
+            StageName::Invariants => "invariants",
+            StageName::PostRestore => "post-restore",
+        }
+    }
+}
+
+impl std::fmt::Display for StageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for StageName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One timed stage of a service restore.
 #[derive(Debug, Serialize, Clone)]
 pub struct Stage {
-    /// verify (resumed) | preflight | safety-snapshot | stop | fetch+load | analyze (postgres) | start | ready | verify | invariants | post-restore
-    pub name: String,
+    /// Which.
+    pub name: StageName,
     /// Seconds since the restore began.
     pub start: f64,
     /// Seconds since the restore began.
@@ -387,7 +445,7 @@ pub fn stack_restore(
             pre_stops.insert(
                 name.clone(),
                 Stage {
-                    name: "stop".into(),
+                    name: StageName::Stop,
                     start: s0,
                     end: s1,
                     seconds: s1 - s0,
@@ -658,12 +716,12 @@ fn restart_one(cx: &Ctx, svc: &Service, stopped: Option<Stage>) -> ServiceRestor
     r.fingerprint.method = "none (restarted, not restored)".into();
     r.stages.extend(stopped);
     let timed =
-        |r: &mut ServiceRestore, name: &str, res: &mut dyn FnMut() -> Result<(), String>| {
+        |r: &mut ServiceRestore, name: StageName, res: &mut dyn FnMut() -> Result<(), String>| {
             let s = cx.t0.elapsed().as_secs_f64();
             let out = res();
             let e = cx.t0.elapsed().as_secs_f64();
             r.stages.push(Stage {
-                name: name.into(),
+                name,
                 start: s,
                 end: e,
                 seconds: e - s,
@@ -680,12 +738,12 @@ fn restart_one(cx: &Ctx, svc: &Service, stopped: Option<Stage>) -> ServiceRestor
         };
     let mut res = Ok(());
     if let Some(cmd) = &svc.start {
-        res = timed(&mut r, "start", &mut || run_shell(svc, cmd));
+        res = timed(&mut r, StageName::Start, &mut || run_shell(svc, cmd));
     }
     if res.is_ok()
         && let Some(ready) = &svc.ready
     {
-        res = timed(&mut r, "ready", &mut || {
+        res = timed(&mut r, StageName::Ready, &mut || {
             crate::ready::wait(ready, svc.ready_timeout, &svc.workdir)
         });
     }
@@ -783,14 +841,14 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
     let mut r = skipped(svc, String::new(), start);
     r.error = None;
     let stage = |r: &mut ServiceRestore,
-                 name: &str,
+                 name: StageName,
                  f: &mut dyn FnMut(&mut ServiceRestore) -> Result<(), String>|
      -> bool {
         let s = t0.elapsed().as_secs_f64();
         let res = f(r);
         let e = t0.elapsed().as_secs_f64();
         r.stages.push(Stage {
-            name: name.into(),
+            name,
             start: s,
             end: e,
             seconds: e - s,
@@ -833,7 +891,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             && j.passed.get(&svc.name) == Some(&id.to_hex())
         {
             let mut rr = r.clone();
-            if stage(&mut rr, "verify (resumed)", &mut |r| verify(r, snap)) {
+            if stage(&mut rr, StageName::VerifyResumed, &mut |r| verify(r, snap)) {
                 rr.resumed = true;
                 rr.safety_snapshot = j.prepared.get(&svc.name).cloned().flatten();
                 r = rr;
@@ -852,7 +910,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
         // service), a MariaDB dump without its sandbox line, a Redis dump
         // reaching outside the service's key space.
         let mut checked = None;
-        if !stage(&mut r, "preflight", &mut |_| {
+        if !stage(&mut r, StageName::Preflight, &mut |_| {
             checked = Some(adapters::preflight(svc, cx.repo, id, snap).map_err(|e| e.to_string())?);
             Ok(())
         }) {
@@ -865,7 +923,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
         } else if let Some(id) = cx.existing_safety.get(&svc.name) {
             r.safety_snapshot = Some(id.clone());
         } else if cx.safety {
-            if !stage(&mut r, "safety-snapshot", &mut |r| {
+            if !stage(&mut r, StageName::SafetySnapshot, &mut |r| {
                 match adapters::holds_data(svc) {
                     Ok(false) => {
                         r.safety_note = Some("the target held no data".into());
@@ -918,11 +976,11 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             return false;
         }
         if let Some(stop) = &svc.stop
-            && !stage(&mut r, "stop", &mut |_| run_shell(svc, stop))
+            && !stage(&mut r, StageName::Stop, &mut |_| run_shell(svc, stop))
         {
             return false;
         }
-        if !stage(&mut r, "fetch+load", &mut |r| {
+        if !stage(&mut r, StageName::FetchLoad, &mut |r| {
             let c = checked.take().ok_or("preflight did not run")?;
             let (bytes, withheld) =
                 adapters::restore(svc, cx.repo, c).map_err(|e| e.to_string())?;
@@ -936,7 +994,7 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             return false;
         }
         if let Some(name) = svc.kind.datastore().after_load()
-            && !stage(&mut r, name, &mut |_| {
+            && !stage(&mut r, StageName::AfterLoad(name), &mut |_| {
                 svc.kind
                     .datastore()
                     .run_after_load(svc)
@@ -946,12 +1004,12 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             return false;
         }
         if let Some(start) = &svc.start
-            && !stage(&mut r, "start", &mut |_| run_shell(svc, start))
+            && !stage(&mut r, StageName::Start, &mut |_| run_shell(svc, start))
         {
             return false;
         }
         if let Some(ready) = &svc.ready
-            && !stage(&mut r, "ready", &mut |_| {
+            && !stage(&mut r, StageName::Ready, &mut |_| {
                 crate::ready::wait(ready, svc.ready_timeout, &svc.workdir)
             })
         {
@@ -963,12 +1021,12 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
                 .env("CAIRN_SERVICE", &svc.name)
                 .status();
         }
-        if !stage(&mut r, "verify", &mut |r| verify(r, snap)) {
+        if !stage(&mut r, StageName::Verify, &mut |r| verify(r, snap)) {
             return false;
         }
         if !svc.invariants.is_empty()
             && cx.invariants
-            && !stage(&mut r, "invariants", &mut |r| {
+            && !stage(&mut r, StageName::Invariants, &mut |r| {
                 let res: Vec<InvariantResult> = svc
                     .invariants
                     .iter()
@@ -990,7 +1048,9 @@ fn restore_one(cx: &Ctx, svc: &Service, snap: Option<(SnapshotId, Snapshot)>) ->
             return false;
         }
         if let Some(hook) = &svc.post_restore
-            && !stage(&mut r, "post-restore", &mut |_| run_shell(svc, hook))
+            && !stage(&mut r, StageName::PostRestore, &mut |_| {
+                run_shell(svc, hook)
+            })
         {
             return false;
         }

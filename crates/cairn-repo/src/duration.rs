@@ -1,0 +1,132 @@
+//! The one duration grammar of cairn's command line and catalog: number and
+//! unit pairs without spaces, `90s`, `1h30m`, `2w3d`, `500ms`.
+//!
+//! | unit | means |
+//! |---|---|
+//! | `ms` | milliseconds |
+//! | `s` | seconds |
+//! | `min` | minutes |
+//! | `m` | minutes, except in [`Grammar::Retention`] (restic's `--keep-within`), where it is months |
+//! | `h` | hours |
+//! | `d` | days |
+//! | `w` | weeks |
+//! | `mo` | months of 30 days |
+//! | `y` | years of 365 days |
+//!
+//! Every number needs a unit; a total above 100 years is refused (never
+//! wrapped or saturated).
+
+use std::time::Duration;
+
+/// Which meaning `m` has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grammar {
+    /// `m` is minutes: catalog durations (`rto`, timeouts), `--keep-delete`.
+    Span,
+    /// `m` is months, as in restic's `--keep-within 1y6m`: only for
+    /// retention spans (`--keep-within`, a catalog's `keep_within`).
+    Retention,
+}
+
+/// The longest duration accepted.
+pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parse `s` in `grammar`.
+pub fn parse(s: &str, grammar: Grammar) -> Result<Duration, String> {
+    let m_means = match grammar {
+        Grammar::Span => "m = minutes",
+        Grammar::Retention => "m = months, as in restic",
+    };
+    let units = format!("ms, s, min, m ({m_means}), h, d, w, mo, y");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(format!(
+            "empty duration (use e.g. 90s, 1h30m, 30d; units {units})"
+        ));
+    }
+    let too_long = || format!("duration {s:?} is too long (at most 100 years)");
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if n_end == 0 {
+            return Err(format!(
+                "bad duration {s:?} (use e.g. 90s, 1h30m, 30d; units {units})"
+            ));
+        }
+        let n: u64 = rest[..n_end].parse().map_err(|_| too_long())?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..u_end];
+        rest = &rest[u_end..];
+        let secs = |mul: u64| {
+            n.checked_mul(mul)
+                .map(Duration::from_secs)
+                .ok_or_else(too_long)
+        };
+        let part = match (unit, grammar) {
+            ("ms", _) => Duration::from_millis(n),
+            ("s", _) => secs(1)?,
+            ("min", _) | ("m", Grammar::Span) => secs(60)?,
+            ("h", _) => secs(3600)?,
+            ("d", _) => secs(86_400)?,
+            ("w", _) => secs(7 * 86_400)?,
+            ("mo", _) | ("m", Grammar::Retention) => secs(30 * 86_400)?,
+            ("y", _) => secs(365 * 86_400)?,
+            ("", _) => return Err(format!("{s:?}: {n} needs a unit ({units})")),
+            _ => return Err(format!("bad duration unit {unit:?} in {s:?} ({units})")),
+        };
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > MAX {
+            return Err(too_long());
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_grammar_where_only_m_differs() {
+        for g in [Grammar::Span, Grammar::Retention] {
+            assert_eq!(parse("90s", g), Ok(Duration::from_secs(90)));
+            assert_eq!(parse("500ms", g), Ok(Duration::from_millis(500)));
+            assert_eq!(parse("2w3d", g), Ok(Duration::from_secs(17 * 86_400)));
+            assert_eq!(parse("1y2mo", g), Ok(Duration::from_secs(425 * 86_400)));
+            assert_eq!(parse("5min", g), Ok(Duration::from_secs(300)));
+            for bad in ["", "10", "3 weeks", "1x", "h", "-1s", "1.5h"] {
+                assert!(parse(bad, g).is_err(), "{bad:?}");
+            }
+            for long in [
+                "18446744073709551615s1s",
+                "999999999999999999d",
+                "36600d1s",
+                "99999999999999999999y",
+                "18446744073709551615y",
+            ] {
+                let e = parse(long, g).unwrap_err();
+                assert!(e.contains("too long"), "{long}: {e}");
+            }
+        }
+        assert_eq!(parse("1h30m", Grammar::Span), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse("1y6m", Grammar::Retention),
+            Ok(Duration::from_secs((365 + 180) * 86_400))
+        );
+        assert!(
+            parse("1q", Grammar::Span)
+                .unwrap_err()
+                .contains("m = minutes")
+        );
+        assert!(
+            parse("1q", Grammar::Retention)
+                .unwrap_err()
+                .contains("m = months")
+        );
+    }
+}
