@@ -10,6 +10,7 @@ mod s3;
 mod stack;
 mod stack_hostile;
 mod stack_proof;
+mod stack_sqlite;
 mod trees;
 mod util;
 

@@ -233,7 +233,8 @@ fn gcs_url_backup_restore_forget_prune_check_through_the_binary() {
 /// S3 without conditional writes (`conditional_put=disabled`: cairn emulates
 /// create-only puts with a HEAD first): `init` says the prune lease cannot
 /// keep two prunes apart there, `prune` refuses naming `--single-pruner`
-/// and changes nothing, and with it prunes, warns, and leaves `check` clean.
+/// and changes nothing (`forget --prune` refuses before it forgets), and
+/// with it prunes, warns, and leaves `check` clean.
 #[test]
 fn prune_on_s3_without_conditional_writes_is_refused_unless_single_pruner() {
     let s3 = S3Server::start().unwrap();
@@ -254,6 +255,29 @@ fn prune_on_s3_without_conditional_writes_is_refused_unless_single_pruner() {
     ok(&env, &base, &["backup", src.to_str().unwrap()]);
     fs::write(src.join("a"), crate::util::prng(22, 2 << 20)).unwrap();
     ok(&env, &base, &["backup", src.to_str().unwrap()]);
+    // `forget --prune` is refused before it forgets anything.
+    let err = fails(
+        &env,
+        &base,
+        &[
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--keep-delete",
+            "0s",
+        ],
+    );
+    assert!(err.contains("nothing was forgotten"), "{err}");
+    assert!(err.contains("--single-pruner"), "{err}");
+    let listed = ok(&env, &base, &["snapshots"]);
+    assert!(listed.contains("2 snapshots"), "{listed}");
+    let err = fails(
+        &env,
+        &base,
+        &["forget", "--keep-last", "1", "--single-pruner"],
+    );
+    assert!(err.contains("add --prune"), "{err}");
     ok(&env, &base, &["forget", "--keep-last", "1"]);
     let listing = || {
         let mut v: Vec<String> = s3

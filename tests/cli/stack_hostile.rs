@@ -13,7 +13,7 @@ use crate::stack::{mariadb, unique};
 use crate::util::Env;
 
 /// The repository through the library, as a writer holding the password.
-fn library_repo(env: &Env) -> cairn_repo::IndexedRepository {
+pub(crate) fn library_repo(env: &Env) -> cairn_repo::IndexedRepository {
     let b = cairn_repo::backend::open(env.repo().to_str().unwrap(), false, &Default::default())
         .unwrap();
     cairn_repo::Repository::open_store(b.into_store(), b"correct horse")
@@ -23,7 +23,7 @@ fn library_repo(env: &Env) -> cairn_repo::IndexedRepository {
 }
 
 /// The newest snapshot of `service` and its dump stream.
-fn newest(
+pub(crate) fn newest(
     repo: &cairn_repo::IndexedRepository,
     service: &str,
 ) -> (cairn_format::snapshot::Snapshot, Vec<u8>) {
@@ -48,7 +48,7 @@ fn newest(
 /// Write `dump` as a new snapshot of the same service in a new group, with
 /// `like`'s tags and fingerprints (what a forger copies from the real one),
 /// dated one second later so that it is `latest`.
-fn forge(
+pub(crate) fn forge(
     repo: &cairn_repo::IndexedRepository,
     like: &cairn_format::snapshot::Snapshot,
     dump: &[u8],
@@ -394,4 +394,256 @@ fn a_postgres_archive_that_runs_a_program_is_harmless_under_restore_role() {
         role
     );
     let _ = fs::remove_file(&marker);
+}
+
+/// Roles created for one test, dropped (with what they own) whatever
+/// happens; databases first.
+struct PgScratch {
+    dbs: Vec<String>,
+    roles: Vec<String>,
+}
+
+impl Drop for PgScratch {
+    fn drop(&mut self) {
+        for d in &self.dbs {
+            crate::stack::drop_pg(d);
+        }
+        for r in &self.roles {
+            let _ = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-q", "-c"])
+                .arg(format!("DROP ROLE IF EXISTS {r}"))
+                .output();
+        }
+    }
+}
+
+/// A database written by an application role (no superuser) that plants
+/// `public.quote_ident(name)` — a better match than pg_catalog's
+/// `quote_ident(text)` for a column name — and a cast of its table's row
+/// type to text, each running `COPY … TO PROGRAM` when called: the catalog's
+/// superuser backs it up, restores it and verifies it, and neither program
+/// ever runs (the fingerprint sessions resolve names in pg_catalog only and
+/// read rows through the built-in record output).
+#[test]
+fn a_database_cannot_make_the_fingerprint_run_its_functions_as_the_superuser() {
+    use crate::stack::{psql, report, svc};
+    let env = Env::new();
+    env.init(&[]);
+    let (db, app) = (unique(), unique());
+    let _s = PgScratch {
+        dbs: vec![db.clone(), format!("{db}_st")],
+        roles: vec![app.clone()],
+    };
+    let marker = PathBuf::from(format!("/tmp/{db}-ran"));
+    psql("postgres", &format!("CREATE ROLE {app} LOGIN"));
+    psql("postgres", &format!("CREATE DATABASE {db} OWNER {app}"));
+    let as_app = |sql: &str| {
+        let o = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                &app,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let body = format!(
+        "BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; EXCEPTION WHEN OTHERS THEN NULL; END;",
+        marker.display()
+    );
+    as_app(&format!(
+        "CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (2, 'y'), (1, 'x'); CREATE TABLE keyed (k int PRIMARY KEY, v text); INSERT INTO keyed VALUES (1, 'a'); \
+         CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE plpgsql AS $$ BEGIN {body} RETURN pg_catalog.quote_ident($1::text); END $$; \
+         CREATE FUNCTION public.nokey_text(nokey) RETURNS text LANGUAGE plpgsql AS $$ BEGIN {body} RETURN 'x'; END $$; \
+         CREATE CAST (nokey AS text) WITH FUNCTION public.nokey_text(nokey);"
+    ));
+    let _ = fs::remove_file(&marker);
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.orders]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n[service.orders.env.staging]\ndatabase = \"{db}_st\"\n"
+        ),
+    );
+    let o = stack(&env, &cat, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep = env.path("r.json");
+    let o = stack(
+        &env,
+        &cat,
+        &[
+            "restore",
+            "--env",
+            "staging",
+            "--no-safety-snapshot",
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+    );
+    // The restore itself (pg_restore as the superuser) may run what the
+    // archive says; this test is about cairn's own queries, so the marker
+    // is checked before and after, and only the fingerprint ran between.
+    let r = report(&rep);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(svc(&r, "orders")["fingerprint"]["verified"], true, "{r}");
+    assert!(
+        !marker.exists(),
+        "a function of the database ran as the superuser during backup or verification"
+    );
+    let _ = fs::remove_file(&marker);
+}
+
+/// `restore_role` is refused before anything is touched when it could gain
+/// the host's rights (CREATEROLE, membership of pg_execute_server_program or
+/// of a superuser role) or cannot open the connections pg_restore needs
+/// (CONNECTION LIMIT 0): the existing target database keeps its table.
+/// After a restore under a proper role, a rollback puts back the owner the
+/// target had (the application role can write its tables again).
+#[test]
+fn unsafe_restore_roles_are_refused_first_and_a_rollback_puts_owners_back() {
+    use crate::stack::{psql, report, svc};
+    let env = Env::new();
+    env.init(&[]);
+    let db = unique();
+    let [app, ok, cr, ex, sup, msup, cl0] =
+        ["app", "ok", "cr", "ex", "sup", "msup", "cl0"].map(|r| format!("{db}_{r}"));
+    let target = format!("{db}_t");
+    let _s = PgScratch {
+        dbs: vec![db.clone(), target.clone()],
+        roles: vec![
+            app.clone(),
+            ok.clone(),
+            cr.clone(),
+            ex.clone(),
+            msup.clone(),
+            cl0.clone(),
+            sup.clone(),
+        ],
+    };
+    for q in [
+        format!("CREATE ROLE {app} LOGIN"),
+        format!("CREATE ROLE {ok} LOGIN"),
+        format!("CREATE ROLE {cr} LOGIN CREATEROLE"),
+        format!("CREATE ROLE {ex} LOGIN IN ROLE pg_execute_server_program"),
+        format!("CREATE ROLE {sup} NOLOGIN SUPERUSER"),
+        format!("CREATE ROLE {msup} LOGIN IN ROLE {sup}"),
+        format!("CREATE ROLE {cl0} LOGIN CONNECTION LIMIT 0"),
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE DATABASE {target} OWNER {app}"),
+    ] {
+        psql("postgres", &q);
+    }
+    psql(
+        &db,
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1), (2)",
+    );
+    let app_sql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                &app,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &target,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        app_sql("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+            .status
+            .success()
+    );
+    let mut body = format!(
+        "[service.orders]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n"
+    );
+    for r in [&ok, &cr, &ex, &msup, &cl0] {
+        body +=
+            &format!("[service.orders.env.{r}]\ndatabase = \"{target}\"\nrestore_role = \"{r}\"\n");
+    }
+    let cat = catalog(&env, &body);
+    let o = stack(&env, &cat, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (r, why) in [
+        (&cr, "CREATEROLE"),
+        (&ex, "pg_execute_server_program"),
+        (&msup, sup.as_str()),
+        (&cl0, "CONNECTION LIMIT"),
+    ] {
+        let rep = env.path(&format!("{r}.json"));
+        let o = stack(
+            &env,
+            &cat,
+            &[
+                "restore",
+                "--env",
+                r,
+                "--allow-production-targets",
+                "--report",
+                rep.to_str().unwrap(),
+            ],
+        );
+        assert!(!o.status.success(), "{r}");
+        let e = svc(&report(&rep), "orders")["error"].to_string();
+        assert!(
+            e.contains(why) && e.contains("nothing was touched"),
+            "{r}: {e}"
+        );
+        assert_eq!(
+            psql(&target, "SELECT x FROM precious"),
+            "42",
+            "{r} touched the target"
+        );
+    }
+    // A proper role restores; the rollback puts the application's own
+    // database back, owned by it.
+    let rep = env.path("ok.json");
+    let o = stack(
+        &env,
+        &cat,
+        &[
+            "restore",
+            "--env",
+            &ok,
+            "--allow-production-targets",
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&rep);
+    assert_eq!(svc(&r, "orders")["fingerprint"]["verified"], true, "{r}");
+    let id = r["restore_id"].as_str().unwrap().to_string();
+    let o = env
+        .cmd()
+        .args(["stack", "rollback", &id, "--catalog"])
+        .arg(&cat)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(psql(&target, "SELECT x FROM precious"), "42");
+    assert_eq!(
+        psql(
+            &target,
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'precious'"
+        ),
+        app
+    );
+    assert!(app_sql("INSERT INTO precious VALUES (43)").status.success());
 }

@@ -185,6 +185,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
     let policy = a.keep.policy();
     policy.validate().map_err(anyhow::Error::msg)?;
     let repo = crate::commands::open(g)?;
+    prune_would_run(&repo, &a.prune_args, a.prune, a.dry_run)?;
     if !a.ids.is_empty() {
         if !policy.is_empty() {
             bail!("give either snapshot ids or keep rules, not both");
@@ -352,6 +353,25 @@ pub struct PruneCmdArgs {
     /// Report only
     #[arg(long)]
     dry_run: bool,
+}
+
+/// Before `forget --prune` removes anything: `--single-pruner` without
+/// `--prune` is a mistake, and a prune the store cannot keep apart from
+/// others is refused now, before snapshots are forgotten, not after.
+pub fn prune_would_run(repo: &Repository, a: &PruneArgs, prune: bool, dry_run: bool) -> Result<()> {
+    if a.single_pruner && !prune {
+        bail!("--single-pruner is an option of the prune: add --prune");
+    }
+    if prune
+        && !dry_run
+        && !a.single_pruner
+        && let Some(why) = cairn_repo::backend::create_only_unenforced(&repo.store)?
+    {
+        bail!(
+            "prune refused: {why} (format-spec §1.1); if no other prune can run on this repository at the same time, pass --single-pruner; nothing was forgotten"
+        );
+    }
+    Ok(())
 }
 
 /// Run a prune and print its report.

@@ -174,13 +174,14 @@ fn main() {
     }
 }
 
-/// The error and its causes, each said once: storage errors repeat their
-/// source in their own message, which `{:#}` would print again and again.
+/// The error and its causes. An error whose message already ends with its
+/// cause's (the convention of errors that print their source) is not
+/// followed by the cause again.
 fn error_chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let msg = cause.to_string();
-        if out.contains(&msg) {
+        if out.ends_with(&msg) {
             continue;
         }
         if !out.is_empty() {

@@ -131,6 +131,7 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
     let cat = Catalog::load(&a.catalog, None)?;
     let selected = cat.select(&a.only, false)?;
     let repo = open_repo(g, &cat)?;
+    crate::forget::prune_would_run(&repo, &a.prune_args, a.prune, a.dry_run)?;
     let all = crate::commands::readable_snapshots(&repo)?;
     let mut report = Vec::new();
     let mut removed = 0;
@@ -358,6 +359,9 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
         StackCmd::Backup(a) => {
             let (host, user) = cairn_repo::whoami();
             let r = run::stack_backup(&cat, &repo, &selected, jobs, &host, &user);
+            for p in &r.stale_temps_removed {
+                eprintln!("removed {p}: a temporary copy an interrupted run left");
+            }
             let v = serde_json::to_value(&r)?;
             let failed_n = r.services.iter().filter(|s| !s.ok).count();
             crate::stack_ops::audit_append(

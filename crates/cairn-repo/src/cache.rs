@@ -24,6 +24,8 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 
+use crate::layout::ObjectKind;
+
 /// Default cache directory: `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
 pub fn default_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
@@ -86,7 +88,9 @@ impl ObjectCache {
 
     /// Whether an object of this name is kept in the cache.
     pub fn caches(&self, name: &str) -> bool {
-        (name.starts_with("index/") || name.starts_with("snapshots/") || name.starts_with("audit/"))
+        [ObjectKind::Index, ObjectKind::Snapshot, ObjectKind::Audit]
+            .iter()
+            .any(|k| k.leaf(name).is_some())
             && name_hash(name).is_some()
             || self.is_tree_pack(name)
     }

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use crate::error::{RepoError, Result};
 use crate::index::Index;
 use crate::indexed::IndexedRepository;
+use crate::layout::ObjectKind;
 use crate::repo::Repository;
 use crate::store::{self, Store};
 
@@ -97,7 +98,7 @@ pub fn check_keyless(store: &Store) -> Result<CheckReport> {
         let objs = store.list(prefix)?;
         let names: Vec<String> = objs.iter().map(|o| o.0.clone()).collect();
         for (name, bytes) in names.iter().zip(store.get_many(&names, 8)) {
-            let Some(id) = name.rsplit('/').next().and_then(IndexId::from_hex) else {
+            let Some(id) = ObjectKind::Index.id::<IndexId>(name) else {
                 report
                     .notes
                     .push(format!("{name}: not a cairn object name"));
@@ -169,10 +170,9 @@ impl Repository {
             })
         };
         // Key files.
-        for (name, _) in self.store.list("keys")? {
-            let ok = name
-                .strip_prefix("keys/")
-                .and_then(cairn_format::KeyId::from_hex)
+        for (name, _) in self.store.list_kind(ObjectKind::Key)? {
+            let ok = ObjectKind::Key
+                .id::<cairn_format::KeyId>(&name)
                 .map(|id| crate::repo::get_verified(&self.store, &name, &id.0))
                 .transpose()
                 .and_then(|b| match b {
@@ -192,15 +192,20 @@ impl Repository {
         // index, so every snapshot listed here has its index among those read below.
         let snapshot_names: Vec<String> = self
             .store
-            .list("snapshots")?
+            .list_kind(ObjectKind::Snapshot)?
             .into_iter()
             .map(|x| x.0)
             .collect();
         // Index objects, one by one.
         let mut files: Vec<(IndexId, IndexFile)> = Vec::new();
-        let names: Vec<String> = self.store.list("index")?.into_iter().map(|x| x.0).collect();
+        let names: Vec<String> = self
+            .store
+            .list_kind(ObjectKind::Index)?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         for (name, bytes) in names.iter().zip(self.store.get_many(&names, 16)) {
-            let Some(id) = name.strip_prefix("index/").and_then(IndexId::from_hex) else {
+            let Some(id) = ObjectKind::Index.id::<IndexId>(name) else {
                 report
                     .notes
                     .push(format!("{name}: not a cairn object name"));
@@ -248,9 +253,9 @@ impl Repository {
         // Packs: present, right size.
         let stored: HashMap<PackId, u64> = self
             .store
-            .list("data")?
+            .list_kind(ObjectKind::Pack)?
             .into_iter()
-            .filter_map(|(n, size)| Some((PackId::from_hex(n.rsplit('/').next()?)?, size)))
+            .filter_map(|(n, size)| Some((ObjectKind::Pack.id::<PackId>(&n)?, size)))
             .collect();
         let marked: HashSet<PackId> = match self.list_deletions() {
             Ok(m) => m.into_iter().flat_map(|(_, d)| d.packs).collect(),
@@ -303,10 +308,7 @@ impl Repository {
         // Snapshots, one by one.
         let mut snaps: Vec<(SnapshotId, Snapshot)> = Vec::new();
         for name in &snapshot_names {
-            let Some(id) = name
-                .strip_prefix("snapshots/")
-                .and_then(SnapshotId::from_hex)
-            else {
+            let Some(id) = ObjectKind::Snapshot.id::<SnapshotId>(name) else {
                 continue;
             };
             match repo.repo.load_snapshot(&id) {

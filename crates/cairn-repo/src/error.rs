@@ -53,14 +53,14 @@ pub enum RepoError {
         /// Which version was found.
         detail: String,
     },
-    /// The object store failed.
-    #[error("storage error on {object}: {source}")]
+    /// The object store failed. Its message holds the store's error, which
+    /// is therefore not also its `source()` (a printed chain says it once).
+    #[error("storage error on {object}: {error}")]
     Store {
         /// Object path.
         object: String,
         /// The store's error.
-        #[source]
-        source: object_store::Error,
+        error: object_store::Error,
     },
     /// A local file operation failed.
     #[error("{path}: {source}")]
@@ -87,8 +87,8 @@ impl RepoError {
     /// Whether retrying the operation can help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RepoError::Store { source, .. } => matches!(
-                source,
+            RepoError::Store { error, .. } => matches!(
+                error,
                 object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
             ),
             RepoError::Io { source, .. } => matches!(
@@ -124,9 +124,9 @@ impl RepoError {
             object_store::Error::AlreadyExists { .. } => RepoError::AlreadyExists {
                 object: object.to_string(),
             },
-            source => RepoError::Store {
+            error => RepoError::Store {
                 object: object.to_string(),
-                source,
+                error,
             },
         }
     }

@@ -10,6 +10,7 @@ use cairn_format::{BlobKind, ChunkId, IndexId, PackId, PackKey, pack};
 
 use crate::error::{RepoError, Result};
 use crate::index::{BlobLocation, Index};
+use crate::layout::ObjectKind;
 use crate::repo::Repository;
 use crate::session::Session;
 use crate::store;
@@ -111,9 +112,9 @@ impl Repository {
             }
             let mut stored: std::collections::HashSet<PackId> = self
                 .store
-                .list("data")?
+                .list_kind(ObjectKind::Pack)?
                 .into_iter()
-                .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
+                .filter_map(|(n, _)| ObjectKind::Pack.id::<PackId>(&n))
                 .collect();
             index.exclude_missing(&stored);
             if for_writing {
@@ -148,14 +149,14 @@ impl Repository {
         let mut tree_packs = Vec::new();
         let mut seen: std::collections::HashSet<IndexId> = std::collections::HashSet::new();
         loop {
-            let listed = self.store.list("index")?;
+            let listed = self.store.list_kind(ObjectKind::Index)?;
             if seen.is_empty() {
                 index.reserve_for_index_bytes(listed.iter().map(|(_, size)| *size).sum());
             }
             let names: Vec<(String, IndexId)> = listed
                 .into_iter()
                 .filter_map(|(n, _)| {
-                    let id = n.strip_prefix("index/").and_then(IndexId::from_hex)?;
+                    let id = ObjectKind::Index.id::<IndexId>(&n)?;
                     Some((n, id))
                 })
                 .filter(|(_, id)| !seen.contains(id))

@@ -43,6 +43,7 @@ pub mod forget;
 mod fsat;
 pub mod index;
 mod indexed;
+pub mod layout;
 mod packer;
 mod prune;
 pub mod records;

@@ -228,7 +228,7 @@ impl<'r> Packer<'r> {
                 .block_on(h)
                 .map_err(|e| RepoError::Store {
                     object: store::pack_path(&ip.id),
-                    source: object_store::Error::JoinError { source: e },
+                    error: object_store::Error::JoinError { source: e },
                 })?;
             r?;
             st.done.push(ip);

@@ -13,6 +13,7 @@ use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 
 use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
+use crate::layout::ObjectKind;
 use crate::packer::Packer;
 use crate::repo::Repository;
 use crate::store;
@@ -253,9 +254,9 @@ impl IndexedRepository {
                 let stored: HashSet<PackId> = self
                     .repo
                     .store
-                    .list("data")?
+                    .list_kind(ObjectKind::Pack)?
                     .into_iter()
-                    .filter_map(|(n, _)| PackId::from_hex(n.rsplit('/').next()?))
+                    .filter_map(|(n, _)| ObjectKind::Pack.id::<PackId>(&n))
                     .collect();
                 needed.iter().filter(|(p, _)| !stored.contains(p)).collect()
             } else {
@@ -356,7 +357,15 @@ impl IndexedRepository {
             &opts.stage,
             "checking that the store keeps create-only writes",
         );
-        let unenforced = crate::backend::create_only_unenforced(&self.repo.store)?;
+        // A dry run writes no lease that could be raced for, so it does
+        // not probe (it still says so where the store emulates them).
+        let unenforced = if opts.dry_run {
+            (self.repo.store.write_once == crate::store::WriteOnce::Emulated).then(|| {
+                "create-only writes are emulated with a HEAD before each write (conditional_put=disabled)".to_string()
+            })
+        } else {
+            crate::backend::create_only_unenforced(&self.repo.store)?
+        };
         if let Some(why) = &unenforced
             && !opts.single_pruner
             && !opts.dry_run
@@ -370,9 +379,11 @@ impl IndexedRepository {
         let lease = crate::session::Lease::acquire(&self.repo, &clock, opts.force_takeover)?;
         let mut r = self.prune_leased(&lease, &session, clock, opts);
         if let (Some(why), Ok(report)) = (unenforced, &mut r) {
-            report.warnings.push(format!(
-                "{why}: this prune relied on no other prune running (format-spec §1.1)"
-            ));
+            report.warnings.push(if opts.dry_run {
+                format!("{why}: a real prune is refused here unless given --single-pruner (format-spec §1.1)")
+            } else {
+                format!("{why}: this prune relied on no other prune running (format-spec §1.1)")
+            });
         }
         lease.release();
         self.end_session();
@@ -396,7 +407,7 @@ impl IndexedRepository {
         let marker_times: HashMap<String, i64> = self
             .repo
             .store
-            .list_timed("deletions")?
+            .list_kind_timed(ObjectKind::Deletion)?
             .into_iter()
             .map(|(n, _, t)| (n, t))
             .collect();
@@ -572,9 +583,9 @@ impl IndexedRepository {
         let stored_timed: HashMap<PackId, (u64, i64)> = self
             .repo
             .store
-            .list_timed("data")?
+            .list_kind_timed(ObjectKind::Pack)?
             .into_iter()
-            .filter_map(|(n, size, t)| Some((PackId::from_hex(n.rsplit('/').next()?)?, (size, t))))
+            .filter_map(|(n, size, t)| Some((ObjectKind::Pack.id::<PackId>(&n)?, (size, t))))
             .collect();
         let stored: HashMap<PackId, u64> =
             stored_timed.iter().map(|(p, (s, _))| (*p, *s)).collect();
@@ -944,7 +955,7 @@ impl IndexedRepository {
             };
             let bytes = d.encode(&self.repo.key);
             self.repo.store.put_new(
-                &format!("deletions/{}", IndexId::of(&bytes).to_hex()),
+                &ObjectKind::Deletion.path(&IndexId::of(&bytes).to_hex()),
                 bytes,
             )?;
         }

@@ -10,6 +10,7 @@ use cairn_format::{BlobKind, ChunkId, IndexId, PackId, SnapshotId};
 use crate::check::ReadData;
 use crate::error::{RepoError, Result};
 use crate::indexed::IndexedRepository;
+use crate::layout::ObjectKind;
 use crate::packer::Packer;
 use crate::repo::Repository;
 use crate::store;
@@ -48,15 +49,20 @@ impl Repository {
     pub fn repair_index(&self, dry_run: bool) -> Result<IndexRepair> {
         let mut out = IndexRepair::default();
         let marked = self.marked_packs()?;
-        let old: Vec<String> = self.store.list("index")?.into_iter().map(|x| x.0).collect();
+        let old: Vec<String> = self
+            .store
+            .list_kind(ObjectKind::Index)?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         // An empty index is enough to read pack headers.
         let reader = IndexedRepository::from_parts(
             std::sync::Arc::new(self.clone()),
             crate::index::Index::default(),
         );
         let mut packs = Vec::new();
-        for (name, size) in self.store.list("data")? {
-            let Some(id) = name.rsplit('/').next().and_then(PackId::from_hex) else {
+        for (name, size) in self.store.list_kind(ObjectKind::Pack)? {
+            let Some(id) = ObjectKind::Pack.id::<PackId>(&name) else {
                 continue;
             };
             if marked.contains(&id) {
@@ -81,7 +87,7 @@ impl Repository {
         lease.check()?;
         let supersedes = old
             .iter()
-            .filter_map(|n| n.strip_prefix("index/").and_then(IndexId::from_hex))
+            .filter_map(|n| ObjectKind::Index.id::<IndexId>(n))
             .collect();
         let bytes = IndexFile { supersedes, packs }.encode(&self.key);
         let new_name = store::index_path(&IndexId::of(&bytes));

@@ -9,6 +9,7 @@ use cairn_format::{KdfParams, KeyId, MasterKey, SnapshotId};
 use object_store::ObjectStore;
 
 use crate::error::{RepoError, Result};
+use crate::layout::ObjectKind;
 use crate::store::{self, Store};
 
 /// An opened repository: its key and config are known, its index is not
@@ -169,8 +170,8 @@ impl Repository {
         let mut damaged = Vec::new();
         let mut warnings = Vec::new();
         let mut keys: Vec<(String, KeyId)> = Vec::new();
-        for (name, size) in store.list("keys")? {
-            let Some(id) = name.strip_prefix("keys/").and_then(KeyId::from_hex) else {
+        for (name, size) in store.list_kind(ObjectKind::Key)? {
+            let Some(id) = ObjectKind::Key.id::<KeyId>(&name) else {
                 continue;
             };
             if size > MAX_KEY_OBJECT {
@@ -248,8 +249,8 @@ impl Repository {
     /// List key files.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
-        for (name, _) in self.store.list("keys")? {
-            let Some(id) = name.strip_prefix("keys/").and_then(KeyId::from_hex) else {
+        for (name, _) in self.store.list_kind(ObjectKind::Key)? {
+            let Some(id) = ObjectKind::Key.id::<KeyId>(&name) else {
                 continue;
             };
             let b = get_verified(&self.store, &name, &id.0)?;
@@ -309,8 +310,8 @@ impl Repository {
     pub fn list_snapshots_readable(&self) -> Result<Readable> {
         let mut bad = Vec::new();
         let mut names: Vec<(String, SnapshotId)> = Vec::new();
-        for (n, size) in self.store.list("snapshots")? {
-            let Some(id) = n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex) else {
+        for (n, size) in self.store.list_kind(ObjectKind::Snapshot)? {
+            let Some(id) = ObjectKind::Snapshot.id::<SnapshotId>(&n) else {
                 continue;
             };
             if size > MAX_SNAPSHOT_OBJECT {
@@ -351,15 +352,9 @@ impl Repository {
     pub fn snapshot_store_times(&self) -> Result<std::collections::HashMap<SnapshotId, i64>> {
         Ok(self
             .store
-            .list_timed("snapshots")?
+            .list_kind_timed(ObjectKind::Snapshot)?
             .into_iter()
-            .filter_map(|(n, _, t)| {
-                Some((
-                    n.strip_prefix("snapshots/")
-                        .and_then(SnapshotId::from_hex)?,
-                    t,
-                ))
-            })
+            .filter_map(|(n, _, t)| Some((ObjectKind::Snapshot.id::<SnapshotId>(&n)?, t)))
             .collect())
     }
 
@@ -367,9 +362,9 @@ impl Repository {
     pub fn list_snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
         Ok(self
             .store
-            .list("snapshots")?
+            .list_kind(ObjectKind::Snapshot)?
             .into_iter()
-            .filter_map(|(n, _)| n.strip_prefix("snapshots/").and_then(SnapshotId::from_hex))
+            .filter_map(|(n, _)| ObjectKind::Snapshot.id::<SnapshotId>(&n))
             .collect())
     }
 
@@ -412,8 +407,8 @@ impl Repository {
         if spec != "latest" {
             let spec = spec.to_ascii_lowercase();
             if let Some(e) = bad.into_iter().find(|e| match e {
-                RepoError::Corrupted { object, .. } => object
-                    .strip_prefix("snapshots/")
+                RepoError::Corrupted { object, .. } => ObjectKind::Snapshot
+                    .leaf(object)
                     .is_some_and(|h| h.starts_with(&spec)),
                 _ => false,
             }) && !all.iter().any(|(id, _)| id.to_hex().starts_with(&spec))
@@ -446,9 +441,9 @@ impl Repository {
     /// Every deletion marker (object name and content), oldest first.
     pub fn list_deletions(&self) -> Result<Vec<(String, cairn_format::deletion::Deletion)>> {
         let mut out = Vec::new();
-        for (name, _) in self.store.list("deletions")? {
-            let Some(id) = name
-                .strip_prefix("deletions/")
+        for (name, _) in self.store.list_kind(ObjectKind::Deletion)? {
+            let Some(id) = ObjectKind::Deletion
+                .leaf(&name)
                 .and_then(cairn_format::IndexId::from_hex)
             else {
                 continue;

@@ -21,6 +21,7 @@ use cairn_format::envelope;
 use serde_json::{Value, json};
 
 use crate::error::{RepoError, Result};
+use crate::layout::ObjectKind;
 use crate::repo::{Repository, now_ns, whoami};
 use crate::store::Store;
 
@@ -201,7 +202,7 @@ impl std::fmt::Debug for Session {
 }
 
 fn start_name(sid: &str) -> String {
-    format!("sessions/{sid}/start")
+    format!("{}/{sid}/start", ObjectKind::Session.dir())
 }
 
 impl Session {
@@ -212,7 +213,7 @@ impl Session {
         let times = repo.protocol;
         let markers: Vec<String> = repo
             .store
-            .list("deletions")?
+            .list_kind(ObjectKind::Deletion)?
             .into_iter()
             .map(|(n, _)| n)
             .collect();
@@ -300,7 +301,7 @@ impl Session {
         if self.is_fenced() {
             return Err(self.fenced_error("the commit was refused"));
         }
-        let name = format!("sessions/{}/end-{}", self.sid, *k);
+        let name = format!("{}/{}/end-{}", ObjectKind::Session.dir(), self.sid, *k);
         let rec = json!({"kind": "commit", "snapshot": cairn_format::id::to_hex(snapshot_bytes)});
         match self
             .repo
@@ -341,10 +342,16 @@ impl Session {
         let claims = *self.shared.claims.lock().expect("claims");
         let mut names = Vec::new();
         if beats > 0 {
-            names.push(format!("sessions/{}/beat-{beats}", self.sid));
+            names.push(format!(
+                "{}/{}/beat-{beats}",
+                ObjectKind::Session.dir(),
+                self.sid
+            ));
         }
         names.push(start_name(&self.sid));
-        names.extend((0..claims).map(|k| format!("sessions/{}/end-{k}", self.sid)));
+        names.extend(
+            (0..claims).map(|k| format!("{}/{}/end-{k}", ObjectKind::Session.dir(), self.sid)),
+        );
         for n in &names {
             let _ = self.repo.store.delete(n);
         }
@@ -364,7 +371,7 @@ impl Drop for Session {
 
 fn beat_once(repo: &Repository, sid: &str, shared: &Shared) -> Result<StoreClock> {
     let n = shared.beats.fetch_add(1, Ordering::SeqCst) + 1;
-    let name = format!("sessions/{sid}/beat-{n}");
+    let name = format!("{}/{sid}/beat-{n}", ObjectKind::Session.dir());
     let clock = match put_timed(
         &repo.store,
         &name,
@@ -379,7 +386,11 @@ fn beat_once(repo: &Repository, sid: &str, shared: &Shared) -> Result<StoreClock
         r => r?,
     };
     if n > 1 {
-        let _ = repo.store.delete(&format!("sessions/{sid}/beat-{}", n - 1));
+        let _ = repo.store.delete(&format!(
+            "{}/{sid}/beat-{}",
+            ObjectKind::Session.dir(),
+            n - 1
+        ));
     }
     if repo.store.head(&start_name(sid))?.is_none() {
         shared.fenced.store(true, Ordering::SeqCst);
@@ -448,8 +459,11 @@ impl SessionView {
 /// Every session in the repository (one listing of `sessions/`).
 pub fn list_sessions(repo: &Repository) -> Result<Vec<SessionView>> {
     let mut by_sid: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-    for (name, _, t) in repo.store.list_timed("sessions")? {
-        let Some(rest) = name.strip_prefix("sessions/") else {
+    for (name, _, t) in repo.store.list_kind_timed(ObjectKind::Session)? {
+        let Some(rest) = name
+            .strip_prefix(ObjectKind::Session.dir())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             continue;
         };
         let Some((sid, _)) = rest.split_once('/') else {
@@ -541,7 +555,7 @@ pub fn fence(repo: &Repository, v: &SessionView) -> Result<Option<()>> {
         .max()
         .map_or(0, |k| k + 1);
     match repo.store.put_new(
-        &format!("sessions/{}/end-{next}", v.sid),
+        &format!("{}/{}/end-{next}", ObjectKind::Session.dir(), v.sid),
         seal(repo, END_MAGIC, &rec),
     ) {
         Ok(()) => Ok(Some(())),
@@ -594,7 +608,7 @@ struct LeaseState {
 }
 
 fn lease_name(generation: u64) -> String {
-    format!("leases/prune/{generation:020}")
+    format!("{}/{generation:020}", ObjectKind::Lease.dir())
 }
 
 /// Someone else's lease, for messages.
@@ -620,11 +634,11 @@ impl Lease {
     /// a lease that has not expired (the operator knows its holder is gone).
     pub fn acquire(repo: &Repository, now: &StoreClock, force: bool) -> Result<Lease> {
         let times = repo.protocol;
-        let leases = repo.store.list_timed("leases/prune")?;
+        let leases = repo.store.list_kind_timed(ObjectKind::Lease)?;
         let newest = leases
             .iter()
             .filter_map(|(n, _, t)| {
-                let g = n.strip_prefix("leases/prune/")?.parse::<u64>().ok()?;
+                let g = ObjectKind::Lease.leaf(n)?.parse::<u64>().ok()?;
                 Some((g, n.clone(), *t))
             })
             .max_by_key(|x| x.0);
@@ -696,9 +710,10 @@ impl Lease {
             thread: Mutex::new(None),
         };
         // Older generations (a dead holder's) go.
-        for (g, name, _) in leases.iter().filter_map(|(n, _, t)| {
-            Some((n.strip_prefix("leases/prune/")?.parse::<u64>().ok()?, n, t))
-        }) {
+        for (g, name, _) in leases
+            .iter()
+            .filter_map(|(n, _, t)| Some((ObjectKind::Lease.leaf(n)?.parse::<u64>().ok()?, n, t)))
+        {
             if g < generation {
                 let _ = repo.store.delete(name);
             }
@@ -842,9 +857,9 @@ fn renew(repo: &Repository, st: &LeaseState, token: &str, ttl: Duration) -> Resu
 fn newer_lease(repo: &Repository, generation: u64) -> Result<Option<String>> {
     let newest = repo
         .store
-        .list_timed("leases/prune")?
+        .list_kind_timed(ObjectKind::Lease)?
         .into_iter()
-        .filter_map(|(n, _, t)| Some((n.strip_prefix("leases/prune/")?.parse::<u64>().ok()?, n, t)))
+        .filter_map(|(n, _, t)| Some((ObjectKind::Lease.leaf(&n)?.parse::<u64>().ok()?, n, t)))
         .max_by_key(|x| x.0);
     Ok(newest
         .filter(|x| x.0 > generation)

@@ -14,6 +14,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::cache::ObjectCache;
 use crate::error::{RepoError, Result};
+use crate::layout::{ObjectId, ObjectKind};
 
 fn slice(name: &str, whole: &Bytes, r: &Range<u64>) -> Result<Bytes> {
     if r.start > r.end || r.end > whole.len() as u64 {
@@ -35,20 +36,19 @@ pub const CONFIG: &str = "config";
 
 /// Object path of a pack.
 pub fn pack_path(id: &PackId) -> String {
-    let h = id.to_hex();
-    format!("data/{}/{}", &h[..2], h)
+    id.object_name()
 }
 /// Object path of an index object.
 pub fn index_path(id: &IndexId) -> String {
-    format!("index/{}", id.to_hex())
+    id.object_name()
 }
 /// Object path of a snapshot.
 pub fn snapshot_path(id: &SnapshotId) -> String {
-    format!("snapshots/{}", id.to_hex())
+    id.object_name()
 }
 /// Object path of a key file.
 pub fn key_path(id: &KeyId) -> String {
-    format!("keys/{}", id.to_hex())
+    id.object_name()
 }
 
 /// Open a store from a location with default options (see [`crate::backend`]):
@@ -287,6 +287,16 @@ impl Store {
             .map_err(|e| RepoError::from_store(name, e))
     }
 
+    /// Every object of a kind: (name, size).
+    pub fn list_kind(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>> {
+        self.list(kind.dir())
+    }
+
+    /// Every object of a kind with its store time: (name, size, ns).
+    pub fn list_kind_timed(&self, kind: ObjectKind) -> Result<Vec<(String, u64, i64)>> {
+        self.list_timed(kind.dir())
+    }
+
     /// List object names (full paths) and sizes under a prefix.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let listed: Vec<(String, u64)> = self
@@ -295,7 +305,7 @@ impl Store {
             .map(|(n, size, _)| (n, size))
             .collect();
         if let Some(c) = &self.cache
-            && ["index", "snapshots", "data", "audit"].contains(&prefix)
+            && ObjectKind::of_dir(prefix).is_some_and(|k| k.cached())
         {
             let present = listed.iter().map(|(n, _)| n.as_str()).collect();
             c.retain(prefix, &present);

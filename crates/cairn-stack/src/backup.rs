@@ -53,6 +53,8 @@ pub struct StackBackupReport {
     pub skew_seconds: f64,
     /// Wall time of the whole backup.
     pub seconds: f64,
+    /// Temporary copies a killed run left (plaintext), removed first.
+    pub stale_temps_removed: Vec<String>,
 }
 
 /// Run `f` over `items` on up to `jobs` threads, results in input order.
@@ -94,6 +96,11 @@ pub fn stack_backup(
     username: &str,
 ) -> StackBackupReport {
     let start = Instant::now();
+    let stale_temps_removed =
+        crate::children::sweep_stale(selected.iter().filter_map(|n| cat.services.get(n)))
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
     let mut group = [0u8; 16];
     cairn_format::crypto::random_bytes(&mut group);
     let names: Vec<&String> = selected.iter().collect();
@@ -155,5 +162,6 @@ pub fn stack_backup(
         services,
         skew_seconds: skew,
         seconds: start.elapsed().as_secs_f64(),
+        stale_temps_removed,
     }
 }

@@ -916,7 +916,7 @@ impl Catalog {
                 .or_else(|| defaults.and_then(|d| d.retention.clone()));
             if let Some(r) = &retention {
                 match r.policy() {
-                    Err(e) => cx.err(at, format!("service {name}: retention: {e}")),
+                    Err(e) => cx.err(at, format!("service {name}: {e}")),
                     Ok(p) if p.is_empty() => {
                         cx.err(at, format!("service {name}: retention has no keep rule"))
                     }

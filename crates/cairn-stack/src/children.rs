@@ -177,11 +177,28 @@ impl Drop for TempDump {
     fn drop(&mut self) {
         self.file.take();
         let _ = std::fs::remove_file(&self.path);
+        // What SQLite keeps next to a database file it opened.
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
         TEMPS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.path);
     }
+}
+
+/// Remove what killed runs left in the temporary directories of these
+/// services (see [`remove_stale`]); returns the paths removed.
+pub fn sweep_stale<'a>(
+    services: impl Iterator<Item = &'a crate::catalog::Service>,
+) -> Vec<PathBuf> {
+    let dirs: std::collections::BTreeSet<PathBuf> = services
+        .flat_map(|s| s.kind.datastore().temp_dirs(s))
+        .collect();
+    dirs.iter().flat_map(|d| remove_stale(d)).collect()
 }
 
 /// Remove temporary dumps that killed runs left in `dir` (a dump whose

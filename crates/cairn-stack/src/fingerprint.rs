@@ -216,7 +216,7 @@ pub fn pg_export_snapshot(svc: &Service) -> Result<PgSnapshot, StackError> {
     let mut stdin = child.stdin.take().expect("piped");
     stdin
         .write_all(
-            b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_export_snapshot();\n",
+            b"SET search_path = pg_catalog, pg_temp;\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSELECT pg_catalog.pg_export_snapshot();\n",
         )
         .and_then(|_| stdin.flush())
         .map_err(|e| err(svc, format!("psql: {e}")))?;
@@ -241,7 +241,12 @@ pub fn pg_export_snapshot(svc: &Service) -> Result<PgSnapshot, StackError> {
     Ok(PgSnapshot { child, id })
 }
 
-const PG_SESSION: &str = "SET TimeZone = 'UTC';\nSET DateStyle = 'ISO, YMD';\nSET IntervalStyle = 'postgres';\nSET extra_float_digits = 1;\nSET bytea_output = 'hex';\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n";
+/// Every fingerprint session: functions and operators resolve in
+/// `pg_catalog` only, so a database (which may be hostile: restored from a
+/// forged snapshot, or written by an application role) cannot make the
+/// catalog's user — often a superuser — call its own `public.quote_ident`
+/// or operator instead (as pg_dump does since CVE-2018-1058).
+const PG_SESSION: &str = "SET search_path = pg_catalog, pg_temp;\nSET TimeZone = 'UTC';\nSET DateStyle = 'ISO, YMD';\nSET IntervalStyle = 'postgres';\nSET extra_float_digits = 1;\nSET bytea_output = 'hex';\nBEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n";
 
 fn pg_script(snapshot: Option<&str>, body: &str) -> String {
     let mut s = PG_SESSION.to_string();
@@ -270,7 +275,7 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
         c
     };
     // Tables (partitions through their parent) with their primary-key columns.
-    let list = "COPY (SELECT n.nspname, c.relname, coalesce((SELECT string_agg(quote_ident(a.attname) || CASE WHEN a.attcollation <> 0 THEN ' COLLATE \"C\"' ELSE '' END, ', ' ORDER BY k.ord) FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum WHERE i.indrelid = c.oid AND i.indisprimary), '') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2) TO STDOUT WITH (FORMAT csv);";
+    let list = "COPY (SELECT n.nspname, c.relname, coalesce((SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::pg_catalog.text) || CASE WHEN a.attcollation <> 0 THEN ' COLLATE pg_catalog.\"C\"' ELSE '' END, ', ' ORDER BY k.ord) FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum WHERE i.indrelid = c.oid AND i.indisprimary), '') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2) TO STDOUT WITH (FORMAT csv);";
     let out = crate::adapters::run(svc, psql(), Some(pg_script(snapshot, list).as_bytes()))?;
     let mut tables = Vec::new();
     for rec in parse_csv(&out) {
@@ -280,7 +285,11 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
     }
     let parts = crate::run::parallel(&tables, svc.parallelism as usize, |(s, t, pk)| {
         let order = if pk.is_empty() {
-            "x::text COLLATE \"C\"".to_string()
+            // The row's text through the built-in record output, never a
+            // cast: the table's owner owns its row type and may have made
+            // a cast of it to text that runs its own function. `x.*`: a
+            // column may be named `x` too.
+            "pg_catalog.textin(pg_catalog.record_out(x.*)) COLLATE pg_catalog.\"C\"".to_string()
         } else {
             pk.clone()
         };

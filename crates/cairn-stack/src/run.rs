@@ -5,7 +5,6 @@
 //! before.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -332,6 +331,20 @@ pub fn stack_restore(
     req: RestoreRequest,
     on_event: &(dyn Fn(&str) + Sync),
 ) -> Result<RestoreReport, StackError> {
+    // A rollback replays cairn's own safety snapshots of what the targets
+    // held, with the catalog user's rights (a `restore_role` would lose the
+    // owners, grants and extensions they put back).
+    let rollback_cat;
+    let cat = if req.kind == RestoreKind::Rollback {
+        let mut c = cat.clone();
+        for s in c.services.values_mut() {
+            s.restore_role = None;
+        }
+        rollback_cat = c;
+        &rollback_cat
+    } else {
+        cat
+    };
     // A resumed restore keeps the group it started with (its id is in the
     // journal); a new one chooses the newest complete group.
     let choice = choose_group(repo, &req.group, Some(&req.selected))?;
@@ -457,18 +470,11 @@ pub fn stack_restore(
     let selected = &scheduled;
     // Temporary dumps a killed run left (the whole database in plaintext).
     if req.resume.is_some() {
-        let dirs: BTreeSet<PathBuf> = selected
-            .iter()
-            .filter_map(|n| cat.services.get(n))
-            .flat_map(|s| s.kind.datastore().temp_dirs(s))
-            .collect();
-        for d in dirs {
-            for p in crate::children::remove_stale(&d) {
-                on_event(&format!(
-                    "removed {}: a temporary dump an interrupted run left",
-                    p.display()
-                ));
-            }
+        for p in crate::children::sweep_stale(selected.iter().filter_map(|n| cat.services.get(n))) {
+            on_event(&format!(
+                "removed {}: a temporary dump an interrupted run left",
+                p.display()
+            ));
         }
     }
     // Safety snapshots a previous run of this restore already took.

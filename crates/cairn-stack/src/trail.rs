@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use cairn_repo::Repository;
+use cairn_repo::layout::ObjectKind;
 use cairn_repo::records::{AUDIT_MAGIC, JOURNAL_MAGIC};
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +83,7 @@ fn repo_err(e: cairn_repo::RepoError) -> StackError {
 /// Every audit record, ordered by sequence number then id.
 pub fn load(repo: &Repository) -> Result<Vec<AuditEntry>, StackError> {
     let mut v: Vec<AuditEntry> = repo
-        .list_records("audit", AUDIT_MAGIC)
+        .list_records(ObjectKind::Audit.dir(), AUDIT_MAGIC)
         .map_err(repo_err)?
         .into_iter()
         .map(|r| match r.body {
@@ -177,7 +178,7 @@ pub fn append(
     };
     let body = serde_json::to_vec(&rec).map_err(|e| StackError::Invalid(e.to_string()))?;
     let id = repo
-        .put_record("audit", AUDIT_MAGIC, &body)
+        .put_record(ObjectKind::Audit.dir(), AUDIT_MAGIC, &body)
         .map_err(repo_err)?;
     if let Some(d) = state_dir {
         write_anchor(d, repo, seq, &id);
@@ -333,14 +334,20 @@ pub struct Journal {
 /// Append one journal record.
 pub fn journal(repo: &Repository, restore_id: &str, ev: &JournalEvent) -> Result<(), StackError> {
     let body = serde_json::to_vec(ev).map_err(|e| StackError::Invalid(e.to_string()))?;
-    repo.put_record(&format!("journal/{restore_id}"), JOURNAL_MAGIC, &body)
-        .map_err(repo_err)?;
+    repo.put_record(
+        &format!("{}/{restore_id}", ObjectKind::Journal.dir()),
+        JOURNAL_MAGIC,
+        &body,
+    )
+    .map_err(repo_err)?;
     Ok(())
 }
 
 /// Read a restore's journal (id or unique prefix).
 pub fn read_journal(repo: &Repository, spec: &str) -> Result<Journal, StackError> {
-    let ids = repo.list_record_dirs("journal").map_err(repo_err)?;
+    let ids = repo
+        .list_record_dirs(ObjectKind::Journal.dir())
+        .map_err(repo_err)?;
     let spec = spec.to_ascii_lowercase();
     let m: Vec<&String> = ids.iter().filter(|i| i.starts_with(&spec)).collect();
     let rid = match m.as_slice() {
@@ -359,7 +366,10 @@ pub fn read_journal(repo: &Repository, spec: &str) -> Result<Journal, StackError
     };
     let mut events: Vec<JournalEvent> = Vec::new();
     for r in repo
-        .list_records(&format!("journal/{rid}"), JOURNAL_MAGIC)
+        .list_records(
+            &format!("{}/{rid}", ObjectKind::Journal.dir()),
+            JOURNAL_MAGIC,
+        )
         .map_err(repo_err)?
     {
         let b = r.body.map_err(|e| {

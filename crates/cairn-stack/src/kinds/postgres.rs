@@ -94,34 +94,9 @@ impl Datastore for Postgres {
         _repo: &IndexedRepository,
         _snap: &Snapshot,
     ) -> Result<(), StackError> {
-        // A restore role that is a superuser (or cannot log in) would give
-        // the archive's SQL every right, or fail after the drop.
-        let Some(role) = &svc.restore_role else {
-            return Ok(());
-        };
-        let mut c = tool(svc, "psql");
-        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-            .arg(format!(
-                "select rolsuper, rolcanlogin, rolbypassrls from pg_roles where rolname = {}",
-                crate::sql::pg::lit(role)
-            ));
-        let out = run(svc, c, None)?;
-        match out.trim() {
-            "" => Err(err(
-                svc,
-                format!("restore_role {role:?} does not exist on the server; nothing was touched"),
-            )),
-            o if o.starts_with("t|") => Err(err(
-                svc,
-                format!(
-                    "restore_role {role:?} is a superuser: the archive's SQL would run with every right; use a role without SUPERUSER (nothing was touched)"
-                ),
-            )),
-            o if o.split('|').nth(1) != Some("t") => Err(err(
-                svc,
-                format!("restore_role {role:?} cannot log in (LOGIN); nothing was touched"),
-            )),
-            _ => Ok(()),
+        match &svc.restore_role {
+            Some(role) => check_restore_role(svc, role),
+            None => Ok(()),
         }
     }
 
@@ -206,12 +181,12 @@ impl Datastore for Postgres {
     }
 
     fn live_fingerprint(&self, svc: &Service) -> Result<Option<Fingerprint>, StackError> {
-        Ok(Some(fingerprint::postgres(svc, None)?))
+        Ok(Some(fingerprint::postgres(&as_restored(svc), None)?))
     }
 
     fn query(&self, svc: &Service, sql: &str) -> Result<String, StackError> {
         let db = svc.database.as_deref().unwrap_or_default();
-
+        let svc = &as_restored(svc);
         let mut c = tool(svc, "psql");
         c.args([
             "-X",
@@ -275,4 +250,111 @@ impl Datastore for Postgres {
             s.port.unwrap_or(5432)
         )
     }
+}
+
+/// Rights that make a role as strong as a superuser on the database host, or
+/// let it make itself so: refused for `restore_role`.
+const HOST_ROLES: &[&str] = &[
+    "pg_execute_server_program",
+    "pg_read_server_files",
+    "pg_write_server_files",
+];
+
+/// Refuse a `restore_role` that could run programs or reach the server's
+/// files (a superuser, CREATEROLE — which on PostgreSQL 15 can grant itself
+/// anything —, a member of a superuser role or of the `pg_*_server_*`
+/// roles), that does not exist, or that cannot log in and open the
+/// connections `pg_restore -j` needs; all before anything is touched.
+fn check_restore_role(svc: &Service, role: &str) -> Result<(), StackError> {
+    let lit = crate::sql::pg::lit;
+    let host_roles: Vec<String> = HOST_ROLES.iter().map(|r| lit(r)).collect();
+    let q = format!(
+        "SET search_path = pg_catalog, pg_temp; SELECT r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, (SELECT pg_catalog.string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
+        host_roles.join(", "),
+        lit(role)
+    );
+    let mut c = tool(svc, "psql");
+    c.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "postgres",
+        "-c",
+    ])
+    .arg(q);
+    let out = run(svc, c, None)?;
+    let f: Vec<&str> = out.trim().lines().last().unwrap_or("").split('|').collect();
+    let refuse = |why: String| {
+        Err(err(
+            svc,
+            format!("restore_role {role:?} {why}; nothing was touched"),
+        ))
+    };
+    let [sup, login, createrole, connlimit, members] = f[..] else {
+        return refuse("does not exist on the server".into());
+    };
+    if sup == "t" {
+        return refuse(
+            "is a superuser: the archive's SQL would run with every right; use a role without SUPERUSER".into(),
+        );
+    }
+    if createrole == "t" {
+        return refuse(
+            "has CREATEROLE, with which it can grant itself the right to run programs on the server; use a role without it".into(),
+        );
+    }
+    if !members.is_empty() {
+        return refuse(format!(
+            "is a member of {members}, which can run programs or reach files on the server; use a role that is not"
+        ));
+    }
+    if login != "t" {
+        return refuse("cannot log in (LOGIN)".into());
+    }
+    let need = svc.parallelism as i64 + 1;
+    if let Ok(limit) = connlimit.parse::<i64>()
+        && limit >= 0
+        && limit < need
+    {
+        return refuse(format!(
+            "may open {limit} connections (CONNECTION LIMIT) and pg_restore -j {} needs {need}",
+            svc.parallelism
+        ));
+    }
+    // Log in as it, as pg_restore will (password, pg_hba, CONNECT).
+    let mut c = tool(svc, "psql");
+    c.env("PGUSER", role).env_remove("PGPASSWORD");
+    c.args([
+        "-X",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "postgres",
+        "-c",
+        "SELECT 1",
+    ]);
+    run(svc, c, None).map_err(|e| {
+        err(
+            svc,
+            format!("restore_role {role:?} cannot log in: {e}; nothing was touched"),
+        )
+    })?;
+    Ok(())
+}
+
+/// The service as it is checked after a restore: with a `restore_role`, the
+/// verification and invariants connect as that role, which owns everything
+/// restored (the database may be hostile; its functions then run with the
+/// role's rights, not the catalog user's).
+fn as_restored(svc: &Service) -> Service {
+    let mut s = svc.clone();
+    if let Some(r) = &svc.restore_role {
+        s.user = Some(r.clone());
+        s.password = None;
+    }
+    s
 }

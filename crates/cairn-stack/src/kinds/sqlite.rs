@@ -1,9 +1,10 @@
-//! SQLite: a database file copied with SQLite's online backup API (the
-//! `sqlite3` shell's `.backup`, which takes a consistent copy while the
-//! service keeps writing), fingerprinted from that copy — so the recorded
-//! fingerprint is of exactly what was stored — and streamed into the
-//! repository. A restore writes the snapshot next to the target (0600),
-//! checks it is an SQLite database that passes `PRAGMA integrity_check`,
+//! SQLite: a database file copied with `VACUUM INTO` (one read transaction:
+//! a consistent copy while the service keeps writing, done however busy the
+//! writers are), fingerprinted from that copy — so the recorded fingerprint
+//! is of exactly what was stored — and streamed into the repository. The
+//! preflight checks the whole snapshot (header, `PRAGMA integrity_check`)
+//! before the service is stopped. A restore writes the snapshot next to the
+//! target (0600), checks it again,
 //! removes the target's stale `-wal`, `-shm` and `-journal` files (a WAL
 //! left from the old database would be replayed into the new one) and
 //! renames it into place, keeping the old file's owner and mode.
@@ -72,13 +73,24 @@ fn fingerprint(svc: &Service, db: &Path) -> Result<Fingerprint, StackError> {
     let list = run(
         svc,
         reader(svc, db),
-        Some(b".mode list\nSELECT name || char(9) || (SELECT count(*) FROM pragma_table_info(name)) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name;\n"),
+        // Names in hex: a table name may hold a newline or a tab.
+        Some(b".mode list\nSELECT hex(name) || char(9) || (SELECT count(*) FROM pragma_table_info(name)) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name;\n"),
     )?;
     let mut f = Fingerprint::new();
     for line in list.lines() {
-        let Some((table, cols)) = line.rsplit_once('\t') else {
+        let Some((hex, cols)) = line.rsplit_once('\t') else {
             continue;
         };
+        let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        let Some(table) = bytes.and_then(|b| String::from_utf8(b).ok()) else {
+            return Err(err(
+                svc,
+                format!("fingerprint: unreadable table name {hex:?}"),
+            ));
+        };
+        let table = table.as_str();
         let cols: usize = cols.trim().parse().unwrap_or(1).max(1);
         let order: Vec<String> = (1..=cols).map(|i| i.to_string()).collect();
         let t = ident(table);
@@ -146,6 +158,32 @@ fn fingerprint(svc: &Service, db: &Path) -> Result<Fingerprint, StackError> {
     Ok(f)
 }
 
+/// The first 100 bytes of a database file (its header).
+fn header(db: &Path) -> Option<[u8; 100]> {
+    let mut h = [0u8; 100];
+    std::fs::File::open(db).ok()?.read_exact(&mut h).ok()?;
+    Some(h)
+}
+
+/// Refuse a database path that is a symlink: a restore replaces the file
+/// at the path, which would not be the file the service reads. Said at
+/// backup time and before a restore touches anything.
+fn not_a_symlink(svc: &Service, p: &Path) -> Result<(), StackError> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => Err(err(
+            svc,
+            format!(
+                "{} is a symlink{}: give the database file itself as path/target",
+                p.display(),
+                std::fs::canonicalize(p)
+                    .map(|r| format!(" to {}", r.display()))
+                    .unwrap_or_default()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuse what is not a whole, sound SQLite database.
 fn check_file(svc: &Service, db: &Path, what: &str) -> Result<(), StackError> {
     let mut head = [0u8; 16];
@@ -204,6 +242,7 @@ impl Datastore for Sqlite {
         opts: BackupOptions,
     ) -> Result<BackupResult, StackError> {
         let live = live_path(svc);
+        not_a_symlink(svc, &live)?;
         if !live.is_file() {
             return Err(err(
                 svc,
@@ -216,15 +255,29 @@ impl Datastore for Sqlite {
             .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
         let tmp = crate::children::TempDump::create(&dir)
             .map_err(|e| err(svc, format!("temporary copy in {}: {e}", dir.display())))?;
+        // VACUUM INTO copies in one read transaction: consistent, and done
+        // however busy the writers are (the backup API's `.backup` starts
+        // over whenever another connection writes, and may never finish).
+        let target = tmp
+            .path()
+            .to_str()
+            .ok_or_else(|| err(svc, format!("{}: not UTF-8", tmp.path().display())))?;
         let mut c = tool(svc, "sqlite3");
         c.args(["-bail", "-batch"]).arg(&live);
         let script = format!(
-            ".timeout 60000\n.backup '{}'\n",
-            tmp.path().display().to_string().replace('\'', "''")
+            ".timeout 60000\nVACUUM INTO '{}';\n",
+            target.replace('\'', "''")
         );
         run(svc, c, Some(script.as_bytes()))
-            .map_err(|e| err(svc, format!("online backup of {}: {e}", live.display())))?;
-        check_file(svc, tmp.path(), "the online backup's copy")?;
+            .map_err(|e| err(svc, format!("copy of {}: {e}", live.display())))?;
+        // The copy is in rollback-journal mode; a WAL database is restored
+        // as one (the mode lives in the file's header).
+        if header(&live).is_some_and(|h| h[18] == 2) {
+            let mut c = tool(svc, "sqlite3");
+            c.args(["-bail", "-batch", "-safe"]).arg(tmp.path());
+            run(svc, c, Some(b".mode list\nPRAGMA journal_mode = WAL;\n"))?;
+        }
+        check_file(svc, tmp.path(), "the copy")?;
         let fp = fingerprint(svc, tmp.path())?;
         let file = std::fs::File::open(tmp.path())
             .map_err(|e| err(svc, format!("{}: {e}", tmp.path().display())))?;
@@ -245,30 +298,27 @@ impl Datastore for Sqlite {
         repo: &IndexedRepository,
         snap: &Snapshot,
     ) -> Result<(), StackError> {
+        // The whole file is checked before the service is stopped: written
+        // to a 0600 copy in cairn's own directory, its header and
+        // `PRAGMA integrity_check` (`-readonly -safe`), then removed.
+        not_a_symlink(svc, &restore_path(svc))?;
         let (node, _) = crate::adapters::dump_node(svc, repo, snap)?;
-        let mut head = Vec::new();
-        struct First<'a>(&'a mut Vec<u8>);
-        impl Write for First<'_> {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                let take = (MAGIC.len() - self.0.len()).min(b.len());
-                self.0.extend_from_slice(&b[..take]);
-                if self.0.len() == MAGIC.len() {
-                    return Err(std::io::Error::other("enough"));
-                }
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+        let dir = crate::children::temp_dir(svc.temp_dir.as_deref())
+            .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
+        let mut tmp = crate::children::TempDump::create(&dir)
+            .map_err(|e| err(svc, format!("temporary copy in {}: {e}", dir.display())))?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.file());
+            repo.dump_file(&node, &mut w)?;
+            w.flush().map_err(|e| err(svc, e.to_string()))?;
         }
-        let _ = repo.dump_file(&node, &mut First(&mut head));
-        if head != MAGIC {
-            return Err(err(
-                svc,
-                "the snapshot's dump is not an SQLite database file; nothing was touched",
-            ));
-        }
-        Ok(())
+        check_file(svc, tmp.path(), "the snapshot's database").map_err(|e| match e {
+            StackError::Service { service, detail } => StackError::Service {
+                service,
+                detail: format!("{detail}; nothing was touched"),
+            },
+            e => e,
+        })
     }
 
     fn restore(
@@ -360,10 +410,16 @@ impl Datastore for Sqlite {
     }
 
     fn protected(&self, s: &Service) -> Vec<Target> {
-        vec![
-            self.target(s),
-            Target::Dir(canonical(&live_path(s), &s.workdir)),
-        ]
+        // The live file and the files SQLite keeps next to it (a restore
+        // renamed over its `-wal` would destroy committed writes).
+        let live = live_path(s);
+        std::iter::once(self.target(s))
+            .chain(
+                std::iter::once(live.clone())
+                    .chain(companions(&live))
+                    .map(|p| Target::Dir(canonical(&p, &s.workdir))),
+            )
+            .collect()
     }
 
     fn live_view(&self, svc: &Service) -> Service {

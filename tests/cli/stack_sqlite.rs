@@ -1,0 +1,504 @@
+//! `kind = "sqlite"` against real `sqlite3`: backups while the service
+//! writes (WAL and rollback-journal mode), restores that must not replay a
+//! stale WAL, the production guard around the live file's companions, and
+//! forged or awkward databases refused before anything is touched.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::stack::{report, svc};
+use crate::util::Env;
+
+fn sql(file: &Path, script: &str) -> String {
+    let o = Command::new("sqlite3")
+        .arg(file)
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A `sqlite3` session fed statements until stopped; returns how many.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+    child: std::process::Child,
+}
+
+impl Writer {
+    fn start(db: &Path, every: Duration, stmt: impl Fn(u64) -> String + Send + 'static) -> Writer {
+        let mut child = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b".timeout 20000\n").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                i += 1;
+                if stdin.write_all(stmt(i).as_bytes()).is_err() {
+                    break;
+                }
+                std::thread::sleep(every);
+            }
+            i
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+            child,
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let n = self.thread.take().unwrap().join().unwrap();
+        let _ = self.child.wait();
+        n
+    }
+}
+
+/// Files whose names start with cairn's temporary prefix, below `dir`.
+fn temps(dir: &Path) -> Vec<PathBuf> {
+    crate::util::walk(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("cairn-pg-"))
+        })
+        .collect()
+}
+
+fn catalog(env: &Env, body: &str) -> PathBuf {
+    let p = env.path("cairn.toml");
+    fs::write(&p, body).unwrap();
+    p
+}
+
+fn restore_staging(env: &Env, cat: &Path, rep: &str) -> (std::process::Output, serde_json::Value) {
+    let rep = env.path(rep);
+    let o = env.run(&[
+        "stack",
+        "restore",
+        "--catalog",
+        cat.to_str().unwrap(),
+        "--env",
+        "staging",
+        "--no-safety-snapshot",
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let r = if rep.exists() {
+        report(&rep)
+    } else {
+        serde_json::Value::Null
+    };
+    (o, r)
+}
+
+/// A SQLite database written continuously (WAL mode, one writer session a
+/// few hundred rows a second) is backed up five times; every restore into staging verifies, although each time a
+/// stale `-wal` file from another database sits next to the staging target
+/// (replayed, it would corrupt the restored file).
+#[test]
+fn sqlite_backups_taken_under_writes_all_restore_verified() {
+    let env = Env::new();
+    env.init(&[]);
+    let db = env.path("events.db");
+    let staging = env.path("staging/events.db");
+    fs::create_dir_all(staging.parent().unwrap()).unwrap();
+    let sql = |file: &std::path::Path, script: &str| {
+        let o = Command::new("sqlite3")
+            .arg(file)
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    sql(
+        &db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, at REAL, v BLOB, note TEXT); CREATE TABLE counters (k INTEGER PRIMARY KEY, n INTEGER) WITHOUT ROWID; INSERT INTO counters VALUES (1, 0);",
+    );
+    // A stale WAL of another database, planted next to the staging target.
+    // (copied while its writer is still open: the last connection to close
+    // checkpoints and removes it).
+    let other = env.path("other.db");
+    let planted = env.path("planted-wal");
+    {
+        let mut o = Command::new("sqlite3")
+            .arg(&other)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut i = o.stdin.take().unwrap();
+        i.write_all(b"PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE events (id INTEGER PRIMARY KEY, at REAL, v BLOB, note TEXT); INSERT INTO events VALUES (1, 0, x'00', 'foreign'); CREATE TABLE counters (k INTEGER PRIMARY KEY, n INTEGER); INSERT INTO counters VALUES (1, 999);\n").unwrap();
+        let wal = env.path("other.db-wal");
+        let t0 = std::time::Instant::now();
+        while fs::metadata(&wal).map_or(0, |m| m.len()) == 0 {
+            assert!(t0.elapsed().as_secs() < 10, "no WAL appeared");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        fs::copy(&wal, &planted).unwrap();
+        drop(i);
+        o.wait().unwrap();
+    }
+    let cat = env.path("cairn.toml");
+    fs::write(
+        &cat,
+        format!(
+            "[service.events]\nkind = \"sqlite\"\npath = \"{}\"\n[service.events.env.staging]\ntarget = \"{}\"\n",
+            db.display(),
+            staging.display()
+        ),
+    )
+    .unwrap();
+    let mut w = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = w.stdin.take().unwrap();
+    stdin.write_all(b".timeout 10000\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let s = format!(
+                "BEGIN; INSERT INTO events (at, v, note) VALUES (julianday('now'), randomblob(48), 'line {i}' || char(10) || 'two'); UPDATE counters SET n = n + 1 WHERE k = 1; COMMIT;\n"
+            );
+            if stdin.write_all(s.as_bytes()).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        i
+    });
+    let c = cat.to_str().unwrap();
+    let mut failures = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        env.ok(&["stack", "backup", "--catalog", c]);
+        let mut wal = staging.as_os_str().to_owned();
+        wal.push("-wal");
+        fs::copy(&planted, &wal).unwrap();
+        let rep = env.path(&format!("r{round}.json"));
+        let o = env.run(&[
+            "stack",
+            "restore",
+            "--catalog",
+            c,
+            "--env",
+            "staging",
+            "--no-safety-snapshot",
+            "--report",
+            rep.to_str().unwrap(),
+        ]);
+        let r = report(&rep);
+        let s = svc(&r, "events");
+        if !(o.status.success() && s["fingerprint"]["verified"] == true) {
+            failures.push(format!(
+                "round {round}: {} {}",
+                s["error"],
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let _ = w.wait();
+    let rows: u64 = sql(&db, "SELECT count(*) FROM events")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        rows > 100 && writes > 100,
+        "the writer barely wrote: {rows} rows"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    // The restored copy is a sound database holding what was backed up last.
+    assert_eq!(sql(&staging, "PRAGMA integrity_check").trim(), "ok");
+    let n: u64 = sql(&staging, "SELECT count(*) FROM events")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n > 0 && n <= rows, "{n} of {rows}");
+}
+
+/// A 20 MB database with a writer committing about a hundred times a second
+/// backs up in bounded time, in rollback-journal mode and in WAL mode (the
+/// backup API's `.backup` restarts on every write and never finished), the
+/// restore verifies, and no plaintext copy or `-wal`/`-shm` of one is left
+/// in cairn's temporary directory or next to the restored file.
+#[test]
+fn a_busy_sqlite_database_backs_up_in_bounded_time_and_leaves_no_copies() {
+    for mode in ["DELETE", "WAL"] {
+        let env = Env::new();
+        env.init(&[]);
+        let db = env.path("busy.db");
+        let staging = env.path("staging/busy.db");
+        let tmp = env.path("tmp");
+        fs::create_dir_all(staging.parent().unwrap()).unwrap();
+        sql(
+            &db,
+            &format!(
+                "PRAGMA journal_mode={mode}; CREATE TABLE big (id INTEGER PRIMARY KEY, v BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) INSERT INTO big (v) SELECT randomblob(1000) FROM n; CREATE TABLE c (k INTEGER PRIMARY KEY, n INTEGER); INSERT INTO c VALUES (1, 0);"
+            ),
+        );
+        let cat = catalog(
+            &env,
+            &format!(
+                "[service.busy]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.busy.env.staging]\ntarget = \"{}\"\n",
+                db.display(),
+                tmp.display(),
+                staging.display()
+            ),
+        );
+        let w = Writer::start(&db, Duration::from_millis(10), |i| {
+            format!(
+                "BEGIN IMMEDIATE; INSERT INTO big (v) VALUES (randomblob(200)); UPDATE c SET n = {i} WHERE k = 1; COMMIT;\n"
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut child = env
+            .cmd()
+            .args(["stack", "backup", "--catalog", cat.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if t0.elapsed() > Duration::from_secs(90) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let writes = w.stop();
+        let status = status.unwrap_or_else(|| panic!("{mode}: the backup did not end within 90 s"));
+        assert!(status.success(), "{mode}: backup failed");
+        assert!(writes > 20, "{mode}: the writer barely wrote ({writes})");
+        let (o, r) = restore_staging(&env, &cat, "r.json");
+        assert!(
+            o.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            svc(&r, "busy")["fingerprint"]["verified"],
+            true,
+            "{mode}: {r}"
+        );
+        assert_eq!(
+            sql(&staging, "PRAGMA journal_mode").trim(),
+            mode.to_lowercase(),
+            "{mode}: the restored file keeps the journal mode"
+        );
+        assert_eq!(temps(&tmp), Vec::<PathBuf>::new(), "{mode}");
+        assert_eq!(
+            temps(staging.parent().unwrap()),
+            Vec::<PathBuf>::new(),
+            "{mode}"
+        );
+    }
+}
+
+/// The guard keeps staging restores off the live file's `-wal`, `-shm` and
+/// `-journal` (a restore renamed over the live WAL destroys committed
+/// writes), a symlinked database path is refused at backup time, and a
+/// plaintext copy a SIGKILLed backup left is removed by the next backup.
+#[test]
+fn the_sqlite_guard_covers_the_live_wal_symlinks_are_refused_and_killed_copies_swept() {
+    let env = Env::new();
+    env.init(&[]);
+    let db = env.path("prod/app.db");
+    let tmp = env.path("tmp");
+    fs::create_dir_all(db.parent().unwrap()).unwrap();
+    sql(
+        &db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE t (a); INSERT INTO t VALUES (1);",
+    );
+    let plain = catalog(
+        &env,
+        &format!(
+            "[service.app]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n",
+            db.display(),
+            tmp.display()
+        ),
+    );
+    env.ok(&["stack", "backup", "--catalog", plain.to_str().unwrap()]);
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let cat = catalog(
+            &env,
+            &format!(
+                "[service.app]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.app.env.staging]\ntarget = \"{}{suffix}\"\n",
+                db.display(),
+                tmp.display(),
+                db.display()
+            ),
+        );
+        for cmd in [
+            &["stack", "drill"][..],
+            &["stack", "restore", "--env", "staging"][..],
+        ] {
+            let o = env
+                .cmd()
+                .args(cmd)
+                .args(["--catalog", cat.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{suffix} {cmd:?}: {err}");
+            assert!(err.contains("production"), "{suffix} {cmd:?}: {err}");
+        }
+    }
+    assert_eq!(sql(&db, "SELECT count(*) FROM t").trim(), "1");
+
+    // A symlinked path is refused when it is backed up, naming the file.
+    let link = env.path("prod/link.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.app]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n",
+            link.display(),
+            tmp.display()
+        ),
+    );
+    let o = env.run(&["stack", "backup", "--catalog", cat.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("is a symlink"), "{out}");
+
+    // A copy a killed backup left (its process is gone) goes at the next.
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.app]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n",
+            db.display(),
+            tmp.display()
+        ),
+    );
+    fs::create_dir_all(&tmp).unwrap();
+    let stale = tmp.join("cairn-pg-999999999-0123456789abcdef.dump");
+    fs::write(&stale, b"SQLite format 3\0plaintext").unwrap();
+    fs::write(
+        tmp.join("cairn-pg-999999999-0123456789abcdef.dump-journal"),
+        b"x",
+    )
+    .unwrap();
+    let o = env.run(&["stack", "backup", "--catalog", cat.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&stale.display().to_string()), "{err}");
+    assert_eq!(temps(&tmp), Vec::<PathBuf>::new());
+}
+
+/// A table whose name holds a newline is fingerprinted like any other (a
+/// change to it after the load fails verification), a `'` in `temp_dir`
+/// works, and a forged snapshot that starts like an SQLite file but is not
+/// a sound database is refused in the preflight: the service's `stop`
+/// never runs and the target is untouched.
+#[test]
+fn odd_sqlite_names_and_forged_database_files_are_handled_before_anything_is_touched() {
+    let env = Env::new();
+    env.init(&[]);
+    let db = env.path("app.db");
+    let staging = env.path("staging/app.db");
+    let tmp = env.path("it's tmp");
+    fs::create_dir_all(staging.parent().unwrap()).unwrap();
+    sql(
+        &db,
+        "CREATE TABLE \"secret\nb\" (a); INSERT INTO \"secret\nb\" VALUES (1), (2); CREATE TABLE b (a); INSERT INTO b VALUES (3);",
+    );
+    let stopped = env.path("stopped");
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.app]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.app.env.staging]\ntarget = \"{}\"\nstop = \"touch {}\"\n",
+            db.display(),
+            tmp.display(),
+            staging.display(),
+            stopped.display()
+        ),
+    );
+    let c = cat.to_str().unwrap();
+    env.ok(&["stack", "backup", "--catalog", c]);
+    let (o, r) = restore_staging(&env, &cat, "r1.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fp = &svc(&r, "app")["fingerprint"];
+    assert_eq!(fp["verified"], true, "{r}");
+    assert!(fp["expected"].get("table:secret\nb").is_some(), "{fp}");
+    // Changed between load and verification: found.
+    let rep = env.path("r2.json");
+    let o = env
+        .cmd()
+        .env(
+            "CAIRN_TEST_HOOK_BEFORE_VERIFY",
+            format!(
+                "sqlite3 '{}' 'DELETE FROM \"secret\nb\" WHERE a = 1'",
+                staging.display()
+            ),
+        )
+        .args([
+            "stack",
+            "restore",
+            "--catalog",
+            c,
+            "--env",
+            "staging",
+            "--no-safety-snapshot",
+            "--report",
+            rep.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = svc(&report(&rep), "app")["error"].to_string();
+    assert!(e.contains("secret"), "{e}");
+
+    // A forged snapshot: SQLite's magic, then junk.
+    fs::remove_file(&stopped).ok();
+    let before = fs::read(&staging).unwrap();
+    let repo = crate::stack_hostile::library_repo(&env);
+    let (like, _) = crate::stack_hostile::newest(&repo, "app");
+    let mut junk = b"SQLite format 3\0".to_vec();
+    junk.extend(crate::util::prng(5, 64 << 10));
+    crate::stack_hostile::forge(&repo, &like, &junk, like.tags.clone());
+    drop(repo);
+    let (o, r) = restore_staging(&env, &cat, "r3.json");
+    assert!(!o.status.success());
+    let s = svc(&r, "app");
+    let e = s["error"].to_string();
+    assert!(
+        e.contains("preflight") && e.contains("nothing was touched"),
+        "{e}"
+    );
+    assert!(!stopped.exists(), "stop ran for a forged snapshot");
+    assert_eq!(
+        fs::read(&staging).unwrap(),
+        before,
+        "the target was touched"
+    );
+}
