@@ -143,7 +143,9 @@ fn stack_forget(g: &GlobalArgs, a: StackForgetArgs) -> Result<i32> {
             }
             continue;
         };
-        let policy = ret.policy().map_err(|e| anyhow!("service {name}: {e}"))?;
+        let policy = ret
+            .policy()
+            .map_err(|e| anyhow!("service {name}: retention: {e}"))?;
         let snaps: Vec<_> = all
             .iter()
             .filter(|(_, s)| &s.service == name && !run::is_safety(s))

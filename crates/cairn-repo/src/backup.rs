@@ -640,6 +640,8 @@ impl Walker<'_> {
                     // Like tar and borg: a file written to while it was read
                     // is stored as read (the node keeps the times seen
                     // before, so the next backup reads it again) and named.
+                    // Not on procfs or sysfs, whose inode times are made up
+                    // anew whenever the kernel re-creates the inode.
                     if let Ok(now) = fs::symlink_metadata(path)
                         && (now.size() != md.size()
                             || now.mtime() != md.mtime()
@@ -647,6 +649,7 @@ impl Walker<'_> {
                             || now.ctime() != md.ctime()
                             || now.ctime_nsec() != md.ctime_nsec()
                             || now.ino() != md.ino())
+                        && !crate::sys::is_pseudo_fs(path)
                     {
                         self.progress.warn(format!(
                             "{}: file changed as it was read; stored as read (its content may mix old and new data), the next backup reads it again",

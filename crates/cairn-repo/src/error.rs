@@ -53,13 +53,16 @@ pub enum RepoError {
         /// Which version was found.
         detail: String,
     },
-    /// The object store failed. Its message holds the store's error, which
-    /// is therefore not also its `source()` (a printed chain says it once).
+    /// The object store failed. Its message ends with the store's error,
+    /// which is also its `source()`: a printed chain skips a cause its
+    /// error's message already ends with (`cairn` does) and goes on to the
+    /// causes below it (the connection refused under an S3 error).
     #[error("storage error on {object}: {error}")]
     Store {
         /// Object path.
         object: String,
         /// The store's error.
+        #[source]
         error: object_store::Error,
     },
     /// A local file operation failed.

@@ -310,3 +310,19 @@ pub fn remove_xattr_fd(fd: std::os::fd::BorrowedFd<'_>, real: bool, name: &[u8])
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether `path` is on a kernel pseudo filesystem (procfs, sysfs, cgroup,
+/// debugfs, tracefs, securityfs), whose files' times say nothing about
+/// their content.
+pub fn is_pseudo_fs(path: &std::path::Path) -> bool {
+    const MAGICS: [u64; 7] = [
+        0x9fa0,      // procfs
+        0x6265_6572, // sysfs
+        0x0027_e0eb, // cgroup
+        0x6367_7270, // cgroup2
+        0x6462_6720, // debugfs
+        0x7472_6163, // tracefs
+        0x7363_6673, // securityfs
+    ];
+    rustix::fs::statfs(path).is_ok_and(|s| MAGICS.contains(&(s.f_type as u64)))
+}

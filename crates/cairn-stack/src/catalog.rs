@@ -100,12 +100,8 @@ impl Retention {
                 .transpose()?,
             keep_tags: vec![],
         };
-        p.validate().map_err(|e| {
-            format!(
-                "retention: {}",
-                e.replace("--keep-", "keep_").replace("-within", "_within")
-            )
-        })?;
+        p.validate()
+            .map_err(|e| e.replace("--keep-", "keep_").replace("-within", "_within"))?;
         Ok(p)
     }
 }
@@ -916,7 +912,7 @@ impl Catalog {
                 .or_else(|| defaults.and_then(|d| d.retention.clone()));
             if let Some(r) = &retention {
                 match r.policy() {
-                    Err(e) => cx.err(at, format!("service {name}: {e}")),
+                    Err(e) => cx.err(at, format!("service {name}: retention: {e}")),
                     Ok(p) if p.is_empty() => {
                         cx.err(at, format!("service {name}: retention has no keep rule"))
                     }
