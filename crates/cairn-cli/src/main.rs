@@ -3,13 +3,9 @@
 //! Exit codes: 0 success, 1 failure, 3 completed with warnings (for example
 //! unreadable files skipped during a backup).
 
-mod check;
 mod commands;
-mod forget;
 mod history_html;
-mod mount;
 mod stack;
-mod stack_ops;
 mod util;
 
 use std::path::PathBuf;
@@ -96,24 +92,24 @@ enum Cmd {
     /// Restore a snapshot
     Restore(commands::RestoreArgs),
     /// Remove snapshots by keep rules (or by id)
-    Forget(forget::ForgetArgs),
+    Forget(commands::ForgetArgs),
     /// Verify the repository (structure; --read-data for every byte)
-    Check(check::CheckArgs),
+    Check(commands::CheckArgs),
     /// Repair a damaged repository
     Repair {
         #[command(subcommand)]
-        cmd: check::RepairCmd,
+        cmd: commands::RepairCmd,
     },
     /// Remove data no snapshot uses (two phases, safe alongside backups)
-    Prune(forget::PruneCmdArgs),
+    Prune(commands::PruneCmdArgs),
     /// Change snapshot tags; --protect keeps a snapshot from forget
-    Tag(forget::TagArgs),
+    Tag(commands::TagArgs),
     /// Repository statistics
     Stats,
     /// Print a decoded object (for debugging)
     Cat(commands::CatArgs),
     /// Mount the repository as a read-only filesystem (FUSE)
-    Mount(mount::MountArgs),
+    Mount(commands::MountArgs),
     /// Service catalog: group backups, restore plans, ordered restores
     Stack {
         #[command(subcommand)]
@@ -155,14 +151,14 @@ fn main() {
         Cmd::Dump(a) => commands::dump(&cli.global, a),
         Cmd::Restore(a) => commands::restore(&cli.global, a),
         Cmd::Stats => commands::stats(&cli.global),
-        Cmd::Forget(a) => forget::forget_cmd(&cli.global, a),
-        Cmd::Tag(a) => forget::tag_cmd(&cli.global, a),
-        Cmd::Prune(a) => forget::prune_cmd(&cli.global, a),
-        Cmd::Check(a) => check::check_cmd(&cli.global, a),
-        Cmd::Repair { cmd } => check::repair_cmd(&cli.global, cmd),
+        Cmd::Forget(a) => commands::forget_cmd(&cli.global, a),
+        Cmd::Tag(a) => commands::tag_cmd(&cli.global, a),
+        Cmd::Prune(a) => commands::prune_cmd(&cli.global, a),
+        Cmd::Check(a) => commands::check_cmd(&cli.global, a),
+        Cmd::Repair { cmd } => commands::repair_cmd(&cli.global, cmd),
         Cmd::Cat(a) => commands::cat(&cli.global, a),
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
-        Cmd::Mount(a) => mount::mount_cmd(&cli.global, a),
+        Cmd::Mount(a) => commands::mount_cmd(&cli.global, a),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),
     };
     match r {
