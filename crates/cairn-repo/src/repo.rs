@@ -18,8 +18,9 @@ use crate::store::{self, Store};
 pub struct Repository {
     /// Storage access.
     pub store: Store,
-    /// The unlocked master key.
-    pub key: MasterKey,
+    /// The unlocked master key: only this crate uses it; others go through
+    /// [`Repository::read_index_object`] and [`Repository::chunk_hasher`].
+    pub(crate) key: MasterKey,
     /// Repository settings.
     pub config: Config,
     /// The key file that was used to open it.
@@ -101,6 +102,20 @@ pub fn get_verified(store: &Store, name: &str, id: &[u8; 32]) -> Result<bytes::B
 }
 
 impl Repository {
+    /// Read and decrypt one index object by id (e.g. for `cairn cat index`).
+    pub fn read_index_object(&self, id: &cairn_format::IndexId) -> Result<cairn_format::index::IndexFile> {
+        let name = crate::store::index_path(id);
+        let b = self.store.get(&name)?;
+        cairn_format::index::IndexFile::decode(&self.key, &b)
+            .map_err(|e| RepoError::from_format(&name, e))
+    }
+
+    /// The keyed hasher that gives chunk ids (to compare a file's content
+    /// with a snapshot's without storing it).
+    pub fn chunk_hasher(&self) -> cairn_format::crypto::IdHasher {
+        self.key.id_hasher()
+    }
+
     /// Create a repository. Writes the first key file, then the config (the
     /// config's presence is what makes a location a repository).
     pub fn init(

@@ -88,10 +88,7 @@ pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
         "index" => {
             let r = open(g)?;
             let id = IndexId::from_hex(&need_id()?).ok_or_else(|| anyhow!("bad index id"))?;
-            let name = store::index_path(&id);
-            let b = r.store.get(&name)?;
-            let f = cairn_format::index::IndexFile::decode(&r.key, &b)
-                .map_err(|e| RepoError::from_format(&name, e))?;
+            let f = r.read_index_object(&id)?;
             json!({
                 "supersedes": f.supersedes.iter().map(|s| s.to_hex()).collect::<Vec<_>>(),
                 "packs": f.packs.iter().map(|p| json!({
