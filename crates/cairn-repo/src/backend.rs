@@ -415,6 +415,7 @@ impl PrivateLocal {
 }
 
 #[async_trait::async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl ObjectStore for PrivateLocal {
     async fn put_opts(
         &self,

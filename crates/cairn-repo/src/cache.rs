@@ -1,7 +1,7 @@
-//! The local cache of a remote repository: index objects, snapshots and the
-//! packs that hold trees, so that listing snapshots, starting a backup (which
-//! reads the index and the parent's trees) and browsing do not download them
-//! again.
+//! The local cache of a remote repository: index objects, snapshots, audit
+//! records and the packs that hold trees, so that listing snapshots, starting
+//! a backup (which reads the index and the parent's trees), browsing and
+//! reading the audit trail do not download them again.
 //!
 //! Objects are cached exactly as stored (still encrypted), under
 //! `<cache dir>/<repository key>/<object path>`, where the repository key is

@@ -103,7 +103,10 @@ pub fn get_verified(store: &Store, name: &str, id: &[u8; 32]) -> Result<bytes::B
 
 impl Repository {
     /// Read and decrypt one index object by id (e.g. for `cairn cat index`).
-    pub fn read_index_object(&self, id: &cairn_format::IndexId) -> Result<cairn_format::index::IndexFile> {
+    pub fn read_index_object(
+        &self,
+        id: &cairn_format::IndexId,
+    ) -> Result<cairn_format::index::IndexFile> {
         let name = crate::store::index_path(id);
         let b = self.store.get(&name)?;
         cairn_format::index::IndexFile::decode(&self.key, &b)

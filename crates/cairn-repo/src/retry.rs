@@ -242,6 +242,7 @@ impl RetryingStore {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl ObjectStore for RetryingStore {
     async fn put_opts(
         &self,
@@ -343,5 +344,52 @@ impl ObjectStore for RetryingStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>> {
+        with_retries(self.policy, "reading", location.as_ref(), |_| {
+            self.inner.get_ranges(location, ranges)
+        })
+        .await
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        // As `list`: retried whole, seen once complete.
+        let inner = self.inner.clone();
+        let policy = self.policy;
+        let (prefix, offset) = (prefix.cloned(), offset.clone());
+        futures::stream::once(async move {
+            let what = prefix.as_ref().map_or("", |p| p.as_ref());
+            let r: Result<Vec<ObjectMeta>> = with_retries(policy, "listing", what, |_| {
+                inner
+                    .list_with_offset(prefix.as_ref(), &offset)
+                    .try_collect()
+            })
+            .await;
+            match r {
+                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> Result<()> {
+        // cairn never renames objects (they are written once); passed through.
+        self.inner.rename_opts(from, to, options).await
     }
 }

@@ -1198,3 +1198,86 @@ pub struct FingerprintReport {
     /// Whether it matched (None: nothing to compare, command services).
     pub verified: Option<bool>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(fingerprints: Vec<(String, Vec<u8>)>) -> Snapshot {
+        Snapshot {
+            time_ns: 0,
+            tree: ChunkId([0; 32]),
+            parent: None,
+            group: None,
+            service: "s".into(),
+            hostname: "h".into(),
+            username: "u".into(),
+            paths: vec![],
+            tags: vec![],
+            summary: Default::default(),
+            fingerprints,
+            extra: vec![],
+        }
+    }
+
+    /// format-spec §11: snapshots written before `fp:` parts recorded
+    /// `count:<name>` (row or key counts only); they are still read, as
+    /// counts without a hash, tables under `table:`.
+    #[test]
+    fn old_count_fingerprints_are_read_as_counts_and_new_parts_round_trip() {
+        let n = |v: u64| v.to_le_bytes().to_vec();
+        let old = snapshot(vec![
+            ("count:orders".into(), n(641)),
+            ("count:db0".into(), n(12)),
+            ("count:files".into(), n(3)),
+            ("count:broken".into(), vec![1, 2, 3]),
+        ]);
+        let f = decode(&old);
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert_eq!(
+            f["table:orders"],
+            Part {
+                count: 641,
+                hash: [0; 32]
+            }
+        );
+        assert_eq!(f["db0"].count, 12);
+        assert_eq!(f["files"].count, 3);
+        // A count-only part compares by count: equal counts pass.
+        let live: Fingerprint = [(
+            "table:orders".to_string(),
+            Part {
+                count: 641,
+                hash: [7; 32],
+            },
+        )]
+        .into_iter()
+        .collect();
+        assert!(
+            compare(
+                &decode(&snapshot(vec![("count:orders".into(), n(641))])),
+                &live
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            compare(
+                &decode(&snapshot(vec![("count:orders".into(), n(640))])),
+                &live
+            )
+            .len(),
+            1
+        );
+        // New parts round-trip through encode/decode.
+        let now: Fingerprint = [(
+            "table:a.b".to_string(),
+            Part {
+                count: 5,
+                hash: [9; 32],
+            },
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(decode(&snapshot(encode(&now))), now);
+    }
+}
