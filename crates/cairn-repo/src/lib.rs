@@ -31,6 +31,30 @@
 //! repo.dump_file(&node, &mut out).unwrap();
 //! assert_eq!(out, b"hello");
 //! ```
+//!
+//! ## Where things are
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`layout`] | every object kind's directory, name and parsing (format-spec §1) |
+//! | [`store`] | the synchronous layer over `object_store`: create-only puts, listings, verified reads |
+//! | [`backend`] | opening a location (disk, S3, GCS, Azure), options, the create-only probe |
+//! | [`retry`] | retrying what the network breaks, and only that |
+//! | [`cache`] | the local cache of a remote repository |
+//! | `repo` | [`Repository`]: init, open, key files, snapshots, deletion markers |
+//! | `indexed` | [`IndexedRepository`]: the loaded index, blob reads, writer sessions |
+//! | [`index`] | the in-memory index (format-spec §6) |
+//! | `packer` | [`Packer`]: packs and index objects of one writer |
+//! | `backup` | the tree walk and stream backups |
+//! | `restore`, `fsat` | restores, every path resolved beneath the target's descriptor |
+//! | [`select`] | include/exclude patterns |
+//! | [`session`] | the prune protocol's sessions, claims, lease and store time (§5) |
+//! | `prune` | forget's second half: mark, then delete (§5.3) |
+//! | [`check`], [`repair`] | verification and repair |
+//! | [`forget`] | retention policies |
+//! | [`records`] | audit and journal records |
+//! | [`duration`] | the one duration grammar of the CLI and catalog |
+//! | [`sys`] | the few system calls rustix has no safe form of |
 #![deny(missing_docs)]
 
 pub mod backend;

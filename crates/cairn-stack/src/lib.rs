@@ -21,6 +21,26 @@
 //! let all = c.select(&[], false).unwrap();
 //! assert_eq!(c.waves(&all), vec![vec!["db".to_string()], vec!["api".to_string()]]);
 //! ```
+//!
+//! ## Where things are
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`catalog`] | parsing and validating `cairn.toml` (file:line errors), environments |
+//! | [`datastore`] | the `Datastore` trait and the registry of kinds |
+//! | [`kinds`] | one module per kind: postgres, mariadb, redis, files, sqlite, command |
+//! | [`adapters`] | what the kinds share: running tools, streaming dumps, Redis dumps |
+//! | [`children`] | child processes (own process group, parent-death signal) and temporary dumps |
+//! | [`fingerprint`] | logical fingerprints and their comparison (format-spec §11) |
+//! | [`target`] | comparable restore targets and the production guard |
+//! | [`backup`] | group backups |
+//! | [`plan`] | choosing the group, the restore plan |
+//! | [`run`] | the restore scheduler and its stages |
+//! | [`invariants`] | invariant checks and gating |
+//! | [`trail`] | the audit trail and restore journals |
+//! | [`metrics`] | the Prometheus textfile |
+//! | [`sql`] | quoting per SQL dialect |
+//! | [`ready`], [`redis`], [`time`] | readiness checks, a small Redis client, time formatting |
 #![deny(missing_docs)]
 
 pub mod adapters;
