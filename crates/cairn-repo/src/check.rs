@@ -155,25 +155,75 @@ impl Repository {
         self.check_with_progress(read_data, None)
     }
 
-    /// [`Repository::check`], reporting what it is doing to `stage`.
+    /// [`Repository::check`], reporting what it is doing to `stage`. The
+    /// phases, in order, are the methods of [`Checker`].
     pub fn check_with_progress(
         self,
         read_data: ReadData,
         stage: Option<crate::Stage>,
     ) -> Result<CheckReport> {
-        crate::set_stage(&stage, "checking key files and index objects");
-        let mut report = CheckReport::default();
-        let problem = |r: &mut CheckReport, object: &str, detail: String| {
-            r.problems.push(Problem {
-                object: object.to_string(),
-                detail,
-            })
+        let mut c = Checker {
+            report: CheckReport::default(),
+            stage,
+            bad_packs: HashSet::new(),
+            damaged: HashSet::new(),
         };
-        // Key files.
-        for (name, _) in self.store.list_kind(ObjectKind::Key)? {
+        crate::set_stage(&c.stage, "checking key files and index objects");
+        c.key_files(&self)?;
+        // Snapshot names before the index: a snapshot is written after its
+        // index, so every snapshot listed here has its index among those read below.
+        let snapshot_names: Vec<String> = self
+            .store
+            .list_kind(ObjectKind::Snapshot)?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        let index = c.index(&self)?;
+        c.packs(&self, &index)?;
+        let repo = IndexedRepository::from_parts(Arc::new(self), index);
+        let snaps = c.snapshots(&repo, &snapshot_names);
+        crate::set_stage(
+            &c.stage,
+            format!("checking the trees of {} snapshots", snaps.len()),
+        );
+        c.structure(&repo, &snaps);
+        if read_data != ReadData::None {
+            c.read_packs(&repo, read_data);
+        }
+        c.tree_limits(&repo, &snaps);
+        c.affected(&repo, &snaps);
+        c.report.problems.sort();
+        c.report.problems.dedup();
+        c.report.damaged_blobs = c.damaged;
+        Ok(c.report)
+    }
+}
+
+/// A check in progress: what it found so far, and the packs and blobs known
+/// to be damaged (which later phases skip, and the last one traces to
+/// snapshots and paths).
+struct Checker {
+    report: CheckReport,
+    stage: Option<crate::Stage>,
+    /// Positions (in the index) of packs missing or of the wrong size.
+    bad_packs: HashSet<u32>,
+    damaged: HashSet<(BlobKind, ChunkId)>,
+}
+
+impl Checker {
+    fn problem(&mut self, object: &str, detail: String) {
+        self.report.problems.push(Problem {
+            object: object.to_string(),
+            detail,
+        })
+    }
+
+    /// Every key file hashes to its name and decodes.
+    fn key_files(&mut self, repo: &Repository) -> Result<()> {
+        for (name, _) in repo.store.list_kind(ObjectKind::Key)? {
             let ok = ObjectKind::Key
                 .id::<cairn_format::KeyId>(&name)
-                .map(|id| crate::repo::get_verified(&self.store, &name, &id.0))
+                .map(|id| crate::repo::get_verified(&repo.store, &name, &id.0))
                 .transpose()
                 .and_then(|b| match b {
                     Some(b) => cairn_format::keyfile::KeyFile::decode(&b)
@@ -185,28 +235,25 @@ impl Repository {
                     }),
                 });
             if let Err(e) = ok {
-                problem(&mut report, &name, e.to_string());
+                self.problem(&name, e.to_string());
             }
         }
-        // Snapshot names before the index: a snapshot is written after its
-        // index, so every snapshot listed here has its index among those read below.
-        let snapshot_names: Vec<String> = self
-            .store
-            .list_kind(ObjectKind::Snapshot)?
-            .into_iter()
-            .map(|x| x.0)
-            .collect();
-        // Index objects, one by one.
+        Ok(())
+    }
+
+    /// Every index object, one by one (hash, decode), and the live index
+    /// they make (superseded objects left out).
+    fn index(&mut self, repo: &Repository) -> Result<Index> {
         let mut files: Vec<(IndexId, IndexFile)> = Vec::new();
-        let names: Vec<String> = self
+        let names: Vec<String> = repo
             .store
             .list_kind(ObjectKind::Index)?
             .into_iter()
             .map(|x| x.0)
             .collect();
-        for (name, bytes) in names.iter().zip(self.store.get_many(&names, 16)) {
+        for (name, bytes) in names.iter().zip(repo.store.get_many(&names, 16)) {
             let Some(id) = ObjectKind::Index.id::<IndexId>(name) else {
-                report
+                self.report
                     .notes
                     .push(format!("{name}: not a cairn object name"));
                 continue;
@@ -218,11 +265,11 @@ impl Repository {
                         detail: format!("its {} bytes do not hash to its name", b.len()),
                     });
                 }
-                IndexFile::decode(&self.key, &b).map_err(|e| RepoError::from_format(name, e))
+                IndexFile::decode(&repo.key, &b).map_err(|e| RepoError::from_format(name, e))
             });
             match r {
                 Ok(f) => files.push((id, f)),
-                Err(e) => problem(&mut report, name, e.to_string()),
+                Err(e) => self.problem(name, e.to_string()),
             }
         }
         let superseded: HashSet<IndexId> = files
@@ -245,44 +292,45 @@ impl Repository {
         index.finish();
         let dups = seen_blobs.values().filter(|&&n| n > 1).count();
         if dups > 0 {
-            report.notes.push(format!(
+            self.report.notes.push(format!(
                 "{dups} blobs are stored more than once (concurrent backups; prune consolidates)"
             ));
         }
-        drop(seen_blobs);
-        // Packs: present, right size.
-        let stored: HashMap<PackId, u64> = self
+        Ok(index)
+    }
+
+    /// Every indexed pack is stored with the size the index says; packs in
+    /// no index and packs marked for deletion are noted.
+    fn packs(&mut self, repo: &Repository, index: &Index) -> Result<()> {
+        let stored: HashMap<PackId, u64> = repo
             .store
             .list_kind(ObjectKind::Pack)?
             .into_iter()
             .filter_map(|(n, size)| Some((ObjectKind::Pack.id::<PackId>(&n)?, size)))
             .collect();
-        let marked: HashSet<PackId> = match self.list_deletions() {
+        let marked: HashSet<PackId> = match repo.list_deletions() {
             Ok(m) => m.into_iter().flat_map(|(_, d)| d.packs).collect(),
             Err(e) => {
-                problem(&mut report, "deletions", e.to_string());
+                self.problem("deletions", e.to_string());
                 HashSet::new()
             }
         };
-        report.packs = index.packs.len();
-        let mut bad_packs: HashSet<u32> = HashSet::new();
+        self.report.packs = index.packs.len();
         for (i, (p, size)) in index.packs.iter().zip(&index.pack_sizes).enumerate() {
             match stored.get(p) {
                 None => {
-                    problem(
-                        &mut report,
+                    self.problem(
                         &store::pack_path(p),
                         "listed in the index but missing".into(),
                     );
-                    bad_packs.insert(i as u32);
+                    self.bad_packs.insert(i as u32);
                 }
                 Some(s) if s != size => {
-                    problem(
-                        &mut report,
+                    self.problem(
                         &store::pack_path(p),
                         format!("{s} bytes, the index says {size}"),
                     );
-                    bad_packs.insert(i as u32);
+                    self.bad_packs.insert(i as u32);
                 }
                 Some(_) => {}
             }
@@ -293,39 +341,46 @@ impl Repository {
             .filter(|p| !live.contains(p) && !marked.contains(p))
             .count();
         if unindexed > 0 {
-            report.notes.push(format!("{unindexed} packs are in no index (left by an interrupted backup; prune removes them)"));
+            self.report.notes.push(format!("{unindexed} packs are in no index (left by an interrupted backup; prune removes them)"));
         }
         let awaiting = stored
             .keys()
             .filter(|p| marked.contains(p) && !live.contains(p))
             .count();
         if awaiting > 0 {
-            report
+            self.report
                 .notes
                 .push(format!("{awaiting} packs are marked for deletion by prune"));
         }
-        let repo = IndexedRepository::from_parts(Arc::new(self), index);
-        // Snapshots, one by one.
+        Ok(())
+    }
+
+    /// Every snapshot listed, one by one.
+    fn snapshots(
+        &mut self,
+        repo: &IndexedRepository,
+        names: &[String],
+    ) -> Vec<(SnapshotId, Snapshot)> {
         let mut snaps: Vec<(SnapshotId, Snapshot)> = Vec::new();
-        for name in &snapshot_names {
+        for name in names {
             let Some(id) = ObjectKind::Snapshot.id::<SnapshotId>(name) else {
                 continue;
             };
             match repo.repo.load_snapshot(&id) {
                 Ok(s) => snaps.push((id, s)),
                 Err(RepoError::NotFound { .. }) => {} // forgotten meanwhile
-                Err(e) => problem(&mut report, name, e.to_string()),
+                Err(e) => self.problem(name, e.to_string()),
             }
         }
-        report.snapshots = snaps.len();
-        crate::set_stage(
-            &stage,
-            format!("checking the trees of {} snapshots", snaps.len()),
-        );
-        // Trees and blob references.
-        let mut damaged_blobs: HashSet<(BlobKind, ChunkId)> = HashSet::new();
+        self.report.snapshots = snaps.len();
+        snaps
+    }
+
+    /// Every tree of every snapshot loads, and every data blob it names is
+    /// indexed (in a pack that is not damaged).
+    fn structure(&mut self, repo: &IndexedRepository, snaps: &[(SnapshotId, Snapshot)]) {
         let mut visited: HashSet<ChunkId> = HashSet::new();
-        for (sid, s) in &snaps {
+        for (sid, s) in snaps {
             let mut stack = vec![s.tree];
             while let Some(t) = stack.pop() {
                 if !visited.insert(t) {
@@ -342,16 +397,15 @@ impl Repository {
                                     repo.index.read().expect("index").get(BlobKind::Data, &id);
                                 match loc {
                                     None => {
-                                        if damaged_blobs.insert((BlobKind::Data, id)) {
-                                            problem(
-                                                &mut report,
+                                        if self.damaged.insert((BlobKind::Data, id)) {
+                                            self.problem(
                                                 &format!("data blob {id}"),
                                                 "not in any index".into(),
                                             );
                                         }
                                     }
-                                    Some(l) if bad_packs.contains(&l.pack) => {
-                                        damaged_blobs.insert((BlobKind::Data, id));
+                                    Some(l) if self.bad_packs.contains(&l.pack) => {
+                                        self.damaged.insert((BlobKind::Data, id));
                                     }
                                     Some(_) => {}
                                 }
@@ -359,9 +413,8 @@ impl Repository {
                         }
                     }
                     Err(e) => {
-                        damaged_blobs.insert((BlobKind::Tree, t));
-                        problem(
-                            &mut report,
+                        self.damaged.insert((BlobKind::Tree, t));
+                        self.problem(
                             &format!("tree blob {t} (in snapshot {})", sid.short()),
                             e.to_string(),
                         );
@@ -369,170 +422,184 @@ impl Repository {
                 }
             }
         }
-        // Read data.
-        if read_data != ReadData::None {
-            let idx = repo.index.read().expect("index");
-            let mut per_pack: BTreeMap<u32, Vec<(BlobKind, ChunkId)>> = BTreeMap::new();
-            for kind in [BlobKind::Data, BlobKind::Tree] {
-                for (id, loc) in idx.iter(kind) {
-                    per_pack.entry(loc.pack).or_default().push((kind, id));
-                }
+    }
+
+    /// `--read-data`: the selected packs read in parallel, each blob
+    /// authenticated and each pack hashed against its name.
+    fn read_packs(&mut self, repo: &IndexedRepository, read_data: ReadData) {
+        let idx = repo.index.read().expect("index");
+        let mut per_pack: BTreeMap<u32, Vec<(BlobKind, ChunkId)>> = BTreeMap::new();
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            for (id, loc) in idx.iter(kind) {
+                per_pack.entry(loc.pack).or_default().push((kind, id));
             }
-            let todo: Vec<(u32, Vec<(BlobKind, ChunkId)>)> = per_pack
-                .into_iter()
-                .filter(|(p, _)| {
-                    !bad_packs.contains(p) && selected(&idx.packs[*p as usize], read_data)
-                })
-                .collect();
-            drop(idx);
-            let found: Mutex<ReadFindings> = Mutex::new(ReadFindings::default());
-            let done = std::sync::atomic::AtomicUsize::new(0);
-            let total = todo.len();
-            todo.par_iter().enumerate().for_each(|(i, (pack, blobs))| {
-                // Read the next pack ahead (rayon gives each thread a run of
-                // consecutive packs).
-                if let Some((next, _)) = todo.get(i + 1) {
-                    repo.prefetch_pack(*next);
-                }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                crate::set_stage(&stage, format!("reading packs: {n}/{total}"));
-                // Read front to back in windows (memory: a window per
-                // thread, not a pack), hashed as it goes and checked against
-                // the pack's name at the end.
-                let mut reader = crate::indexed::PackReader::new(&repo, *pack, CHECK_WINDOW);
-                let name = reader.name().to_string();
-                let size = reader.size();
-                let mut errs = Vec::new();
-                let mut bad = Vec::new();
-                let header = reader
-                    .read(0, cairn_format::pack::PREFIX_LEN.min(size as usize) as u64)
-                    .and_then(|prefix| {
-                        cairn_format::pack::header_len(&prefix)
-                            .map_err(|e| RepoError::from_format(&name, e))
-                    })
-                    .and_then(|hl| reader.read(0, (cairn_format::pack::PREFIX_LEN + hl) as u64))
-                    .and_then(|start| {
-                        cairn_format::pack::decode_header(&repo.repo.key, &start, size)
-                            .map_err(|e| RepoError::from_format(&name, e))
-                    });
-                match header {
-                    Ok((key, entries)) => {
-                        // Header must agree with the index.
-                        let in_header: HashMap<(BlobKind, ChunkId), (u32, u32)> = entries
-                            .iter()
-                            .map(|e| ((e.kind, e.id), (e.offset, e.length)))
-                            .collect();
-                        let mut located: Vec<_> = {
-                            let idx = repo.index.read().expect("index");
-                            blobs
-                                .iter()
-                                .map(|(kind, id)| (*kind, *id, idx.get(*kind, id).expect("listed")))
-                                .collect()
-                        };
-                        located.sort_by_key(|(_, _, loc)| loc.offset);
-                        let mut plain = Vec::new();
-                        for (kind, id, loc) in &located {
-                            if in_header.get(&(*kind, *id)) != Some(&(loc.offset, loc.length)) {
-                                errs.push(format!(
-                                    "{} {} is not where the index says",
-                                    kind.name(),
-                                    id.short()
-                                ));
-                                bad.push((*kind, *id));
-                                continue;
-                            }
-                            let opened = reader.blob(loc.offset, loc.length).and_then(|sealed| {
-                                repo.open_sealed(*kind, id, loc, &key, &sealed, &mut plain)
-                            });
-                            if let Err(e) = opened {
-                                errs.push(e.to_string());
-                                bad.push((*kind, *id));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        errs.push(format!("header: {e}"));
-                        bad.extend(blobs.iter().copied());
-                    }
-                }
-                // Whatever the blobs said, a pack that does not hash to its
-                // name is damaged: every blob in it is counted as damaged.
-                if let Err(e) = reader.finish() {
-                    errs.push(match e {
-                        RepoError::Corrupted { detail, .. } => detail,
-                        other => other.to_string(),
-                    });
-                    bad.extend(blobs.iter().copied());
-                } else {
-                    found.lock().expect("found").bytes += size;
-                }
-                let mut f = found.lock().expect("found");
-                f.blobs += blobs.len() as u64;
-                for e in errs {
-                    f.problems.push(Problem {
-                        object: name.clone(),
-                        detail: e,
-                    });
-                }
-                f.bad.extend(bad);
-            });
-            let ReadFindings {
-                problems: probs,
-                bad,
-                blobs: blobs_read,
-                bytes: bytes_read,
-            } = found.into_inner().expect("found");
-            report.packs_read = todo.len();
-            report.blobs_read = blobs_read;
-            report.bytes_read = bytes_read;
-            report.problems.extend(probs);
-            damaged_blobs.extend(bad);
         }
-        // Trees that expand past the bounds restore and ls enforce
-        // (format-spec §10): a planted tree bomb passes every other check.
+        let todo: Vec<(u32, Vec<(BlobKind, ChunkId)>)> = per_pack
+            .into_iter()
+            .filter(|(p, _)| {
+                !self.bad_packs.contains(p) && selected(&idx.packs[*p as usize], read_data)
+            })
+            .collect();
+        drop(idx);
+        let found: Mutex<ReadFindings> = Mutex::new(ReadFindings::default());
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let total = todo.len();
+        let stage = &self.stage;
+        todo.par_iter().enumerate().for_each(|(i, (pack, blobs))| {
+            // Read the next pack ahead (rayon gives each thread a run of
+            // consecutive packs).
+            if let Some((next, _)) = todo.get(i + 1) {
+                repo.prefetch_pack(*next);
+            }
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            crate::set_stage(stage, format!("reading packs: {n}/{total}"));
+            read_pack(repo, *pack, blobs, &found);
+        });
+        let ReadFindings {
+            problems: probs,
+            bad,
+            blobs: blobs_read,
+            bytes: bytes_read,
+        } = found.into_inner().expect("found");
+        self.report.packs_read = todo.len();
+        self.report.blobs_read = blobs_read;
+        self.report.bytes_read = bytes_read;
+        self.report.problems.extend(probs);
+        self.damaged.extend(bad);
+    }
+
+    /// Trees that expand past the bounds restore and ls enforce
+    /// (format-spec §10): a planted tree bomb passes every other check.
+    fn tree_limits(&mut self, repo: &IndexedRepository, snaps: &[(SnapshotId, Snapshot)]) {
         let mut memo = HashMap::new();
-        for (sid, s) in &snaps {
+        for (sid, s) in snaps {
             let what = format!("snapshot {}", sid.short());
             if let Err(RepoError::Refused(m)) =
                 repo.check_tree_limits_with(&s.tree, &what, &mut memo)
             {
-                problem(&mut report, &what, m);
+                self.problem(&what, m);
             }
         }
-        // Which snapshots and paths the damage reaches (trees without damage
-        // below are remembered, so shared subtrees are walked once).
-        if !damaged_blobs.is_empty() {
-            let mut clean = HashSet::new();
-            for (sid, s) in &snaps {
-                let mut paths = Vec::new();
-                let mut hit = false;
-                affected_paths(
-                    &repo,
-                    &s.tree,
-                    b"",
-                    &damaged_blobs,
-                    &mut clean,
-                    &mut paths,
-                    &mut hit,
+    }
+
+    /// Which snapshots and paths the damage reaches (trees without damage
+    /// below are remembered, so shared subtrees are walked once).
+    fn affected(&mut self, repo: &IndexedRepository, snaps: &[(SnapshotId, Snapshot)]) {
+        if self.damaged.is_empty() {
+            return;
+        }
+        let mut clean = HashSet::new();
+        for (sid, s) in snaps {
+            let mut paths = Vec::new();
+            let mut hit = false;
+            affected_paths(
+                repo,
+                &s.tree,
+                b"",
+                &self.damaged,
+                &mut clean,
+                &mut paths,
+                &mut hit,
+            );
+            if hit {
+                self.report.affected.insert(
+                    *sid,
+                    paths
+                        .into_iter()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .take(20)
+                        .collect(),
                 );
-                if hit {
-                    report.affected.insert(
-                        *sid,
-                        paths
-                            .into_iter()
-                            .collect::<BTreeSet<_>>()
-                            .into_iter()
-                            .take(20)
-                            .collect(),
-                    );
+            }
+        }
+    }
+}
+
+/// Read one pack front to back in windows (memory: a window per thread, not
+/// a pack), hashed as it goes and checked against the pack's name at the
+/// end; its header must agree with the index and every blob open.
+fn read_pack(
+    repo: &IndexedRepository,
+    pack: u32,
+    blobs: &[(BlobKind, ChunkId)],
+    found: &Mutex<ReadFindings>,
+) {
+    let mut reader = crate::indexed::PackReader::new(repo, pack, CHECK_WINDOW);
+    let name = reader.name().to_string();
+    let size = reader.size();
+    let mut errs = Vec::new();
+    let mut bad = Vec::new();
+    let header = reader
+        .read(0, cairn_format::pack::PREFIX_LEN.min(size as usize) as u64)
+        .and_then(|prefix| {
+            cairn_format::pack::header_len(&prefix).map_err(|e| RepoError::from_format(&name, e))
+        })
+        .and_then(|hl| reader.read(0, (cairn_format::pack::PREFIX_LEN + hl) as u64))
+        .and_then(|start| {
+            cairn_format::pack::decode_header(&repo.repo.key, &start, size)
+                .map_err(|e| RepoError::from_format(&name, e))
+        });
+    match header {
+        Ok((key, entries)) => {
+            // Header must agree with the index.
+            let in_header: HashMap<(BlobKind, ChunkId), (u32, u32)> = entries
+                .iter()
+                .map(|e| ((e.kind, e.id), (e.offset, e.length)))
+                .collect();
+            let mut located: Vec<_> = {
+                let idx = repo.index.read().expect("index");
+                blobs
+                    .iter()
+                    .map(|(kind, id)| (*kind, *id, idx.get(*kind, id).expect("listed")))
+                    .collect()
+            };
+            located.sort_by_key(|(_, _, loc)| loc.offset);
+            let mut plain = Vec::new();
+            for (kind, id, loc) in &located {
+                if in_header.get(&(*kind, *id)) != Some(&(loc.offset, loc.length)) {
+                    errs.push(format!(
+                        "{} {} is not where the index says",
+                        kind.name(),
+                        id.short()
+                    ));
+                    bad.push((*kind, *id));
+                    continue;
+                }
+                let opened = reader
+                    .blob(loc.offset, loc.length)
+                    .and_then(|sealed| repo.open_sealed(*kind, id, loc, &key, &sealed, &mut plain));
+                if let Err(e) = opened {
+                    errs.push(e.to_string());
+                    bad.push((*kind, *id));
                 }
             }
         }
-        report.problems.sort();
-        report.problems.dedup();
-        report.damaged_blobs = damaged_blobs;
-        Ok(report)
+        Err(e) => {
+            errs.push(format!("header: {e}"));
+            bad.extend(blobs.iter().copied());
+        }
     }
+    // Whatever the blobs said, a pack that does not hash to its name is
+    // damaged: every blob in it is counted as damaged.
+    if let Err(e) = reader.finish() {
+        errs.push(match e {
+            RepoError::Corrupted { detail, .. } => detail,
+            other => other.to_string(),
+        });
+        bad.extend(blobs.iter().copied());
+    } else {
+        found.lock().expect("found").bytes += size;
+    }
+    let mut f = found.lock().expect("found");
+    f.blobs += blobs.len() as u64;
+    for e in errs {
+        f.problems.push(Problem {
+            object: name.clone(),
+            detail: e,
+        });
+    }
+    f.bad.extend(bad);
 }
 
 /// Bytes of a pack read at once by `check --read-data`.
