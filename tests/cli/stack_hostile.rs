@@ -373,7 +373,12 @@ fn a_postgres_archive_that_runs_a_program_is_harmless_under_restore_role() {
     assert!(marker.exists(), "the superuser restore ran the program");
     let _ = fs::remove_file(&marker);
     // An honest database restores verified under the role, owned by it.
-    psql(&db, "DROP TABLE t; DROP FUNCTION run(int)");
+    // With a table under FORCE ROW LEVEL SECURITY, which binds its owner
+    // (the role after the restore) but not the verification.
+    psql(
+        &db,
+        "DROP TABLE t; DROP FUNCTION run(int); CREATE TABLE docs (id int PRIMARY KEY, tenant text); INSERT INTO docs VALUES (1, 'a'), (2, 'b'); ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY; CREATE POLICY p ON docs USING (tenant = current_setting('app.tenant', true))",
+    );
     let o = stack(&env, &cat, &["backup"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (o, r) = restore("guarded");
@@ -646,4 +651,103 @@ fn unsafe_restore_roles_are_refused_first_and_a_rollback_puts_owners_back() {
         app
     );
     assert!(app_sql("INSERT INTO precious VALUES (43)").status.success());
+}
+
+/// Content a restore role wrote stays under that role's rights when it is
+/// put back: a database whose CHECK constraint runs `COPY … TO PROGRAM`
+/// whenever a superuser loads it is restored under `restore_role` (nothing
+/// runs), restored again (the safety snapshot now holds the role-built
+/// database), and that restore rolled back — the rollback loads as the
+/// database's owner of record, the role, and nothing runs. A cross-service
+/// invariant's command sees the role as the service's user. And a role that
+/// is only a member of a CREATEROLE role is refused like one with it.
+#[test]
+fn rollbacks_and_invariant_commands_keep_the_restore_roles_rights() {
+    use crate::stack::{psql, report, svc};
+    let env = Env::new();
+    env.init(&[]);
+    let db = unique();
+    let (role, cr, mcr) = (format!("{db}_r"), format!("{db}_cr"), format!("{db}_mcr"));
+    let target = format!("{db}_g");
+    let _s = PgScratch {
+        dbs: vec![db.clone(), target.clone()],
+        roles: vec![role.clone(), mcr.clone(), cr.clone()],
+    };
+    let marker = PathBuf::from(format!("/tmp/{db}-ran"));
+    for q in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("CREATE ROLE {cr} NOLOGIN CREATEROLE"),
+        format!("CREATE ROLE {mcr} LOGIN IN ROLE {cr}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        psql("postgres", &q);
+    }
+    psql(
+        &db,
+        &format!(
+            "CREATE FUNCTION run(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; END IF; RETURN true; END $$; CREATE TABLE t (a int PRIMARY KEY CHECK (run(a))); INSERT INTO t VALUES (1), (2);",
+            marker.display()
+        ),
+    );
+    let _ = fs::remove_file(&marker);
+    let user_out = env.path("user-seen");
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.orders]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n[service.orders.env.guarded]\ndatabase = \"{target}\"\nrestore_role = \"{role}\"\n[service.orders.env.weak]\ndatabase = \"{target}\"\nrestore_role = \"{mcr}\"\n[[invariant]]\nname = \"who\"\nservices = [\"orders\"]\ncommand = \"printf %s \\\"$CAIRN_ORDERS_USER\\\" | tee {}\"\nmatches = \"^{role}$\"\n",
+            user_out.display()
+        ),
+    );
+    let o = stack(&env, &cat, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let restore = |e: &str, rep: &str| {
+        let rep = env.path(rep);
+        let o = stack(
+            &env,
+            &cat,
+            &[
+                "restore",
+                "--env",
+                e,
+                "--allow-production-targets",
+                "--report",
+                rep.to_str().unwrap(),
+            ],
+        );
+        (o, report(&rep))
+    };
+    let (o, r) = restore("weak", "weak.json");
+    assert!(!o.status.success());
+    let e = svc(&r, "orders")["error"].to_string();
+    assert!(e.contains(&cr) && e.contains("nothing was touched"), "{e}");
+    let (o, r) = restore("guarded", "r1.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(svc(&r, "orders")["fingerprint"]["verified"], true, "{r}");
+    assert_eq!(
+        fs::read_to_string(&user_out).unwrap(),
+        role,
+        "the invariant's user"
+    );
+    let (o, r) = restore("guarded", "r2.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!marker.exists(), "a restore ran the program");
+    let id = r["restore_id"].as_str().unwrap().to_string();
+    let o = env
+        .cmd()
+        .args(["stack", "rollback", &id, "--catalog"])
+        .arg(&cat)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !marker.exists(),
+        "the rollback replayed the role-built database as the superuser"
+    );
+    assert_eq!(
+        psql(
+            &target,
+            "SELECT tableowner FROM pg_tables WHERE tablename = 't'"
+        ),
+        role
+    );
 }

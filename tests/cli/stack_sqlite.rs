@@ -502,3 +502,151 @@ fn odd_sqlite_names_and_forged_database_files_are_handled_before_anything_is_tou
         "the target was touched"
     );
 }
+
+/// What a second outside attack found: a UTF-16 database and one whose
+/// index uses a collation only the application defines back up and verify;
+/// a dropped trigger, renumbered rowids or a reset AUTOINCREMENT after the
+/// load fail verification; a virtual table reading a file of the restoring
+/// host (zipfile) is not read; and a staging target below a directory
+/// another user owns is refused before anything is touched, so a swap of
+/// that directory cannot turn the drill's restore or teardown onto
+/// production.
+#[test]
+fn sqlite_encodings_collations_schema_changes_vtables_and_foreign_directories() {
+    let env = Env::new();
+    env.init(&[]);
+    let tmp = env.path("tmp");
+    // UTF-16, with a table name outside ASCII.
+    let utf16 = env.path("u16.db");
+    sql(
+        &utf16,
+        "PRAGMA encoding = 'UTF-16le'; CREATE TABLE \"gr\u{fc}n\" (a INTEGER PRIMARY KEY AUTOINCREMENT, b TEXT); INSERT INTO \"gr\u{fc}n\" (b) VALUES ('x'), ('y'); CREATE TRIGGER tg AFTER INSERT ON \"gr\u{fc}n\" BEGIN SELECT 1; END; PRAGMA user_version = 41;",
+    );
+    // An index under an application collation (made by Python's sqlite3).
+    let coll = env.path("coll.db");
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.create_collation('unicase', lambda a, b: (a.lower() > b.lower()) - (a.lower() < b.lower())); c.execute('CREATE TABLE w (k TEXT COLLATE unicase, v)'); c.execute('CREATE INDEX wk ON w (k)'); c.execute(\"INSERT INTO w VALUES ('B', 1), ('a', 2)\"); c.commit()",
+            coll.to_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A zipfile virtual table naming a file on this host.
+    let secret = env.path("secret.zip");
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import zipfile; z = zipfile.ZipFile({:?}, 'w'); z.writestr('s.txt', 'TOPSECRET'); z.close()",
+            secret.to_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let vt = env.path("vt.db");
+    sql(
+        &vt,
+        &format!(
+            "CREATE VIRTUAL TABLE z USING zipfile('{}'); CREATE TABLE plain (a); INSERT INTO plain VALUES (1);",
+            secret.display()
+        ),
+    );
+    let staging = env.path("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let mut body = String::new();
+    for (name, db) in [("u16", &utf16), ("coll", &coll), ("vt", &vt)] {
+        body += &format!(
+            "[service.{name}]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.{name}.env.staging]\ntarget = \"{}/{name}.db\"\n",
+            db.display(),
+            tmp.display(),
+            staging.display()
+        );
+    }
+    let cat = catalog(&env, &body);
+    let c = cat.to_str().unwrap();
+    env.ok(&["stack", "backup", "--catalog", c]);
+    let (o, r) = restore_staging(&env, &cat, "r1.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for s in ["u16", "coll", "vt"] {
+        assert_eq!(svc(&r, s)["fingerprint"]["verified"], true, "{s}: {r}");
+    }
+    let vt_parts = svc(&r, "vt")["fingerprint"]["expected"].to_string();
+    assert!(
+        !vt_parts.contains("table:z"),
+        "the zipfile table was read: {vt_parts}"
+    );
+    assert!(
+        svc(&r, "u16")["fingerprint"]["expected"]
+            .get("table:gr\u{fc}n")
+            .is_some()
+    );
+    // Changes between load and verification that rows alone do not show.
+    for (what, hook) in [
+        ("a dropped trigger", "DROP TRIGGER tg"),
+        ("renumbered rowids", "UPDATE \"gr\u{fc}n\" SET a = a + 100"),
+        ("a reset sequence", "UPDATE sqlite_sequence SET seq = 0"),
+        ("a changed user_version", "PRAGMA user_version = 0"),
+    ] {
+        let rep = env.path("hook.json");
+        let o = env
+            .cmd()
+            .env(
+                "CAIRN_TEST_HOOK_BEFORE_VERIFY",
+                format!("sqlite3 '{}/u16.db' '{hook}'", staging.display()),
+            )
+            .args([
+                "stack",
+                "restore",
+                "--catalog",
+                c,
+                "--env",
+                "staging",
+                "--only",
+                "u16",
+                "--no-safety-snapshot",
+                "--report",
+                rep.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{what} passed verification");
+        assert_eq!(
+            svc(&report(&rep), "u16")["fingerprint"]["verified"],
+            false,
+            "{what}"
+        );
+    }
+    // A staging directory another user owns: refused before anything.
+    let foreign = env.path("foreign");
+    fs::create_dir_all(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let body = format!(
+        "[service.vt]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.vt.env.staging]\ntarget = \"{}/vt.db\"\n",
+        vt.display(),
+        tmp.display(),
+        foreign.display()
+    );
+    let cat = catalog(&env, &body);
+    for cmd in [
+        &["stack", "drill"][..],
+        &["stack", "restore", "--env", "staging"][..],
+    ] {
+        let o = env
+            .cmd()
+            .args(cmd)
+            .args(["--catalog", cat.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{cmd:?}: {out}");
+        assert!(out.contains("owned by uid 65534"), "{cmd:?}: {out}");
+    }
+    assert_eq!(
+        fs::read_dir(&foreign).unwrap().count(),
+        0,
+        "something was written"
+    );
+    assert_eq!(sql(&vt, "SELECT count(*) FROM plain").trim(), "1");
+}

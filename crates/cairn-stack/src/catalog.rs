@@ -232,6 +232,10 @@ pub struct Service {
     /// Command services: a command whose output is fingerprinted at backup
     /// time and compared after the restore.
     pub verify: Option<String>,
+    /// Set by a rollback (not a catalog field): the snapshot being loaded is
+    /// a safety snapshot of what the target held, to be put back as it was.
+    #[serde(skip)]
+    pub rollback: bool,
 }
 
 impl Service {
@@ -963,6 +967,7 @@ impl Catalog {
                     restore_role: m.restore_role,
                     post_restore: m.post_restore,
                     verify: m.verify,
+                    rollback: false,
                 },
             );
         }

@@ -92,7 +92,9 @@ pub fn service_env(cat: &Catalog) -> Vec<(String, String)> {
         };
         put("HOST", s.host.clone());
         put("PORT", s.port.map(|x| x.to_string()));
-        put("USER", s.user.clone());
+        // A PostgreSQL restore role is who the restored data is checked as
+        // (the catalog's user may be a superuser, the data hostile).
+        put("USER", s.restore_role.clone().or_else(|| s.user.clone()));
         put("DATABASE", s.database.clone());
         put(
             "PATH",

@@ -331,14 +331,14 @@ pub fn stack_restore(
     req: RestoreRequest,
     on_event: &(dyn Fn(&str) + Sync),
 ) -> Result<RestoreReport, StackError> {
-    // A rollback replays cairn's own safety snapshots of what the targets
-    // held, with the catalog user's rights (a `restore_role` would lose the
-    // owners, grants and extensions they put back).
+    // A rollback puts back safety snapshots of what the targets held: the
+    // kinds may load them differently (PostgreSQL as the database's owner
+    // of record, see kinds/postgres.rs).
     let rollback_cat;
     let cat = if req.kind == RestoreKind::Rollback {
         let mut c = cat.clone();
         for s in c.services.values_mut() {
-            s.restore_role = None;
+            s.rollback = true;
         }
         rollback_cat = c;
         &rollback_cat

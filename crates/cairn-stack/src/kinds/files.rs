@@ -66,12 +66,37 @@ impl Datastore for Files {
         Ok(repo.backup_paths(&[path], &opts, &progress)?)
     }
 
+    fn preflight(
+        &self,
+        svc: &Service,
+        _repo: &IndexedRepository,
+        _snap: &Snapshot,
+    ) -> Result<(), StackError> {
+        let t = svc
+            .target
+            .as_ref()
+            .or(svc.path.as_ref())
+            .expect("validated");
+        match crate::target::swappable_ancestor(t) {
+            Some(why) => Err(err(svc, format!("{why}; nothing was touched"))),
+            None => Ok(()),
+        }
+    }
+
     fn restore(
         &self,
         svc: &Service,
         repo: &IndexedRepository,
         snap: &Snapshot,
     ) -> Result<(u64, Option<String>), StackError> {
+        let t = svc
+            .target
+            .as_ref()
+            .or(svc.path.as_ref())
+            .expect("validated");
+        if let Some(why) = crate::target::swappable_ancestor(t) {
+            return Err(err(svc, why));
+        }
         crate::adapters::restore_files(svc, repo, snap)
     }
 
@@ -119,6 +144,9 @@ impl Datastore for Files {
             .as_ref()
             .or(svc.path.as_ref())
             .expect("validated");
+        if let Some(why) = crate::target::swappable_ancestor(t) {
+            return Err(err(svc, format!("{why}; {} left in place", t.display())));
+        }
         if t.exists() {
             std::fs::remove_dir_all(t).map_err(|e| err(svc, format!("{}: {e}", t.display())))?;
         }

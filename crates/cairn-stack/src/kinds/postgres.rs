@@ -63,6 +63,12 @@ impl Datastore for Postgres {
         opts: BackupOptions,
     ) -> Result<BackupResult, StackError> {
         let progress = Progress::default();
+        let mut opts = opts;
+        // The database's owner of record, which a rollback puts back.
+        if let Some(owner) = owner_of(svc)? {
+            opts.fingerprints
+                .push((OWNER_PART.into(), owner.into_bytes()));
+        }
 
         // pg_dump and the fingerprint read the same exported snapshot.
         let snap = fingerprint::pg_export_snapshot(svc)?;
@@ -94,10 +100,7 @@ impl Datastore for Postgres {
         _repo: &IndexedRepository,
         _snap: &Snapshot,
     ) -> Result<(), StackError> {
-        match &svc.restore_role {
-            Some(role) => check_restore_role(svc, role),
-            None => Ok(()),
-        }
+        load_role(svc, _snap).map(|_| ())
     }
 
     fn restore(
@@ -111,6 +114,7 @@ impl Datastore for Postgres {
             |sink: &mut dyn Write| -> Result<(), StackError> { Ok(repo.dump_file(&node, sink)?) };
 
         let db = svc.database.as_deref().unwrap_or_default();
+        let role = load_role(svc, snap)?;
         // The whole database in plaintext: 0600 in cairn's own
         // directory, removed on every path (also on a signal, and by
         // --resume after a SIGKILL).
@@ -130,7 +134,7 @@ impl Datastore for Postgres {
                 crate::sql::pg::ident(db)
             ))
             .arg("-c")
-            .arg(match &svc.restore_role {
+            .arg(match &role {
                 // The role owns the database, so it may create in it (and
                 // in its `public` schema, owned by pg_database_owner).
                 Some(r) => format!(
@@ -149,7 +153,7 @@ impl Datastore for Postgres {
             "-d",
             db,
         ]);
-        if let Some(r) = &svc.restore_role {
+        if let Some(r) = &role {
             // Connected as the role itself, not `SET ROLE` (which the
             // archive's SQL could `RESET`): objects become its own.
             c.env("PGUSER", r).env_remove("PGPASSWORD");
@@ -181,7 +185,11 @@ impl Datastore for Postgres {
     }
 
     fn live_fingerprint(&self, svc: &Service) -> Result<Option<Fingerprint>, StackError> {
-        Ok(Some(fingerprint::postgres(&as_restored(svc), None)?))
+        // As the catalog's user, like the backup's (a role bound by FORCE
+        // ROW LEVEL SECURITY would see fewer rows): the fingerprint's own
+        // queries resolve nothing outside pg_catalog and call no function of
+        // the database, and a superuser is not subject to its policies.
+        Ok(Some(fingerprint::postgres(svc, None)?))
     }
 
     fn query(&self, svc: &Service, sql: &str) -> Result<String, StackError> {
@@ -262,14 +270,14 @@ const HOST_ROLES: &[&str] = &[
 
 /// Refuse a `restore_role` that could run programs or reach the server's
 /// files (a superuser, CREATEROLE — which on PostgreSQL 15 can grant itself
-/// anything —, a member of a superuser role or of the `pg_*_server_*`
-/// roles), that does not exist, or that cannot log in and open the
+/// anything —, a member of a superuser or CREATEROLE role or of the
+/// `pg_*_server_*` roles), that does not exist, or that cannot log in and open the
 /// connections `pg_restore -j` needs; all before anything is touched.
 fn check_restore_role(svc: &Service, role: &str) -> Result<(), StackError> {
     let lit = crate::sql::pg::lit;
     let host_roles: Vec<String> = HOST_ROLES.iter().map(|r| lit(r)).collect();
     let q = format!(
-        "SET search_path = pg_catalog, pg_temp; SELECT r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, (SELECT pg_catalog.string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
+        "SET search_path = pg_catalog, pg_temp; SELECT r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, (SELECT pg_catalog.string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolcreaterole OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
         host_roles.join(", "),
         lit(role)
     );
@@ -308,7 +316,7 @@ fn check_restore_role(svc: &Service, role: &str) -> Result<(), StackError> {
     }
     if !members.is_empty() {
         return refuse(format!(
-            "is a member of {members}, which can run programs or reach files on the server; use a role that is not"
+            "is a member of {members}, which can run programs or reach files on the server, or grant that right; use a role that is not"
         ));
     }
     if login != "t" {
@@ -346,8 +354,9 @@ fn check_restore_role(svc: &Service, role: &str) -> Result<(), StackError> {
     Ok(())
 }
 
-/// The service as it is checked after a restore: with a `restore_role`, the
-/// verification and invariants connect as that role, which owns everything
+/// The service as its invariants see it after a restore: with a
+/// `restore_role`, their SQL (which names the database's own tables,
+/// functions and operators) connects as that role, which owns everything
 /// restored (the database may be hostile; its functions then run with the
 /// role's rights, not the catalog user's).
 fn as_restored(svc: &Service) -> Service {
@@ -357,4 +366,69 @@ fn as_restored(svc: &Service) -> Service {
         s.password = None;
     }
     s
+}
+
+/// Where a backup records the database's owner (a snapshot fingerprint
+/// entry outside the `fp:` parts, so verification ignores it).
+const OWNER_PART: &str = "pg:owner";
+
+/// The owner of the service's database, if it exists.
+fn owner_of(svc: &Service) -> Result<Option<String>, StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    let mut c = tool(svc, "psql");
+    c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+        .arg(format!(
+            "SET search_path = pg_catalog, pg_temp; SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = {}",
+            crate::sql::pg::lit(db)
+        ));
+    let out = run(svc, c, None)?;
+    Ok(out
+        .trim()
+        .lines()
+        .last()
+        .map(str::to_string)
+        .filter(|o| !o.is_empty()))
+}
+
+/// Who loads a snapshot (None: the catalog's user), checked before anything
+/// is touched. A restore with `restore_role` loads as that role. A rollback
+/// puts back a safety snapshot of what the target held, which anyone who
+/// could write to that database may have shaped: it loads as the database's
+/// owner of record (so owners come back and a database the restore role
+/// built is replayed with that role's rights). An owner that is a superuser
+/// means as the catalog's user (as a restore without `restore_role`); an
+/// owner that cannot pass the role checks (NOLOGIN, say), or none recorded,
+/// means as `restore_role`.
+fn load_role(svc: &Service, snap: &Snapshot) -> Result<Option<String>, StackError> {
+    let Some(role) = &svc.restore_role else {
+        return Ok(None);
+    };
+    if svc.rollback
+        && let Some(owner) = snap
+            .fingerprints
+            .iter()
+            .find(|(k, _)| k == OWNER_PART)
+            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    {
+        if check_restore_role(svc, &owner).is_ok() {
+            return Ok(Some(owner));
+        }
+        if is_superuser(svc, &owner)? {
+            return Ok(None);
+        }
+        // An owner that cannot load it (NOLOGIN, a member of a strong
+        // role): the restore role does, and owns what it loads.
+    }
+    check_restore_role(svc, role)?;
+    Ok(Some(role.clone()))
+}
+
+fn is_superuser(svc: &Service, role: &str) -> Result<bool, StackError> {
+    let mut c = tool(svc, "psql");
+    c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+        .arg(format!(
+            "SET search_path = pg_catalog, pg_temp; SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = {}",
+            crate::sql::pg::lit(role)
+        ));
+    Ok(run(svc, c, None)?.trim().lines().last() == Some("t"))
 }

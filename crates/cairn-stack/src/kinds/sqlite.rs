@@ -68,94 +68,164 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Fingerprint a database file, table by table.
+/// First line of every script a reader runs: functions and virtual tables
+/// that views, triggers, CHECKs and generated columns of the (possibly
+/// hostile) schema name run only if SQLite calls them innocuous.
+const PRELUDE: &str = "PRAGMA trusted_schema = OFF;\n";
+
+/// One table to fingerprint, as the schema lists it.
+#[derive(serde::Deserialize)]
+struct TableRow {
+    name: String,
+    /// `table` (a rowid table), `wr` (WITHOUT ROWID) or `virtual`.
+    kind: String,
+    cols: String,
+}
+
+/// Fingerprint a database file: per table (`sqlite_sequence` included) the
+/// row count and a BLAKE3 of its rows in `.mode quote` (rowid tables with
+/// their rowids, in rowid order; WITHOUT ROWID tables by every column under
+/// BINARY collation; no index is used, so no application collation is
+/// needed), plus
+/// `schema` (every entry of `sqlite_schema` but its page numbers: triggers,
+/// views, indexes) and `header` (`user_version`, `application_id`).
+/// Virtual tables are left out: their content lives in their shadow tables
+/// (fingerprinted) or outside the database, which a fingerprint must not
+/// read. Everything is read by one `sqlite3`.
 fn fingerprint(svc: &Service, db: &Path) -> Result<Fingerprint, StackError> {
     let list = run(
         svc,
         reader(svc, db),
-        // Names in hex: a table name may hold a newline or a tab.
-        Some(b".mode list\nSELECT hex(name) || char(9) || (SELECT count(*) FROM pragma_table_info(name)) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name;\n"),
-    )?;
-    let mut f = Fingerprint::new();
-    for line in list.lines() {
-        let Some((hex, cols)) = line.rsplit_once('\t') else {
-            continue;
-        };
-        let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        let Some(table) = bytes.and_then(|b| String::from_utf8(b).ok()) else {
-            return Err(err(
-                svc,
-                format!("fingerprint: unreadable table name {hex:?}"),
-            ));
-        };
-        let table = table.as_str();
-        let cols: usize = cols.trim().parse().unwrap_or(1).max(1);
-        let order: Vec<String> = (1..=cols).map(|i| i.to_string()).collect();
-        let t = ident(table);
-        let count = run(
-            svc,
-            reader(svc, db),
-            Some(format!(".mode list\nSELECT count(*) FROM {t};\n").as_bytes()),
-        )?;
-        let count: u64 = count.trim().parse().map_err(|_| {
-            err(
-                svc,
-                format!("fingerprint of {table}: not a count: {count:?}"),
+        Some(
+            format!(
+                "{PRELUDE}.mode json\nSELECT l.name AS name, CASE WHEN l.type = 'virtual' THEN 'virtual' WHEN l.wr THEN 'wr' ELSE 'table' END AS kind, (SELECT json_group_array(c.name) FROM pragma_table_info(l.name) AS c) AS cols FROM pragma_table_list AS l WHERE l.schema = 'main' AND l.type IN ('table', 'virtual') AND (l.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' OR l.name = 'sqlite_sequence') ORDER BY l.name;\n"
             )
-        })?;
-        let mut c = reader(svc, db);
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| err(svc, format!("sqlite3: {e}")))?;
-        let script = format!(
-            ".mode quote\nSELECT * FROM {t} ORDER BY {};\n",
-            order.join(", ")
-        );
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(script.as_bytes())
-            .map_err(|e| err(svc, format!("fingerprint of {table}: {e}")))?;
-        let mut out = child.stdout.take().expect("piped");
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = out
-                .read(&mut buf)
-                .map_err(|e| err(svc, format!("fingerprint of {table}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let o = child
-            .wait_with_output()
-            .map_err(|e| err(svc, format!("fingerprint of {table}: {e}")))?;
-        if !o.status.success() {
-            return Err(err(
-                svc,
-                format!(
-                    "fingerprint of {table} failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            ));
-        }
-        f.insert(
-            format!("table:{table}"),
-            Part {
-                count,
-                hash: *h.finalize().as_bytes(),
-            },
+            .as_bytes(),
+        ),
+    )?;
+    let tables: Vec<TableRow> = if list.trim().is_empty() {
+        vec![]
+    } else {
+        serde_json::from_str(&list)
+            .map_err(|e| err(svc, format!("fingerprint: the table list: {e}")))?
+    };
+    let mut nonce = [0u8; 16];
+    cairn_format::crypto::random_bytes(&mut nonce);
+    let nonce = cairn_format::id::to_hex(&nonce);
+    let mut script = format!("{PRELUDE}.mode quote\n");
+    let mut names = Vec::new();
+    for t in tables.iter().filter(|t| t.kind != "virtual") {
+        let cols: Vec<String> = serde_json::from_str(&t.cols).unwrap_or_default();
+        let id = ident(&t.name);
+        let (select, order) = if t.kind == "wr" {
+            let order: Vec<String> = cols
+                .iter()
+                .map(|c| format!("{} COLLATE BINARY", ident(c)))
+                .collect();
+            ("*".to_string(), order.join(", "))
+        } else {
+            ("_rowid_, *".to_string(), "_rowid_".to_string())
+        };
+        let i = names.len();
+        names.push(t.name.clone());
+        script += &format!(
+            ".print {nonce} count {i}\nSELECT count(*) FROM {id} NOT INDEXED;\n.print {nonce} rows {i}\nSELECT {select} FROM {id} NOT INDEXED ORDER BY {order};\n"
         );
     }
+    script += &format!(
+        ".print {nonce} schema\nSELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name, tbl_name;\n.print {nonce} header\nPRAGMA user_version;\nPRAGMA application_id;\n.print {nonce} end\n"
+    );
+    let mut child = reader(svc, db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(svc, format!("sqlite3: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+    let out = std::io::BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
+    // Sections start at a line `<nonce> <what>`, which no row can forge.
+    let marker = format!("{nonce} ");
+    let mut f = Fingerprint::new();
+    let mut section: Option<(String, blake3::Hasher, u64)> = None;
+    let mut count: Option<u64> = None;
+    let close = |section: &mut Option<(String, blake3::Hasher, u64)>,
+                 count: Option<u64>,
+                 f: &mut Fingerprint| {
+        if let Some((what, h, lines)) = section.take() {
+            let (name, n) = match what.split_once(' ') {
+                Some(("rows", i)) => (
+                    i.parse::<usize>()
+                        .ok()
+                        .and_then(|i| names.get(i))
+                        .map(|n| format!("table:{n}")),
+                    count.unwrap_or(0),
+                ),
+                _ if what == "schema" => (Some("schema".to_string()), lines),
+                _ if what == "header" => (Some("header".to_string()), lines),
+                _ => (None, 0),
+            };
+            if let Some(name) = name {
+                f.insert(
+                    name,
+                    Part {
+                        count: n,
+                        hash: *h.finalize().as_bytes(),
+                    },
+                );
+            }
+        }
+    };
+    let mut ended = false;
+    for line in std::io::BufRead::split(out, b'\n') {
+        let line = line.map_err(|e| err(svc, format!("fingerprint: {e}")))?;
+        if let Some(what) = line.strip_prefix(marker.as_bytes()) {
+            close(&mut section, count, &mut f);
+            let what = String::from_utf8_lossy(what).into_owned();
+            if what == "end" {
+                ended = true;
+            } else if what.starts_with("count ") {
+                count = None;
+                section = Some((what, blake3::Hasher::new(), 0));
+            } else {
+                section = Some((what, blake3::Hasher::new(), 0));
+            }
+            continue;
+        }
+        if let Some((what, h, lines)) = section.as_mut() {
+            if what.starts_with("count ") {
+                count = String::from_utf8_lossy(&line).trim().parse().ok();
+            } else {
+                h.update(&line);
+                h.update(b"\n");
+                *lines += 1;
+            }
+        }
+    }
+    let _ = feeder.join();
+    let o = child
+        .wait_with_output()
+        .map_err(|e| err(svc, format!("fingerprint: {e}")))?;
+    if !o.status.success() || !ended {
+        return Err(err(
+            svc,
+            format!(
+                "fingerprint of {} failed ({}): {}",
+                db.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ));
+    }
     Ok(f)
+}
+
+/// The directory a file is in.
+fn parent_dir(p: &Path) -> PathBuf {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 /// The first 100 bytes of a database file (its header).
@@ -193,11 +263,21 @@ fn check_file(svc: &Service, db: &Path, what: &str) -> Result<(), StackError> {
     if !ok || &head != MAGIC {
         return Err(err(svc, format!("{what} is not an SQLite database")));
     }
-    let out = run(
+    let out = match run(
         svc,
         reader(svc, db),
-        Some(b".mode list\nPRAGMA integrity_check;\n"),
-    )?;
+        Some(format!("{PRELUDE}.mode list\nPRAGMA integrity_check;\n").as_bytes()),
+    ) {
+        Ok(o) => o,
+        // An index under a collation only the application defines cannot be
+        // checked here: then every table is read instead (the fingerprint's
+        // reading), which finds damage in the tables, not in that index.
+        Err(e) if e.to_string().contains("no such collation sequence") => {
+            fingerprint(svc, db)?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     if out.trim() != "ok" {
         return Err(err(
             svc,
@@ -235,6 +315,14 @@ impl Datastore for Sqlite {
         &[("path", "path (the database file)")]
     }
 
+    fn configure(&self, svc: &Service, c: &mut Command) {
+        // SQLite's own temporary files (a sort that spills, VACUUM's
+        // journal) hold rows in plaintext: they go where the copies go.
+        if let Ok(d) = crate::children::temp_dir(svc.temp_dir.as_deref()) {
+            c.env("SQLITE_TMPDIR", d);
+        }
+    }
+
     fn backup(
         &self,
         svc: &Service,
@@ -268,8 +356,32 @@ impl Datastore for Sqlite {
             ".timeout 60000\nVACUUM INTO '{}';\n",
             target.replace('\'', "''")
         );
-        run(svc, c, Some(script.as_bytes()))
-            .map_err(|e| err(svc, format!("copy of {}: {e}", live.display())))?;
+        if let Err(e) = run(svc, c, Some(script.as_bytes())) {
+            // VACUUM rebuilds indexes, which needs every collation they
+            // name; one the application defines (`unicase`, Android's
+            // `LOCALIZED`) is unknown here. The page copy of the backup API
+            // needs none; it restarts when a writer commits, so it is given
+            // an hour.
+            if !e.to_string().contains("no such collation sequence") {
+                return Err(err(svc, format!("copy of {}: {e}", live.display())));
+            }
+            let mut c = tool(svc, "timeout");
+            c.args(["--kill-after=10", "3600", "sqlite3", "-bail", "-batch"])
+                .arg(&live);
+            let script = format!(
+                ".timeout 60000\n.backup main \"{}\"\n",
+                target.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+            run(svc, c, Some(script.as_bytes())).map_err(|e| {
+                err(
+                    svc,
+                    format!(
+                        "copy of {} (with the backup API: VACUUM INTO needs a collation the application defines): {e}",
+                        live.display()
+                    ),
+                )
+            })?;
+        }
         // The copy is in rollback-journal mode; a WAL database is restored
         // as one (the mode lives in the file's header).
         if header(&live).is_some_and(|h| h[18] == 2) {
@@ -301,7 +413,39 @@ impl Datastore for Sqlite {
         // The whole file is checked before the service is stopped: written
         // to a 0600 copy in cairn's own directory, its header and
         // `PRAGMA integrity_check` (`-readonly -safe`), then removed.
-        not_a_symlink(svc, &restore_path(svc))?;
+        let target = restore_path(svc);
+        not_a_symlink(svc, &target)?;
+        if let Some(why) = crate::target::swappable_ancestor(&target) {
+            return Err(err(svc, format!("{why}; nothing was touched")));
+        }
+        // The restore writes its copy next to the target: that must work
+        // before the service is stopped (a read-only or missing place, an
+        // owner this process cannot give the restored file).
+        let dir = parent_dir(&target);
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| crate::children::TempDump::create(&dir).map(drop))
+            .map_err(|e| {
+                err(
+                    svc,
+                    format!(
+                        "cannot write next to {}: {e}; nothing was touched",
+                        target.display()
+                    ),
+                )
+            })?;
+        if let Ok(m) = std::fs::symlink_metadata(&target) {
+            let me = cairn_repo::sys::euid();
+            if me != 0 && m.uid() != me {
+                return Err(err(
+                    svc,
+                    format!(
+                        "{} belongs to uid {}, which only root can give the restored file; nothing was touched",
+                        target.display(),
+                        m.uid()
+                    ),
+                ));
+            }
+        }
         let (node, _) = crate::adapters::dump_node(svc, repo, snap)?;
         let dir = crate::children::temp_dir(svc.temp_dir.as_deref())
             .map_err(|e| err(svc, format!("temporary directory: {e}")))?;
@@ -329,11 +473,10 @@ impl Datastore for Sqlite {
     ) -> Result<(u64, Option<String>), StackError> {
         let (node, size) = crate::adapters::dump_node(svc, repo, snap)?;
         let target = restore_path(svc);
-        let dir = target
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        if let Some(why) = crate::target::swappable_ancestor(&target) {
+            return Err(err(svc, why));
+        }
+        let dir = parent_dir(&target);
         std::fs::create_dir_all(&dir).map_err(|e| err(svc, format!("{}: {e}", dir.display())))?;
         // Written next to the target, so that the rename is atomic.
         let mut tmp = crate::children::TempDump::create(&dir)
@@ -395,6 +538,9 @@ impl Datastore for Sqlite {
 
     fn teardown(&self, svc: &Service) -> Result<String, StackError> {
         let t = restore_path(svc);
+        if let Some(why) = crate::target::swappable_ancestor(&t) {
+            return Err(err(svc, format!("{why}; {} left in place", t.display())));
+        }
         for p in std::iter::once(t.clone()).chain(companions(&t)) {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
