@@ -545,6 +545,47 @@ pub fn refuse_production_overlap(
     )))
 }
 
+/// The first existing directory at or above `path`'s parent that another
+/// user could use to swap what the path resolves to (owned by someone but
+/// root and this user, or writable by group or others without the sticky
+/// bit), with why. A restore or teardown through such a directory can be
+/// made to write or delete elsewhere — production included — between its
+/// checks and its writes; restores and teardowns of files and SQLite
+/// targets refuse them (as OpenSSH's StrictModes does for key files).
+pub fn swappable_ancestor(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = cairn_repo::sys::euid();
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        if let Ok(m) = std::fs::metadata(d) {
+            if m.uid() != 0 && m.uid() != me {
+                return Some(format!(
+                    "{} is owned by uid {}, who could swap it during the restore",
+                    d.display(),
+                    m.uid()
+                ));
+            }
+            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+                return Some(format!(
+                    "{} is writable by {} (mode {:o}, not sticky), who could swap what is in it during the restore",
+                    d.display(),
+                    if m.mode() & 0o002 != 0 {
+                        "anyone"
+                    } else {
+                        "its group"
+                    },
+                    m.mode() & 0o7777
+                ));
+            }
+        }
+        dir = d.parent();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -864,45 +905,4 @@ mod tests {
             real.join("new")
         );
     }
-}
-
-/// The first existing directory at or above `path`'s parent that another
-/// user could use to swap what the path resolves to (owned by someone but
-/// root and this user, or writable by group or others without the sticky
-/// bit), with why. A restore or teardown through such a directory can be
-/// made to write or delete elsewhere — production included — between its
-/// checks and its writes; restores and teardowns of files and SQLite
-/// targets refuse them (as OpenSSH's StrictModes does for key files).
-pub fn swappable_ancestor(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let me = cairn_repo::sys::euid();
-    let mut dir = path.parent();
-    while let Some(d) = dir {
-        if d.as_os_str().is_empty() {
-            break;
-        }
-        if let Ok(m) = std::fs::metadata(d) {
-            if m.uid() != 0 && m.uid() != me {
-                return Some(format!(
-                    "{} is owned by uid {}, who could swap it during the restore",
-                    d.display(),
-                    m.uid()
-                ));
-            }
-            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
-                return Some(format!(
-                    "{} is writable by {} (mode {:o}, not sticky), who could swap what is in it during the restore",
-                    d.display(),
-                    if m.mode() & 0o002 != 0 {
-                        "anyone"
-                    } else {
-                        "its group"
-                    },
-                    m.mode() & 0o7777
-                ));
-            }
-        }
-        dir = d.parent();
-    }
-    None
 }
