@@ -220,16 +220,20 @@ fn suite(reopen: &dyn Fn() -> Store) {
 }
 
 /// A repository whose protocol runs in seconds: no beat of its own (a
-/// writer that stops beating), stale after 2 s, a lease of 2 s.
+/// writer that stops beating), stale after 2 s, a lease of 10 s (long
+/// enough that a prune right after a holder died still finds it held, even
+/// on a slow emulator).
 fn quick(s: Store) -> Repository {
     let mut r = repo(s);
     r.protocol = ProtocolTimes {
         beat: Duration::from_secs(3600),
         stale: Duration::from_secs(2),
-        lease_ttl: Duration::from_secs(2),
+        lease_ttl: QUICK_LEASE,
     };
     r
 }
+
+const QUICK_LEASE: Duration = Duration::from_secs(10);
 
 /// Wait out a protocol time by the store's clock, plus its precision
 /// (GCS's `Last-Modified` has whole seconds).
@@ -289,7 +293,7 @@ fn protocol_suite(reopen: &dyn Fn() -> Store, src: &Path, kept: &cairn_format::S
     won.into_iter().next().unwrap().unwrap().abandon();
     let e = quick(reopen()).prune(&PruneOptions::default()).unwrap_err();
     assert!(e.to_string().contains("another prune is running"), "{e}");
-    wait_out(Duration::from_secs(2));
+    wait_out(QUICK_LEASE);
     quick(reopen())
         .prune(&PruneOptions::default())
         .expect("an expired lease is taken over");
@@ -318,8 +322,10 @@ fn protocol_suite(reopen: &dyn Fn() -> Store, src: &Path, kept: &cairn_format::S
     fs::write(extra.path().join("new"), data(77, 3 << 20)).unwrap();
     let gone = backup(&indexed(reopen()), extra.path()).unwrap();
     repo(reopen()).delete_snapshots(&[gone.id]).unwrap();
+    // Long enough that the next prune is early even on a slow emulator
+    // under a loaded machine.
     let grace = PruneOptions {
-        keep_delete: Duration::from_secs(3),
+        keep_delete: Duration::from_secs(20),
         ..Default::default()
     };
     let marked = quick(reopen()).prune(&grace).unwrap();
@@ -328,7 +334,7 @@ fn protocol_suite(reopen: &dyn Fn() -> Store, src: &Path, kept: &cairn_format::S
     let early = quick(reopen()).prune(&grace).unwrap();
     assert!(early.markers_pending > 0, "{early:?}");
     assert_eq!(early.packs_deleted, 0, "{early:?}");
-    wait_out(Duration::from_secs(3));
+    wait_out(Duration::from_secs(20));
     let due = quick(reopen()).prune(&grace).unwrap();
     assert!(due.packs_deleted > 0, "{due:?}");
     assert_checks_clean(reopen(), "after the protocol suite");
