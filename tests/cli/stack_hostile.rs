@@ -751,3 +751,83 @@ fn rollbacks_and_invariant_commands_keep_the_restore_roles_rights() {
         role
     );
 }
+
+/// A database a superuser owns, with a schema an application role writes
+/// to: the role plants a CHECK constraint whose function runs `COPY … TO
+/// PROGRAM` whenever a superuser evaluates it. A restore under
+/// `restore_role` takes a safety snapshot of it; rolling that restore back
+/// loads the snapshot as the restore role too, never as the superuser
+/// owner of record, so the program never runs (it did).
+#[test]
+fn a_rollback_of_a_superuser_owned_database_never_loads_as_the_superuser() {
+    use crate::stack::{psql, report, svc};
+    let env = Env::new();
+    env.init(&[]);
+    let db = unique();
+    let (role, app, target) = (format!("{db}_r"), format!("{db}_app"), format!("{db}_g"));
+    let _s = PgScratch {
+        dbs: vec![db.clone(), target.clone()],
+        roles: vec![role.clone(), app.clone()],
+    };
+    let marker = PathBuf::from(format!("/tmp/{db}-ran"));
+    for q in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("CREATE ROLE {app} LOGIN"),
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE DATABASE {target} OWNER postgres"),
+    ] {
+        psql("postgres", &q);
+    }
+    psql(
+        &db,
+        "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1)",
+    );
+    psql(&target, &format!("CREATE SCHEMA s AUTHORIZATION {app}"));
+    let o = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", &app, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target, "-c"])
+        .arg(format!(
+            "CREATE FUNCTION s.chk(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; END IF; RETURN true; END $$; CREATE TABLE s.evil (x int CHECK (s.chk(x))); INSERT INTO s.evil VALUES (1);",
+            marker.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = fs::remove_file(&marker);
+    let cat = catalog(
+        &env,
+        &format!(
+            "[service.orders]\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nuser = \"postgres\"\ndatabase = \"{db}\"\n[service.orders.env.guarded]\ndatabase = \"{target}\"\nrestore_role = \"{role}\"\n"
+        ),
+    );
+    let o = stack(&env, &cat, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep = env.path("r.json");
+    let o = stack(
+        &env,
+        &cat,
+        &[
+            "restore",
+            "--env",
+            "guarded",
+            "--allow-production-targets",
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&rep);
+    assert!(svc(&r, "orders")["safety_snapshot"].is_string(), "{r}");
+    let id = r["restore_id"].as_str().unwrap().to_string();
+    let o = env
+        .cmd()
+        .args(["stack", "rollback", &id, "--catalog"])
+        .arg(&cat)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !marker.exists(),
+        "the rollback loaded the application's content as the superuser"
+    );
+    assert_eq!(psql(&target, "SELECT count(*) FROM s.evil"), "1");
+}

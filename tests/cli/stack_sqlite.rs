@@ -650,3 +650,117 @@ fn sqlite_encodings_collations_schema_changes_vtables_and_foreign_directories() 
     );
     assert_eq!(sql(&vt, "SELECT count(*) FROM plain").trim(), "1");
 }
+
+/// What a third outside attack found: FTS content (in shadow tables) and
+/// text past an embedded NUL are fingerprinted (a change to either after
+/// the load fails verification); a database whose CHECK constraint calls a
+/// function only the application defines backs up and verifies; and a
+/// staging path through a symlink another user owns is refused (that user
+/// could point it at production between cairn's checks and the teardown).
+#[test]
+fn sqlite_shadow_tables_nul_text_app_functions_and_foreign_symlinks() {
+    let env = Env::new();
+    env.init(&[]);
+    let tmp = env.path("tmp");
+    let db = env.path("fts.db");
+    sql(
+        &db,
+        "CREATE VIRTUAL TABLE f USING fts5(body); INSERT INTO f VALUES ('hello world'), ('second'); CREATE TABLE n (k TEXT); INSERT INTO n VALUES ('key=' || char(0) || 'secret');",
+    );
+    let func = env.path("func.db");
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.create_function('appf', 1, lambda x: x); c.execute('CREATE TABLE c (a INTEGER CHECK (appf(a) > 0))'); c.execute('INSERT INTO c VALUES (1), (2)'); c.commit()",
+            func.to_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let staging = env.path("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let mut body = String::new();
+    for (name, p) in [("fts", &db), ("func", &func)] {
+        body += &format!(
+            "[service.{name}]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.{name}.env.staging]\ntarget = \"{}/{name}.db\"\n",
+            p.display(),
+            tmp.display(),
+            staging.display()
+        );
+    }
+    let cat = catalog(&env, &body);
+    let c = cat.to_str().unwrap();
+    env.ok(&["stack", "backup", "--catalog", c]);
+    let (o, r) = restore_staging(&env, &cat, "r1.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for s in ["fts", "func"] {
+        assert_eq!(svc(&r, s)["fingerprint"]["verified"], true, "{s}: {r}");
+    }
+    for (what, hook) in [
+        ("changed FTS content", "UPDATE f SET body = 'tampered'"),
+        (
+            "text changed past a NUL",
+            "UPDATE n SET k = 'key=' || char(0) || 'AAAAAA'",
+        ),
+    ] {
+        let rep = env.path("hook.json");
+        let o = env
+            .cmd()
+            .env(
+                "CAIRN_TEST_HOOK_BEFORE_VERIFY",
+                format!("sqlite3 '{}/fts.db' \"{hook}\"", staging.display()),
+            )
+            .args([
+                "stack",
+                "restore",
+                "--catalog",
+                c,
+                "--env",
+                "staging",
+                "--only",
+                "fts",
+                "--no-safety-snapshot",
+                "--report",
+                rep.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{what} passed verification");
+        assert_eq!(
+            svc(&report(&rep), "fts")["fingerprint"]["verified"],
+            false,
+            "{what}"
+        );
+    }
+    // A symlink owned by another user on the staging path.
+    let real = env.path("real-staging");
+    fs::create_dir_all(&real).unwrap();
+    let link = PathBuf::from(format!(
+        "/tmp/{}-link",
+        env.dir.path().file_name().unwrap().to_str().unwrap()
+    ));
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    let body = format!(
+        "[service.fts]\nkind = \"sqlite\"\npath = \"{}\"\ntemp_dir = \"{}\"\n[service.fts.env.staging]\ntarget = \"{}/fts.db\"\n",
+        db.display(),
+        tmp.display(),
+        link.display()
+    );
+    let cat = catalog(&env, &body);
+    let o = env
+        .cmd()
+        .args(["stack", "drill", "--catalog", cat.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&link);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("owned by uid 65534"), "{out}");
+    assert_eq!(
+        fs::read_dir(&real).unwrap().count(),
+        0,
+        "something was written"
+    );
+}

@@ -553,14 +553,32 @@ pub fn refuse_production_overlap(
 /// checks and its writes; restores and teardowns of files and SQLite
 /// targets refuse them (as OpenSSH's StrictModes does for key files).
 pub fn swappable_ancestor(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let me = cairn_repo::sys::euid();
+    // The path as written and, where a symlink is on it, as it resolves:
+    // every entry on both is checked as it is (a symlink another user owns
+    // can be replaced by that user, even in a sticky directory).
+    let mut chains = vec![path.to_path_buf()];
+    if let Some(real) = path.parent().and_then(|p| std::fs::canonicalize(p).ok())
+        && Some(real.as_path()) != path.parent()
+    {
+        chains.push(real.join("x"));
+    }
+    for p in &chains {
+        if let Some(why) = swappable_entry(p, me) {
+            return Some(why);
+        }
+    }
+    None
+}
+
+fn swappable_entry(path: &Path, me: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
     let mut dir = path.parent();
     while let Some(d) = dir {
         if d.as_os_str().is_empty() {
             break;
         }
-        if let Ok(m) = std::fs::metadata(d) {
+        if let Ok(m) = std::fs::symlink_metadata(d) {
             if m.uid() != 0 && m.uid() != me {
                 return Some(format!(
                     "{} is owned by uid {}, who could swap it during the restore",
@@ -568,7 +586,7 @@ pub fn swappable_ancestor(path: &Path) -> Option<String> {
                     m.uid()
                 ));
             }
-            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+            if m.is_dir() && m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
                 return Some(format!(
                     "{} is writable by {} (mode {:o}, not sticky), who could swap what is in it during the restore",
                     d.display(),

@@ -161,6 +161,15 @@ impl Datastore for Postgres {
         }
         c.arg(tmp.path());
         crate::adapters::run_guarded(svc, c)?;
+        // A rollback puts back what the target held: its owner too (a
+        // restore leaves the database to the restore role, whose rights an
+        // application gets by being a member of it).
+        if svc.rollback
+            && let Some(r) = &role
+            && let Some(owner) = owner_to_give_back(svc, snap)?
+        {
+            give_back(svc, r, &owner)?;
+        }
 
         Ok((size, None))
     }
@@ -391,44 +400,88 @@ fn owner_of(svc: &Service) -> Result<Option<String>, StackError> {
 }
 
 /// Who loads a snapshot (None: the catalog's user), checked before anything
-/// is touched. A restore with `restore_role` loads as that role. A rollback
-/// puts back a safety snapshot of what the target held, which anyone who
-/// could write to that database may have shaped: it loads as the database's
-/// owner of record (so owners come back and a database the restore role
-/// built is replayed with that role's rights). An owner that is a superuser
-/// means as the catalog's user (as a restore without `restore_role`); an
-/// owner that cannot pass the role checks (NOLOGIN, say), or none recorded,
-/// means as `restore_role`.
-fn load_role(svc: &Service, snap: &Snapshot) -> Result<Option<String>, StackError> {
+/// is touched. With `restore_role`, always that role: a restore's snapshot
+/// may be forged, and a rollback's safety snapshot holds whatever anyone
+/// who could write to the database put there (a superuser-owned database
+/// with a schema an application role writes to included), so neither is
+/// ever loaded with more than the role's rights.
+fn load_role(svc: &Service, _snap: &Snapshot) -> Result<Option<String>, StackError> {
     let Some(role) = &svc.restore_role else {
         return Ok(None);
     };
-    if svc.rollback
-        && let Some(owner) = snap
-            .fingerprints
-            .iter()
-            .find(|(k, _)| k == OWNER_PART)
-            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-    {
-        if check_restore_role(svc, &owner).is_ok() {
-            return Ok(Some(owner));
-        }
-        if is_superuser(svc, &owner)? {
-            return Ok(None);
-        }
-        // An owner that cannot load it (NOLOGIN, a member of a strong
-        // role): the restore role does, and owns what it loads.
-    }
     check_restore_role(svc, role)?;
     Ok(Some(role.clone()))
 }
 
-fn is_superuser(svc: &Service, role: &str) -> Result<bool, StackError> {
+/// The owner a load gives the database and what it loaded back to: the
+/// owner of record (kept in the snapshot at backup time) when that is a
+/// role no stronger than a restore role (never a superuser, CREATEROLE or a
+/// member of one, or of the `pg_*_server_*` roles: a forged snapshot could
+/// name one, and its SECURITY DEFINER functions would then run with those
+/// rights); it need not be able to log in.
+fn owner_to_give_back(svc: &Service, snap: &Snapshot) -> Result<Option<String>, StackError> {
+    let Some(owner) = snap
+        .fingerprints
+        .iter()
+        .find(|(k, _)| k == OWNER_PART)
+        .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    else {
+        return Ok(None);
+    };
+    if Some(&owner) == svc.restore_role.as_ref() {
+        return Ok(None);
+    }
+    let lit = crate::sql::pg::lit;
+    let host_roles: Vec<String> = HOST_ROLES.iter().map(|r| lit(r)).collect();
+    let q = format!(
+        "SET search_path = pg_catalog, pg_temp; SELECT NOT (r.rolsuper OR r.rolcreaterole OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolcreaterole OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
+        host_roles.join(", "),
+        lit(&owner)
+    );
+    let mut c = tool(svc, "psql");
+    c.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "postgres",
+        "-c",
+    ])
+    .arg(q);
+    let weak = run(svc, c, None)?.trim().lines().last() == Some("t");
+    Ok(weak.then_some(owner))
+}
+
+/// After a load as `restore_role`: the database and everything the role
+/// owns in it go to the owner of record (the application can use its data
+/// again), as the catalog's user, with catalog commands only (no function of
+/// the database runs). `REASSIGN OWNED` also moves shared objects, so the
+/// other databases the role owned are given back to it.
+fn give_back(svc: &Service, role: &str, owner: &str) -> Result<(), StackError> {
+    let db = svc.database.as_deref().unwrap_or_default();
+    let (id, lit) = (crate::sql::pg::ident, crate::sql::pg::lit);
     let mut c = tool(svc, "psql");
     c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
         .arg(format!(
-            "SET search_path = pg_catalog, pg_temp; SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = {}",
-            crate::sql::pg::lit(role)
+            "SET search_path = pg_catalog, pg_temp; SELECT pg_catalog.string_agg(pg_catalog.quote_ident(datname), ',') FROM pg_catalog.pg_database WHERE datdba = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {}) AND datname <> {}",
+            lit(role),
+            lit(db)
         ));
-    Ok(run(svc, c, None)?.trim().lines().last() == Some("t"))
+    let others = run(svc, c, None)?;
+    let others = others.trim().lines().last().unwrap_or("").to_string();
+    let mut sql = format!(
+        "SET search_path = pg_catalog, pg_temp;\nREASSIGN OWNED BY {} TO {};\nALTER DATABASE {} OWNER TO {};\n",
+        id(role),
+        id(owner),
+        id(db),
+        id(owner)
+    );
+    for o in others.split(',').filter(|o| !o.is_empty()) {
+        sql += &format!("ALTER DATABASE {o} OWNER TO {};\n", id(role));
+    }
+    let mut c = tool(svc, "psql");
+    c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"]);
+    run(svc, c, Some(sql.as_bytes())).map(|_| ())
 }

@@ -90,15 +90,16 @@ struct TableRow {
 /// `schema` (every entry of `sqlite_schema` but its page numbers: triggers,
 /// views, indexes) and `header` (`user_version`, `application_id`).
 /// Virtual tables are left out: their content lives in their shadow tables
-/// (fingerprinted) or outside the database, which a fingerprint must not
-/// read. Everything is read by one `sqlite3`.
+/// (fingerprinted: FTS, R-tree) or outside the database, which a
+/// fingerprint must not read. Values are hashed as their type and bytes
+/// (text in hex). Everything is read by one `sqlite3`.
 fn fingerprint(svc: &Service, db: &Path) -> Result<Fingerprint, StackError> {
     let list = run(
         svc,
         reader(svc, db),
         Some(
             format!(
-                "{PRELUDE}.mode json\nSELECT l.name AS name, CASE WHEN l.type = 'virtual' THEN 'virtual' WHEN l.wr THEN 'wr' ELSE 'table' END AS kind, (SELECT json_group_array(c.name) FROM pragma_table_info(l.name) AS c) AS cols FROM pragma_table_list AS l WHERE l.schema = 'main' AND l.type IN ('table', 'virtual') AND (l.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' OR l.name = 'sqlite_sequence') ORDER BY l.name;\n"
+                "{PRELUDE}.mode json\nSELECT l.name AS name, CASE WHEN l.type = 'virtual' THEN 'virtual' WHEN l.wr THEN 'wr' ELSE 'table' END AS kind, CASE WHEN l.type = 'virtual' THEN '[]' ELSE (SELECT json_group_array(c.name) FROM pragma_table_info(l.name) AS c) END AS cols FROM pragma_table_list AS l WHERE l.schema = 'main' AND l.type IN ('table', 'shadow', 'virtual') AND (l.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' OR l.name = 'sqlite_sequence') ORDER BY l.name;\n"
             )
             .as_bytes(),
         ),
@@ -117,14 +118,28 @@ fn fingerprint(svc: &Service, db: &Path) -> Result<Fingerprint, StackError> {
     for t in tables.iter().filter(|t| t.kind != "virtual") {
         let cols: Vec<String> = serde_json::from_str(&t.cols).unwrap_or_default();
         let id = ident(&t.name);
+        // Each value as its type and bytes: text in hex (`.mode quote`
+        // would stop at an embedded NUL), the rest quoted (REALs in full).
+        let values: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                let c = ident(c);
+                format!("CASE typeof({c}) WHEN 'text' THEN 'T' || hex({c}) ELSE quote({c}) END")
+            })
+            .collect();
+        let values = if values.is_empty() {
+            "NULL".to_string()
+        } else {
+            values.join(", ")
+        };
         let (select, order) = if t.kind == "wr" {
             let order: Vec<String> = cols
                 .iter()
                 .map(|c| format!("{} COLLATE BINARY", ident(c)))
                 .collect();
-            ("*".to_string(), order.join(", "))
+            (values, order.join(", "))
         } else {
-            ("_rowid_, *".to_string(), "_rowid_".to_string())
+            (format!("_rowid_, {values}"), "_rowid_".to_string())
         };
         let i = names.len();
         names.push(t.name.clone());
@@ -357,12 +372,13 @@ impl Datastore for Sqlite {
             target.replace('\'', "''")
         );
         if let Err(e) = run(svc, c, Some(script.as_bytes())) {
-            // VACUUM rebuilds indexes, which needs every collation they
-            // name; one the application defines (`unicase`, Android's
-            // `LOCALIZED`) is unknown here. The page copy of the backup API
+            // VACUUM rebuilds indexes and re-checks constraints, which needs
+            // every collation and function they name; those the application
+            // defines (`unicase`, Android's `LOCALIZED`) are unknown here. The page copy of the backup API
             // needs none; it restarts when a writer commits, so it is given
             // an hour.
-            if !e.to_string().contains("no such collation sequence") {
+            let msg = e.to_string();
+            if !msg.contains("no such collation sequence") && !msg.contains("no such function") {
                 return Err(err(svc, format!("copy of {}: {e}", live.display())));
             }
             let mut c = tool(svc, "timeout");
