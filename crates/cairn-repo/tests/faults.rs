@@ -5,27 +5,16 @@
 //! Also: transient errors never produce a visible broken snapshot.
 
 mod common;
-use common::{data, open, setup};
+use common::{backup_bytes as backup, data, open, setup};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_format::SnapshotId;
 use cairn_repo::check::ReadData;
-use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repository};
+use cairn_repo::{BackupOptions, Progress, PruneOptions, Repository};
 use cairn_testkit::{FaultPlan, FaultyStore};
 use object_store::ObjectStore;
-
-fn backup(r: &IndexedRepository, d: &[u8]) -> cairn_repo::Result<SnapshotId> {
-    r.backup_stream(
-        d,
-        "f",
-        &BackupOptions::default(),
-        &Progress::default(),
-        || Ok(()),
-    )
-    .map(|b| b.id)
-}
 
 fn restores(s: &Arc<dyn ObjectStore>, id: &SnapshotId) -> Vec<u8> {
     let r = open(s);

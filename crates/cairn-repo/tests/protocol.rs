@@ -6,7 +6,7 @@
 //! the next prune accepting the repository.
 
 mod common;
-use common::{KDF, data};
+use common::{KDF, backup_bytes as backup, data};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,17 +42,6 @@ fn writer(s: &Arc<dyn ObjectStore>) -> IndexedRepository {
     let mut r = repo(s);
     r.protocol.beat = Duration::from_millis(20);
     r.load_index_for_writing("backup").unwrap()
-}
-
-fn backup(r: &IndexedRepository, d: &[u8]) -> cairn_repo::Result<SnapshotId> {
-    r.backup_stream(
-        d,
-        "f",
-        &BackupOptions::default(),
-        &Progress::default(),
-        || Ok(()),
-    )
-    .map(|b| b.id)
 }
 
 fn prune(s: &Arc<dyn ObjectStore>, keep_delete: Duration) -> PruneReport {

@@ -13,15 +13,7 @@ use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repos
 use object_store::ObjectStore;
 
 fn backup(r: &IndexedRepository, d: &[u8]) -> SnapshotId {
-    r.backup_stream(
-        d,
-        "f",
-        &BackupOptions::default(),
-        &Progress::default(),
-        || Ok(()),
-    )
-    .unwrap()
-    .id
+    common::backup_bytes(r, d).unwrap()
 }
 
 fn assert_restores(s: &Arc<dyn ObjectStore>, id: &SnapshotId, expected: &[u8]) {

@@ -2,19 +2,16 @@
 //! and the local filesystem: write-once objects, packs → index → snapshot
 //! ordering, and a backup/restore round trip through the library API.
 
+mod common;
+use common::KDF;
+
 use std::sync::Arc;
 
+use cairn_format::PackId;
 use cairn_format::config::Config;
-use cairn_format::{KdfParams, PackId};
 use cairn_repo::store::{self, Store};
 use cairn_repo::{BackupOptions, Progress, RepoError, Repository};
 use object_store::ObjectStore;
-
-const KDF: KdfParams = KdfParams {
-    m_cost: 64,
-    t_cost: 1,
-    p_cost: 1,
-};
 
 fn stores() -> Vec<(
     &'static str,

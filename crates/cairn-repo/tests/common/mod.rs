@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use cairn_format::KdfParams;
 use cairn_format::config::Config;
-use cairn_repo::{IndexedRepository, Repository};
+use cairn_format::{KdfParams, SnapshotId};
+use cairn_repo::{BackupOptions, IndexedRepository, Progress, Repository};
 use object_store::ObjectStore;
 
 /// Argon2id settings that keep tests fast.
@@ -46,4 +46,16 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// Back up `d` as the one file `/f` of a new snapshot.
+pub fn backup_bytes(r: &IndexedRepository, d: &[u8]) -> cairn_repo::Result<SnapshotId> {
+    r.backup_stream(
+        d,
+        "f",
+        &BackupOptions::default(),
+        &Progress::default(),
+        || Ok(()),
+    )
+    .map(|b| b.id)
 }
