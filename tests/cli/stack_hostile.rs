@@ -635,12 +635,7 @@ fn unsafe_restore_roles_are_refused_first_and_a_rollback_puts_owners_back() {
     let r = report(&rep);
     assert_eq!(svc(&r, "orders")["fingerprint"]["verified"], true, "{r}");
     let id = r["restore_id"].as_str().unwrap().to_string();
-    let o = env
-        .cmd()
-        .args(["stack", "rollback", &id, "--catalog"])
-        .arg(&cat)
-        .output()
-        .unwrap();
+    let o = stack(&env, &cat, &["rollback", &id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(psql(&target, "SELECT x FROM precious"), "42");
     assert_eq!(
@@ -732,12 +727,7 @@ fn rollbacks_and_invariant_commands_keep_the_restore_roles_rights() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!marker.exists(), "a restore ran the program");
     let id = r["restore_id"].as_str().unwrap().to_string();
-    let o = env
-        .cmd()
-        .args(["stack", "rollback", &id, "--catalog"])
-        .arg(&cat)
-        .output()
-        .unwrap();
+    let o = stack(&env, &cat, &["rollback", &id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         !marker.exists(),
@@ -818,12 +808,7 @@ fn a_rollback_of_a_superuser_owned_database_never_loads_as_the_superuser() {
     let r = report(&rep);
     assert!(svc(&r, "orders")["safety_snapshot"].is_string(), "{r}");
     let id = r["restore_id"].as_str().unwrap().to_string();
-    let o = env
-        .cmd()
-        .args(["stack", "rollback", &id, "--catalog"])
-        .arg(&cat)
-        .output()
-        .unwrap();
+    let o = stack(&env, &cat, &["rollback", &id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         !marker.exists(),

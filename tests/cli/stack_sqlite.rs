@@ -88,18 +88,31 @@ fn catalog(env: &Env, body: &str) -> PathBuf {
 }
 
 fn restore_staging(env: &Env, cat: &Path, rep: &str) -> (std::process::Output, serde_json::Value) {
+    restore_staging_with(env, cat, rep, None, None)
+}
+
+/// `stack restore --env staging` of one service (`only`) or all, with a
+/// shell command run between the load and the verification (`hook`).
+fn restore_staging_with(
+    env: &Env,
+    cat: &Path,
+    rep: &str,
+    only: Option<&str>,
+    hook: Option<String>,
+) -> (std::process::Output, serde_json::Value) {
     let rep = env.path(rep);
-    let o = env.run(&[
-        "stack",
-        "restore",
-        "--catalog",
-        cat.to_str().unwrap(),
-        "--env",
-        "staging",
-        "--no-safety-snapshot",
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
+    let mut c = env.cmd();
+    if let Some(h) = hook {
+        c.env("CAIRN_TEST_HOOK_BEFORE_VERIFY", h);
+    }
+    c.args(["stack", "restore", "--catalog"])
+        .arg(cat)
+        .args(["--env", "staging", "--no-safety-snapshot", "--report"])
+        .arg(&rep);
+    if let Some(o) = only {
+        c.args(["--only", o]);
+    }
+    let o = c.output().unwrap();
     let r = if rep.exists() {
         report(&rep)
     } else {
@@ -451,31 +464,18 @@ fn odd_sqlite_names_and_forged_database_files_are_handled_before_anything_is_tou
     assert_eq!(fp["verified"], true, "{r}");
     assert!(fp["expected"].get("table:secret\nb").is_some(), "{fp}");
     // Changed between load and verification: found.
-    let rep = env.path("r2.json");
-    let o = env
-        .cmd()
-        .env(
-            "CAIRN_TEST_HOOK_BEFORE_VERIFY",
-            format!(
-                "sqlite3 '{}' 'DELETE FROM \"secret\nb\" WHERE a = 1'",
-                staging.display()
-            ),
-        )
-        .args([
-            "stack",
-            "restore",
-            "--catalog",
-            c,
-            "--env",
-            "staging",
-            "--no-safety-snapshot",
-            "--report",
-            rep.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let (o, r2) = restore_staging_with(
+        &env,
+        &cat,
+        "r2.json",
+        None,
+        Some(format!(
+            "sqlite3 '{}' 'DELETE FROM \"secret\nb\" WHERE a = 1'",
+            staging.display()
+        )),
+    );
     assert!(!o.status.success());
-    let e = svc(&report(&rep), "app")["error"].to_string();
+    let e = svc(&r2, "app")["error"].to_string();
     assert!(e.contains("secret"), "{e}");
 
     // A forged snapshot: SQLite's magic, then junk.
@@ -588,34 +588,15 @@ fn sqlite_encodings_collations_schema_changes_vtables_and_foreign_directories() 
         ("a reset sequence", "UPDATE sqlite_sequence SET seq = 0"),
         ("a changed user_version", "PRAGMA user_version = 0"),
     ] {
-        let rep = env.path("hook.json");
-        let o = env
-            .cmd()
-            .env(
-                "CAIRN_TEST_HOOK_BEFORE_VERIFY",
-                format!("sqlite3 '{}/u16.db' '{hook}'", staging.display()),
-            )
-            .args([
-                "stack",
-                "restore",
-                "--catalog",
-                c,
-                "--env",
-                "staging",
-                "--only",
-                "u16",
-                "--no-safety-snapshot",
-                "--report",
-                rep.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{what} passed verification");
-        assert_eq!(
-            svc(&report(&rep), "u16")["fingerprint"]["verified"],
-            false,
-            "{what}"
+        let (o, r) = restore_staging_with(
+            &env,
+            &cat,
+            "hook.json",
+            Some("u16"),
+            Some(format!("sqlite3 '{}/u16.db' '{hook}'", staging.display())),
         );
+        assert!(!o.status.success(), "{what} passed verification");
+        assert_eq!(svc(&r, "u16")["fingerprint"]["verified"], false, "{what}");
     }
     // A staging directory another user owns: refused before anything.
     let foreign = env.path("foreign");
@@ -703,34 +684,15 @@ fn sqlite_shadow_tables_nul_text_app_functions_and_foreign_symlinks() {
             "UPDATE n SET k = 'key=' || char(0) || 'AAAAAA'",
         ),
     ] {
-        let rep = env.path("hook.json");
-        let o = env
-            .cmd()
-            .env(
-                "CAIRN_TEST_HOOK_BEFORE_VERIFY",
-                format!("sqlite3 '{}/fts.db' \"{hook}\"", staging.display()),
-            )
-            .args([
-                "stack",
-                "restore",
-                "--catalog",
-                c,
-                "--env",
-                "staging",
-                "--only",
-                "fts",
-                "--no-safety-snapshot",
-                "--report",
-                rep.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{what} passed verification");
-        assert_eq!(
-            svc(&report(&rep), "fts")["fingerprint"]["verified"],
-            false,
-            "{what}"
+        let (o, r) = restore_staging_with(
+            &env,
+            &cat,
+            "hook.json",
+            Some("fts"),
+            Some(format!("sqlite3 '{}/fts.db' \"{hook}\"", staging.display())),
         );
+        assert!(!o.status.success(), "{what} passed verification");
+        assert_eq!(svc(&r, "fts")["fingerprint"]["verified"], false, "{what}");
     }
     // A symlink owned by another user on the staging path.
     let real = env.path("real-staging");

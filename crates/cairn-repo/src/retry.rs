@@ -206,6 +206,35 @@ impl RetryingStore {
         self.inner.put_opts(location, payload, opts).await
     }
 
+    /// A listing (after `offset`, if given) that fails half-way is started
+    /// again from the top; the caller sees it only once it is complete.
+    fn listing(
+        &self,
+        prefix: Option<&Path>,
+        offset: Option<&Path>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let inner = self.inner.clone();
+        let policy = self.policy;
+        let (prefix, offset) = (prefix.cloned(), offset.cloned());
+        futures::stream::once(async move {
+            let what = prefix.as_ref().map_or("", |p| p.as_ref());
+            let r: Result<Vec<ObjectMeta>> = with_retries(policy, "listing", what, |_| {
+                match &offset {
+                    Some(o) => inner.list_with_offset(prefix.as_ref(), o),
+                    None => inner.list(prefix.as_ref()),
+                }
+                .try_collect()
+            })
+            .await;
+            match r {
+                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
     /// After an ambiguous failure, a create that finds the object already
     /// there succeeded if the object holds exactly our bytes.
     async fn landed_earlier(&self, location: &Path, payload: &PutPayload) -> Result<bool> {
@@ -314,24 +343,7 @@ impl ObjectStore for RetryingStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        // A listing that fails half-way is started again from the top; the
-        // caller sees it only once it is complete.
-        let inner = self.inner.clone();
-        let policy = self.policy;
-        let prefix = prefix.cloned();
-        futures::stream::once(async move {
-            let what = prefix.as_ref().map_or("", |p| p.as_ref());
-            let r: Result<Vec<ObjectMeta>> = with_retries(policy, "listing", what, |_| {
-                inner.list(prefix.as_ref()).try_collect()
-            })
-            .await;
-            match r {
-                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            }
-        })
-        .flatten()
-        .boxed()
+        self.listing(prefix, None)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
@@ -362,25 +374,7 @@ impl ObjectStore for RetryingStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        // As `list`: retried whole, seen once complete.
-        let inner = self.inner.clone();
-        let policy = self.policy;
-        let (prefix, offset) = (prefix.cloned(), offset.clone());
-        futures::stream::once(async move {
-            let what = prefix.as_ref().map_or("", |p| p.as_ref());
-            let r: Result<Vec<ObjectMeta>> = with_retries(policy, "listing", what, |_| {
-                inner
-                    .list_with_offset(prefix.as_ref(), &offset)
-                    .try_collect()
-            })
-            .await;
-            match r {
-                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            }
-        })
-        .flatten()
-        .boxed()
+        self.listing(prefix, Some(offset))
     }
 
     async fn rename_opts(

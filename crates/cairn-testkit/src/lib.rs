@@ -133,6 +133,25 @@ impl fmt::Display for InjectedFault {
 impl std::error::Error for InjectedFault {}
 
 impl FaultyStore {
+    /// A listing that counts as one operation (and fails when the plan
+    /// says), then streams what `list` gives from the inner store.
+    fn listing(
+        &self,
+        list: impl FnOnce(&Arc<dyn ObjectStore>) -> BoxStream<'static, Result<ObjectMeta>>
+        + Send
+        + 'static,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let (state, inner) = (self.state.clone(), self.inner.clone());
+        futures::stream::once(async move {
+            match state.enter(OpKind::List).await {
+                Ok(_) => list(&inner),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
     /// Wrap `inner` with a plan.
     pub fn new(inner: Arc<dyn ObjectStore>, plan: FaultPlan) -> Arc<FaultyStore> {
         let seed = plan.seed | 1;
@@ -299,16 +318,8 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let (state, inner) = (self.state.clone(), self.inner.clone());
         let prefix = prefix.cloned();
-        futures::stream::once(async move {
-            match state.enter(OpKind::List).await {
-                Ok(_) => inner.list(prefix.as_ref()),
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            }
-        })
-        .flatten()
-        .boxed()
+        self.listing(move |inner| inner.list(prefix.as_ref()))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
@@ -335,16 +346,8 @@ impl ObjectStore for FaultyStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let (state, inner) = (self.state.clone(), self.inner.clone());
         let (prefix, offset) = (prefix.cloned(), offset.clone());
-        futures::stream::once(async move {
-            match state.enter(OpKind::List).await {
-                Ok(_) => inner.list_with_offset(prefix.as_ref(), &offset),
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            }
-        })
-        .flatten()
-        .boxed()
+        self.listing(move |inner| inner.list_with_offset(prefix.as_ref(), &offset))
     }
 
     async fn rename_opts(
@@ -430,6 +433,24 @@ impl ClockStore {
         }
         m
     }
+
+    /// A listing of the inner store with the store times of this clock.
+    fn restamp(
+        &self,
+        listing: BoxStream<'static, Result<ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let times = self.times.lock().expect("times").clone();
+        listing
+            .map(move |m| {
+                m.map(|mut m| {
+                    if let Some(t) = times.get(&m.location) {
+                        m.last_modified = *t;
+                    }
+                    m
+                })
+            })
+            .boxed()
+    }
 }
 
 #[async_trait]
@@ -502,18 +523,7 @@ impl ObjectStore for ClockStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let times = self.times.lock().expect("times").clone();
-        self.inner
-            .list(prefix)
-            .map(move |m| {
-                m.map(|mut m| {
-                    if let Some(t) = times.get(&m.location) {
-                        m.last_modified = *t;
-                    }
-                    m
-                })
-            })
-            .boxed()
+        self.restamp(self.inner.list(prefix))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
@@ -542,18 +552,7 @@ impl ObjectStore for ClockStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let times = self.times.lock().expect("times").clone();
-        self.inner
-            .list_with_offset(prefix, offset)
-            .map(move |m| {
-                m.map(|mut m| {
-                    if let Some(t) = times.get(&m.location) {
-                        m.last_modified = *t;
-                    }
-                    m
-                })
-            })
-            .boxed()
+        self.restamp(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn rename_opts(

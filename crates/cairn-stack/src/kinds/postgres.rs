@@ -283,42 +283,28 @@ const HOST_ROLES: &[&str] = &[
 /// `pg_*_server_*` roles), that does not exist, or that cannot log in and open the
 /// connections `pg_restore -j` needs; all before anything is touched.
 fn check_restore_role(svc: &Service, role: &str) -> Result<(), StackError> {
-    let lit = crate::sql::pg::lit;
-    let host_roles: Vec<String> = HOST_ROLES.iter().map(|r| lit(r)).collect();
-    let q = format!(
-        "SET search_path = pg_catalog, pg_temp; SELECT r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, (SELECT pg_catalog.string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolcreaterole OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
-        host_roles.join(", "),
-        lit(role)
-    );
-    let mut c = tool(svc, "psql");
-    c.args([
-        "-X",
-        "-q",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-d",
-        "postgres",
-        "-c",
-    ])
-    .arg(q);
-    let out = run(svc, c, None)?;
-    let f: Vec<&str> = out.trim().lines().last().unwrap_or("").split('|').collect();
     let refuse = |why: String| {
         Err(err(
             svc,
             format!("restore_role {role:?} {why}; nothing was touched"),
         ))
     };
-    let [sup, login, createrole, connlimit, members] = f[..] else {
+    let Some(RoleFacts {
+        superuser,
+        login,
+        createrole,
+        connlimit,
+        strong_members: members,
+    }) = role_facts(svc, role)?
+    else {
         return refuse("does not exist on the server".into());
     };
-    if sup == "t" {
+    if superuser {
         return refuse(
             "is a superuser: the archive's SQL would run with every right; use a role without SUPERUSER".into(),
         );
     }
-    if createrole == "t" {
+    if createrole {
         return refuse(
             "has CREATEROLE, with which it can grant itself the right to run programs on the server; use a role without it".into(),
         );
@@ -328,14 +314,12 @@ fn check_restore_role(svc: &Service, role: &str) -> Result<(), StackError> {
             "is a member of {members}, which can run programs or reach files on the server, or grant that right; use a role that is not"
         ));
     }
-    if login != "t" {
+    if !login {
         return refuse("cannot log in (LOGIN)".into());
     }
     let need = svc.parallelism as i64 + 1;
-    if let Ok(limit) = connlimit.parse::<i64>()
-        && limit >= 0
-        && limit < need
-    {
+    if connlimit >= 0 && connlimit < need {
+        let limit = connlimit;
         return refuse(format!(
             "may open {limit} connections (CONNECTION LIMIT) and pg_restore -j {} needs {need}",
             svc.parallelism
@@ -384,19 +368,14 @@ const OWNER_PART: &str = "pg:owner";
 /// The owner of the service's database, if it exists.
 fn owner_of(svc: &Service) -> Result<Option<String>, StackError> {
     let db = svc.database.as_deref().unwrap_or_default();
-    let mut c = tool(svc, "psql");
-    c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-        .arg(format!(
-            "SET search_path = pg_catalog, pg_temp; SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = {}",
+    let owner = admin_query(
+        svc,
+        &format!(
+            "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = {}",
             crate::sql::pg::lit(db)
-        ));
-    let out = run(svc, c, None)?;
-    Ok(out
-        .trim()
-        .lines()
-        .last()
-        .map(str::to_string)
-        .filter(|o| !o.is_empty()))
+        ),
+    )?;
+    Ok((!owner.is_empty()).then_some(owner))
 }
 
 /// Who loads a snapshot (None: the catalog's user), checked before anything
@@ -431,26 +410,8 @@ fn owner_to_give_back(svc: &Service, snap: &Snapshot) -> Result<Option<String>, 
     if Some(&owner) == svc.restore_role.as_ref() {
         return Ok(None);
     }
-    let lit = crate::sql::pg::lit;
-    let host_roles: Vec<String> = HOST_ROLES.iter().map(|r| lit(r)).collect();
-    let q = format!(
-        "SET search_path = pg_catalog, pg_temp; SELECT NOT (r.rolsuper OR r.rolcreaterole OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolcreaterole OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
-        host_roles.join(", "),
-        lit(&owner)
-    );
-    let mut c = tool(svc, "psql");
-    c.args([
-        "-X",
-        "-q",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-d",
-        "postgres",
-        "-c",
-    ])
-    .arg(q);
-    let weak = run(svc, c, None)?.trim().lines().last() == Some("t");
+    let weak = role_facts(svc, &owner)?
+        .is_some_and(|f| !f.superuser && !f.createrole && f.strong_members.is_empty());
     Ok(weak.then_some(owner))
 }
 
@@ -462,15 +423,14 @@ fn owner_to_give_back(svc: &Service, snap: &Snapshot) -> Result<Option<String>, 
 fn give_back(svc: &Service, role: &str, owner: &str) -> Result<(), StackError> {
     let db = svc.database.as_deref().unwrap_or_default();
     let (id, lit) = (crate::sql::pg::ident, crate::sql::pg::lit);
-    let mut c = tool(svc, "psql");
-    c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
-        .arg(format!(
-            "SET search_path = pg_catalog, pg_temp; SELECT pg_catalog.string_agg(pg_catalog.quote_ident(datname), ',') FROM pg_catalog.pg_database WHERE datdba = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {}) AND datname <> {}",
+    let others = admin_query(
+        svc,
+        &format!(
+            "SELECT pg_catalog.string_agg(pg_catalog.quote_ident(datname), ',') FROM pg_catalog.pg_database WHERE datdba = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = {}) AND datname <> {}",
             lit(role),
             lit(db)
-        ));
-    let others = run(svc, c, None)?;
-    let others = others.trim().lines().last().unwrap_or("").to_string();
+        ),
+    )?;
     let mut sql = format!(
         "SET search_path = pg_catalog, pg_temp;\nREASSIGN OWNED BY {} TO {};\nALTER DATABASE {} OWNER TO {};\n",
         id(role),
@@ -484,4 +444,60 @@ fn give_back(svc: &Service, role: &str, owner: &str) -> Result<(), StackError> {
     let mut c = tool(svc, "psql");
     c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"]);
     run(svc, c, Some(sql.as_bytes())).map(|_| ())
+}
+
+/// One query as the catalog's user in the `postgres` database, with names
+/// resolved in pg_catalog only; its last output line.
+fn admin_query(svc: &Service, sql: &str) -> Result<String, StackError> {
+    let mut c = tool(svc, "psql");
+    c.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "postgres",
+        "-c",
+    ])
+    .arg(format!("SET search_path = pg_catalog, pg_temp; {sql}"));
+    let out = run(svc, c, None)?;
+    Ok(out.trim().lines().last().unwrap_or("").to_string())
+}
+
+/// What makes a role strong or weak, as the server says.
+struct RoleFacts {
+    superuser: bool,
+    login: bool,
+    createrole: bool,
+    /// CONNECTION LIMIT (-1: none).
+    connlimit: i64,
+    /// The superuser, CREATEROLE and `pg_*_server_*` roles it is a member
+    /// of (directly, inherited or by SET ROLE), comma-separated.
+    strong_members: String,
+}
+
+/// [`RoleFacts`] of `role`, None when it does not exist.
+fn role_facts(svc: &Service, role: &str) -> Result<Option<RoleFacts>, StackError> {
+    let lit = crate::sql::pg::lit;
+    let host_roles: Vec<String> = HOST_ROLES.iter().map(|r| lit(r)).collect();
+    let out = admin_query(
+        svc,
+        &format!(
+            "SELECT r.rolsuper, r.rolcanlogin, r.rolcreaterole, r.rolconnlimit, (SELECT pg_catalog.string_agg(s.rolname, ', ' ORDER BY s.rolname) FROM pg_catalog.pg_roles s WHERE s.oid <> r.oid AND (s.rolsuper OR s.rolcreaterole OR s.rolname IN ({})) AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')) FROM pg_catalog.pg_roles r WHERE r.rolname = {}",
+            host_roles.join(", "),
+            lit(role)
+        ),
+    )?;
+    let f: Vec<&str> = out.split('|').collect();
+    let [sup, login, createrole, connlimit, members] = f[..] else {
+        return Ok(None);
+    };
+    Ok(Some(RoleFacts {
+        superuser: sup == "t",
+        login: login == "t",
+        createrole: createrole == "t",
+        connlimit: connlimit.parse().unwrap_or(-1),
+        strong_members: members.to_string(),
+    }))
 }
