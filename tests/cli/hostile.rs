@@ -529,7 +529,7 @@ pub(crate) fn plant_tree_bomb(env: &Env, src: &Path) -> String {
     }
     packer.finish().unwrap();
     let mut snap = repo
-        .repo
+        .repo()
         .list_snapshots()
         .unwrap()
         .into_iter()
@@ -538,7 +538,7 @@ pub(crate) fn plant_tree_bomb(env: &Env, src: &Path) -> String {
         .1;
     snap.tree = t;
     snap.time_ns += 1_000_000_000;
-    let bomb = repo.repo.save_snapshot(&snap).unwrap().to_hex();
+    let bomb = repo.repo().save_snapshot(&snap).unwrap().to_hex();
     drop(repo);
     bomb
 }

@@ -3,6 +3,7 @@
 mod check;
 mod concurrent;
 mod faults;
+mod golden;
 mod hostile;
 mod mount;
 mod protocol;

@@ -28,7 +28,7 @@ pub(crate) fn newest(
     service: &str,
 ) -> (cairn_format::snapshot::Snapshot, Vec<u8>) {
     let snap = repo
-        .repo
+        .repo()
         .list_snapshots()
         .unwrap()
         .into_iter()
@@ -198,7 +198,7 @@ fn a_command_impostor_of_a_database_service_is_refused_before_anything_runs() {
     let repo = library_repo(&env);
     assert!(
         !repo
-            .repo
+            .repo()
             .list_snapshots()
             .unwrap()
             .iter()

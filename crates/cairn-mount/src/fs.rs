@@ -475,7 +475,7 @@ impl CairnFs {
                 return Ok(());
             }
         }
-        let repo = &self.repo.repo;
+        let repo = &self.repo.repo();
         let listed: HashSet<SnapshotId> = repo.list_snapshot_ids()?.into_iter().collect();
         let snaps: Vec<(SnapshotId, Snapshot)> = {
             let mut known = self.known.lock().expect("known snapshots");
@@ -674,7 +674,7 @@ impl CairnFs {
         // can repeat themselves into more paths than memory holds, so the
         // mount lists no directory deeper than the depth limit and holds no
         // more entries than the entry limit.
-        let limits = &self.repo.repo.tree_limits;
+        let limits = &self.repo.repo().tree_limits();
         if inode.depth > limits.depth {
             eprintln!(
                 "cairn mount: not listing {shown_path}: its tree is more than {} directories \

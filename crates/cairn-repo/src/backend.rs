@@ -505,3 +505,10 @@ impl ObjectStore for PrivateLocal {
         Ok(())
     }
 }
+
+/// Open a store from a location with default options (see [`open`]):
+/// a filesystem path (created if missing when `create` is set), an
+/// `s3://`/`gs://`/`az://` URL, or `memory:` for an in-process store (tests).
+pub fn open_location(location: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
+    Ok(open(location, create, &Default::default())?.store)
+}

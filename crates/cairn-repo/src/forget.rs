@@ -15,6 +15,9 @@ use std::time::Duration;
 use cairn_format::SnapshotId;
 use cairn_format::snapshot::Snapshot;
 
+pub use crate::duration::civil_from_days;
+use crate::duration::days_from_civil;
+
 /// Tag that marks a snapshot as protected from `forget`.
 pub const PROTECTED_TAG: &str = "cairn:protected";
 
@@ -99,29 +102,6 @@ pub struct Civil {
     pub iso_week: u32,
 }
 
-/// (year, month, day) of a day number (days since 1970-01-01), proleptic Gregorian.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 impl Civil {
     /// From nanoseconds since the epoch.
     pub fn from_ns(ns: i64) -> Civil {
@@ -183,7 +163,7 @@ pub fn retention_time(id: &SnapshotId, s: &Snapshot, stored_ns: i64) -> (i64, Op
             s.hostname,
             fmt(s.time_ns),
             fmt(stored_ns),
-            crate::session::human(Duration::from_nanos(off.unsigned_abs())),
+            crate::duration::human(Duration::from_nanos(off.unsigned_abs())),
             if ahead > 0 {
                 "in its future"
             } else {

@@ -18,9 +18,9 @@ use crate::store;
 /// A repository whose index is in memory.
 pub struct IndexedRepository {
     /// The opened repository.
-    pub repo: Arc<Repository>,
+    pub(crate) repo: Arc<Repository>,
     /// Where every blob is.
-    pub index: RwLock<Index>,
+    pub(crate) index: RwLock<Index>,
     pack_keys: Mutex<HashMap<u32, PackKey>>,
     /// Whole tree packs, verified against their names (most recent last).
     tree_packs: Mutex<std::collections::VecDeque<(u32, bytes::Bytes)>>,
@@ -227,6 +227,16 @@ impl Repository {
 }
 
 impl IndexedRepository {
+    /// The opened repository.
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    /// The index, read-locked.
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().expect("index lock")
+    }
+
     /// Ask for the pack at an index position to be read ahead (local
     /// repositories; see [`store::Store::prefetch`]).
     pub(crate) fn prefetch_pack(&self, pack: u32) {

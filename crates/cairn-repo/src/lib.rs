@@ -53,7 +53,8 @@
 //! | [`check`], [`repair`] | verification and repair |
 //! | [`forget`] | retention policies |
 //! | [`records`] | audit and journal records |
-//! | [`duration`] | the one duration grammar of the CLI and catalog |
+//! | [`duration`] | the one duration grammar of the CLI and catalog; durations and dates printed |
+//! | [`limits`] | the protocol's timings and the bounds on a snapshot's tree |
 //! | [`sys`] | the few system calls rustix has no safe form of |
 #![deny(missing_docs)]
 
@@ -68,6 +69,7 @@ mod fsat;
 pub mod index;
 mod indexed;
 pub mod layout;
+pub mod limits;
 mod packer;
 mod prune;
 pub mod records;

@@ -17,20 +17,20 @@ use crate::store::{self, Store};
 #[derive(Debug, Clone)]
 pub struct Repository {
     /// Storage access.
-    pub store: Store,
+    pub(crate) store: Store,
     /// The unlocked master key: only this crate uses it; others go through
     /// [`Repository::read_index_object`] and [`Repository::chunk_hasher`].
     pub(crate) key: MasterKey,
     /// Repository settings.
-    pub config: Config,
+    pub(crate) config: Config,
     /// The key file that was used to open it.
-    pub key_id: KeyId,
+    pub(crate) key_id: KeyId,
     /// Timing of the session and lease protocol (format-spec §5).
-    pub protocol: crate::session::ProtocolTimes,
+    pub(crate) protocol: crate::limits::ProtocolTimes,
     /// Bounds on what a snapshot's tree may expand to (format-spec §10).
-    pub tree_limits: crate::restore::TreeLimits,
+    pub(crate) tree_limits: crate::restore::TreeLimits,
     /// What opening found worth saying (key files skipped).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// The readable snapshots (oldest first) and the errors naming each
@@ -102,6 +102,47 @@ pub fn get_verified(store: &Store, name: &str, id: &[u8; 32]) -> Result<bytes::B
 }
 
 impl Repository {
+    /// Storage access.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Repository settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key file that was used to open it.
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+
+    /// Timing of the session and lease protocol (format-spec §5).
+    pub fn protocol(&self) -> &crate::limits::ProtocolTimes {
+        &self.protocol
+    }
+
+    /// The protocol's timing, to change (tests and operators shorten or
+    /// lengthen it; format-spec §5).
+    pub fn protocol_mut(&mut self) -> &mut crate::limits::ProtocolTimes {
+        &mut self.protocol
+    }
+
+    /// Bounds on what a snapshot's tree may expand to (format-spec §10).
+    pub fn tree_limits(&self) -> &crate::restore::TreeLimits {
+        &self.tree_limits
+    }
+
+    /// Those bounds, to change.
+    pub fn tree_limits_mut(&mut self) -> &mut crate::restore::TreeLimits {
+        &mut self.tree_limits
+    }
+
+    /// What opening found worth saying (key files skipped).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Read and decrypt one index object by id (e.g. for `cairn cat index`).
     pub fn read_index_object(
         &self,
@@ -517,6 +558,18 @@ impl Repository {
         let new = self.save_snapshot(&s)?;
         self.store.delete(&store::snapshot_path(id))?;
         Ok(new)
+    }
+
+    /// Write an index object (create-only; its name is its hash). Call only
+    /// after the packs it lists are durable.
+    pub fn save_index(
+        &self,
+        file: &cairn_format::index::IndexFile,
+    ) -> Result<cairn_format::IndexId> {
+        let bytes = file.encode(&self.key);
+        let id = cairn_format::IndexId::of(&bytes);
+        self.store.put_new(&store::index_path(&id), bytes)?;
+        Ok(id)
     }
 
     /// Write a snapshot object. Call only after its packs and index are durable.

@@ -36,37 +36,7 @@ const VERSION: u16 = 1;
 /// Skew between this host and the store above which cairn warns.
 pub const SKEW_WARNING: Duration = Duration::from_secs(60);
 
-/// Timing of the protocol. Defaults: a beat every 60 s, stale after 30 min
-/// without one, a prune lease of 10 min. `CAIRN_PROTOCOL_TIMES=BEAT_MS,STALE_MS,LEASE_MS`
-/// overrides them (for tests that cannot wait half an hour).
-#[derive(Clone, Copy, Debug)]
-pub struct ProtocolTimes {
-    /// Interval between heartbeats of a session.
-    pub beat: Duration,
-    /// A session without a heartbeat for this long (store time) is stale.
-    pub stale: Duration,
-    /// A prune lease not renewed for this long (store time) has expired.
-    pub lease_ttl: Duration,
-}
-
-impl Default for ProtocolTimes {
-    fn default() -> Self {
-        let mut t = ProtocolTimes {
-            beat: Duration::from_secs(60),
-            stale: Duration::from_secs(1800),
-            lease_ttl: Duration::from_secs(600),
-        };
-        if let Ok(v) = std::env::var("CAIRN_PROTOCOL_TIMES") {
-            let ms: Vec<u64> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-            if let [b, s, l] = ms[..] {
-                t.beat = Duration::from_millis(b.max(1));
-                t.stale = Duration::from_millis(s.max(1));
-                t.lease_ttl = Duration::from_millis(l.max(1));
-            }
-        }
-        t
-    }
-}
+pub use crate::limits::ProtocolTimes;
 
 fn random_hex(n: usize) -> Result<String> {
     let mut b = vec![0u8; n];
@@ -130,24 +100,11 @@ impl StoreClock {
     }
 }
 
-/// `1d 2h`, `3m 4s`, `250ms`.
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    if s == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (days, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (days, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{days}d {h}h"),
-    }
-}
+pub use crate::duration::human;
 
 fn ns_to_rfc3339(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
-    let (y, m, d) = crate::forget::civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::duration::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",

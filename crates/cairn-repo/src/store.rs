@@ -51,13 +51,6 @@ pub fn key_path(id: &KeyId) -> String {
     id.object_name()
 }
 
-/// Open a store from a location with default options (see [`crate::backend`]):
-/// a filesystem path (created if missing when `create` is set), an
-/// `s3://`/`gs://`/`az://` URL, or `memory:` for an in-process store (tests).
-pub fn open_location(location: &str, create: bool) -> Result<Arc<dyn ObjectStore>> {
-    Ok(crate::backend::open(location, create, &Default::default())?.store)
-}
-
 /// Synchronous access to the store through a tokio runtime.
 #[derive(Clone)]
 pub struct Store {

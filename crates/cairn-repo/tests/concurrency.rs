@@ -4,8 +4,7 @@
 //! byte-identical, nothing unknown may be visible, and `check --read-data`
 //! must be clean. Twenty rounds with different seeds and grace periods.
 
-mod common;
-use common::{data, setup};
+use cairn_testkit::repo::{data, setup};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,7 +37,7 @@ fn block(id: u64) -> Vec<u8> {
 }
 
 fn restores(r: &IndexedRepository, id: &SnapshotId) -> cairn_repo::Result<Vec<u8>> {
-    let snap = r.repo.load_snapshot(id)?;
+    let snap = r.repo().load_snapshot(id)?;
     let node = r.find_node(&snap.tree, b"/f")?.expect("file in snapshot");
     let mut out = Vec::new();
     r.dump_file(&node, &mut out)?;
@@ -142,7 +141,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
         "round {seed}: only {} snapshots",
         committed.len()
     );
-    let listed = r.repo.list_snapshots().unwrap();
+    let listed = r.repo().list_snapshots().unwrap();
     for (id, _) in &listed {
         assert!(
             committed.contains_key(id),
@@ -163,7 +162,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
             id.short()
         );
     }
-    let report = r.repo.as_ref().clone().check(ReadData::All).unwrap();
+    let report = r.repo().as_ref().clone().check(ReadData::All).unwrap();
     assert!(
         report.ok(),
         "round {seed}: check found {:?}",
@@ -183,7 +182,7 @@ fn round(seed: u64, keep_delete: Duration, run_for: Duration) {
     for (id, data) in committed.iter() {
         assert!(restores(&r, id).unwrap() == *data);
     }
-    assert!(r.repo.as_ref().clone().check(ReadData::All).unwrap().ok());
+    assert!(r.repo().as_ref().clone().check(ReadData::All).unwrap().ok());
     eprintln!(
         "round {seed}: {} committed, {} forgotten, {} failed backups",
         committed.len(),

@@ -11,8 +11,7 @@
 //! byte-identical or fail with an error naming the object and leave no
 //! visible snapshot; the repository passes `check --read-data` every ten.
 
-mod common;
-use common::{KDF, data};
+use cairn_testkit::repo::{KDF, data};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -72,7 +71,7 @@ fn read_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn restore_and_compare(r: &IndexedRepository, id: &cairn_format::SnapshotId, src: &Path) {
-    let snap = r.repo.load_snapshot(id).unwrap();
+    let snap = r.repo().load_snapshot(id).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("out");
     let report = r
@@ -181,15 +180,15 @@ fn suite(reopen: &dyn Fn() -> Store) {
 
     // Write-once: an existing object is never replaced.
     let (pack, _) = r
-        .repo
-        .store
+        .repo()
+        .store()
         .list("data")
         .unwrap()
         .into_iter()
         .next()
         .unwrap();
     assert!(matches!(
-        r.repo.store.put_new(&pack, b"other".to_vec()),
+        r.repo().store().put_new(&pack, b"other".to_vec()),
         Err(RepoError::AlreadyExists { .. })
     ));
 
@@ -214,7 +213,7 @@ fn suite(reopen: &dyn Fn() -> Store) {
     repo(reopen()).prune(&opts).unwrap();
     assert_checks_clean(reopen(), "at the end");
     let r = indexed(reopen());
-    assert_eq!(r.repo.list_snapshots().unwrap().len(), 1);
+    assert_eq!(r.repo().list_snapshots().unwrap().len(), 1);
     restore_and_compare(&r, &second.id, &src);
     protocol_suite(reopen, &src, &second.id);
 }
@@ -225,7 +224,7 @@ fn suite(reopen: &dyn Fn() -> Store) {
 /// on a slow emulator).
 fn quick(s: Store) -> Repository {
     let mut r = repo(s);
-    r.protocol = ProtocolTimes {
+    *r.protocol_mut() = ProtocolTimes {
         beat: Duration::from_secs(3600),
         stale: Duration::from_secs(2),
         lease_ttl: QUICK_LEASE,
@@ -339,7 +338,7 @@ fn protocol_suite(reopen: &dyn Fn() -> Store, src: &Path, kept: &cairn_format::S
     assert!(due.packs_deleted > 0, "{due:?}");
     assert_checks_clean(reopen(), "after the protocol suite");
     let r = indexed(reopen());
-    assert_eq!(r.repo.list_snapshots().unwrap().len(), 1);
+    assert_eq!(r.repo().list_snapshots().unwrap().len(), 1);
     restore_and_compare(&r, kept, src);
 }
 
@@ -389,7 +388,7 @@ fn s3_cache_serves_index_snapshots_and_trees_and_is_verified() {
     drop(r);
     // Warm: listing snapshots, loading the index and walking the trees.
     let walk = |r: &IndexedRepository| {
-        let snaps = r.repo.list_snapshots().unwrap();
+        let snaps = r.repo().list_snapshots().unwrap();
         assert_eq!(snaps.len(), 1);
         assert!(
             r.find_node(
@@ -557,7 +556,7 @@ fn backups_under_network_faults(
     // Every committed snapshot still restores.
     let r = indexed(direct());
     for id in committed.iter().rev().take(3) {
-        let snap = r.repo.load_snapshot(id).unwrap();
+        let snap = r.repo().load_snapshot(id).unwrap();
         assert!(r.find_node(&snap.tree, b"/").is_ok());
     }
     (committed.len(), failed)

@@ -4,8 +4,7 @@
 //! restores byte-identical, and on which the next backup and prune succeed.
 //! Also: transient errors never produce a visible broken snapshot.
 
-mod common;
-use common::{backup_bytes as backup, data, open, setup};
+use cairn_testkit::repo::{backup_bytes as backup, data, open, setup};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use object_store::ObjectStore;
 
 fn restores(s: &Arc<dyn ObjectStore>, id: &SnapshotId) -> Vec<u8> {
     let r = open(s);
-    let snap = r.repo.load_snapshot(id).unwrap();
+    let snap = r.repo().load_snapshot(id).unwrap();
     let node = r.find_node(&snap.tree, b"/f").unwrap().unwrap();
     let mut out = Vec::new();
     r.dump_file(&node, &mut out).unwrap();

@@ -5,8 +5,7 @@
 //! restoring byte-identical (or no snapshot), `check --read-data` clean and
 //! the next prune accepting the repository.
 
-mod common;
-use common::{KDF, backup_bytes as backup, data};
+use cairn_testkit::repo::{KDF, backup_bytes as backup, data};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,7 +39,7 @@ fn repo(s: &Arc<dyn ObjectStore>) -> Repository {
 /// store's clock can let it beat after the move).
 fn writer(s: &Arc<dyn ObjectStore>) -> IndexedRepository {
     let mut r = repo(s);
-    r.protocol.beat = Duration::from_millis(20);
+    r.protocol_mut().beat = Duration::from_millis(20);
     r.load_index_for_writing("backup").unwrap()
 }
 
@@ -55,7 +54,7 @@ fn prune(s: &Arc<dyn ObjectStore>, keep_delete: Duration) -> PruneReport {
 
 fn restores(s: &Arc<dyn ObjectStore>, id: &SnapshotId) -> cairn_repo::Result<Vec<u8>> {
     let r = repo(s).load_index()?;
-    let snap = r.repo.load_snapshot(id)?;
+    let snap = r.repo().load_snapshot(id)?;
     let node = r
         .find_node(&snap.tree, b"/f")?
         .ok_or_else(|| RepoError::InvalidInput("no /f".into()))?;
@@ -159,7 +158,7 @@ fn case2_first_backup_into_an_empty_repository_keeps_its_packs_with_the_default_
 fn case2_a_backup_that_stopped_beating_is_fenced_and_saves_nothing() {
     let (clock, s) = setup_clock();
     let mut r = repo(&s);
-    r.protocol.beat = Duration::from_secs(3600); // it will not beat again
+    r.protocol_mut().beat = Duration::from_secs(3600); // it will not beat again
     let w = r.load_index_for_writing("backup").unwrap();
     let d = data(4, 6 << 20);
     clock.on_put("data/", || {});
@@ -268,7 +267,7 @@ fn case5_a_second_prune_is_refused_naming_the_holder_and_a_dead_holders_lease_ex
     // A prune that dies keeps its lease: the next one is refused until it
     // expires by the store's clock.
     let mut r = repo(&s);
-    r.protocol.lease_ttl = Duration::from_secs(600);
+    r.protocol_mut().lease_ttl = Duration::from_secs(600);
     let crashed = r.clone();
     let clk = cairn_repo::session::StoreClock {
         store_ns: clock.now().timestamp_nanos_opt().unwrap(),
@@ -322,7 +321,7 @@ fn an_index_listing_missing_packs_is_survived_and_repaired() {
     assert!(e.to_string().contains(&victim), "{e}");
     // A backup of the same data: warned, not deduplicated, whole.
     let w = repo(&s).load_index_for_writing("backup").unwrap();
-    let missing = w.index.read().unwrap().missing_packs.clone();
+    let missing = w.index().missing_packs.clone();
     assert_eq!(missing.len(), 1, "{missing:?}");
     let b = backup(&w, &d).unwrap();
     drop(w);

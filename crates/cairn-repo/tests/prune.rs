@@ -1,8 +1,7 @@
 //! Prune against concurrent backups, driven step by step through the phase
 //! boundaries of both (format-spec §5.1), on the in-memory store.
 
-mod common;
-use common::{data, open, setup};
+use cairn_testkit::repo::{data, open, setup};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +12,12 @@ use cairn_repo::{BackupOptions, IndexedRepository, Progress, PruneOptions, Repos
 use object_store::ObjectStore;
 
 fn backup(r: &IndexedRepository, d: &[u8]) -> SnapshotId {
-    common::backup_bytes(r, d).unwrap()
+    cairn_testkit::repo::backup_bytes(r, d).unwrap()
 }
 
 fn assert_restores(s: &Arc<dyn ObjectStore>, id: &SnapshotId, expected: &[u8]) {
     let r = open(s);
-    let snap = r.repo.load_snapshot(id).unwrap();
+    let snap = r.repo().load_snapshot(id).unwrap();
     let node = r.find_node(&snap.tree, b"/f").unwrap().unwrap();
     let mut out = Vec::new();
     r.dump_file(&node, &mut out).unwrap();
@@ -43,7 +42,7 @@ fn backup_reusing_blobs_that_prune_marks_meanwhile_stays_restorable() {
     let s = setup();
     let d = data(1, 3 << 20);
     let a = backup(&open(&s), &d);
-    open(&s).repo.delete_snapshots(&[a]).unwrap(); // forget A: its blobs are unused
+    open(&s).repo().delete_snapshots(&[a]).unwrap(); // forget A: its blobs are unused
     // Backup B's session starts: its index still lists A's packs.
     let writer = Repository::open(s.clone(), b"pw")
         .unwrap()
@@ -65,7 +64,7 @@ fn backup_reusing_blobs_that_prune_marks_meanwhile_stays_restorable() {
     assert_restores(&s, &b, &d);
     drop(writer); // B's session ends
     // Once nothing needs them any more, everything goes away.
-    open(&s).repo.delete_snapshots(&[b]).unwrap();
+    open(&s).repo().delete_snapshots(&[b]).unwrap();
     open(&s).prune(&PruneOptions::default()).unwrap();
     open(&s).prune(&phase2()).unwrap();
     assert_eq!(pack_count(&s), 0);
@@ -79,10 +78,10 @@ fn phase_two_recovers_marked_packs_that_a_new_snapshot_needs() {
     let s = setup();
     let d = data(2, 2 << 20);
     let a = backup(&open(&s), &d);
-    let snap = open(&s).repo.load_snapshot(&a).unwrap();
-    open(&s).repo.delete_snapshots(&[a]).unwrap();
+    let snap = open(&s).repo().load_snapshot(&a).unwrap();
+    open(&s).repo().delete_snapshots(&[a]).unwrap();
     open(&s).prune(&PruneOptions::default()).unwrap(); // marks A's packs
-    let again = open(&s).repo.save_snapshot(&snap).unwrap(); // same content, new object
+    let again = open(&s).repo().save_snapshot(&snap).unwrap(); // same content, new object
     let r = open(&s).prune(&phase2()).unwrap();
     assert!(r.packs_recovered >= 1, "{r:?}");
     assert_eq!(r.packs_deleted, 0, "{r:?}");
@@ -127,7 +126,7 @@ fn mostly_unused_packs_are_repacked() {
     let a = backup(&open(&s), &full);
     let prefix = full[..1 << 20].to_vec();
     let b = backup(&open(&s), &prefix);
-    open(&s).repo.delete_snapshots(&[a]).unwrap();
+    open(&s).repo().delete_snapshots(&[a]).unwrap();
     let r = open(&s).prune(&PruneOptions::default()).unwrap();
     open(&s).prune(&phase2()).unwrap();
     assert_restores(&s, &b, &prefix);
@@ -151,19 +150,19 @@ fn repacking_a_damaged_pack_fails_naming_it_and_writes_no_index() {
                 let mut cfg = cairn_format::config::Config::new_default(0);
                 (cfg.pack_target, cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max) =
                     (1 << 20, 8 << 10, 32 << 10, 128 << 10);
-                Repository::init(s.clone(), b"pw", cfg, common::KDF).unwrap();
+                Repository::init(s.clone(), b"pw", cfg, cairn_testkit::repo::KDF).unwrap();
                 let full = data(5, 3 << 20);
                 let a = backup(&open(&s), &full);
                 let prefix = full[..1 << 20].to_vec();
                 let b = backup(&open(&s), &prefix);
-                open(&s).repo.delete_snapshots(&[a]).unwrap();
+                open(&s).repo().delete_snapshots(&[a]).unwrap();
                 let r = open(&s);
-                let snaps = r.repo.list_snapshots().unwrap();
+                let snaps = r.repo().list_snapshots().unwrap();
                 assert_eq!(snaps.len(), 1);
                 let used = r.used_blobs(&snaps).unwrap();
                 // A pack holding used and unused data blobs: the one prune repacks.
                 let mut by_pack: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
-                for (id, loc) in r.index.read().unwrap().iter(BlobKind::Data) {
+                for (id, loc) in r.index().iter(BlobKind::Data) {
                     by_pack
                         .entry(loc.pack)
                         .or_default()
@@ -277,7 +276,7 @@ fn backup_outlasting_the_grace_period_is_saved_and_restores() {
     open(&s).prune(&phase2()).unwrap();
     assert_restores(&s, &b.id, &new);
     assert_restores(&s, &a, &old);
-    assert_eq!(open(&s).repo.list_snapshots().unwrap().len(), 2);
+    assert_eq!(open(&s).repo().list_snapshots().unwrap().len(), 2);
 }
 
 /// Run phase 1 of a prune that pauses before its first write under `prefix`;
@@ -288,7 +287,7 @@ fn prune_paused_at(prefix: &str) {
     let s = setup();
     let d = data(9, 2 << 20);
     let a = backup(&open(&s), &d);
-    open(&s).repo.delete_snapshots(&[a]).unwrap(); // A's blobs are unused now
+    open(&s).repo().delete_snapshots(&[a]).unwrap(); // A's blobs are unused now
     let writer = open(&s); // loaded before the prune: still sees A's packs
     let committed: Arc<std::sync::Mutex<Option<SnapshotId>>> = Arc::default();
     let (c2, d2) = (committed.clone(), d.clone());

@@ -2,8 +2,7 @@
 //! and the local filesystem: write-once objects, packs → index → snapshot
 //! ordering, and a backup/restore round trip through the library API.
 
-mod common;
-use common::KDF;
+use cairn_testkit::repo::KDF;
 
 use std::sync::Arc;
 
@@ -19,7 +18,7 @@ fn stores() -> Vec<(
     Option<tempfile::TempDir>,
 )> {
     let dir = tempfile::tempdir().unwrap();
-    let local = store::open_location(dir.path().to_str().unwrap(), true).unwrap();
+    let local = cairn_repo::backend::open_location(dir.path().to_str().unwrap(), true).unwrap();
     vec![
         (
             "memory",
@@ -100,7 +99,7 @@ fn snapshot_is_written_after_its_packs_and_index() {
         }
         // Reopen and read back.
         let repo = Repository::open(s, b"pw").unwrap().load_index().unwrap();
-        let snap = repo.repo.load_snapshot(&r.id).unwrap();
+        let snap = repo.repo().load_snapshot(&r.id).unwrap();
         let node = repo.find_node(&snap.tree, b"/f").unwrap().unwrap();
         let mut out = Vec::new();
         repo.dump_file(&node, &mut out).unwrap();
@@ -123,7 +122,7 @@ fn a_failed_before_commit_leaves_no_snapshot() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("dump failed"));
-    assert!(repo.repo.list_snapshots().unwrap().is_empty());
+    assert!(repo.repo().list_snapshots().unwrap().is_empty());
 }
 
 #[test]
@@ -149,7 +148,7 @@ fn a_snapshot_with_a_changed_byte_is_named() {
     b[40] ^= 1;
     st.delete(&name).unwrap();
     st.put_new(&name, b).unwrap();
-    let e = repo.repo.list_snapshots().unwrap_err();
+    let e = repo.repo().list_snapshots().unwrap_err();
     assert!(matches!(e, RepoError::Corrupted { .. }));
     assert!(e.to_string().contains(&name), "{e}");
 }

@@ -11,8 +11,7 @@
 //! (default 3) set the size; the closing note of the prune-safety work ran
 //! 20 rounds of 180 s.
 
-mod common;
-use common::{KDF, data};
+use cairn_testkit::repo::{KDF, data};
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -41,9 +40,9 @@ impl Rng {
 /// many times a round.
 fn open(s: &Arc<dyn ObjectStore>) -> cairn_repo::Result<Repository> {
     let mut r = Repository::open(s.clone(), b"pw")?;
-    r.protocol.beat = Duration::from_millis(20);
-    r.protocol.stale = Duration::from_millis(400);
-    r.protocol.lease_ttl = Duration::from_millis(400);
+    r.protocol_mut().beat = Duration::from_millis(20);
+    r.protocol_mut().stale = Duration::from_millis(400);
+    r.protocol_mut().lease_ttl = Duration::from_millis(400);
     Ok(r)
 }
 
@@ -67,7 +66,7 @@ impl Read for Trickle {
 }
 
 fn restores(r: &IndexedRepository, id: &SnapshotId) -> cairn_repo::Result<Vec<u8>> {
-    let snap = r.repo.load_snapshot(id)?;
+    let snap = r.repo().load_snapshot(id)?;
     let node = r
         .find_node(&snap.tree, b"/f")?
         .ok_or_else(|| cairn_repo::RepoError::InvalidInput("no /f".into()))?;
@@ -269,7 +268,7 @@ fn round(seed: u64, run_for: Duration) {
         let r = open(&raw).unwrap().load_index().unwrap();
         let committed = committed.lock().unwrap();
         let attempted = attempted.lock().unwrap();
-        for (id, _) in r.repo.list_snapshots().unwrap() {
+        for (id, _) in r.repo().list_snapshots().unwrap() {
             if committed.contains_key(&id) {
                 continue;
             }
@@ -300,7 +299,7 @@ fn round(seed: u64, run_for: Duration) {
                 id.short()
             );
         }
-        let report = r.repo.as_ref().clone().check(ReadData::All).unwrap();
+        let report = r.repo().as_ref().clone().check(ReadData::All).unwrap();
         assert!(
             report.ok(),
             "round {seed} {when}: check found {:?}",

@@ -86,7 +86,7 @@ pub fn choose_group(
 ) -> Result<GroupChoice, StackError> {
     // Unreadable snapshot objects do not block a restore that does not
     // need them (`check` names them).
-    let all = repo.repo.list_snapshots_readable()?.0;
+    let all = repo.repo().list_snapshots_readable()?.0;
     let of_group = |g: [u8; 16]| -> GroupSnapshots {
         let mut m = BTreeMap::new();
         for (id, s) in &all {
@@ -114,7 +114,7 @@ pub fn choose_group(
             notes: vec![],
         });
     }
-    let received = repo.repo.snapshot_store_times()?;
+    let received = repo.repo().snapshot_store_times()?;
     let mut notes = Vec::new();
     // Groups of backups (safety snapshots form groups too), newest first by
     // their newest snapshot; future-dated snapshots are left out.

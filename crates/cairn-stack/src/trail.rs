@@ -123,7 +123,7 @@ struct Anchor {
 fn anchor_path(dir: &Path, repo: &Repository) -> PathBuf {
     dir.join(format!(
         "audit-anchor-{}.json",
-        &cairn_format::id::to_hex(&repo.config.repo_id)[..16]
+        &cairn_format::id::to_hex(&repo.config().repo_id)[..16]
     ))
 }
 

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_format::KdfParams;
 use cairn_format::config::Config;
 use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress, Repository};
@@ -20,6 +19,7 @@ use cairn_stack::run::{
     self, FingerprintReport, RestoreKind, RestoreReport, RestoreRequest, ServiceRestore,
 };
 use cairn_stack::target::Target;
+use cairn_testkit::repo::KDF;
 
 /// A datastore that records what the scheduler asks of it.
 struct Fake {
@@ -136,12 +136,7 @@ fn world(f: &Fake, body: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let loc = dir.path().join("repo");
     let b = cairn_repo::backend::open(loc.to_str().unwrap(), true, &Default::default()).unwrap();
-    let kdf = KdfParams {
-        m_cost: 64,
-        t_cost: 1,
-        p_cost: 1,
-    };
-    Repository::init_store(b.into_store(), b"pw", Config::new_default(0), kdf).unwrap();
+    Repository::init_store(b.into_store(), b"pw", Config::new_default(0), KDF).unwrap();
     let b = cairn_repo::backend::open(loc.to_str().unwrap(), false, &Default::default()).unwrap();
     let repo = Repository::open_store(b.into_store(), b"pw")
         .unwrap()
@@ -321,7 +316,7 @@ fn an_interrupted_restore_resumes_without_redoing_what_passed() {
     assert!(!first.ok());
     f.fail.lock().unwrap().clear();
     f.log.lock().unwrap().clear();
-    let j = cairn_stack::trail::read_journal(&w.repo.repo, &first.restore_id).unwrap();
+    let j = cairn_stack::trail::read_journal(w.repo.repo(), &first.restore_id).unwrap();
     let r = run::stack_restore(
         &w.cat,
         &w.repo,

@@ -29,6 +29,7 @@
 pub mod azure;
 pub mod gcs;
 pub mod proxy;
+pub mod repo;
 pub mod s3;
 
 use std::fmt;

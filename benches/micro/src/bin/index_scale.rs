@@ -78,11 +78,7 @@ fn build(dir: &str, entries: u64) {
                 blobs,
             });
         }
-        let bytes = file.encode(&repo.key);
-        let id = cairn_format::IndexId::of(&bytes);
-        repo.store
-            .put_new(&cairn_repo::store::index_path(&id), bytes)
-            .unwrap();
+        repo.save_index(&file).unwrap();
         objects += 1;
     }
     eprintln!(
@@ -102,7 +98,7 @@ fn measure(dir: &str, entries: u64) {
     let after = rss_kib();
     let peak = hwm_kib();
     assert_eq!(
-        indexed.index.read().unwrap().len(BlobKind::Data) as u64,
+        indexed.index().len(BlobKind::Data) as u64,
         entries
     );
     // Lookups of present and absent ids.

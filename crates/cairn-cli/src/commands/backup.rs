@@ -175,7 +175,7 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
     let parent = if a.force {
         ParentChoice::None
     } else if let Some(p) = &a.parent {
-        ParentChoice::Id(repo.repo.resolve_snapshot(p, &|_| true)?.0)
+        ParentChoice::Id(repo.repo().resolve_snapshot(p, &|_| true)?.0)
     } else {
         ParentChoice::Auto
     };

@@ -102,12 +102,12 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
     let repo = Repository::init_store(store, &pw, cfg, kdf)?;
     if g.json {
         print_json(
-            &json!({"repository": loc, "id": to_hex(&repo.config.repo_id), "key": repo.key_id.to_hex()}),
+            &json!({"repository": loc, "id": to_hex(&repo.config().repo_id), "key": repo.key_id().to_hex()}),
         )?;
     } else {
         println!(
             "created cairn repository {} at {loc}",
-            &to_hex(&repo.config.repo_id)[..8]
+            &to_hex(&repo.config().repo_id)[..8]
         );
         println!("keep the password safe: without it the data cannot be read");
     }

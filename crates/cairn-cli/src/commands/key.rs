@@ -53,14 +53,14 @@ pub fn key(g: &GlobalArgs, cmd: KeyCmd) -> Result<i32> {
             if g.json {
                 print_json(&Value::Array(
                     keys.iter()
-                        .map(|k| json!({"id": k.id.to_hex(), "current": k.id == repo.key_id, "created": format_time(k.created * 1_000_000_000, true), "hostname": k.hostname, "username": k.username}))
+                        .map(|k| json!({"id": k.id.to_hex(), "current": k.id == *repo.key_id(), "created": format_time(k.created * 1_000_000_000, true), "hostname": k.hostname, "username": k.username}))
                         .collect(),
                 ))?;
             } else {
                 for k in keys {
                     println!(
                         "{} {}  {}  {}@{}",
-                        if k.id == repo.key_id { "*" } else { " " },
+                        if k.id == *repo.key_id() { "*" } else { " " },
                         k.id.short(),
                         format_time(k.created * 1_000_000_000, false),
                         k.username,
@@ -98,11 +98,11 @@ pub fn key(g: &GlobalArgs, cmd: KeyCmd) -> Result<i32> {
             let pw = new_password(&new_password_file)?;
             let id = repo.add_key(&pw, kdf)?;
             // The new key is durable before the old one goes.
-            repo.store.delete(&store::key_path(&repo.key_id))?;
+            repo.store().delete(&store::key_path(repo.key_id()))?;
             println!(
                 "password changed: key {} replaces {}",
                 id.short(),
-                repo.key_id.short()
+                repo.key_id().short()
             );
         }
     }

@@ -26,7 +26,7 @@ pub(crate) fn kind_name(n: &Node) -> &'static str {
 
 pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let (id, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let (id, snap) = resolve(repo.repo(), &a.snapshot, &a.pick)?;
     repo.check_tree_limits(&snap.tree, &format!("snapshot {}", id.short()))?;
     let base = cairn_repo::normalize_snapshot_path(a.path.as_deref().unwrap_or("/").as_bytes());
     let filter = |p: &[u8]| {
@@ -95,7 +95,7 @@ pub struct DumpArgs {
 
 pub fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let (_, snap) = resolve(&repo.repo, &a.snapshot, &a.pick)?;
+    let (_, snap) = resolve(repo.repo(), &a.snapshot, &a.pick)?;
     let node = repo
         .find_node(&snap.tree, a.path.as_bytes())?
         .ok_or_else(|| anyhow!("{} is a directory", a.path))?;

@@ -81,15 +81,15 @@ fn open_store_with_password(g: &GlobalArgs, store: Store, pw: &[u8]) -> Result<R
         },
         other => anyhow::Error::new(other).context(format!("opening repository {loc}")),
     })?;
-    let l = &mut repo.tree_limits;
+    let l = repo.tree_limits_mut();
     l.entries = g.max_tree_entries.unwrap_or(l.entries);
     l.depth = g.max_tree_depth.unwrap_or(l.depth);
     l.bytes = g.max_tree_size.unwrap_or(l.bytes);
-    for w in &repo.warnings {
+    for w in repo.warnings() {
         eprintln!("warning: {w}");
     }
     if let Some(f) = hint_file {
-        remember_key(&f, &repo.key_id.to_hex());
+        remember_key(&f, &repo.key_id().to_hex());
     }
     Ok(repo)
 }
@@ -142,7 +142,7 @@ pub fn open_indexed(g: &GlobalArgs) -> Result<IndexedRepository> {
 
 /// Name each index object the load skipped, and what that costs.
 pub fn warn_unreadable_index(r: &IndexedRepository, cost: &str) {
-    for e in &r.index.read().expect("index lock").unreadable {
+    for e in &r.index().unreadable {
         eprintln!(
             "warning: skipped an unreadable index object: {e}; {cost} (`cairn check` names it, `cairn repair index` rebuilds the index)"
         );
@@ -161,7 +161,7 @@ pub fn open_for_writing(g: &GlobalArgs, command: &str) -> Result<IndexedReposito
     if let Some(w) = r.session().and_then(|s| s.clock.skew_warning()) {
         eprintln!("warning: {w}");
     }
-    let missing = r.index.read().expect("index lock").missing_packs.clone();
+    let missing = r.index().missing_packs.clone();
     if let Some(first) = missing.first() {
         eprintln!(
             "warning: {} pack(s) listed in the index are missing from storage ({}{}); nothing is deduplicated against them — run `cairn check` and `cairn repair index`",

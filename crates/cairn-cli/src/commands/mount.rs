@@ -52,6 +52,52 @@ pub struct MountArgs {
     pub log: Option<PathBuf>,
 }
 
+impl MountArgs {
+    /// The options of the background mount's own `cairn mount` (after its
+    /// mount point): every option of these but `--daemon`, `--log` and
+    /// `--foreground`, which concern only the process that starts it.
+    fn child_args(&self) -> Vec<std::ffi::OsString> {
+        let MountArgs {
+            mountpoint: _,
+            services,
+            tags,
+            hosts,
+            cache_size,
+            refresh,
+            threads,
+            readahead,
+            allow_other,
+            foreground: _,
+            daemon: _,
+            log: _,
+        } = self;
+        let mut v: Vec<std::ffi::OsString> = Vec::new();
+        let mut opt = |name: &str, value: String| {
+            v.push(name.into());
+            v.push(value.into());
+        };
+        opt("--cache-size", cache_size.to_string());
+        opt("--threads", threads.to_string());
+        opt("--readahead", readahead.to_string());
+        for s in services {
+            opt("--service", s.clone());
+        }
+        for t in tags {
+            opt("--tag", t.clone());
+        }
+        for h in hosts {
+            opt("--host", h.clone());
+        }
+        if let Some(r) = refresh {
+            opt("--refresh", r.to_string());
+        }
+        if *allow_other {
+            v.push("--allow-other".into());
+        }
+        v
+    }
+}
+
 pub fn mount_cmd(g: &GlobalArgs, a: MountArgs) -> Result<i32> {
     if a.daemon {
         return daemonize(g, &a);
@@ -147,29 +193,7 @@ fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
     if g.no_cache {
         cmd.arg("--no-cache");
     }
-    cmd.arg("mount")
-        .arg(&path)
-        .arg("--cache-size")
-        .arg(a.cache_size.to_string())
-        .arg("--threads")
-        .arg(a.threads.to_string())
-        .arg("--readahead")
-        .arg(a.readahead.to_string());
-    for s in &a.services {
-        cmd.arg("--service").arg(s);
-    }
-    for t in &a.tags {
-        cmd.arg("--tag").arg(t);
-    }
-    for h in &a.hosts {
-        cmd.arg("--host").arg(h);
-    }
-    if let Some(r) = a.refresh {
-        cmd.arg("--refresh").arg(r.to_string());
-    }
-    if a.allow_other {
-        cmd.arg("--allow-other");
-    }
+    cmd.arg("mount").arg(&path).args(a.child_args());
     use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::piped())
         .stdout(logf.try_clone()?)
@@ -214,5 +238,39 @@ fn daemonize(g: &GlobalArgs, a: &MountArgs) -> Result<i32> {
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MountArgs;
+    use clap::{ArgAction, Args, Command, FromArgMatches};
+
+    fn parse(argv: &[std::ffi::OsString]) -> MountArgs {
+        let cmd = MountArgs::augment_args(Command::new("mount").no_binary_name(true));
+        MountArgs::from_arg_matches(&cmd.try_get_matches_from(argv).unwrap()).unwrap()
+    }
+
+    /// Every option of `mount` set to a value other than its default (built
+    /// from clap's own list, so a new option is included without editing
+    /// this test) reaches the background mount's command line unchanged.
+    #[test]
+    fn the_background_mount_gets_every_option_it_was_given() {
+        let cmd = MountArgs::augment_args(Command::new("mount"));
+        let mut argv: Vec<std::ffi::OsString> = vec!["/mnt/x".into()];
+        for a in cmd.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            if ["daemon", "log", "foreground", "help"].contains(&long) {
+                continue;
+            }
+            argv.push(format!("--{long}").into());
+            if !matches!(a.get_action(), ArgAction::SetTrue) {
+                argv.push("7".into());
+            }
+        }
+        let given = parse(&argv);
+        let mut child: Vec<std::ffi::OsString> = vec!["/mnt/x".into()];
+        child.extend(given.child_args());
+        assert_eq!(format!("{:?}", parse(&child)), format!("{given:?}"));
     }
 }

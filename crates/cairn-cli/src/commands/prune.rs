@@ -66,7 +66,7 @@ pub fn prune_would_run(repo: &Repository, a: &PruneArgs, prune: bool, dry_run: b
     if prune
         && !dry_run
         && !a.single_pruner
-        && let Some(why) = cairn_repo::backend::create_only_unenforced(&repo.store)?
+        && let Some(why) = cairn_repo::backend::create_only_unenforced(repo.store())?
     {
         bail!(
             "prune refused: {why} (format-spec §1.1); if no other prune can run on this repository at the same time, pass --single-pruner; nothing was forgotten"

@@ -73,7 +73,7 @@ pub fn restore(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         None => (a.snapshot.clone(), None),
     };
     let repo = open_indexed(g)?;
-    let (id, snap) = resolve(&repo.repo, &snapshot, &a.pick)?;
+    let (id, snap) = resolve(repo.repo(), &snapshot, &a.pick)?;
     let opts = RestoreOptions {
         target: a.target.clone(),
         subpath,

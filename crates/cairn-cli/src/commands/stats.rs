@@ -4,10 +4,10 @@ use super::*;
 
 pub fn stats(g: &GlobalArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let snaps = repo.repo.list_snapshots()?;
-    let all = repo.repo.store.list("")?;
+    let snaps = repo.repo().list_snapshots()?;
+    let all = repo.repo().store().list("")?;
     let total_bytes: u64 = all.iter().map(|o| o.1).sum();
-    let idx = repo.index.read().expect("index lock");
+    let idx = repo.index();
     let mut raw = 0u64;
     let mut stored = 0u64;
     for kind in [BlobKind::Data, BlobKind::Tree] {
@@ -73,7 +73,7 @@ pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
     let v = match a.what.as_str() {
         "config" => {
             let r = open(g)?;
-            let c = &r.config;
+            let c = &r.config();
             json!({
                 "repo_id": to_hex(&c.repo_id), "version": cairn_format::config::VERSION,
                 "chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,

@@ -28,7 +28,7 @@ pub(super) fn backup(
     let v = serde_json::to_value(&r)?;
     let failed_n = r.services.iter().filter(|s| !s.ok).count();
     audit_append(
-        &repo.repo,
+        repo.repo(),
         "backup",
         format!(
             "stack backup of group {} ({} services, {} failed)",

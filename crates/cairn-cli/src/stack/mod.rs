@@ -113,7 +113,7 @@ pub fn stack(g: &GlobalArgs, cmd: StackCmd) -> Result<i32> {
     let journal = match (&cmd, &a.resume) {
         (StackCmd::Restore(_), Some(rid)) => {
             let repo = open(g, &Catalog::load(&a.catalog, env.as_deref())?)?;
-            let j = cairn_stack::trail::read_journal(&repo.repo, rid)?;
+            let j = cairn_stack::trail::read_journal(repo.repo(), rid)?;
             opened = Some(repo);
             if j.begin.kind != "restore" {
                 bail!(

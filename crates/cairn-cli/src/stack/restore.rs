@@ -113,7 +113,7 @@ pub fn finish_restore(
     }
     let passed = r.services.iter().filter(|s| s.status == "passed").count();
     audit_append(
-        &repo.repo,
+        repo.repo(),
         r.kind.name(),
         format!(
             "{} {} of group {} into {}: {passed}/{} services passed, {}/{} invariants passed",

@@ -14,7 +14,7 @@ pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
     // A resumed rollback: its journal names the restore it undoes.
     let resumed = match &a.resume {
         Some(rid) => {
-            let rj = trail::read_journal(&repo.repo, rid)?;
+            let rj = trail::read_journal(repo.repo(), rid)?;
             if rj.begin.kind != "rollback" {
                 bail!(
                     "{} is a {}, not a rollback: {}",
@@ -43,7 +43,7 @@ pub fn rollback(g: &GlobalArgs, a: RollbackArgs) -> Result<i32> {
         (None, Some(id)) => id.clone(),
         (None, None) => unreachable!("clap requires one"),
     };
-    let j = trail::read_journal(&repo.repo, &undo_id)?;
+    let j = trail::read_journal(repo.repo(), &undo_id)?;
     let env = (j.begin.env != "production").then_some(j.begin.env.as_str());
     // The live view: a files service's safety snapshot is of its target.
     let cat = Catalog::load(&a.catalog, env)?.live_view();

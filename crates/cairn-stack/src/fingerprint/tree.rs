@@ -167,7 +167,7 @@ fn content_differs(
         Ok(f) => f,
         Err(e) => return Ok(Some(e.to_string())),
     };
-    let hasher = repo.repo.chunk_hasher();
+    let hasher = repo.repo().chunk_hasher();
     let mut buf = Vec::new();
     let mut offset = 0u64;
     for e in extents {

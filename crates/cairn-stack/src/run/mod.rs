@@ -98,7 +98,7 @@ pub fn stack_restore(
     if req.resume.is_none() {
         let (host, user) = cairn_repo::whoami();
         trail::journal(
-            &repo.repo,
+            repo.repo(),
             &restore_id,
             &JournalEvent::Begin(trail::Begin {
                 restore_id: restore_id.clone(),
@@ -207,7 +207,7 @@ pub fn stack_restore(
     // Safety snapshots a previous run of this restore already took.
     let mut existing_safety = BTreeMap::new();
     if req.resume.is_some() {
-        for (id, s) in repo.repo.list_snapshots()? {
+        for (id, s) in repo.repo().list_snapshots()? {
             if s.group == Some(safety_group) {
                 existing_safety.insert(s.service.clone(), id.to_hex());
             }
@@ -429,7 +429,7 @@ pub fn stack_restore(
         invariants,
     };
     trail::journal(
-        &repo.repo,
+        repo.repo(),
         &restore_id,
         &JournalEvent::End {
             ok: report.ok(),

@@ -275,7 +275,7 @@ pub(super) fn restore_one(
             r.safety_note = Some("safety snapshots off".into());
         }
         if let Err(e) = trail::journal(
-            &cx.repo.repo,
+            cx.repo.repo(),
             &cx.restore_id,
             &JournalEvent::Prepared {
                 service: svc.name.clone(),
@@ -368,7 +368,7 @@ pub(super) fn restore_one(
             return false;
         }
         if let Err(e) = trail::journal(
-            &cx.repo.repo,
+            cx.repo.repo(),
             &cx.restore_id,
             &JournalEvent::Passed {
                 service: svc.name.clone(),

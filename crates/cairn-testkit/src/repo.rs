@@ -1,6 +1,5 @@
-//! Shared by the repository's integration tests: an in-memory repository with
-//! small packs, and deterministic data.
-#![allow(dead_code)]
+//! Shared by the integration tests: fast Argon2id settings, an in-memory
+//! repository with small packs, deterministic data, a one-file backup.
 
 use std::sync::Arc;
 
