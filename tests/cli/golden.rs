@@ -30,7 +30,15 @@ fn fixture_env() -> Env {
     // its own time), a few seconds after the snapshots' own times.
     let st = std::process::Command::new("find")
         .arg(env.repo())
-        .args(["-exec", "touch", "-h", "-d", "2026-12-02T11:18:30Z", "{}", "+"])
+        .args([
+            "-exec",
+            "touch",
+            "-h",
+            "-d",
+            "2026-12-02T11:18:30Z",
+            "{}",
+            "+",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -96,10 +104,16 @@ fn listings_of_the_version_1_fixture_match_their_golden_files() {
     for (name, args) in [
         ("snapshots.json", &["snapshots", "--json"][..]),
         ("snapshots.txt", &["snapshots"][..]),
-        ("snapshots-tag.json", &["snapshots", "--tag", "first", "--json"][..]),
+        (
+            "snapshots-tag.json",
+            &["snapshots", "--tag", "first", "--json"][..],
+        ),
         ("ls-second.json", &["ls", "--json", "eff31f6d"][..]),
         ("ls-second.txt", &["ls", "eff31f6d"][..]),
-        ("ls-dump.json", &["ls", "--json", "--service", "orders-db", "latest"][..]),
+        (
+            "ls-dump.json",
+            &["ls", "--json", "--service", "orders-db", "latest"][..],
+        ),
         ("key-list.json", &["key", "list", "--json"][..]),
         ("stats.json", &["stats", "--json"][..]),
         ("cat-config.json", &["cat", "config"][..]),

@@ -302,297 +302,19 @@ impl Catalog {
             errors: Vec::new(),
         };
         let env_name = env.unwrap_or("production").to_string();
-        let defaults = raw.defaults.as_ref();
-        let default_rto = defaults
-            .and_then(|d| d.rto.as_ref())
-            .and_then(|r| cx.duration(r));
-        let default_timeout = defaults
-            .and_then(|d| d.ready_timeout.as_ref())
-            .and_then(|r| cx.duration(r))
-            .unwrap_or(Duration::from_secs(60));
-        let default_par = defaults.and_then(|d| d.parallelism).unwrap_or(2);
-        let dir = file
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."));
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        let rel = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { dir.join(p) } else { p });
+        let g = Globals::new(&mut cx, &raw, file, env);
         let mut services = BTreeMap::new();
-        let names: BTreeSet<String> = raw.service.keys().cloned().collect();
         for (name, spanned) in &raw.service {
-            let at = spanned.span().start;
-            let rs = spanned.get_ref();
-            if name.is_empty() || name.contains(['/', ' ']) {
-                cx.err(
-                    at,
-                    format!("service name {name:?} may not be empty or contain '/' or spaces"),
-                );
+            if let Some(s) = parse_service(&mut cx, &g, name, spanned) {
+                services.insert(name.clone(), s);
             }
-            let Some(kind) = Kind::named(rs.kind.get_ref()) else {
-                cx.err(
-                    rs.kind.span().start,
-                    format!(
-                        "service {name}: unknown kind {:?} ({})",
-                        rs.kind.get_ref(),
-                        crate::datastore::names().join(", ")
-                    ),
-                );
-                continue;
-            };
-            if let Some(e) = env
-                && e != "production"
-                && !rs.env.contains_key(e)
-                && !rs.env.is_empty()
-            {
-                cx.err(
-                    at,
-                    format!(
-                        "service {name}: no [service.{name}.env.{e}] overrides (it has {:?})",
-                        rs.env.keys().collect::<Vec<_>>()
-                    ),
-                );
-            }
-            let o = env
-                .and_then(|e| rs.env.get(e))
-                .map(|o| o.get_ref().clone())
-                .unwrap_or_default();
-            let m = merge(&rs.base(), &o);
-            let mut deps = Vec::new();
-            for d in &rs.depends_on {
-                if !names.contains(d.get_ref()) {
-                    cx.err(
-                        d.span().start,
-                        format!(
-                            "service {name} depends on unknown service {:?}",
-                            d.get_ref()
-                        ),
-                    );
-                } else if d.get_ref() == name {
-                    cx.err(d.span().start, format!("service {name} depends on itself"));
-                } else {
-                    deps.push(d.get_ref().clone());
-                }
-            }
-            let (ready, ready_timeout) = match &m.ready {
-                None => (None, default_timeout),
-                Some(r) => {
-                    let n = [&r.command, &r.tcp, &r.http]
-                        .iter()
-                        .filter(|x| x.is_some())
-                        .count();
-                    if n != 1 {
-                        cx.err(
-                            at,
-                            format!(
-                                "service {name}: ready needs exactly one of command, tcp, http"
-                            ),
-                        );
-                    }
-                    let t = r
-                        .timeout
-                        .as_ref()
-                        .and_then(|t| cx.duration(t))
-                        .unwrap_or(default_timeout);
-                    let ready = r
-                        .command
-                        .clone()
-                        .map(Ready::Command)
-                        .or(r.tcp.clone().map(Ready::Tcp))
-                        .or(r.http.clone().map(Ready::Http));
-                    (ready, t)
-                }
-            };
-            let rto = match &m.rto {
-                Some(r) => cx.duration(r),
-                None => default_rto,
-            };
-            let need = |cx: &mut Ctx, ok: bool, what: &str| {
-                if !ok {
-                    cx.err(
-                        at,
-                        format!(
-                            "service {name} (kind {}): missing {what}",
-                            rs.kind.get_ref()
-                        ),
-                    );
-                }
-            };
-            let merged_fields = m.set_fields();
-            for (field, what) in kind.datastore().required() {
-                need(&mut cx, merged_fields.contains(field), what);
-            }
-            // A database name is passed to the tools as one: not an option,
-            // not a connection string (which would connect elsewhere than
-            // the production guard compared).
-            if let Some(ex) = &rs.exclude {
-                let pats: Vec<_> = ex.iter().map(cairn_repo::select::Pattern::new).collect();
-                if let Err(e) = cairn_repo::select::Patterns::new(&pats) {
-                    let off = cx.field_offset(at, "exclude");
-                    cx.err(off, format!("service {name}: exclude: {e}"));
-                }
-            }
-            if let Some(db) = &m.database
-                && kind == Kind::POSTGRES
-                && db.len() > 63
-            {
-                // PostgreSQL cuts names to 63 bytes: two longer names that
-                // share them are one database.
-                let off = cx.field_offset(at, "database");
-                cx.err(
-                    off,
-                    format!(
-                        "service {name}: database name is {} bytes; PostgreSQL keeps only the first 63, so it would name another database",
-                        db.len()
-                    ),
-                );
-            }
-            if let Some(r) = &m.restore_role
-                && (r.is_empty()
-                    || r.len() > 63
-                    || r.starts_with('-')
-                    || r.contains('=')
-                    || r.contains("://"))
-            {
-                let off = cx.field_offset(at, "restore_role");
-                cx.err(
-                    off,
-                    format!(
-                        "service {name}: restore_role {r:?} is not a plain role name (1 to 63 bytes, no leading '-', no '=' or '://')"
-                    ),
-                );
-            }
-            if let Some(db) = &m.database
-                && (db.starts_with('-') || db.contains('=') || db.contains("://"))
-            {
-                let off = cx.field_offset(at, "database");
-                cx.err(
-                    off,
-                    format!(
-                        "service {name}: database {db:?} is not a plain database name (no leading '-', no '=' or '://': connection settings go in host, port, user)"
-                    ),
-                );
-            }
-            // Fields of other kinds are errors (a Redis service with a
-            // `database`, a files service with a `host`): each names its line.
-            let mut set: Vec<(&str, usize, Option<&str>)> = rs
-                .base()
-                .set_fields()
-                .into_iter()
-                .map(|f| (f, at, None))
-                .collect();
-            for (f, on) in [
-                ("allow_special", rs.allow_special.is_some()),
-                ("allow_setuid", rs.allow_setuid.is_some()),
-                ("exclude", rs.exclude.is_some()),
-                ("one_file_system", rs.one_file_system.is_some()),
-            ] {
-                if on {
-                    set.push((f, at, None));
-                }
-            }
-            for (e, o) in &rs.env {
-                // The override's own table (or inline table), from its span.
-                let from = o.span().start;
-                set.extend(
-                    o.get_ref()
-                        .set_fields()
-                        .into_iter()
-                        .map(|f| (f, from, Some(e.as_str()))),
-                );
-            }
-            for (field, from, in_env) in set {
-                if COMMON_FIELDS.contains(&field) || kind.datastore().fields().contains(&field) {
-                    continue;
-                }
-                let takers: Vec<&str> = crate::datastore::all()
-                    .into_iter()
-                    .filter(|d| d.fields().contains(&field))
-                    .map(|d| d.name())
-                    .collect();
-                let off = cx.field_offset(from, field);
-                cx.err(
-                    off,
-                    format!(
-                        "service {name} (kind {}){}: {field} is not a field of this kind (it belongs to kind {})",
-                        rs.kind.get_ref(),
-                        in_env.map(|e| format!(", env {e}")).unwrap_or_default(),
-                        takers.join(", ")
-                    ),
-                );
-            }
-            let retention = rs
-                .retention
-                .clone()
-                .or_else(|| defaults.and_then(|d| d.retention.clone()));
-            if let Some(r) = &retention {
-                match r.policy() {
-                    Err(e) => cx.err(at, format!("service {name}: retention: {e}")),
-                    Ok(p) if p.is_empty() => {
-                        cx.err(at, format!("service {name}: retention has no keep rule"))
-                    }
-                    Ok(_) => {}
-                }
-            }
-            services.insert(
-                name.clone(),
-                Service {
-                    name: name.clone(),
-                    kind,
-                    line: cx.line(at),
-                    depends_on: deps,
-                    host: m.host,
-                    port: m.port,
-                    user: m.user,
-                    password: m.password,
-                    database: m.database,
-                    databases: m.databases.unwrap_or_else(|| vec![0]),
-                    key_pattern: m.key_pattern.unwrap_or_else(|| "*".into()),
-                    path: rel(m.path),
-                    target: rel(m.target),
-                    backup: m.backup,
-                    restore: m.restore,
-                    start: m.start,
-                    stop: m.stop,
-                    ready,
-                    ready_timeout,
-                    rto,
-                    parallelism: m.parallelism.unwrap_or(default_par).max(1),
-                    retention,
-                    workdir: dir.clone(),
-                    teardown: m.teardown,
-                    has_env_override: env.is_some_and(|e| rs.env.contains_key(e)),
-                    invariants: rs
-                        .invariant
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, inv)| {
-                            cx.invariant(inv, &format!("{name}#{}", i + 1), Some(name), &names)
-                        })
-                        .collect(),
-                    allow_special: rs.allow_special.unwrap_or(false),
-                    allow_setuid: rs.allow_setuid.unwrap_or(false),
-                    exclude: rs.exclude.clone().unwrap_or_default(),
-                    one_file_system: rs.one_file_system.unwrap_or(false),
-                    temp_dir: rel(m.temp_dir),
-                    restore_role: m.restore_role,
-                    post_restore: m.post_restore,
-                    verify: m.verify,
-                    rollback: false,
-                },
-            );
         }
         let invariants: Vec<Invariant> = raw
             .invariant
             .iter()
             .enumerate()
             .filter_map(|(i, inv)| {
-                cx.invariant(inv, &format!("invariant #{}", i + 1), None, &names)
+                cx.invariant(inv, &format!("invariant #{}", i + 1), None, &g.names)
             })
             .collect();
         if let Some(cycle) = find_cycle(&services) {
@@ -618,15 +340,16 @@ impl Catalog {
                     if p.contains("://") || Path::new(&p).is_absolute() {
                         p
                     } else {
-                        dir.join(p).display().to_string()
+                        g.dir.join(p).display().to_string()
                     }
                 }),
-            password_file: rel(raw
-                .repository
-                .as_ref()
-                .and_then(|r| r.password_file.clone())),
+            password_file: g.rel(
+                raw.repository
+                    .as_ref()
+                    .and_then(|r| r.password_file.clone()),
+            ),
             services,
-            jobs: defaults.and_then(|d| d.jobs).unwrap_or(4).max(1),
+            jobs: g.defaults.and_then(|d| d.jobs).unwrap_or(4).max(1),
             invariants,
             drill_teardown: raw.drill.and_then(|d| d.teardown).unwrap_or(true),
         })
@@ -718,6 +441,387 @@ impl Catalog {
         }
         waves
     }
+}
+
+/// What the parse of every service shares: the `[defaults]` (their
+/// durations parsed once), the environment, the catalog's directory and the
+/// names of its services.
+struct Globals<'a> {
+    env: Option<&'a str>,
+    defaults: Option<&'a RawDefaults>,
+    default_rto: Option<Duration>,
+    default_timeout: Duration,
+    default_par: u32,
+    /// The catalog's directory, absolute: what relative paths are under.
+    dir: PathBuf,
+    names: BTreeSet<String>,
+}
+
+impl<'a> Globals<'a> {
+    /// Parse the `[defaults]` section and find the catalog's directory.
+    fn new(cx: &mut Ctx, raw: &'a RawCatalog, file: &Path, env: Option<&'a str>) -> Globals<'a> {
+        let defaults = raw.defaults.as_ref();
+        let default_rto = defaults
+            .and_then(|d| d.rto.as_ref())
+            .and_then(|r| cx.duration(r));
+        let default_timeout = defaults
+            .and_then(|d| d.ready_timeout.as_ref())
+            .and_then(|r| cx.duration(r))
+            .unwrap_or(Duration::from_secs(60));
+        let default_par = defaults.and_then(|d| d.parallelism).unwrap_or(2);
+        let dir = file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let names: BTreeSet<String> = raw.service.keys().cloned().collect();
+        Globals {
+            env,
+            defaults,
+            default_rto,
+            default_timeout,
+            default_par,
+            dir,
+            names,
+        }
+    }
+
+    /// A path of the catalog, relative ones under its directory.
+    fn rel(&self, p: Option<PathBuf>) -> Option<PathBuf> {
+        p.map(|p| if p.is_relative() { self.dir.join(p) } else { p })
+    }
+}
+
+/// Parse and validate one `[service.<name>]` table (with the environment's
+/// overrides merged in); errors go to `cx`. `None` when its kind is unknown.
+fn parse_service(
+    cx: &mut Ctx,
+    g: &Globals,
+    name: &str,
+    spanned: &toml::Spanned<RawService>,
+) -> Option<Service> {
+    let at = spanned.span().start;
+    let rs = spanned.get_ref();
+    if name.is_empty() || name.contains(['/', ' ']) {
+        cx.err(
+            at,
+            format!("service name {name:?} may not be empty or contain '/' or spaces"),
+        );
+    }
+    let Some(kind) = Kind::named(rs.kind.get_ref()) else {
+        cx.err(
+            rs.kind.span().start,
+            format!(
+                "service {name}: unknown kind {:?} ({})",
+                rs.kind.get_ref(),
+                crate::datastore::names().join(", ")
+            ),
+        );
+        return None;
+    };
+    if let Some(e) = g.env
+        && e != "production"
+        && !rs.env.contains_key(e)
+        && !rs.env.is_empty()
+    {
+        cx.err(
+            at,
+            format!(
+                "service {name}: no [service.{name}.env.{e}] overrides (it has {:?})",
+                rs.env.keys().collect::<Vec<_>>()
+            ),
+        );
+    }
+    let o = g
+        .env
+        .and_then(|e| rs.env.get(e))
+        .map(|o| o.get_ref().clone())
+        .unwrap_or_default();
+    let m = merge(&rs.base(), &o);
+    let deps = parse_depends_on(cx, name, rs, &g.names);
+    let (ready, ready_timeout) = parse_ready(cx, name, at, &m, g.default_timeout);
+    let rto = match &m.rto {
+        Some(r) => cx.duration(r),
+        None => g.default_rto,
+    };
+    check_required(cx, name, at, rs, kind, &m);
+    check_values(cx, name, at, rs, kind, &m);
+    check_foreign_fields(cx, name, at, rs, kind);
+    let retention = parse_retention(cx, name, at, rs, g.defaults);
+    Some(Service {
+        name: name.to_string(),
+        kind,
+        line: cx.line(at),
+        depends_on: deps,
+        host: m.host,
+        port: m.port,
+        user: m.user,
+        password: m.password,
+        database: m.database,
+        databases: m.databases.unwrap_or_else(|| vec![0]),
+        key_pattern: m.key_pattern.unwrap_or_else(|| "*".into()),
+        path: g.rel(m.path),
+        target: g.rel(m.target),
+        backup: m.backup,
+        restore: m.restore,
+        start: m.start,
+        stop: m.stop,
+        ready,
+        ready_timeout,
+        rto,
+        parallelism: m.parallelism.unwrap_or(g.default_par).max(1),
+        retention,
+        workdir: g.dir.clone(),
+        teardown: m.teardown,
+        has_env_override: g.env.is_some_and(|e| rs.env.contains_key(e)),
+        invariants: rs
+            .invariant
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inv)| {
+                cx.invariant(inv, &format!("{name}#{}", i + 1), Some(name), &g.names)
+            })
+            .collect(),
+        allow_special: rs.allow_special.unwrap_or(false),
+        allow_setuid: rs.allow_setuid.unwrap_or(false),
+        exclude: rs.exclude.clone().unwrap_or_default(),
+        one_file_system: rs.one_file_system.unwrap_or(false),
+        temp_dir: g.rel(m.temp_dir),
+        restore_role: m.restore_role,
+        post_restore: m.post_restore,
+        verify: m.verify,
+        rollback: false,
+    })
+}
+
+/// A service's dependencies: each must name another service of the catalog.
+fn parse_depends_on(
+    cx: &mut Ctx,
+    name: &str,
+    rs: &RawService,
+    names: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut deps = Vec::new();
+    for d in &rs.depends_on {
+        if !names.contains(d.get_ref()) {
+            cx.err(
+                d.span().start,
+                format!(
+                    "service {name} depends on unknown service {:?}",
+                    d.get_ref()
+                ),
+            );
+        } else if d.get_ref() == name {
+            cx.err(d.span().start, format!("service {name} depends on itself"));
+        } else {
+            deps.push(d.get_ref().clone());
+        }
+    }
+    deps
+}
+
+/// A service's readiness check and its timeout (the default one when it
+/// sets none).
+fn parse_ready(
+    cx: &mut Ctx,
+    name: &str,
+    at: usize,
+    m: &RawOverride,
+    default_timeout: Duration,
+) -> (Option<Ready>, Duration) {
+    match &m.ready {
+        None => (None, default_timeout),
+        Some(r) => {
+            let n = [&r.command, &r.tcp, &r.http]
+                .iter()
+                .filter(|x| x.is_some())
+                .count();
+            if n != 1 {
+                cx.err(
+                    at,
+                    format!("service {name}: ready needs exactly one of command, tcp, http"),
+                );
+            }
+            let t = r
+                .timeout
+                .as_ref()
+                .and_then(|t| cx.duration(t))
+                .unwrap_or(default_timeout);
+            let ready = r
+                .command
+                .clone()
+                .map(Ready::Command)
+                .or(r.tcp.clone().map(Ready::Tcp))
+                .or(r.http.clone().map(Ready::Http));
+            (ready, t)
+        }
+    }
+}
+
+/// The fields its kind requires, set in the table or the environment's
+/// overrides.
+fn check_required(
+    cx: &mut Ctx,
+    name: &str,
+    at: usize,
+    rs: &RawService,
+    kind: Kind,
+    m: &RawOverride,
+) {
+    let need = |cx: &mut Ctx, ok: bool, what: &str| {
+        if !ok {
+            cx.err(
+                at,
+                format!(
+                    "service {name} (kind {}): missing {what}",
+                    rs.kind.get_ref()
+                ),
+            );
+        }
+    };
+    let merged_fields = m.set_fields();
+    for (field, what) in kind.datastore().required() {
+        need(cx, merged_fields.contains(field), what);
+    }
+}
+
+/// Values the tools would misread: exclude patterns, database and role
+/// names.
+fn check_values(cx: &mut Ctx, name: &str, at: usize, rs: &RawService, kind: Kind, m: &RawOverride) {
+    // A database name is passed to the tools as one: not an option,
+    // not a connection string (which would connect elsewhere than
+    // the production guard compared).
+    if let Some(ex) = &rs.exclude {
+        let pats: Vec<_> = ex.iter().map(cairn_repo::select::Pattern::new).collect();
+        if let Err(e) = cairn_repo::select::Patterns::new(&pats) {
+            let off = cx.field_offset(at, "exclude");
+            cx.err(off, format!("service {name}: exclude: {e}"));
+        }
+    }
+    if let Some(db) = &m.database
+        && kind == Kind::POSTGRES
+        && db.len() > 63
+    {
+        // PostgreSQL cuts names to 63 bytes: two longer names that
+        // share them are one database.
+        let off = cx.field_offset(at, "database");
+        cx.err(
+            off,
+            format!(
+                "service {name}: database name is {} bytes; PostgreSQL keeps only the first 63, so it would name another database",
+                db.len()
+            ),
+        );
+    }
+    if let Some(r) = &m.restore_role
+        && (r.is_empty()
+            || r.len() > 63
+            || r.starts_with('-')
+            || r.contains('=')
+            || r.contains("://"))
+    {
+        let off = cx.field_offset(at, "restore_role");
+        cx.err(
+            off,
+            format!(
+                "service {name}: restore_role {r:?} is not a plain role name (1 to 63 bytes, no leading '-', no '=' or '://')"
+            ),
+        );
+    }
+    if let Some(db) = &m.database
+        && (db.starts_with('-') || db.contains('=') || db.contains("://"))
+    {
+        let off = cx.field_offset(at, "database");
+        cx.err(
+            off,
+            format!(
+                "service {name}: database {db:?} is not a plain database name (no leading '-', no '=' or '://': connection settings go in host, port, user)"
+            ),
+        );
+    }
+}
+
+/// Fields of other kinds set in the table or an environment's overrides.
+fn check_foreign_fields(cx: &mut Ctx, name: &str, at: usize, rs: &RawService, kind: Kind) {
+    // Fields of other kinds are errors (a Redis service with a
+    // `database`, a files service with a `host`): each names its line.
+    let mut set: Vec<(&str, usize, Option<&str>)> = rs
+        .base()
+        .set_fields()
+        .into_iter()
+        .map(|f| (f, at, None))
+        .collect();
+    for (f, on) in [
+        ("allow_special", rs.allow_special.is_some()),
+        ("allow_setuid", rs.allow_setuid.is_some()),
+        ("exclude", rs.exclude.is_some()),
+        ("one_file_system", rs.one_file_system.is_some()),
+    ] {
+        if on {
+            set.push((f, at, None));
+        }
+    }
+    for (e, o) in &rs.env {
+        // The override's own table (or inline table), from its span.
+        let from = o.span().start;
+        set.extend(
+            o.get_ref()
+                .set_fields()
+                .into_iter()
+                .map(|f| (f, from, Some(e.as_str()))),
+        );
+    }
+    for (field, from, in_env) in set {
+        if COMMON_FIELDS.contains(&field) || kind.datastore().fields().contains(&field) {
+            continue;
+        }
+        let takers: Vec<&str> = crate::datastore::all()
+            .into_iter()
+            .filter(|d| d.fields().contains(&field))
+            .map(|d| d.name())
+            .collect();
+        let off = cx.field_offset(from, field);
+        cx.err(
+            off,
+            format!(
+                "service {name} (kind {}){}: {field} is not a field of this kind (it belongs to kind {})",
+                rs.kind.get_ref(),
+                in_env.map(|e| format!(", env {e}")).unwrap_or_default(),
+                takers.join(", ")
+            ),
+        );
+    }
+}
+
+/// A service's retention rules (the default ones when it has none), which
+/// must be valid and keep something.
+fn parse_retention(
+    cx: &mut Ctx,
+    name: &str,
+    at: usize,
+    rs: &RawService,
+    defaults: Option<&RawDefaults>,
+) -> Option<Retention> {
+    let retention = rs
+        .retention
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.retention.clone()));
+    if let Some(r) = &retention {
+        match r.policy() {
+            Err(e) => cx.err(at, format!("service {name}: retention: {e}")),
+            Ok(p) if p.is_empty() => {
+                cx.err(at, format!("service {name}: retention has no keep rule"))
+            }
+            Ok(_) => {}
+        }
+    }
+    retention
 }
 
 fn find_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {

@@ -143,245 +143,18 @@ pub fn verify_fingerprint(
     Ok(f)
 }
 
+/// Restore one service from its snapshot in the group: its stages in
+/// order (see `restore_stages`), timed; the first that fails ends it.
 pub(super) fn restore_one(
     cx: &Ctx,
     svc: &Service,
     snap: Option<(SnapshotId, Snapshot)>,
 ) -> ServiceRestore {
     let t0 = cx.t0;
-    let on_event = cx.on_event;
     let start = t0.elapsed().as_secs_f64();
     let mut r = skipped(svc, String::new(), start);
     r.error = None;
-    let stage = |r: &mut ServiceRestore,
-                 name: StageName,
-                 f: &mut dyn FnMut(&mut ServiceRestore) -> Result<(), String>|
-     -> bool {
-        let s = t0.elapsed().as_secs_f64();
-        let res = f(r);
-        let e = t0.elapsed().as_secs_f64();
-        r.stages.push(Stage {
-            name,
-            start: s,
-            end: e,
-            seconds: e - s,
-        });
-        match res {
-            Ok(()) => {
-                on_event(&format!("{}: {name} done in {:.2}s", svc.name, e - s));
-                true
-            }
-            Err(msg) => {
-                on_event(&format!("{}: {name} FAILED: {msg}", svc.name));
-                r.status = Status::Failed;
-                r.error = Some(format!("{name}: {msg}"));
-                false
-            }
-        }
-    };
-    let verify = |r: &mut ServiceRestore, snap: &Snapshot| -> Result<(), String> {
-        let f = verify_service(svc, cx.repo, snap).map_err(|e| e.to_string())?;
-        let diffs = f.differences.clone();
-        r.fingerprint = f;
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the restored state differs from the backup: {}",
-                diffs.join("; ")
-            ))
-        }
-    };
-    let ok = (|| {
-        let Some((id, snap)) = &snap else {
-            r.status = Status::Failed;
-            r.error = Some("the group has no snapshot of this service".into());
-            return false;
-        };
-        r.snapshot = Some(id.to_hex());
-        // A resumed restore skips what completed and still verifies.
-        if let Some(j) = cx.journal
-            && j.passed.get(&svc.name) == Some(&id.to_hex())
-        {
-            let mut rr = r.clone();
-            if stage(&mut rr, StageName::VerifyResumed, &mut |r| verify(r, snap)) {
-                rr.resumed = true;
-                rr.safety_snapshot = j.prepared.get(&svc.name).cloned().flatten();
-                r = rr;
-                return true;
-            }
-            on_event(&format!(
-                "{}: completed before the interruption but no longer verifies; restoring it again",
-                svc.name
-            ));
-            r.stages = rr.stages;
-            r.status = Status::Pending;
-            r.error = None;
-        }
-        // A snapshot that may be forged is refused before anything runs:
-        // another adapter's kind (a `command` impostor of a database
-        // service), a MariaDB dump without its sandbox line, a Redis dump
-        // reaching outside the service's key space.
-        let mut checked = None;
-        if !stage(&mut r, StageName::Preflight, &mut |_| {
-            checked = Some(adapters::preflight(svc, cx.repo, id, snap).map_err(|e| e.to_string())?);
-            Ok(())
-        }) {
-            return false;
-        }
-        // Safety snapshot, once per restore, before anything is overwritten.
-        let prepared = cx.journal.and_then(|j| j.prepared.get(&svc.name).cloned());
-        if let Some(p) = prepared {
-            r.safety_snapshot = p;
-        } else if let Some(id) = cx.existing_safety.get(&svc.name) {
-            r.safety_snapshot = Some(id.clone());
-        } else if cx.safety {
-            if !stage(&mut r, StageName::SafetySnapshot, &mut |r| {
-                match adapters::holds_data(svc) {
-                    Ok(false) => {
-                        r.safety_note = Some("the target held no data".into());
-                        return Ok(());
-                    }
-                    Ok(true) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-                let (host, user) = cairn_repo::whoami();
-                let opts = BackupOptions {
-                    service: svc.name.clone(),
-                    hostname: host,
-                    username: user,
-                    tags: vec![
-                        "safety".into(),
-                        format!("restore:{}", cx.restore_id),
-                        format!("kind:{}", kind_name(svc.kind)),
-                    ],
-                    parent: ParentChoice::Auto,
-                    group: Some(cx.safety_group),
-                    fingerprints: vec![],
-                    exclusions: Default::default(),
-                };
-                match adapters::backup(&svc.live_view(), cx.repo, opts) {
-                    Ok(b) => r.safety_snapshot = Some(b.id.to_hex()),
-                    Err(e) if svc.kind.datastore().safety_snapshot_optional() => {
-                        r.safety_note = Some(format!("backup command failed: {e}"))
-                    }
-                    Err(e) => return Err(format!("{e} (nothing was overwritten)")),
-                }
-                Ok(())
-            }) {
-                return false;
-            }
-        } else {
-            r.safety_note = Some("safety snapshots off".into());
-        }
-        if let Err(e) = trail::journal(
-            cx.repo.repo(),
-            &cx.restore_id,
-            &JournalEvent::Prepared {
-                service: svc.name.clone(),
-                safety_snapshot: r.safety_snapshot.clone(),
-                note: r.safety_note.clone(),
-                time: now(),
-            },
-        ) {
-            r.status = Status::Failed;
-            r.error = Some(format!("journal: {e}"));
-            return false;
-        }
-        if let Some(stop) = &svc.stop
-            && !stage(&mut r, StageName::Stop, &mut |_| run_shell(svc, stop))
-        {
-            return false;
-        }
-        if !stage(&mut r, StageName::FetchLoad, &mut |r| {
-            let c = checked.take().ok_or("preflight did not run")?;
-            let (bytes, withheld) =
-                adapters::restore(svc, cx.repo, c).map_err(|e| e.to_string())?;
-            r.bytes_restored = bytes;
-            if let Some(w) = &withheld {
-                on_event(&format!("{}: withheld: {w}", svc.name));
-            }
-            r.withheld = withheld;
-            Ok(())
-        }) {
-            return false;
-        }
-        if let Some(name) = svc.kind.datastore().after_load()
-            && !stage(&mut r, StageName::AfterLoad(name), &mut |_| {
-                svc.kind
-                    .datastore()
-                    .run_after_load(svc)
-                    .map_err(|e| e.to_string())
-            })
-        {
-            return false;
-        }
-        if let Some(start) = &svc.start
-            && !stage(&mut r, StageName::Start, &mut |_| run_shell(svc, start))
-        {
-            return false;
-        }
-        if let Some(ready) = &svc.ready
-            && !stage(&mut r, StageName::Ready, &mut |_| {
-                crate::ready::wait(ready, svc.ready_timeout, &svc.workdir)
-            })
-        {
-            return false;
-        }
-        // Test hook: change the service between load and verification.
-        if let Ok(hook) = std::env::var("CAIRN_TEST_HOOK_BEFORE_VERIFY") {
-            let _ = adapters::shell(svc, &hook)
-                .env("CAIRN_SERVICE", &svc.name)
-                .status();
-        }
-        if !stage(&mut r, StageName::Verify, &mut |r| verify(r, snap)) {
-            return false;
-        }
-        if !svc.invariants.is_empty()
-            && cx.invariants
-            && !stage(&mut r, StageName::Invariants, &mut |r| {
-                let res: Vec<InvariantResult> = svc
-                    .invariants
-                    .iter()
-                    .map(|i| run_invariant(cx.cat, i))
-                    .collect();
-                let bad: Vec<String> = res
-                    .iter()
-                    .filter(|i| i.status != "passed")
-                    .map(|i| format!("{}: {}", i.name, i.error.as_deref().unwrap_or("")))
-                    .collect();
-                r.invariants = res;
-                if bad.is_empty() {
-                    Ok(())
-                } else {
-                    Err(bad.join("; "))
-                }
-            })
-        {
-            return false;
-        }
-        if let Some(hook) = &svc.post_restore
-            && !stage(&mut r, StageName::PostRestore, &mut |_| {
-                run_shell(svc, hook)
-            })
-        {
-            return false;
-        }
-        if let Err(e) = trail::journal(
-            cx.repo.repo(),
-            &cx.restore_id,
-            &JournalEvent::Passed {
-                service: svc.name.clone(),
-                snapshot: id.to_hex(),
-                time: now(),
-            },
-        ) {
-            r.status = Status::Failed;
-            r.error = Some(format!("journal: {e}"));
-            return false;
-        }
-        true
-    })();
+    let ok = restore_stages(cx, svc, &snap, &mut r);
     r.end = t0.elapsed().as_secs_f64();
     r.seconds = r.end - r.start;
     if ok {
@@ -389,6 +162,314 @@ pub(super) fn restore_one(
         r.rto_met = svc.rto.map(|b| Duration::from_secs_f64(r.seconds) <= b);
     }
     r
+}
+
+/// Run one stage, timed and recorded in `r`, its outcome reported; a
+/// failure marks the service failed, naming the stage. Whether it passed.
+fn stage(
+    cx: &Ctx,
+    svc: &Service,
+    r: &mut ServiceRestore,
+    name: StageName,
+    f: &mut dyn FnMut(&mut ServiceRestore) -> Result<(), String>,
+) -> bool {
+    let t0 = cx.t0;
+    let on_event = cx.on_event;
+    let s = t0.elapsed().as_secs_f64();
+    let res = f(r);
+    let e = t0.elapsed().as_secs_f64();
+    r.stages.push(Stage {
+        name,
+        start: s,
+        end: e,
+        seconds: e - s,
+    });
+    match res {
+        Ok(()) => {
+            on_event(&format!("{}: {name} done in {:.2}s", svc.name, e - s));
+            true
+        }
+        Err(msg) => {
+            on_event(&format!("{}: {name} FAILED: {msg}", svc.name));
+            r.status = Status::Failed;
+            r.error = Some(format!("{name}: {msg}"));
+            false
+        }
+    }
+}
+
+/// Compare the live state with the snapshot, the fingerprints kept in `r`.
+fn verify(cx: &Ctx, svc: &Service, r: &mut ServiceRestore, snap: &Snapshot) -> Result<(), String> {
+    let f = verify_service(svc, cx.repo, snap).map_err(|e| e.to_string())?;
+    let diffs = f.differences.clone();
+    r.fingerprint = f;
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the restored state differs from the backup: {}",
+            diffs.join("; ")
+        ))
+    }
+}
+
+/// The stages of a restore, from the snapshot's preflight to the journal
+/// entry saying it passed. False as soon as one failed (`r` says why).
+fn restore_stages(
+    cx: &Ctx,
+    svc: &Service,
+    snap: &Option<(SnapshotId, Snapshot)>,
+    r: &mut ServiceRestore,
+) -> bool {
+    let Some((id, snap)) = snap else {
+        r.status = Status::Failed;
+        r.error = Some("the group has no snapshot of this service".into());
+        return false;
+    };
+    r.snapshot = Some(id.to_hex());
+    // A resumed restore skips what completed and still verifies.
+    if let Some(j) = cx.journal
+        && j.passed.get(&svc.name) == Some(&id.to_hex())
+        && still_verifies(cx, svc, j, snap, r)
+    {
+        return true;
+    }
+    // A snapshot that may be forged is refused before anything runs:
+    // another adapter's kind (a `command` impostor of a database
+    // service), a MariaDB dump without its sandbox line, a Redis dump
+    // reaching outside the service's key space.
+    let mut checked = None;
+    if !stage(cx, svc, r, StageName::Preflight, &mut |_| {
+        checked = Some(adapters::preflight(svc, cx.repo, id, snap).map_err(|e| e.to_string())?);
+        Ok(())
+    }) {
+        return false;
+    }
+    if !prepare(cx, svc, r) {
+        return false;
+    }
+    if !load_and_start(cx, svc, r, checked) {
+        return false;
+    }
+    if !verify_and_check(cx, svc, snap, r) {
+        return false;
+    }
+    if let Err(e) = trail::journal(
+        cx.repo.repo(),
+        &cx.restore_id,
+        &JournalEvent::Passed {
+            service: svc.name.clone(),
+            snapshot: id.to_hex(),
+            time: now(),
+        },
+    ) {
+        r.status = Status::Failed;
+        r.error = Some(format!("journal: {e}"));
+        return false;
+    }
+    true
+}
+
+/// A service the interrupted run completed: whether it still verifies (then
+/// `r` is its result, resumed). If not it is restored again, `r` keeping
+/// the failed verification's stage.
+fn still_verifies(
+    cx: &Ctx,
+    svc: &Service,
+    j: &Journal,
+    snap: &Snapshot,
+    r: &mut ServiceRestore,
+) -> bool {
+    let mut rr = r.clone();
+    if stage(cx, svc, &mut rr, StageName::VerifyResumed, &mut |r| {
+        verify(cx, svc, r, snap)
+    }) {
+        rr.resumed = true;
+        rr.safety_snapshot = j.prepared.get(&svc.name).cloned().flatten();
+        *r = rr;
+        return true;
+    }
+    (cx.on_event)(&format!(
+        "{}: completed before the interruption but no longer verifies; restoring it again",
+        svc.name
+    ));
+    r.stages = rr.stages;
+    r.status = Status::Pending;
+    r.error = None;
+    false
+}
+
+/// Safety snapshot, once per restore, before anything is overwritten (or
+/// the one a previous run took), then the journal entry recording it.
+fn prepare(cx: &Ctx, svc: &Service, r: &mut ServiceRestore) -> bool {
+    let prepared = cx.journal.and_then(|j| j.prepared.get(&svc.name).cloned());
+    if let Some(p) = prepared {
+        r.safety_snapshot = p;
+    } else if let Some(id) = cx.existing_safety.get(&svc.name) {
+        r.safety_snapshot = Some(id.clone());
+    } else if cx.safety {
+        if !stage(cx, svc, r, StageName::SafetySnapshot, &mut |r| {
+            safety_snapshot(cx, svc, r)
+        }) {
+            return false;
+        }
+    } else {
+        r.safety_note = Some("safety snapshots off".into());
+    }
+    if let Err(e) = trail::journal(
+        cx.repo.repo(),
+        &cx.restore_id,
+        &JournalEvent::Prepared {
+            service: svc.name.clone(),
+            safety_snapshot: r.safety_snapshot.clone(),
+            note: r.safety_note.clone(),
+            time: now(),
+        },
+    ) {
+        r.status = Status::Failed;
+        r.error = Some(format!("journal: {e}"));
+        return false;
+    }
+    true
+}
+
+/// The safety snapshot stage: back up what the target holds, in the
+/// restore's safety group (nothing when it holds no data).
+fn safety_snapshot(cx: &Ctx, svc: &Service, r: &mut ServiceRestore) -> Result<(), String> {
+    match adapters::holds_data(svc) {
+        Ok(false) => {
+            r.safety_note = Some("the target held no data".into());
+            return Ok(());
+        }
+        Ok(true) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let (host, user) = cairn_repo::whoami();
+    let opts = BackupOptions {
+        service: svc.name.clone(),
+        hostname: host,
+        username: user,
+        tags: vec![
+            "safety".into(),
+            format!("restore:{}", cx.restore_id),
+            format!("kind:{}", kind_name(svc.kind)),
+        ],
+        parent: ParentChoice::Auto,
+        group: Some(cx.safety_group),
+        fingerprints: vec![],
+        exclusions: Default::default(),
+    };
+    match adapters::backup(&svc.live_view(), cx.repo, opts) {
+        Ok(b) => r.safety_snapshot = Some(b.id.to_hex()),
+        Err(e) if svc.kind.datastore().safety_snapshot_optional() => {
+            r.safety_note = Some(format!("backup command failed: {e}"))
+        }
+        Err(e) => return Err(format!("{e} (nothing was overwritten)")),
+    }
+    Ok(())
+}
+
+/// Stop the service, load the preflighted snapshot, run the kind's
+/// after-load step, start it and wait until it is ready.
+fn load_and_start(
+    cx: &Ctx,
+    svc: &Service,
+    r: &mut ServiceRestore,
+    mut checked: Option<adapters::Checked<'_>>,
+) -> bool {
+    if let Some(stop) = &svc.stop
+        && !stage(cx, svc, r, StageName::Stop, &mut |_| run_shell(svc, stop))
+    {
+        return false;
+    }
+    if !stage(cx, svc, r, StageName::FetchLoad, &mut |r| {
+        let c = checked.take().ok_or("preflight did not run")?;
+        let (bytes, withheld) = adapters::restore(svc, cx.repo, c).map_err(|e| e.to_string())?;
+        r.bytes_restored = bytes;
+        if let Some(w) = &withheld {
+            (cx.on_event)(&format!("{}: withheld: {w}", svc.name));
+        }
+        r.withheld = withheld;
+        Ok(())
+    }) {
+        return false;
+    }
+    if let Some(name) = svc.kind.datastore().after_load()
+        && !stage(cx, svc, r, StageName::AfterLoad(name), &mut |_| {
+            svc.kind
+                .datastore()
+                .run_after_load(svc)
+                .map_err(|e| e.to_string())
+        })
+    {
+        return false;
+    }
+    if let Some(start) = &svc.start
+        && !stage(cx, svc, r, StageName::Start, &mut |_| run_shell(svc, start))
+    {
+        return false;
+    }
+    if let Some(ready) = &svc.ready
+        && !stage(cx, svc, r, StageName::Ready, &mut |_| {
+            crate::ready::wait(ready, svc.ready_timeout, &svc.workdir)
+        })
+    {
+        return false;
+    }
+    true
+}
+
+/// Verify the restored service against its snapshot, run its own
+/// invariants, then its post-restore hook.
+fn verify_and_check(cx: &Ctx, svc: &Service, snap: &Snapshot, r: &mut ServiceRestore) -> bool {
+    // Test hook: change the service between load and verification.
+    if let Ok(hook) = std::env::var("CAIRN_TEST_HOOK_BEFORE_VERIFY") {
+        let _ = adapters::shell(svc, &hook)
+            .env("CAIRN_SERVICE", &svc.name)
+            .status();
+    }
+    if !stage(cx, svc, r, StageName::Verify, &mut |r| {
+        verify(cx, svc, r, snap)
+    }) {
+        return false;
+    }
+    if !svc.invariants.is_empty()
+        && cx.invariants
+        && !stage(cx, svc, r, StageName::Invariants, &mut |r| {
+            service_invariants(cx, svc, r)
+        })
+    {
+        return false;
+    }
+    if let Some(hook) = &svc.post_restore
+        && !stage(cx, svc, r, StageName::PostRestore, &mut |_| {
+            run_shell(svc, hook)
+        })
+    {
+        return false;
+    }
+    true
+}
+
+/// The invariants stage: the service's own invariants, kept in `r`; an
+/// error names each that did not pass.
+fn service_invariants(cx: &Ctx, svc: &Service, r: &mut ServiceRestore) -> Result<(), String> {
+    let res: Vec<InvariantResult> = svc
+        .invariants
+        .iter()
+        .map(|i| run_invariant(cx.cat, i))
+        .collect();
+    let bad: Vec<String> = res
+        .iter()
+        .filter(|i| i.status != "passed")
+        .map(|i| format!("{}: {}", i.name, i.error.as_deref().unwrap_or("")))
+        .collect();
+    r.invariants = res;
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
 }
 
 /// Longest chain of selected services by restore time.
