@@ -6,6 +6,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod mount;
+mod parity;
 mod protocol;
 mod s3;
 mod stack;
@@ -663,8 +664,15 @@ fn forget_keeps_by_rule_respects_protection_and_dry_run() {
     env.ok(&["forget", "--keep-last", "2"]);
     let left = env.json(&["snapshots"]);
     assert_eq!(left.as_array().unwrap().len(), 3);
-    assert!(left.as_array().unwrap().iter().any(|s| {
-        s["tags"]
+    // Protection is a field of its own, not a tag among the user's (#21).
+    assert!(
+        left.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["protected"] == serde_json::json!(true))
+    );
+    assert!(left.as_array().unwrap().iter().all(|s| {
+        !s["tags"]
             .as_array()
             .unwrap()
             .contains(&serde_json::json!("cairn:protected"))

@@ -1,7 +1,8 @@
 //! `cairn`: the command-line interface. Only this crate uses `anyhow`.
 //!
-//! Exit codes: 0 success, 1 failure, 3 completed with warnings (for example
-//! unreadable files skipped during a backup).
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's, and only
+//! those), 3 completed with warnings (for example unreadable files skipped
+//! during a backup).
 
 mod commands;
 mod history_html;
@@ -10,7 +11,7 @@ mod util;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Exit code for "completed, with warnings".
 pub const EXIT_WARNINGS: i32 = 3;
@@ -18,8 +19,9 @@ pub const EXIT_WARNINGS: i32 = 3;
 #[derive(Parser, Debug)]
 #[command(
     name = "cairn",
-    version,
-    about = "Encrypted, deduplicating backups for service fleets"
+    version = commands::long_version(),
+    about = "Encrypted, deduplicating backups for service fleets",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 3 completed with warnings."
 )]
 struct Cli {
     #[command(flatten)]
@@ -89,6 +91,10 @@ enum Cmd {
     Ls(commands::LsArgs),
     /// Write a file of a snapshot to stdout
     Dump(commands::DumpArgs),
+    /// What changed between two snapshots (by content, not mtimes)
+    Diff(commands::DiffArgs),
+    /// Find entries by pattern across snapshots
+    Find(commands::FindArgs),
     /// Restore a snapshot
     Restore(commands::RestoreArgs),
     /// Remove snapshots by keep rules (or by id)
@@ -120,6 +126,48 @@ enum Cmd {
         #[command(subcommand)]
         cmd: commands::KeyCmd,
     },
+    /// The release, commit and format versions of this binary
+    Version,
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout
+    Completion(commands::CompletionArgs),
+    /// Manual pages (roff)
+    Man(commands::ManArgs),
+}
+
+/// Whether the command prints only a report of what it did (silenced by
+/// `-q`), not output that was asked for (a listing, a dump).
+fn reports_only(c: &Cmd) -> bool {
+    match c {
+        Cmd::Init(_)
+        | Cmd::Backup(_)
+        | Cmd::Restore(_)
+        | Cmd::Forget(_)
+        | Cmd::Check(_)
+        | Cmd::Repair { .. }
+        | Cmd::Prune(_)
+        | Cmd::Tag(_)
+        | Cmd::Mount(_) => true,
+        Cmd::Key { cmd } => !matches!(cmd, commands::KeyCmd::List),
+        Cmd::Stack { cmd } => !matches!(
+            cmd,
+            stack::StackCmd::Plan(_) | stack::StackCmd::History(_) | stack::StackCmd::Audit(_)
+        ),
+        Cmd::Snapshots(_)
+        | Cmd::Ls(_)
+        | Cmd::Diff(_)
+        | Cmd::Find(_)
+        | Cmd::Dump(_)
+        | Cmd::Stats
+        | Cmd::Cat(_)
+        | Cmd::Version
+        | Cmd::Completion(_)
+        | Cmd::Man(_) => false,
+    }
+}
+
+/// The whole command line's definition (for completions and manual pages).
+pub fn cli_command() -> clap::Command {
+    Cli::command()
 }
 
 fn main() {
@@ -131,13 +179,29 @@ fn main() {
         cli.command,
         Cmd::Snapshots(_)
             | Cmd::Ls(_)
+            | Cmd::Diff(_)
+            | Cmd::Find(_)
             | Cmd::Forget(_)
             | Cmd::Check(_)
             | Cmd::Stats
             | Cmd::Cat(_)
             | Cmd::Tag(_)
+            | Cmd::Version
+            | Cmd::Completion(_)
+            | Cmd::Man(_)
     ) {
         cairn_repo::sys::default_sigpipe();
+    }
+    // -q: nothing but errors (and warnings, on stderr) from the commands
+    // whose output is a report of what they did; a listing's output is
+    // what was asked for, and --json is asked for too.
+    if cli.global.quiet && !cli.global.json && reports_only(&cli.command) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if let Err(e) = cairn_repo::sys::silence_stdout() {
+            eprintln!("cairn: error: -q: {e}");
+            std::process::exit(1);
+        }
     }
     cairn_repo::sys::tune_allocator(matches!(
         cli.command,
@@ -149,6 +213,8 @@ fn main() {
         Cmd::Snapshots(a) => commands::snapshots(&cli.global, a),
         Cmd::Ls(a) => commands::ls(&cli.global, a),
         Cmd::Dump(a) => commands::dump(&cli.global, a),
+        Cmd::Diff(a) => commands::diff_cmd(&cli.global, a),
+        Cmd::Find(a) => commands::find_cmd(&cli.global, a),
         Cmd::Restore(a) => commands::restore(&cli.global, a),
         Cmd::Stats => commands::stats(&cli.global),
         Cmd::Forget(a) => commands::forget_cmd(&cli.global, a),
@@ -160,6 +226,9 @@ fn main() {
         Cmd::Key { cmd } => commands::key(&cli.global, cmd),
         Cmd::Mount(a) => commands::mount_cmd(&cli.global, a),
         Cmd::Stack { cmd } => stack::stack(&cli.global, cmd),
+        Cmd::Version => commands::version_cmd(&cli.global),
+        Cmd::Completion(a) => commands::completion_cmd(a),
+        Cmd::Man(a) => commands::man_cmd(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -169,3 +169,108 @@ mod tests {
         );
     }
 }
+
+/// A time given on the command line, in nanoseconds since the epoch (UTC):
+/// RFC 3339 (`2026-12-01T10:00:00Z`, fractions and offsets allowed), or
+/// `YYYY-MM-DD`, `YYYY-MM-DD HH:MM` or `YYYY-MM-DD HH:MM:SS` read as UTC.
+pub fn parse_datetime(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+    };
+    let (date, rest) = match s.find(['T', 't', ' ']) {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (m, day) = (m as u32, day as u32);
+    let days = days_from_civil(y, m, day);
+    if civil_from_days(days) != (y, m, day) {
+        return None; // 2026-02-30
+    }
+    // Time of day, fraction, offset.
+    let (clock, offset_s) = if rest.is_empty() {
+        ("", 0)
+    } else if let Some(c) = rest.strip_suffix(['Z', 'z']) {
+        (c, 0)
+    } else if let Some(i) = rest.rfind(['+', '-']).filter(|&i| i >= 5) {
+        let (c, off) = rest.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut o = off[1..].split(':');
+        let (oh, om) = (num(o.next()?)?, num(o.next().unwrap_or("0"))?);
+        if oh > 23 || om > 59 {
+            return None;
+        }
+        (c, sign * (oh * 3600 + om * 60))
+    } else {
+        (rest, 0)
+    };
+    let (hms, frac) = match clock.split_once('.') {
+        Some((a, f)) => (a, f),
+        None => (clock, ""),
+    };
+    let mut parts = hms.split(':');
+    let h = if hms.is_empty() {
+        0
+    } else {
+        num(parts.next()?)?
+    };
+    let mi = parts.next().map(num).unwrap_or(Some(0))?;
+    let sec = parts.next().map(num).unwrap_or(Some(0))?;
+    if parts.next().is_some() || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        let digits = num(frac)?;
+        if frac.len() > 9 {
+            return None;
+        }
+        digits * 10i64.pow(9 - frac.len() as u32)
+    };
+    let secs = days.checked_mul(86_400)? + h * 3600 + mi * 60 + sec - offset_s;
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+#[cfg(test)]
+mod datetime_tests {
+    use super::parse_datetime;
+
+    #[test]
+    fn command_line_times_in_the_forms_restic_users_type() {
+        let day = 1_796_083_200i64 * 1_000_000_000; // 2026-12-01T00:00:00Z
+        assert_eq!(parse_datetime("2026-12-01"), Some(day));
+        assert_eq!(
+            parse_datetime("2026-12-01 10:30"),
+            Some(day + 37_800 * 1_000_000_000)
+        );
+        assert_eq!(
+            parse_datetime("2026-12-01T10:30:00Z"),
+            Some(day + 37_800 * 1_000_000_000)
+        );
+        assert_eq!(
+            parse_datetime("2026-12-01T10:30:00.5Z"),
+            Some(day + 37_800 * 1_000_000_000 + 500_000_000)
+        );
+        assert_eq!(
+            parse_datetime("2026-12-01T12:30:00+02:00"),
+            Some(day + 37_800 * 1_000_000_000)
+        );
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "yesterday",
+            "2026-12-01 25:00",
+            "2026-12",
+            "2026-12-01T10:30:00.1234567891Z",
+            "",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+    }
+}

@@ -51,6 +51,7 @@
 //! | [`session`] | the prune protocol's sessions, claims, lease and store time (§5) |
 //! | `prune` | forget's second half: mark, then delete (§5.3) |
 //! | [`check`], [`repair`] | verification and repair |
+//! | [`diff`] | what differs between two snapshot trees |
 //! | [`forget`] | retention policies |
 //! | [`records`] | audit and journal records |
 //! | [`duration`] | the one duration grammar of the CLI and catalog; durations and dates printed |
@@ -62,6 +63,7 @@ pub mod backend;
 mod backup;
 pub mod cache;
 pub mod check;
+pub mod diff;
 pub mod duration;
 pub mod error;
 pub mod forget;

@@ -256,6 +256,15 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Point standard output at `/dev/null` (`-q` of the commands whose
+/// output is a report, not the answer asked for): what they would print
+/// goes nowhere, errors and warnings still reach standard error.
+pub fn silence_stdout() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null)?;
+    Ok(())
+}
+
 /// The names of the extended attributes of an open entry (see
 /// [`set_xattr`] for `real`). A file system without them has none.
 pub fn xattr_names_fd(fd: std::os::fd::BorrowedFd<'_>, real: bool) -> io::Result<Vec<Vec<u8>>> {

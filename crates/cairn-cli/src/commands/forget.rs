@@ -10,7 +10,7 @@ use cairn_repo::forget::{self, Decision, GroupBy, PROTECTED_TAG, RetentionPolicy
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::{PruneArgs, prune_would_run, run_prune};
+use super::{PruneArgs, lossy, prune_would_run, run_prune};
 use crate::GlobalArgs;
 use crate::util::format_time;
 
@@ -69,12 +69,8 @@ pub struct ForgetArgs {
     /// Group snapshots by these fields before applying the rules
     #[arg(long, default_value = "service,host,paths", value_parser = GroupBy::parse)]
     group_by: GroupBy,
-    /// Only snapshots of this service
-    #[arg(long)]
-    service: Option<String>,
-    /// Only snapshots of this host
-    #[arg(long)]
-    host: Option<String>,
+    #[command(flatten)]
+    pick: crate::commands::Pick,
     /// Show what would be removed; remove nothing
     #[arg(long)]
     dry_run: bool,
@@ -89,12 +85,20 @@ pub struct ForgetArgs {
     prune_args: PruneArgs,
 }
 
+/// One group's decisions, its snapshots, and its key as JSON (the grouped
+/// fields only: `service`, `hostname`, `paths`, `tags`).
+pub struct GroupDecisions {
+    pub decisions: Vec<Decision>,
+    pub snaps: BTreeMap<SnapshotId, Snapshot>,
+    pub key: Value,
+}
+
 /// Apply a policy to snapshots (already filtered); returns the decisions by group.
 pub fn decide(
     policy: &RetentionPolicy,
     group_by: GroupBy,
     snaps: Vec<(SnapshotId, Snapshot)>,
-) -> BTreeMap<String, (Vec<Decision>, BTreeMap<SnapshotId, Snapshot>)> {
+) -> BTreeMap<String, GroupDecisions> {
     let mut groups: BTreeMap<String, Vec<(SnapshotId, Snapshot)>> = BTreeMap::new();
     for (id, s) in snaps {
         groups.entry(group_by.key(&s)).or_default().push((id, s));
@@ -102,10 +106,39 @@ pub fn decide(
     groups
         .into_iter()
         .map(|(k, g)| {
-            let d = forget::apply(policy, &g);
-            (k, (d, g.into_iter().collect()))
+            let decisions = forget::apply(policy, &g);
+            let key = group_json(group_by, &g[0].1);
+            (
+                k,
+                GroupDecisions {
+                    decisions,
+                    snaps: g.into_iter().collect(),
+                    key,
+                },
+            )
         })
         .collect()
+}
+
+/// The fields `group_by` groups `s` by, as a JSON object.
+fn group_json(group_by: GroupBy, s: &Snapshot) -> Value {
+    let mut o = serde_json::Map::new();
+    if group_by.service {
+        o.insert("service".into(), json!(s.service));
+    }
+    if group_by.host {
+        o.insert("hostname".into(), json!(s.hostname));
+    }
+    if group_by.paths {
+        let p: Vec<String> = s.paths.iter().map(|p| lossy(p)).collect();
+        o.insert("paths".into(), json!(p));
+    }
+    if group_by.tags {
+        let mut t: Vec<&String> = s.tags.iter().filter(|t| *t != PROTECTED_TAG).collect();
+        t.sort();
+        o.insert("tags".into(), json!(t));
+    }
+    Value::Object(o)
 }
 
 /// Print decisions and remove what is not kept (unless dry run). Returns the
@@ -113,14 +146,14 @@ pub fn decide(
 pub fn execute(
     g: &GlobalArgs,
     repo: &Repository,
-    groups: &BTreeMap<String, (Vec<Decision>, BTreeMap<SnapshotId, Snapshot>)>,
+    groups: &BTreeMap<String, GroupDecisions>,
     dry_run: bool,
     allow_empty: bool,
     label: &str,
 ) -> Result<(usize, Value)> {
     let emptied: Vec<&str> = groups
         .iter()
-        .filter(|(_, (d, _))| !d.is_empty() && d.iter().all(|d| !d.keep))
+        .filter(|(_, g)| !g.decisions.is_empty() && g.decisions.iter().all(|d| !d.keep))
         .map(|(k, _)| k.as_str())
         .collect();
     if !emptied.is_empty() && !allow_empty && !dry_run {
@@ -142,7 +175,8 @@ pub fn execute(
     }
     let mut remove = Vec::new();
     let mut out = Vec::new();
-    for (key, (decisions, snaps)) in groups {
+    for (key, gd) in groups {
+        let (decisions, snaps) = (&gd.decisions, &gd.snaps);
         if !g.json {
             println!("{label}group {key}:");
         }
@@ -163,7 +197,7 @@ pub fn execute(
             }
             rows.push(json!({"id": d.id.to_hex(), "time": format_time(s.time_ns, true), "keep": d.keep, "reasons": d.reasons}));
         }
-        out.push(json!({"group": key, "snapshots": rows}));
+        out.push(json!({"group": gd.key, "snapshots": rows}));
     }
     if !dry_run {
         repo.delete_snapshots(&remove)?;
@@ -193,7 +227,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
         }
         let mut ids = Vec::new();
         for spec in &a.ids {
-            let (id, s) = repo.resolve_snapshot(spec, &|_| true)?;
+            let (id, s) = crate::commands::resolve(&repo, spec, &a.pick)?;
             if s.tags.iter().any(|t| t == PROTECTED_TAG) {
                 bail!(
                     "snapshot {} is protected (cairn tag --unprotect first)",
@@ -234,10 +268,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
     let stored = repo.snapshot_store_times()?;
     let snaps: Vec<_> = crate::commands::readable_snapshots(&repo)?
         .into_iter()
-        .filter(|(_, s)| {
-            a.service.as_ref().is_none_or(|x| &s.service == x)
-                && a.host.as_ref().is_none_or(|x| &s.hostname == x)
-        })
+        .filter(|(_, s)| a.pick.matches(s))
         .map(|(id, mut s)| {
             // Retention by a time the writer cannot fake (the storage's).
             if let Some(&t) = stored.get(&id) {

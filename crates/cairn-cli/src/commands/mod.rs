@@ -197,7 +197,8 @@ fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> Value {
         "hostname": s.hostname,
         "username": s.username,
         "paths": s.paths.iter().map(|p| lossy(p)).collect::<Vec<_>>(),
-        "tags": s.tags,
+        "tags": s.tags.iter().filter(|t| *t != cairn_repo::forget::PROTECTED_TAG).collect::<Vec<_>>(),
+        "protected": s.tags.iter().any(|t| t == cairn_repo::forget::PROTECTED_TAG),
         "summary": {
             "files_new": m.files_new,
             "files_changed": m.files_changed,
@@ -240,3 +241,11 @@ mod repair;
 pub use repair::*;
 mod tag;
 pub use tag::*;
+mod version;
+pub use version::*;
+mod diff;
+pub use diff::*;
+mod find;
+pub use find::*;
+mod completion;
+pub use completion::*;

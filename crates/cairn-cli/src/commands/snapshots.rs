@@ -1,18 +1,12 @@
 //! `cairn snapshots` and picking a snapshot by id, `latest`, host, tag.
 
 use super::*;
+use cairn_repo::forget::PROTECTED_TAG;
 
 #[derive(Args, Debug)]
 pub struct SnapshotsArgs {
-    /// Only this service
-    #[arg(long)]
-    service: Option<String>,
-    /// Only snapshots with this tag (repeatable: all must match)
-    #[arg(long = "tag")]
-    tags: Vec<String>,
-    /// Only this host
-    #[arg(long)]
-    host: Option<String>,
+    #[command(flatten)]
+    pick: Pick,
 }
 
 /// The readable snapshots; each unreadable object is a warning naming it
@@ -31,11 +25,7 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
     let repo = open(g)?;
     let list: Vec<_> = readable_snapshots(&repo)?
         .into_iter()
-        .filter(|(_, s)| {
-            a.service.as_ref().is_none_or(|x| &s.service == x)
-                && a.host.as_ref().is_none_or(|x| &s.hostname == x)
-                && a.tags.iter().all(|t| s.tags.contains(t))
-        })
+        .filter(|(_, s)| a.pick.matches(s))
         .collect();
     let stored = repo.snapshot_store_times()?;
     let skew = |id: &cairn_format::SnapshotId, s: &cairn_format::snapshot::Snapshot| {
@@ -57,21 +47,31 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         .map(|_| 0);
     }
     println!(
-        "{:<8}  {:<20}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
+        "{:<9} {:<20}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
         "id", "time (UTC)", "host", "service", "tags", "size"
     );
     let mut warnings = Vec::new();
+    let mut any_protected = false;
     for (id, s) in &list {
         let w = skew(id, s);
         let mark = if w.is_some() { "!" } else { " " };
         warnings.extend(w);
+        let protected = s.tags.iter().any(|t| t == PROTECTED_TAG);
+        any_protected |= protected;
+        let tags: Vec<&str> = s
+            .tags
+            .iter()
+            .filter(|t| *t != PROTECTED_TAG)
+            .map(String::as_str)
+            .collect();
         println!(
-            "{:<8}  {:<19}{mark}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
+            "{:<8}{} {:<19}{mark}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
             id.short(),
+            if protected { "*" } else { " " },
             format_time(s.time_ns, false),
             s.hostname,
             s.service,
-            s.tags.join(","),
+            tags.join(","),
             human_bytes(s.summary.bytes_total),
             s.paths
                 .iter()
@@ -81,21 +81,69 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         );
     }
     println!("{} snapshots", list.len());
+    if any_protected {
+        println!("* protected from forget (cairn tag --unprotect)");
+    }
     for w in &warnings {
         println!("! {w}");
     }
     Ok(0)
 }
 
-/// `--service`/`--host` narrowing for `latest`.
-#[derive(Args, Debug, Clone)]
+/// Which snapshots a command considers: `--service`, `--host`, `--tag` and
+/// `--path` narrow ids and `latest` alike. Without `--host`, `--service` or
+/// `--all-hosts`, `latest` is the latest snapshot of this host
+/// (`CAIRN_HOST`, else the host name): `tag latest` on one machine never
+/// changes another's snapshot. A service's snapshots are found on any host
+/// (the service may have moved).
+#[derive(Args, Debug, Clone, Default)]
 pub struct Pick {
-    /// With `latest`: the latest snapshot of this service
+    /// Only snapshots of this service
     #[arg(long)]
-    service: Option<String>,
-    /// With `latest`: the latest snapshot of this host
-    #[arg(long)]
-    host: Option<String>,
+    pub service: Option<String>,
+    /// Only snapshots from this host (repeatable: any of them); `latest`
+    /// defaults to this host's unless --service or --all-hosts is given
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// With `latest`: the latest snapshot of any host
+    #[arg(long, conflicts_with = "hosts")]
+    pub all_hosts: bool,
+    /// Only snapshots with this tag (repeatable: all must match)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only snapshots that backed up this path (repeatable: each must be
+    /// one of the snapshot's paths)
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+}
+
+impl Pick {
+    /// Whether `s` passes the filters (the host default of `latest` aside).
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        self.service.as_ref().is_none_or(|x| &s.service == x)
+            && (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
+            && self.tags.iter().all(|t| s.tags.contains(t))
+            && self.paths.iter().all(|p| {
+                let p = cairn_repo::normalize_snapshot_path(p.as_bytes());
+                s.paths
+                    .iter()
+                    .any(|x| cairn_repo::normalize_snapshot_path(x) == p)
+            })
+    }
+
+    /// The host `latest` is narrowed to by default, if it is.
+    fn default_host(&self) -> Option<String> {
+        (self.hosts.is_empty() && self.service.is_none() && !self.all_hosts).then(this_host)
+    }
+}
+
+/// This machine's name as snapshots record it: `CAIRN_HOST`, else the host
+/// name.
+pub fn this_host() -> String {
+    std::env::var("CAIRN_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| cairn_repo::whoami().0)
 }
 
 pub(crate) fn resolve(
@@ -103,9 +151,21 @@ pub(crate) fn resolve(
     spec: &str,
     pick: &Pick,
 ) -> Result<(SnapshotId, Snapshot)> {
-    let f = |s: &Snapshot| {
-        pick.service.as_ref().is_none_or(|x| &s.service == x)
-            && pick.host.as_ref().is_none_or(|x| &s.hostname == x)
-    };
-    Ok(repo.resolve_snapshot(spec, &f)?)
+    let host = (spec == "latest").then(|| pick.default_host()).flatten();
+    let f = |s: &Snapshot| pick.matches(s) && host.as_ref().is_none_or(|h| &s.hostname == h);
+    match (repo.resolve_snapshot(spec, &f), &host) {
+        (Err(e), Some(h)) => {
+            // Say whose latest there is instead.
+            if let Ok((id, other)) = repo.resolve_snapshot(spec, &|s| pick.matches(s)) {
+                bail!(
+                    "no snapshot of this host ({h}) matches latest; the latest of any host is {} of host {:?}: pass --host {:?} or --all-hosts",
+                    id.short(),
+                    other.hostname,
+                    other.hostname
+                );
+            }
+            Err(e.into())
+        }
+        (r, _) => Ok(r?),
+    }
 }

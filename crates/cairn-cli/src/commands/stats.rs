@@ -77,7 +77,7 @@ pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
             json!({
                 "repo_id": to_hex(&c.repo_id), "version": cairn_format::config::VERSION,
                 "chunk_min": c.chunk_min, "chunk_avg": c.chunk_avg, "chunk_max": c.chunk_max,
-                "zstd_level": c.zstd_level, "pack_target": c.pack_target, "created": c.created,
+                "zstd_level": c.zstd_level, "pack_target": c.pack_target, "created": format_time((c.created as i64).saturating_mul(1_000_000_000), true),
             })
         }
         "snapshot" => {
@@ -108,7 +108,7 @@ pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
                 t.nodes
                     .iter()
                     .map(|n| json!({"name": lossy(&n.name), "type": kind_name(n), "mode": format!("{:o}", n.mode), "size": n.size,
-                        "uid": n.uid, "gid": n.gid, "mtime": [n.mtime.sec, n.mtime.nsec], "inode": n.inode,
+                        "uid": n.uid, "gid": n.gid, "mtime": format_time(n.mtime.sec.saturating_mul(1_000_000_000).saturating_add(n.mtime.nsec as i64), true), "inode": n.inode,
                         "content": match &n.kind {
                             NodeKind::File { extents } => json!(extents.iter().map(|e| match e {
                                 cairn_format::tree::Extent::Chunk { id, len } => json!({"chunk": id.to_hex(), "len": len}),

@@ -24,6 +24,8 @@ pub struct TagArgs {
     /// Remove the protection
     #[arg(long)]
     unprotect: bool,
+    #[command(flatten)]
+    pick: crate::commands::Pick,
 }
 
 pub fn tag_cmd(g: &GlobalArgs, a: TagArgs) -> Result<i32> {
@@ -40,7 +42,7 @@ pub fn tag_cmd(g: &GlobalArgs, a: TagArgs) -> Result<i32> {
         bail!("nothing to do: give --add, --remove, --protect or --unprotect");
     }
     for spec in &a.ids {
-        let (id, _) = repo.resolve_snapshot(spec, &|_| true)?;
+        let (id, _) = crate::commands::resolve(&repo, spec, &a.pick)?;
         let new = repo.retag(&id, &add, &remove)?;
         if g.json {
             println!("{}", json!({"old": id.to_hex(), "new": new.to_hex()}));

@@ -1,0 +1,340 @@
+//! What a restic user reaches for in the first week (#21): filters on every
+//! command that takes a snapshot, `latest` of this host, quiet runs,
+//! version, completions and manual pages, stable JSON.
+
+use std::fs;
+
+use super::util::{CHEAP_KDF, Env};
+
+/// A repository with a directory backed up three times: as this host
+/// (tags `daily`), as host `elsewhere` (tag `weekly`, later), and as
+/// service `orders-db` from `elsewhere` (latest of all).
+fn fleet() -> (Env, String, String, String) {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "mine").unwrap();
+    let src_s = src.to_str().unwrap().to_string();
+    let mine = env.json(&["backup", &src_s, "--tag", "daily"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::write(src.join("f"), "theirs").unwrap();
+    let theirs = env.json(&["backup", &src_s, "--host", "elsewhere", "--tag", "weekly"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = env
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-name", "db.sql"])
+        .args(["--service", "orders-db", "--host", "elsewhere", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"dump")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(o.status.success());
+    let db: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    (env, mine, theirs, db["id"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn latest_is_this_hosts_latest_unless_a_host_service_or_all_hosts_is_given() {
+    let (env, mine, theirs, db) = fleet();
+    let ls_latest = |extra: &[&str]| {
+        let mut a = vec!["ls", "latest"];
+        a.extend_from_slice(extra);
+        env.ok(&a)
+    };
+    // `latest` is this host's although another host's is newer.
+    let t = env.path("t");
+    env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let f = t.join(env.path("src/f").strip_prefix("/").unwrap());
+    assert_eq!(fs::read_to_string(&f).unwrap(), "mine");
+    // Naming the host, or all hosts, reaches the others.
+    assert!(ls_latest(&["--host", "elsewhere"]).contains("db.sql"));
+    assert!(ls_latest(&["--all-hosts"]).contains("db.sql"));
+    assert!(ls_latest(&["--service", "orders-db"]).contains("db.sql"));
+    // `tag latest` changes this host's snapshot and no other.
+    env.ok(&["tag", "latest", "--add", "checked"]);
+    let snaps = env.json(&["snapshots"]);
+    let tagged: Vec<&serde_json::Value> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["tags"].as_array().unwrap().contains(&"checked".into()))
+        .collect();
+    assert_eq!(tagged.len(), 1, "{snaps}");
+    assert_ne!(tagged[0]["hostname"], "elsewhere");
+    assert!(
+        snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == theirs.as_str() || s["id"] == db.as_str()),
+        "the other host's snapshots are untouched"
+    );
+    let _ = mine;
+}
+
+#[test]
+fn latest_with_no_snapshot_of_this_host_names_whose_latest_there_is() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["backup", src.to_str().unwrap(), "--host", "elsewhere"]);
+    let o = env.run(&["ls", "latest"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no snapshot of this host")
+            && err.contains("\"elsewhere\"")
+            && err.contains("--all-hosts"),
+        "{err}"
+    );
+    env.ok(&["ls", "latest", "--all-hosts"]);
+}
+
+#[test]
+fn tag_and_path_filters_narrow_every_command_that_takes_a_snapshot() {
+    let (env, mine, theirs, _db) = fleet();
+    let src = env.path("src");
+    let src_s = src.to_str().unwrap();
+    // --tag picks among hosts' snapshots (with --all-hosts for latest).
+    let dump = env.ok(&[
+        "dump",
+        "latest",
+        "--all-hosts",
+        "--tag",
+        "weekly",
+        &format!("{src_s}/f"),
+    ]);
+    assert_eq!(dump, "theirs");
+    let dump = env.ok(&["dump", "latest", "--tag", "daily", &format!("{src_s}/f")]);
+    assert_eq!(dump, "mine");
+    // --path: only snapshots of that path.
+    let out = env.ok(&["ls", "latest", "--all-hosts", "--path", src_s]);
+    assert!(out.contains("/f"), "{out}");
+    let o = env.run(&["ls", "latest", "--all-hosts", "--path", "/nowhere"]);
+    assert_eq!(o.status.code(), Some(1));
+    // snapshots --tag/--path/--host.
+    let n = |args: &[&str]| env.json(args).as_array().unwrap().len();
+    assert_eq!(n(&["snapshots", "--tag", "weekly"]), 1);
+    assert_eq!(n(&["snapshots", "--path", src_s]), 2);
+    assert_eq!(n(&["snapshots", "--host", "elsewhere"]), 2);
+    // forget by id prefix with a filter that excludes it finds nothing.
+    let o = env.run(&["forget", &mine[..8], "--tag", "weekly"]);
+    assert_eq!(o.status.code(), Some(1));
+    // forget by rules only within the filter.
+    env.ok(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--host",
+        "elsewhere",
+        "--tag",
+        "weekly",
+    ]);
+    assert_eq!(
+        n(&["snapshots"]),
+        3,
+        "one snapshot per group: nothing to remove"
+    );
+    let _ = theirs;
+}
+
+#[test]
+fn quiet_backup_restore_and_forget_print_nothing_but_errors() {
+    let env = Env::new();
+    let mut init = vec!["-q", "init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    let o = env.run(&init);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "", "init -q");
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    for args in [
+        vec!["-q", "backup", src.to_str().unwrap()],
+        vec!["backup", "-q", src.to_str().unwrap()],
+        vec![
+            "-q",
+            "restore",
+            "latest",
+            "--target",
+            env.path("t").to_str().unwrap(),
+        ],
+        vec!["-q", "forget", "--keep-last", "1"],
+        vec!["-q", "check"],
+    ] {
+        let o = env.run(&args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "", "{args:?} printed");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), "", "{args:?} printed");
+    }
+    // An error still reaches stderr, with a non-zero exit.
+    let o = env.run(&["-q", "restore", "ffffffff", "--target", "/tmp/x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no snapshot matches"));
+    // A listing under -q is still the listing; --json under -q is still JSON.
+    assert!(env.ok(&["-q", "snapshots"]).contains("1 snapshots"));
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["-q", "backup", src.to_str().unwrap(), "--json"])).unwrap();
+    assert!(v["id"].is_string());
+}
+
+#[test]
+fn version_names_the_commit_and_the_format_versions() {
+    let env = Env::new();
+    let v = env.ok(&["--version"]);
+    assert!(v.starts_with("cairn "), "{v}");
+    assert!(
+        v.contains("commit ") && v.contains("repository format 1"),
+        "{v}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&env.ok(&["version", "--json"])).unwrap();
+    let commit = j["commit"].as_str().unwrap();
+    assert!(!commit.is_empty(), "{j}");
+    // Built from a git checkout: the commit is the checkout's.
+    let head = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .unwrap();
+    if head.status.success() && std::env::var_os("CAIRN_COMMIT").is_none() {
+        assert_eq!(commit, String::from_utf8_lossy(&head.stdout).trim(), "{j}");
+    }
+    assert_eq!(j["formats_written"]["config"], 1);
+    assert_eq!(j["formats_written"]["tree"], 2);
+    assert_eq!(j["tree_versions_read"], serde_json::json!([1, 2]));
+}
+
+#[test]
+fn bash_completion_loads_and_completes_subcommands_and_options() {
+    let env = Env::new();
+    let script = env.ok(&["completion", "bash"]);
+    fs::write(env.path("c.bash"), &script).unwrap();
+    // As bash calls a completion function: the command, the word being
+    // completed and the one before it.
+    let complete = |words: &str, cword: usize| {
+        let w: Vec<&str> = words.split(' ').collect();
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {} && COMP_WORDS=({words}) && COMP_CWORD={cword} && COMP_LINE='{words}' && COMP_POINT=${{#COMP_LINE}} && _cairn cairn {} {} && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                env.path("c.bash").display(),
+                w[cword],
+                w[cword - 1]
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let subs = complete("cairn ba", 1);
+    assert_eq!(subs.trim(), "backup", "{subs}");
+    let subs = complete("cairn s", 1);
+    assert!(
+        subs.lines().any(|l| l == "snapshots") && subs.lines().any(|l| l == "stack"),
+        "{subs}"
+    );
+    let opts = complete("cairn restore --ta", 2);
+    assert!(opts.lines().any(|l| l == "--target"), "{opts}");
+    for shell in ["zsh", "fish"] {
+        assert!(!env.ok(&["completion", shell]).is_empty());
+    }
+}
+
+#[test]
+fn man_pages_are_written_for_every_command() {
+    let env = Env::new();
+    let dir = env.path("man");
+    env.ok(&["man", "--dir", dir.to_str().unwrap()]);
+    for page in [
+        "cairn.1",
+        "cairn-backup.1",
+        "cairn-restore.1",
+        "cairn-stack.1",
+        "cairn-stack-restore.1",
+        "cairn-key-add.1",
+    ] {
+        let text = fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is not a manual page");
+    }
+    let backup = fs::read_to_string(dir.join("cairn-backup.1")).unwrap();
+    assert!(
+        backup.contains("exclude"),
+        "the backup page lists its options"
+    );
+    // Without --dir: the main page on stdout.
+    assert!(env.ok(&["man"]).contains(".TH"));
+}
+
+#[test]
+fn forget_json_groups_are_objects_and_config_times_are_rfc3339() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["backup", src.to_str().unwrap(), "--tag", "a"]);
+    env.ok(&["backup", src.to_str().unwrap(), "--tag", "a"]);
+    let v = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--dry-run",
+        "--group-by",
+        "host,paths,tags",
+    ]);
+    let g = &v["groups"][0]["group"];
+    assert!(g.is_object(), "{v}");
+    assert_eq!(
+        g["paths"],
+        serde_json::json!([src.to_str().unwrap()]),
+        "{v}"
+    );
+    assert_eq!(g["tags"], serde_json::json!(["a"]), "{v}");
+    assert!(
+        g["hostname"].is_string() && g.get("service").is_none(),
+        "{v}"
+    );
+    let c: serde_json::Value = serde_json::from_str(&env.ok(&["cat", "config"])).unwrap();
+    let created = c["created"].as_str().unwrap();
+    assert!(
+        created.len() == 30 && created.ends_with('Z') && created.as_bytes()[10] == b'T',
+        "{created}"
+    );
+}
+
+#[test]
+fn protection_is_a_field_and_a_mark_not_a_tag_in_the_table() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["backup", src.to_str().unwrap(), "--tag", "keepme"]);
+    env.ok(&["tag", "latest", "--protect"]);
+    let v = env.json(&["snapshots"]);
+    assert_eq!(v[0]["protected"], true, "{v}");
+    assert_eq!(v[0]["tags"], serde_json::json!(["keepme"]), "{v}");
+    let table = env.ok(&["snapshots"]);
+    assert!(!table.contains("cairn:protected"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert_eq!(row.as_bytes()[8], b'*', "{table}");
+    assert!(table.contains("* protected from forget"), "{table}");
+}
