@@ -338,3 +338,79 @@ fn protection_is_a_field_and_a_mark_not_a_tag_in_the_table() {
     assert_eq!(row.as_bytes()[8], b'*', "{table}");
     assert!(table.contains("* protected from forget"), "{table}");
 }
+
+#[test]
+fn dump_of_a_directory_is_a_tar_that_gnu_tar_extracts_to_the_same_tree() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let deep = src.join("d".repeat(60)).join("e".repeat(60));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("long-named-file.txt"), "deep").unwrap();
+    fs::write(src.join("big"), super::util::prng(3, 3 << 20)).unwrap();
+    fs::write(src.join("a"), "linked").unwrap();
+    fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    std::os::unix::fs::symlink("a".repeat(150), src.join("long-link")).unwrap();
+    std::os::unix::fs::symlink("a", src.join("short-link")).unwrap();
+    let st = std::process::Command::new("setfattr")
+        .args(["-n", "user.note", "-v", "kept"])
+        .arg(src.join("a"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // To a terminal it refuses; through a pipe it writes tar.
+    let o = env
+        .cmd()
+        .args(["dump", "latest", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::write(env.path("out.tar"), &o.stdout).unwrap();
+    let dest = env.path("dest");
+    fs::create_dir_all(&dest).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(env.path("out.tar"))
+        .arg("-C")
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    super::util::assert_same_tree(&src, &dest.join("src"));
+    let (a, b) = (
+        fs::metadata(dest.join("src/a")).unwrap(),
+        fs::metadata(dest.join("src/b")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "the hard link came back as a link");
+    let x = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.note"])
+        .arg(dest.join("src/a"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&x.stdout), "kept");
+    // A single file with --archive tar; the whole snapshot from `/`.
+    let o = env
+        .cmd()
+        .args(["dump", "--archive", "tar", "latest"])
+        .arg(src.join("a"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let list = std::process::Command::new("tar")
+        .arg("-t")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&o.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "a\n");
+    let o = env.cmd().args(["dump", "latest", "/"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(o.stdout.len() > 3 << 20);
+}

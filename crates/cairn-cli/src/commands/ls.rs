@@ -87,20 +87,72 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
 pub struct DumpArgs {
     /// Snapshot id, id prefix or `latest`
     snapshot: String,
-    /// Path of the file inside the snapshot
+    /// Path inside the snapshot: a file's content, or a directory (or `/`)
+    /// as a tar archive
     path: String,
+    /// Write a tar archive even of a single file
+    #[arg(long, value_name = "FORMAT", value_parser = ["tar"])]
+    archive: Option<String>,
     #[command(flatten)]
     pick: Pick,
 }
 
 pub fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let (_, snap) = resolve(repo.repo(), &a.snapshot, &a.pick)?;
-    let node = repo
-        .find_node(&snap.tree, a.path.as_bytes())?
-        .ok_or_else(|| anyhow!("{} is a directory", a.path))?;
+    let (id, snap) = resolve(repo.repo(), &a.snapshot, &a.pick)?;
+    let node = repo.find_node(&snap.tree, a.path.as_bytes())?;
+    let is_file = node.as_ref().is_some_and(|n| matches!(n.kind, NodeKind::File { .. }));
+    if is_file && a.archive.is_none() {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        repo.dump_file(node.as_ref().expect("a file"), &mut out)?;
+        out.flush()?;
+        return Ok(0);
+    }
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        bail!(
+            "{} is {}: cairn dump writes it as a tar archive, which does not belong on a terminal (redirect it: > out.tar, or | tar -x)",
+            a.path,
+            if is_file { "archived" } else { "a directory" }
+        );
+    }
+    let base = cairn_repo::normalize_snapshot_path(a.path.as_bytes());
+    // Names in the archive: from the dumped entry's own name down (`tar -C
+    // parent -c name`), or from the root's children for `/`.
+    let top: Vec<u8> = base.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
+    let rel = |p: &[u8]| -> Vec<u8> {
+        let mut r = top.clone();
+        r.extend_from_slice(&p[base.len()..]);
+        if top.is_empty() {
+            r.drain(..r.iter().take_while(|&&b| b == b'/').count());
+        }
+        r
+    };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    repo.dump_file(&node, &mut out)?;
-    out.flush()?;
+    let mut tar = super::tar::TarWriter::new(&mut out);
+    let tree = match &node {
+        None => snap.tree,
+        Some(n) => {
+            tar.entry(&repo, &top, n)?;
+            match n.kind {
+                NodeKind::Dir { tree } => tree,
+                _ => return tar.finish().map(|_| 0),
+            }
+        }
+    };
+    repo.check_tree_limits(&tree, &format!("{} of snapshot {}", a.path, id.short()))?;
+    let mut failed = None;
+    repo.walk(&tree, &base, &|_| true, &mut |e| {
+        if let Err(x) = tar.entry(&repo, &rel(&e.path), &e.node) {
+            failed = Some(x);
+            return Err(RepoError::InvalidInput("tar".into()));
+        }
+        Ok(())
+    })
+    .or_else(|e| match failed.take() {
+        Some(x) => Err(x),
+        None => Err(e.into()),
+    })?;
+    tar.finish()?;
     Ok(0)
 }

@@ -247,5 +247,6 @@ mod diff;
 pub use diff::*;
 mod find;
 pub use find::*;
+mod tar;
 mod completion;
 pub use completion::*;
