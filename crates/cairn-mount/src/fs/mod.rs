@@ -11,7 +11,7 @@
 //! This module owns the inode table (inodes of snapshot entries, hard links,
 //! the per-snapshot entry budget), directory listings loaded from trees, and
 //! reading file content chunk by chunk. The virtual directories are
-//! [`virtual_dirs`]'s, the answers to FUSE requests [`requests`]'s.
+//! `virtual_dirs`'s, the answers to FUSE requests `requests`'s.
 
 mod requests;
 mod virtual_dirs;
