@@ -117,7 +117,10 @@ fn listings_of_the_version_1_fixture_match_their_golden_files() {
         ("key-list.json", &["key", "list", "--json"][..]),
         ("diff.txt", &["diff", "45aed33a", "eff31f6d"][..]),
         ("diff.json", &["diff", "45aed33a", "eff31f6d", "--json"][..]),
-        ("diff-metadata.txt", &["diff", "--metadata", "45aed33a", "eff31f6d"][..]),
+        (
+            "diff-metadata.txt",
+            &["diff", "--metadata", "45aed33a", "eff31f6d"][..],
+        ),
         ("find.txt", &["find", "*.txt", "config.ini"][..]),
         ("find.json", &["find", "*.txt", "--json"][..]),
         ("stats.json", &["stats", "--json"][..]),

@@ -36,3 +36,28 @@ impl Default for ProtocolTimes {
         t
     }
 }
+
+/// Bounds on what a snapshot's tree may expand to (format-spec §10). Trees
+/// are shared by id, so 41 tree blobs can describe 2^40 paths: before a
+/// restore or a listing walks a snapshot, its expansion is computed over the
+/// distinct trees only and refused when it passes a bound. The defaults are
+/// far above real trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeLimits {
+    /// Entries (files, directories, links, …) in the whole tree.
+    pub entries: u64,
+    /// Directory levels below the root.
+    pub depth: u32,
+    /// Sum of the entries' apparent sizes (sparse files count whole).
+    pub bytes: u64,
+}
+
+impl Default for TreeLimits {
+    fn default() -> Self {
+        TreeLimits {
+            entries: 1_000_000_000,
+            depth: 1024,
+            bytes: 1 << 50,
+        }
+    }
+}

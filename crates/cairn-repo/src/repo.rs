@@ -28,7 +28,7 @@ pub struct Repository {
     /// Timing of the session and lease protocol (format-spec §5).
     pub(crate) protocol: crate::limits::ProtocolTimes,
     /// Bounds on what a snapshot's tree may expand to (format-spec §10).
-    pub(crate) tree_limits: crate::restore::TreeLimits,
+    pub(crate) tree_limits: crate::limits::TreeLimits,
     /// What opening found worth saying (key files skipped).
     pub(crate) warnings: Vec<String>,
 }
@@ -129,12 +129,12 @@ impl Repository {
     }
 
     /// Bounds on what a snapshot's tree may expand to (format-spec §10).
-    pub fn tree_limits(&self) -> &crate::restore::TreeLimits {
+    pub fn tree_limits(&self) -> &crate::limits::TreeLimits {
         &self.tree_limits
     }
 
     /// Those bounds, to change.
-    pub fn tree_limits_mut(&mut self) -> &mut crate::restore::TreeLimits {
+    pub fn tree_limits_mut(&mut self) -> &mut crate::limits::TreeLimits {
         &mut self.tree_limits
     }
 

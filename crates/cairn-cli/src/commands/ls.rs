@@ -101,7 +101,9 @@ pub fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
     let (id, snap) = resolve(repo.repo(), &a.snapshot, &a.pick)?;
     let node = repo.find_node(&snap.tree, a.path.as_bytes())?;
-    let is_file = node.as_ref().is_some_and(|n| matches!(n.kind, NodeKind::File { .. }));
+    let is_file = node
+        .as_ref()
+        .is_some_and(|n| matches!(n.kind, NodeKind::File { .. }));
     if is_file && a.archive.is_none() {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
         repo.dump_file(node.as_ref().expect("a file"), &mut out)?;
@@ -149,9 +151,9 @@ pub fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
         }
         Ok(())
     })
-    .or_else(|e| match failed.take() {
-        Some(x) => Err(x),
-        None => Err(e.into()),
+    .map_err(|e| match failed.take() {
+        Some(x) => x,
+        None => e.into(),
     })?;
     tar.finish()?;
     Ok(0)

@@ -247,6 +247,6 @@ mod diff;
 pub use diff::*;
 mod find;
 pub use find::*;
-mod tar;
 mod completion;
+mod tar;
 pub use completion::*;

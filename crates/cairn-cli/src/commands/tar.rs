@@ -92,7 +92,10 @@ impl<'a> TarWriter<'a> {
             pax.push(("gid".into(), n.gid.to_string().into_bytes()));
         }
         if n.mtime.sec < 0 || n.mtime.sec > 0o777_7777_7777 || n.mtime.nsec != 0 {
-            pax.push(("mtime".into(), pax_time(n.mtime.sec, n.mtime.nsec).into_bytes()));
+            pax.push((
+                "mtime".into(),
+                pax_time(n.mtime.sec, n.mtime.nsec).into_bytes(),
+            ));
         }
         for x in &n.xattrs {
             let mut key = b"SCHILY.xattr.".to_vec();
@@ -263,7 +266,12 @@ mod tests {
         // Around a power of ten, where the length's own digits grow.
         for n in 0..120 {
             let r = pax_records(&[("k".into(), vec![b'x'; n])]);
-            let len: usize = String::from_utf8_lossy(&r).split(' ').next().unwrap().parse().unwrap();
+            let len: usize = String::from_utf8_lossy(&r)
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert_eq!(len, r.len(), "value of {n} bytes");
         }
     }

@@ -7,11 +7,17 @@
 //! content is immutable, so its attributes and pages are cached by the kernel
 //! for long; the virtual directories change when snapshots are added or
 //! forgotten and are given a short time to live.
+//!
+//! This module owns the inode table (inodes of snapshot entries, hard links,
+//! the per-snapshot entry budget), directory listings loaded from trees, and
+//! reading file content chunk by chunk. The virtual directories are
+//! `virtual_dirs`'s, the answers to FUSE requests `requests`'s.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod requests;
+mod virtual_dirs;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,13 +25,11 @@ use cairn_format::snapshot::Snapshot;
 use cairn_format::tree::{Extent, Node, NodeKind, Time, Xattr};
 use cairn_format::{ChunkId, SnapshotId};
 use cairn_repo::IndexedRepository;
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
-};
+use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyData};
 
 use crate::cache::ChunkCache;
+pub use requests::FsHandle;
+pub use virtual_dirs::snapshot_dir_name;
 
 /// Time to live of snapshot content in the kernel's caches: it never changes.
 const CONTENT_TTL: Duration = Duration::from_secs(3600);
@@ -189,19 +193,6 @@ fn ns_to_system_time(ns: i64) -> SystemTime {
     })
 }
 
-/// `2026-11-23T10:11:12Z` for a time in nanoseconds since the epoch (UTC).
-pub fn snapshot_dir_name(time_ns: i64) -> String {
-    let secs = time_ns.div_euclid(1_000_000_000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = cairn_repo::forget::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 fn file_type(k: &NodeKind) -> FileType {
     match k {
         NodeKind::File { .. } => FileType::RegularFile,
@@ -212,107 +203,6 @@ fn file_type(k: &NodeKind) -> FileType {
         NodeKind::BlockDevice { .. } => FileType::BlockDevice,
         NodeKind::Socket => FileType::Socket,
     }
-}
-
-/// The entries of one virtual directory, before inodes are assigned.
-enum VEntry {
-    Dir(BTreeMap<Vec<u8>, VEntry>, SystemTime),
-    Snapshot(ChunkId, SystemTime),
-    Link(Vec<u8>),
-}
-
-/// Give each snapshot in `items` a unique name: its time, with the short id
-/// appended where two share a second.
-fn unique_names(items: &[(String, SnapshotId)]) -> Vec<String> {
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for (n, _) in items {
-        *count.entry(n.as_str()).or_default() += 1;
-    }
-    items
-        .iter()
-        .map(|(n, id)| {
-            if count[n.as_str()] > 1 {
-                format!("{n}-{}", id.short())
-            } else {
-                n.clone()
-            }
-        })
-        .collect()
-}
-
-/// A directory of snapshots (oldest first in `snaps`) with a `latest` link.
-fn snapshot_dir(snaps: &[&(SnapshotId, Snapshot)], label: impl Fn(&Snapshot) -> String) -> VEntry {
-    let items: Vec<(String, SnapshotId)> = snaps.iter().map(|(id, s)| (label(s), *id)).collect();
-    let names = unique_names(&items);
-    let mut m = BTreeMap::new();
-    let mut newest = UNIX_EPOCH;
-    for ((_, s), name) in snaps.iter().zip(&names) {
-        let t = ns_to_system_time(s.time_ns);
-        newest = newest.max(t);
-        m.insert(name.clone().into_bytes(), VEntry::Snapshot(s.tree, t));
-    }
-    if let Some(last) = names.last() {
-        if !m.contains_key(b"latest".as_slice()) {
-            m.insert(b"latest".to_vec(), VEntry::Link(last.clone().into_bytes()));
-        }
-    }
-    VEntry::Dir(m, newest)
-}
-
-/// The virtual part of the mount for a list of snapshots.
-fn virtual_tree(snaps: &[(SnapshotId, Snapshot)]) -> BTreeMap<Vec<u8>, VEntry> {
-    let mut sorted: Vec<&(SnapshotId, Snapshot)> = snaps.iter().collect();
-    sorted.sort_by_key(|(id, s)| (s.time_ns, *id));
-    let newest = sorted
-        .last()
-        .map(|(_, s)| ns_to_system_time(s.time_ns))
-        .unwrap_or(UNIX_EPOCH);
-    let time = |s: &Snapshot| snapshot_dir_name(s.time_ns);
-
-    let mut services: BTreeMap<&str, Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
-    let mut groups: BTreeMap<[u8; 16], Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
-    for s in &sorted {
-        if !s.1.service.is_empty() {
-            services.entry(s.1.service.as_str()).or_default().push(s);
-        }
-        if let Some(g) = s.1.group {
-            groups.entry(g).or_default().push(s);
-        }
-    }
-    let mut svc_dir = BTreeMap::new();
-    for (name, list) in &services {
-        svc_dir.insert(name.as_bytes().to_vec(), snapshot_dir(list, time));
-    }
-    // Groups are named by id; `latest` points at the group backed up last.
-    let mut grp_dir = BTreeMap::new();
-    let mut latest_group: Option<(i64, String)> = None;
-    for (g, list) in &groups {
-        let gname = cairn_format::id::to_hex(g);
-        let label = |s: &Snapshot| {
-            if s.service.is_empty() {
-                "_".to_string()
-            } else {
-                s.service.clone()
-            }
-        };
-        let VEntry::Dir(mut m, t) = snapshot_dir(list, label) else {
-            unreachable!("snapshot_dir makes a directory")
-        };
-        m.remove(b"latest".as_slice());
-        let last = list.last().map(|(_, s)| s.time_ns).unwrap_or(0);
-        if latest_group.as_ref().is_none_or(|(lt, _)| last >= *lt) {
-            latest_group = Some((last, gname.clone()));
-        }
-        grp_dir.insert(gname.into_bytes(), VEntry::Dir(m, t));
-    }
-    if let Some((_, g)) = latest_group {
-        grp_dir.insert(b"latest".to_vec(), VEntry::Link(g.into_bytes()));
-    }
-    let mut root = BTreeMap::new();
-    root.insert(b"snapshots".to_vec(), snapshot_dir(&sorted, time));
-    root.insert(b"services".to_vec(), VEntry::Dir(svc_dir, newest));
-    root.insert(b"groups".to_vec(), VEntry::Dir(grp_dir, newest));
-    root
 }
 
 impl CairnFs {
@@ -460,146 +350,6 @@ impl CairnFs {
             n.into_owned()
         } else {
             format!("{}/{n}", parent.path)
-        }
-    }
-
-    /// Re-list snapshots unless that was done less than `min_age` ago; when
-    /// the shown set changed, reload the index (new snapshots reference new
-    /// packs) and rebuild the virtual directories. Only snapshots not seen
-    /// before are read, so a refresh costs one listing.
-    pub fn refresh(&self, min_age: Duration) -> cairn_repo::Result<()> {
-        let _one = self.refresh_lock.lock().expect("refresh");
-        {
-            let shown = self.shown.lock().expect("shown");
-            if shown.1.is_some_and(|t| t.elapsed() < min_age) {
-                return Ok(());
-            }
-        }
-        let repo = &self.repo.repo();
-        let listed: HashSet<SnapshotId> = repo.list_snapshot_ids()?.into_iter().collect();
-        let snaps: Vec<(SnapshotId, Snapshot)> = {
-            let mut known = self.known.lock().expect("known snapshots");
-            known.retain(|id, _| listed.contains(id));
-            for id in &listed {
-                if known.contains_key(id) {
-                    continue;
-                }
-                match repo.load_snapshot(id) {
-                    Ok(s) => {
-                        known.insert(*id, s);
-                    }
-                    // Forgotten between the listing and the read.
-                    Err(cairn_repo::RepoError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            known
-                .iter()
-                .filter(|(_, s)| self.opts.filter.admits(s))
-                .map(|(id, s)| (*id, s.clone()))
-                .collect()
-        };
-        let mut ids: Vec<SnapshotId> = snaps.iter().map(|(id, _)| *id).collect();
-        ids.sort();
-        let (changed, first) = {
-            let shown = self.shown.lock().expect("shown");
-            (shown.0 != ids, shown.1.is_none())
-        };
-        if changed {
-            if !first {
-                let index = repo.read_index()?;
-                self.repo.replace_index(index);
-            }
-            let tree = virtual_tree(&snaps);
-            self.install_virtual(ROOT, &tree);
-        }
-        *self.shown.lock().expect("shown") = (ids, Some(Instant::now()));
-        Ok(())
-    }
-
-    /// Assign inodes to a virtual directory's entries and set its listing.
-    fn install_virtual(&self, dir: u64, entries: &BTreeMap<Vec<u8>, VEntry>) {
-        let Some(parent) = self.inode(dir) else {
-            return;
-        };
-        let mut listing: Listing = Vec::with_capacity(entries.len());
-        for (name, e) in entries {
-            let path = Self::child_path(&parent, name);
-            match e {
-                VEntry::Dir(children, mtime) => {
-                    let attr_time = *mtime;
-                    let ino = self.intern(
-                        dir,
-                        name,
-                        |i| matches!(&i.kind, Kind::Dir { tree: None, .. }),
-                        |ino| Inode {
-                            parent: dir,
-                            attr: self.dir_attr(ino, 0o555, attr_time),
-                            kind: Kind::Dir {
-                                tree: None,
-                                listing: Mutex::new(Some(Arc::new(Vec::new()))),
-                            },
-                            path: path.clone(),
-                            virtual_: true,
-                            depth: 0,
-                            root: 0,
-                            xattrs: Vec::new(),
-                        },
-                    );
-                    self.install_virtual(ino, children);
-                    listing.push((name.clone(), ino, FileType::Directory));
-                }
-                VEntry::Snapshot(tree, mtime) => {
-                    let (tree, mtime) = (*tree, *mtime);
-                    let ino = self.intern(
-                        dir,
-                        name,
-                        |i| matches!(&i.kind, Kind::Dir { tree: Some(t), .. } if *t == tree),
-                        |ino| Inode {
-                            parent: dir,
-                            attr: self.dir_attr(ino, 0o755, mtime),
-                            kind: Kind::Dir {
-                                tree: Some(tree),
-                                listing: Mutex::new(None),
-                            },
-                            path: path.clone(),
-                            virtual_: false,
-                            depth: 0,
-                            root: ino,
-                            xattrs: Vec::new(),
-                        },
-                    );
-                    listing.push((name.clone(), ino, FileType::Directory));
-                }
-                VEntry::Link(target) => {
-                    let target = target.clone();
-                    let ino = self.intern(
-                        dir,
-                        name,
-                        |i| matches!(&i.kind, Kind::Link(t) if *t == target),
-                        |ino| {
-                            let mut attr = self.dir_attr(ino, 0o777, self.started);
-                            attr.kind = FileType::Symlink;
-                            attr.size = target.len() as u64;
-                            attr.nlink = 1;
-                            Inode {
-                                parent: dir,
-                                attr,
-                                kind: Kind::Link(target.clone()),
-                                path: path.clone(),
-                                virtual_: true,
-                                depth: 0,
-                                root: 0,
-                                xattrs: Vec::new(),
-                            }
-                        },
-                    );
-                    listing.push((name.clone(), ino, FileType::Symlink));
-                }
-            }
-        }
-        if let Kind::Dir { listing: l, .. } = &parent.kind {
-            *l.lock().expect("listing") = Some(Arc::new(listing));
         }
     }
 
@@ -847,228 +597,4 @@ impl CairnFs {
 enum Bytes {
     Slice(crate::cache::ChunkData, usize, usize),
     Owned(Vec<u8>),
-}
-
-/// The filesystem as the FUSE session owns it, shared with the refresher.
-pub struct FsHandle(pub Arc<CairnFs>);
-
-impl std::ops::Deref for FsHandle {
-    type Target = CairnFs;
-    fn deref(&self) -> &CairnFs {
-        &self.0
-    }
-}
-
-impl Filesystem for FsHandle {
-    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
-        // POSIX ACLs travel as the extended attributes they are: with this
-        // the kernel asks for system.posix_acl_* instead of refusing them.
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let p = u64::from(parent);
-        let name = name.as_bytes();
-        let mut found = self.find(p, name);
-        if matches!(found, Ok(None)) && self.inode(p).is_some_and(|i| i.virtual_) {
-            // A snapshot made after the last refresh.
-            if self.refresh(REFRESH_MIN_INTERVAL).is_ok() {
-                found = self.find(p, name);
-            }
-        }
-        match found {
-            Ok(Some(ino)) => match self.inode(ino) {
-                Some(i) => reply.entry(CairnFs::ttl(&i), &i.attr, Generation(0)),
-                None => reply.error(Errno::ENOENT),
-            },
-            Ok(None) => reply.error(Errno::ENOENT),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(u64::from(ino)) {
-            Some(i) => reply.attr(CairnFs::ttl(&i), &i.attr),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.inode(u64::from(ino)).as_deref() {
-            Some(Inode {
-                kind: Kind::Link(t),
-                ..
-            }) => reply.data(t),
-            Some(_) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(inode) = self.inode(u64::from(ino)) else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        let Some(x) = inode.xattrs.iter().find(|x| x.name == name.as_bytes()) else {
-            reply.error(Errno::NO_XATTR);
-            return;
-        };
-        let value = match self.repo.xattr_value(&x.value) {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!(
-                    "cairn mount: {}: extended attribute {}: {e}",
-                    inode.path,
-                    String::from_utf8_lossy(&x.name)
-                );
-                reply.error(Errno::EIO);
-                return;
-            }
-        };
-        if size == 0 {
-            reply.size(value.len() as u32);
-        } else if value.len() > size as usize {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(&value);
-        }
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let Some(inode) = self.inode(u64::from(ino)) else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        let mut list = Vec::new();
-        for x in &inode.xattrs {
-            list.extend_from_slice(&x.name);
-            list.push(0);
-        }
-        if size == 0 {
-            reply.size(list.len() as u32);
-        } else if list.len() > size as usize {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(&list);
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            reply.error(Errno::EROFS);
-            return;
-        }
-        match self.inode(u64::from(ino)).as_deref() {
-            Some(Inode {
-                kind: Kind::File(_),
-                ..
-            }) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.handles.lock().expect("handles").insert(
-                    fh,
-                    Arc::new(Handle {
-                        next: AtomicU64::new(0),
-                    }),
-                );
-                // Content never changes: keep the kernel's page cache across opens.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Some(Inode {
-                kind: Kind::Dir { .. },
-                ..
-            }) => reply.error(Errno::EISDIR),
-            Some(_) => reply.error(Errno::EACCES),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let Some(inode) = self.inode(u64::from(ino)) else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        let Kind::File(layout) = &inode.kind else {
-            reply.error(Errno::EISDIR);
-            return;
-        };
-        let handle = self.handles.lock().expect("handles").get(&fh.0).cloned();
-        let sequential = handle.as_ref().is_some_and(|h| {
-            // The kernel's own read-ahead issues reads slightly out of order;
-            // anything starting within 4 MiB of the last end counts.
-            let prev = h.next.swap(offset + size as u64, Ordering::Relaxed);
-            offset.abs_diff(prev) <= 4 * 1024 * 1024
-        });
-        self.read_file(&inode, layout, offset, size, sequential, reply);
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.handles.lock().expect("handles").remove(&fh.0);
-        reply.ok();
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let ino = u64::from(ino);
-        let Some(inode) = self.inode(ino) else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        if offset == 0 && inode.virtual_ {
-            if let Err(e) = self.refresh(Duration::ZERO) {
-                eprintln!("cairn mount: cannot refresh the snapshot list: {e}");
-            }
-        }
-        let listing = match self.listing(ino) {
-            Ok(l) => l,
-            Err(e) => {
-                reply.error(e);
-                return;
-            }
-        };
-        let dots = [
-            (b".".as_slice(), ino, FileType::Directory),
-            (b"..".as_slice(), inode.parent, FileType::Directory),
-        ];
-        let all = dots
-            .iter()
-            .map(|(n, i, t)| (*n, *i, *t))
-            .chain(listing.iter().map(|(n, i, t)| (n.as_slice(), *i, *t)));
-        for (k, (name, child, ft)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (k + 1) as u64, ft, OsStr::from_bytes(name)) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.table.lock().expect("inode table").inodes.len() as u64;
-        reply.statfs(0, 0, 0, files, 0, 4096, 4096, 4096);
-    }
 }
