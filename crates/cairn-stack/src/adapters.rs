@@ -16,6 +16,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use cairn_format::SnapshotId;
 use cairn_format::snapshot::Snapshot;
 use cairn_format::tree::NodeKind;
 use cairn_repo::{
@@ -27,6 +28,7 @@ use crate::StackError;
 use crate::catalog::Service;
 use crate::fingerprint::{self, Fingerprint};
 use crate::redis::{Conn, Reply};
+use crate::report::kind_name;
 
 /// Name of the stream file inside a datastore snapshot.
 pub const STREAM_NAME: &str = "dump";
@@ -461,6 +463,29 @@ pub(crate) fn redis_load(
     Ok(done)
 }
 
+/// Refuse a snapshot whose adapter tag (`kind:…`, written by every stack
+/// backup and safety snapshot) is not the catalog's kind for the service.
+pub fn snapshot_kind_matches(svc: &Service, id: &SnapshotId, s: &Snapshot) -> Result<(), String> {
+    let want = kind_name(svc.kind);
+    let kinds: Vec<&str> = s
+        .tags
+        .iter()
+        .filter_map(|t| t.strip_prefix("kind:"))
+        .collect();
+    match kinds.as_slice() {
+        [k] if *k == want => Ok(()),
+        [] => Err(format!(
+            "snapshot {} has no kind tag (it was not written by a stack backup); the catalog says kind {want}",
+            &id.to_hex()[..8]
+        )),
+        ks => Err(format!(
+            "snapshot {} was written as kind {}, but the catalog says kind {want}: a snapshot of another kind is not restored (it may be forged)",
+            &id.to_hex()[..8],
+            ks.join(", ")
+        )),
+    }
+}
+
 /// A snapshot that passed [`preflight`] for a service: what [`restore`]
 /// takes, so that nothing loads a snapshot that was not checked.
 pub struct Checked<'a>(&'a Snapshot);
@@ -477,7 +502,7 @@ pub fn preflight<'a>(
     id: &cairn_format::SnapshotId,
     snap: &'a Snapshot,
 ) -> Result<Checked<'a>, StackError> {
-    crate::run::snapshot_kind_matches(svc, id, snap).map_err(|e| err(svc, e))?;
+    snapshot_kind_matches(svc, id, snap).map_err(|e| err(svc, e))?;
     svc.kind.datastore().preflight(svc, repo, snap)?;
     Ok(Checked(snap))
 }

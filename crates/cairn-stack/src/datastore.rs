@@ -12,8 +12,7 @@ use cairn_repo::{BackupOptions, BackupResult, IndexedRepository};
 
 use crate::StackError;
 use crate::catalog::Service;
-use crate::fingerprint::Fingerprint;
-use crate::run::FingerprintReport;
+use crate::fingerprint::{Fingerprint, FingerprintReport};
 use crate::target::Target;
 
 /// A datastore kind. Methods get the service as the catalog resolved it
@@ -85,7 +84,7 @@ pub trait Datastore: Sync + Send {
         snap: &Snapshot,
     ) -> Result<FingerprintReport, StackError> {
         match self.live_fingerprint(svc)? {
-            Some(_) => crate::run::verify_fingerprint(svc, repo, snap, "tables"),
+            Some(_) => crate::fingerprint::verify_fingerprint(svc, repo, snap, "tables"),
             None => Ok(FingerprintReport {
                 expected: crate::fingerprint::decode(snap),
                 method: "none".into(),

@@ -6,8 +6,8 @@
 //! service as soon as its dependencies have passed their readiness gates,
 //! measuring every stage against the service's RTO budget.
 //!
-//! Key types: [`catalog::Catalog`], [`run::StackBackupReport`],
-//! [`run::RestoreReport`].
+//! Key types: [`catalog::Catalog`], [`report::StackBackupReport`],
+//! [`report::RestoreReport`].
 //!
 //! ```
 //! use cairn_stack::catalog::Catalog;
@@ -36,11 +36,13 @@
 //! | [`backup`] | group backups |
 //! | [`plan`] | choosing the group, the restore plan |
 //! | [`run`] | the restore scheduler and its stages |
+//! | [`report`] | what backups and restores report: statuses, stages, per-service results |
 //! | [`invariants`] | invariant checks and gating |
 //! | [`trail`] | the audit trail and restore journals |
 //! | [`metrics`] | the Prometheus textfile |
 //! | [`sql`] | quoting per SQL dialect |
 //! | [`ready`], [`redis`], [`time`] | readiness checks, a small Redis client, time formatting |
+//! | `parallel` | one function over many items on a few threads |
 #![deny(missing_docs)]
 
 pub mod adapters;
@@ -52,9 +54,11 @@ pub mod fingerprint;
 pub mod invariants;
 pub mod kinds;
 pub mod metrics;
+mod parallel;
 pub mod plan;
 pub mod ready;
 pub mod redis;
+pub mod report;
 pub mod run;
 pub mod sql;
 pub mod target;

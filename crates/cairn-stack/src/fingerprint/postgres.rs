@@ -103,7 +103,7 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
             tables.push((rec[0].clone(), rec[1].clone(), rec[2].clone()));
         }
     }
-    let parts = crate::run::parallel(&tables, svc.parallelism as usize, |(s, t, pk)| {
+    let parts = crate::parallel::parallel(&tables, svc.parallelism as usize, |(s, t, pk)| {
         let order = if pk.is_empty() {
             // The row's text through the built-in record output, never a
             // cast: the table's owner owns its row type and may have made

@@ -11,8 +11,7 @@ use crate::StackError;
 use crate::adapters::{err, pipe_into, run, shell};
 use crate::catalog::Service;
 use crate::datastore::Datastore;
-use crate::fingerprint::Fingerprint;
-use crate::run::FingerprintReport;
+use crate::fingerprint::{Fingerprint, FingerprintReport};
 use crate::target::{Target, canonical};
 
 /// The `command` kind.
@@ -92,7 +91,7 @@ impl Datastore for CommandKind {
         snap: &Snapshot,
     ) -> Result<FingerprintReport, StackError> {
         if svc.verify.is_some() {
-            crate::run::verify_fingerprint(svc, repo, snap, "command")
+            crate::fingerprint::verify_fingerprint(svc, repo, snap, "command")
         } else {
             Ok(FingerprintReport {
                 expected: crate::fingerprint::decode(snap),

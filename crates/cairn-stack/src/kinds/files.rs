@@ -13,8 +13,7 @@ use crate::StackError;
 use crate::adapters::err;
 use crate::catalog::Service;
 use crate::datastore::Datastore;
-use crate::fingerprint;
-use crate::run::FingerprintReport;
+use crate::fingerprint::{self, FingerprintReport};
 use crate::target::{Target, canonical};
 
 /// The backup exclusions of a `files` service.

@@ -15,8 +15,7 @@ use crate::adapters::{
 };
 use crate::catalog::Service;
 use crate::datastore::Datastore;
-use crate::fingerprint::{self, Fingerprint};
-use crate::run::FingerprintReport;
+use crate::fingerprint::{self, Fingerprint, FingerprintReport};
 use crate::target::{Server, Target};
 
 /// The `redis` kind.
@@ -125,7 +124,7 @@ impl Datastore for Redis {
         repo: &IndexedRepository,
         snap: &Snapshot,
     ) -> Result<FingerprintReport, StackError> {
-        let mut f = crate::run::verify_fingerprint(svc, repo, snap, "keys")?;
+        let mut f = crate::fingerprint::verify_fingerprint(svc, repo, snap, "keys")?;
         if !f.differences.is_empty() {
             // Compare key by key: the stored dump (authenticated, the same
             // keys the fingerprint covers) with the live keys. Keys that

@@ -5,7 +5,6 @@
 use crate::StackError;
 use crate::adapters;
 use crate::catalog::{Catalog, Service};
-use crate::fingerprint;
 use crate::trail::{self, JournalEvent};
 use cairn_format::SnapshotId;
 use cairn_format::snapshot::Snapshot;
@@ -116,31 +115,6 @@ pub fn verify_service(
     snap: &Snapshot,
 ) -> Result<FingerprintReport, StackError> {
     svc.kind.datastore().verify(svc, repo, snap)
-}
-
-/// Verify by fingerprint: the one recorded at backup time (database numbers
-/// remapped for Redis environments) against the service's live one.
-pub fn verify_fingerprint(
-    svc: &Service,
-    _repo: &IndexedRepository,
-    snap: &Snapshot,
-    method: &str,
-) -> Result<FingerprintReport, StackError> {
-    let mut f = FingerprintReport {
-        expected: fingerprint::decode(snap),
-        method: method.into(),
-        ..Default::default()
-    };
-    let map = fingerprint::redis_db_map(svc, snap);
-    f.expected = fingerprint::remap(&f.expected, &map);
-    f.actual = svc
-        .kind
-        .datastore()
-        .live_fingerprint(svc)?
-        .unwrap_or_default();
-    f.differences = fingerprint::compare(&f.expected, &f.actual);
-    f.verified = Some(f.differences.is_empty());
-    Ok(f)
 }
 
 /// Restore one service from its snapshot in the group: its stages in
