@@ -27,8 +27,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`catalog`] | parsing and validating `cairn.toml` (file:line errors), environments |
-//! | [`datastore`] | the `Datastore` trait and the registry of kinds |
+//! | [`datastore`] | the `Datastore` trait |
 //! | [`kinds`] | one module per kind: postgres, mariadb, redis, files, sqlite, command |
+//! | [`registry`] | the registry of kinds, and what needs it: `Kind::datastore`, `Catalog::load`/`parse`, the live views |
 //! | [`adapters`] | what the kinds share: running tools, streaming dumps, Redis dumps |
 //! | [`children`] | child processes (own process group, parent-death signal) and temporary dumps |
 //! | [`fingerprint`] | logical fingerprints and their comparison (format-spec §11) |
@@ -58,6 +59,7 @@ mod parallel;
 pub mod plan;
 pub mod ready;
 pub mod redis;
+pub mod registry;
 pub mod report;
 pub mod run;
 pub mod sql;
