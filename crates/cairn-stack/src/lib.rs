@@ -30,7 +30,8 @@
 //! | [`datastore`] | the `Datastore` trait |
 //! | [`kinds`] | one module per kind: postgres, mariadb, redis, files, sqlite, command |
 //! | [`registry`] | the registry of kinds, and what needs it: `Kind::datastore`, `Catalog::load`/`parse`, the live views |
-//! | [`adapters`] | what the kinds share: running tools, streaming dumps, Redis dumps |
+//! | [`adapters`] | what the kinds share: streaming dumps, the snapshot checks, Redis dumps |
+//! | [`tools`] | running a service's tools: connection settings, errors with stderr, shell commands |
 //! | [`children`] | child processes (own process group, parent-death signal) and temporary dumps |
 //! | [`fingerprint`] | logical fingerprints and their comparison (format-spec §11) |
 //! | [`target`] | comparable restore targets and the production guard |
@@ -65,6 +66,7 @@ pub mod run;
 pub mod sql;
 pub mod target;
 pub mod time;
+pub mod tools;
 pub mod trail;
 
 /// Errors of the orchestrator.

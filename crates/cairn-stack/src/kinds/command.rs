@@ -8,11 +8,12 @@ use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
 
 use crate::StackError;
-use crate::adapters::{err, pipe_into, run, shell};
+use crate::adapters::pipe_into;
 use crate::catalog::Service;
 use crate::datastore::Datastore;
 use crate::fingerprint::{Fingerprint, FingerprintReport};
 use crate::target::{Target, canonical};
+use crate::tools::{err, run, shell};
 
 /// The `command` kind.
 pub struct CommandKind;

@@ -10,13 +10,14 @@ use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress, RepoE
 
 use crate::StackError;
 use crate::adapters::{
-    STREAM_NAME, err, redis_check_key_space, redis_conn, redis_dump, redis_load, repo_err,
+    STREAM_NAME, redis_check_key_space, redis_differences, redis_dump, redis_load, repo_err,
     unlink_service_keys, with_dump,
 };
 use crate::catalog::Service;
 use crate::datastore::Datastore;
 use crate::fingerprint::{self, Fingerprint, FingerprintReport};
 use crate::target::{Server, Target};
+use crate::tools::{err, redis_conn};
 
 /// The `redis` kind.
 pub struct Redis;
@@ -133,7 +134,7 @@ impl Datastore for Redis {
             let map = fingerprint::redis_db_map(svc, snap);
             let mut conn = redis_conn(svc)?;
             let keys = with_dump(svc, repo, snap, &mut |r| {
-                fingerprint::redis_differences(svc, &mut conn, r, &map, snap)
+                redis_differences(svc, &mut conn, r, &map, snap)
             })?;
             f.differences = if keys.is_empty() {
                 vec![]

@@ -92,7 +92,7 @@ pub(super) fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
 }
 
 pub(super) fn run_shell(svc: &Service, cmd: &str) -> Result<(), String> {
-    let out = adapters::shell(svc, cmd)
+    let out = crate::tools::shell(svc, cmd)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .output()
@@ -398,7 +398,7 @@ fn load_and_start(
 fn verify_and_check(cx: &Ctx, svc: &Service, snap: &Snapshot, r: &mut ServiceRestore) -> bool {
     // Test hook: change the service between load and verification.
     if let Ok(hook) = std::env::var("CAIRN_TEST_HOOK_BEFORE_VERIFY") {
-        let _ = adapters::shell(svc, &hook)
+        let _ = crate::tools::shell(svc, &hook)
             .env("CAIRN_SERVICE", &svc.name)
             .status();
     }
