@@ -11,11 +11,17 @@
 //!
 //! The one temp file: `pg_restore -j` needs a seekable archive (it reads table
 //! data out of order in parallel), which a pipe is not.
+//!
+//! Running the tools themselves (connection settings, errors with their
+//! stderr) is [`crate::tools`]; what is here streams, checks and loads what
+//! they read and write, the cairn Redis dump stream included.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use cairn_format::SnapshotId;
 use cairn_format::snapshot::Snapshot;
 use cairn_format::tree::NodeKind;
 use cairn_repo::{
@@ -27,121 +33,11 @@ use crate::StackError;
 use crate::catalog::Service;
 use crate::fingerprint::{self, Fingerprint};
 use crate::redis::{Conn, Reply};
+use crate::report::kind_name;
+use crate::tools::{err, finish};
 
 /// Name of the stream file inside a datastore snapshot.
 pub const STREAM_NAME: &str = "dump";
-
-pub(crate) fn err(svc: &Service, detail: impl Into<String>) -> StackError {
-    StackError::Service {
-        service: svc.name.clone(),
-        detail: detail.into(),
-    }
-}
-
-/// Apply connection settings to a tool's command.
-pub(crate) fn tool(svc: &Service, program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.stdin(Stdio::null());
-    crate::children::contain(&mut c);
-    svc.kind.datastore().configure(svc, &mut c);
-    c
-}
-
-/// Run to completion; stdout on success, an error with stderr otherwise.
-pub(crate) fn run(svc: &Service, c: Command, input: Option<&[u8]>) -> Result<String, StackError> {
-    run_with(svc, c, input, false)
-}
-
-/// [`run`], with a [`crate::children::Watchdog`] over the child's process
-/// group while it runs when `guard`.
-fn run_with(
-    svc: &Service,
-    mut c: Command,
-    input: Option<&[u8]>,
-    guard: bool,
-) -> Result<String, StackError> {
-    let desc = format!("{:?}", c.get_program());
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    if input.is_some() {
-        c.stdin(Stdio::piped());
-    }
-    let mut child = c
-        .spawn()
-        .map_err(|e| err(svc, format!("cannot run {desc}: {e}")))?;
-    let dog = if guard {
-        Some(
-            crate::children::Watchdog::guard(child.id())
-                .map_err(|e| err(svc, format!("{desc}: starting its watchdog: {e}")))?,
-        )
-    } else {
-        None
-    };
-    if let Some(i) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(i)
-            .map_err(|e| err(svc, format!("{desc}: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(svc, format!("{desc}: {e}")))?;
-    // Killed first, so it never signals a group id reused after the tool.
-    drop(dog);
-    if !out.status.success() {
-        return Err(err(
-            svc,
-            format!(
-                "{desc} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// [`run`] for a tool that forks workers (`pg_restore -j`): its whole
-/// process group is killed if cairn dies while it runs.
-pub(crate) fn run_guarded(svc: &Service, c: Command) -> Result<String, StackError> {
-    run_with(svc, c, None, true)
-}
-
-/// Wait for a child whose stdout was consumed; fail with its stderr.
-pub(crate) fn finish(svc: &Service, child: Child, what: &str) -> Result<(), RepoError> {
-    let out = child
-        .wait_with_output()
-        .map_err(|e| RepoError::io(what, e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(RepoError::InvalidInput(format!(
-            "service {}: {what} failed ({}): {}",
-            svc.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
-/// A user command, run by `sh -c` in the catalog's directory.
-pub fn shell(svc: &Service, cmd: &str) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .current_dir(&svc.workdir);
-    c
-}
-
-pub(crate) fn redis_conn(svc: &Service) -> Result<Conn, StackError> {
-    let addr = format!(
-        "{}:{}",
-        svc.host.as_deref().unwrap_or("127.0.0.1"),
-        svc.port.unwrap_or(6379)
-    );
-    Conn::connect(&addr, svc.password.as_deref())
-        .map_err(|e| err(svc, format!("redis at {addr}: {e}")))
-}
 
 /// Back up one service, recording its fingerprint (see [`crate::fingerprint`]).
 pub fn backup(
@@ -379,6 +275,54 @@ pub(crate) fn redis_check_key_space(
     Ok(())
 }
 
+/// Name the Redis keys that differ from the snapshot's dump (missing, extra,
+/// or with another value or expiry): compares the stored `DUMP` payloads
+/// with the live ones.
+pub fn redis_differences(
+    svc: &Service,
+    conn: &mut Conn,
+    stored: &mut dyn Read,
+    map: &BTreeMap<u32, u32>,
+    snap: &Snapshot,
+) -> Result<Vec<String>, StackError> {
+    let mut want: BTreeMap<(u32, Vec<u8>), (bool, Vec<u8>)> = BTreeMap::new();
+    // Keys whose expiry has passed (or passes within the next seconds, while
+    // this runs) are not required; present, they still compare.
+    let soon = now_ms() + 5_000;
+    let mut may_be_gone: BTreeMap<(u32, Vec<u8>), (bool, Vec<u8>)> = BTreeMap::new();
+    read_redis_dump(svc, stored, |db, key, pttl, payload| {
+        let db = map.get(&db).copied().unwrap_or(db);
+        match redis_expiry(snap, pttl) {
+            Some(at) if at <= soon => may_be_gone.insert((db, key), (true, payload)),
+            _ => want.insert((db, key), (pttl >= 0, payload)),
+        };
+        Ok(())
+    })?;
+    let mut out = Vec::new();
+    fingerprint::redis_keys(svc, conn, |k| {
+        let name = String::from_utf8_lossy(&k.key).into_owned();
+        let id = (k.db, k.key.clone());
+        match want.remove(&id).or_else(|| may_be_gone.remove(&id)) {
+            None => out.push(format!("db{} key {name:?}: not in the backup", k.db)),
+            Some((ttl, payload)) => {
+                if payload != k.dump {
+                    out.push(format!("db{} key {name:?}: value differs", k.db));
+                } else if ttl != (k.pttl >= 0) {
+                    out.push(format!("db{} key {name:?}: expiry differs", k.db));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for (db, key) in want.keys() {
+        out.push(format!(
+            "db{db} key {:?}: missing after the restore",
+            String::from_utf8_lossy(key)
+        ));
+    }
+    Ok(out)
+}
+
 /// What a Redis load did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RedisLoad {
@@ -461,6 +405,29 @@ pub(crate) fn redis_load(
     Ok(done)
 }
 
+/// Refuse a snapshot whose adapter tag (`kind:…`, written by every stack
+/// backup and safety snapshot) is not the catalog's kind for the service.
+pub fn snapshot_kind_matches(svc: &Service, id: &SnapshotId, s: &Snapshot) -> Result<(), String> {
+    let want = kind_name(svc.kind);
+    let kinds: Vec<&str> = s
+        .tags
+        .iter()
+        .filter_map(|t| t.strip_prefix("kind:"))
+        .collect();
+    match kinds.as_slice() {
+        [k] if *k == want => Ok(()),
+        [] => Err(format!(
+            "snapshot {} has no kind tag (it was not written by a stack backup); the catalog says kind {want}",
+            &id.to_hex()[..8]
+        )),
+        ks => Err(format!(
+            "snapshot {} was written as kind {}, but the catalog says kind {want}: a snapshot of another kind is not restored (it may be forged)",
+            &id.to_hex()[..8],
+            ks.join(", ")
+        )),
+    }
+}
+
 /// A snapshot that passed [`preflight`] for a service: what [`restore`]
 /// takes, so that nothing loads a snapshot that was not checked.
 pub struct Checked<'a>(&'a Snapshot);
@@ -477,7 +444,7 @@ pub fn preflight<'a>(
     id: &cairn_format::SnapshotId,
     snap: &'a Snapshot,
 ) -> Result<Checked<'a>, StackError> {
-    crate::run::snapshot_kind_matches(svc, id, snap).map_err(|e| err(svc, e))?;
+    snapshot_kind_matches(svc, id, snap).map_err(|e| err(svc, e))?;
     svc.kind.datastore().preflight(svc, repo, snap)?;
     Ok(Checked(snap))
 }

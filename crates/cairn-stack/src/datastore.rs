@@ -1,19 +1,18 @@
 //! What a datastore kind is to the orchestrator: one trait, one module per
-//! kind (`kinds/`), one registry. Adding a kind is one new module and one
-//! line in [`BUILT_IN`] (or [`register`] at run time): the catalog, the
-//! scheduler, drills, rollbacks, metrics and the production guard take
-//! everything else from the trait.
+//! kind (`kinds/`), one registry ([`crate::registry`]). Adding a kind is one
+//! new module and one line in [`crate::registry::BUILT_IN`] (or
+//! [`crate::registry::register`] at run time): the catalog, the scheduler,
+//! drills, rollbacks, metrics and the production guard take everything else
+//! from the trait.
 
 use std::process::Command;
-use std::sync::RwLock;
 
 use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository};
 
 use crate::StackError;
 use crate::catalog::Service;
-use crate::fingerprint::Fingerprint;
-use crate::run::FingerprintReport;
+use crate::fingerprint::{Fingerprint, FingerprintReport};
 use crate::target::Target;
 
 /// A datastore kind. Methods get the service as the catalog resolved it
@@ -85,7 +84,7 @@ pub trait Datastore: Sync + Send {
         snap: &Snapshot,
     ) -> Result<FingerprintReport, StackError> {
         match self.live_fingerprint(svc)? {
-            Some(_) => crate::run::verify_fingerprint(svc, repo, snap, "tables"),
+            Some(_) => crate::fingerprint::verify_fingerprint(svc, repo, snap, "tables"),
             None => Ok(FingerprintReport {
                 expected: crate::fingerprint::decode(snap),
                 method: "none".into(),
@@ -151,69 +150,4 @@ pub trait Datastore: Sync + Send {
     fn env(&self, _svc: &Service) -> Vec<(&'static str, String)> {
         vec![]
     }
-}
-
-/// The kinds cairn ships.
-pub static BUILT_IN: &[&dyn Datastore] = &[
-    &crate::kinds::postgres::Postgres,
-    &crate::kinds::mariadb::Mariadb,
-    &crate::kinds::redis::Redis,
-    &crate::kinds::files::Files,
-    &crate::kinds::command::CommandKind,
-    &crate::kinds::sqlite::Sqlite,
-];
-
-/// Kinds registered at run time (embedders, tests).
-static EXTRA: RwLock<Vec<&'static dyn Datastore>> = RwLock::new(Vec::new());
-
-/// Make a kind available to catalogs parsed from now on. A name already
-/// taken is refused.
-pub fn register(d: &'static dyn Datastore) -> Result<(), String> {
-    if lookup(d.name()).is_some() {
-        return Err(format!("datastore kind {:?} exists already", d.name()));
-    }
-    EXTRA.write().unwrap_or_else(|e| e.into_inner()).push(d);
-    Ok(())
-}
-
-/// The kind named `name`.
-pub fn lookup(name: &str) -> Option<&'static dyn Datastore> {
-    BUILT_IN
-        .iter()
-        .copied()
-        .find(|d| d.name() == name)
-        .or_else(|| {
-            EXTRA
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .copied()
-                .find(|d| d.name() == name)
-        })
-}
-
-/// Every kind's name (for error messages).
-pub fn names() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = BUILT_IN.iter().map(|d| d.name()).collect();
-    v.extend(
-        EXTRA
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|d| d.name()),
-    );
-    v
-}
-
-/// Every kind.
-pub fn all() -> Vec<&'static dyn Datastore> {
-    let mut v: Vec<&'static dyn Datastore> = BUILT_IN.to_vec();
-    v.extend(
-        EXTRA
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied(),
-    );
-    v
 }

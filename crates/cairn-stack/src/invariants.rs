@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::adapters;
 use crate::catalog::{Catalog, Invariant};
-use crate::run::{InvariantResult, Status};
+use crate::report::{InvariantResult, Status};
 
 /// Whether `a` depends on `b`, directly or through others.
 pub(crate) fn depends_on(cat: &Catalog, a: &str, b: &str) -> bool {

@@ -6,8 +6,8 @@
 //! service as soon as its dependencies have passed their readiness gates,
 //! measuring every stage against the service's RTO budget.
 //!
-//! Key types: [`catalog::Catalog`], [`run::StackBackupReport`],
-//! [`run::RestoreReport`].
+//! Key types: [`catalog::Catalog`], [`report::StackBackupReport`],
+//! [`report::RestoreReport`].
 //!
 //! ```
 //! use cairn_stack::catalog::Catalog;
@@ -27,20 +27,24 @@
 //! | module | owns |
 //! |---|---|
 //! | [`catalog`] | parsing and validating `cairn.toml` (file:line errors), environments |
-//! | [`datastore`] | the `Datastore` trait and the registry of kinds |
+//! | [`datastore`] | the `Datastore` trait |
 //! | [`kinds`] | one module per kind: postgres, mariadb, redis, files, sqlite, command |
-//! | [`adapters`] | what the kinds share: running tools, streaming dumps, Redis dumps |
+//! | [`registry`] | the registry of kinds, and what needs it: `Kind::datastore`, `Catalog::load`/`parse`, the live views |
+//! | [`adapters`] | what the kinds share: streaming dumps, the snapshot checks, Redis dumps |
+//! | [`tools`] | running a service's tools: connection settings, errors with stderr, shell commands |
 //! | [`children`] | child processes (own process group, parent-death signal) and temporary dumps |
 //! | [`fingerprint`] | logical fingerprints and their comparison (format-spec §11) |
 //! | [`target`] | comparable restore targets and the production guard |
 //! | [`backup`] | group backups |
 //! | [`plan`] | choosing the group, the restore plan |
 //! | [`run`] | the restore scheduler and its stages |
+//! | [`report`] | what backups and restores report: statuses, stages, per-service results |
 //! | [`invariants`] | invariant checks and gating |
 //! | [`trail`] | the audit trail and restore journals |
 //! | [`metrics`] | the Prometheus textfile |
 //! | [`sql`] | quoting per SQL dialect |
 //! | [`ready`], [`redis`], [`time`] | readiness checks, a small Redis client, time formatting |
+//! | `parallel` | one function over many items on a few threads |
 #![deny(missing_docs)]
 
 pub mod adapters;
@@ -52,13 +56,17 @@ pub mod fingerprint;
 pub mod invariants;
 pub mod kinds;
 pub mod metrics;
+mod parallel;
 pub mod plan;
 pub mod ready;
 pub mod redis;
+pub mod registry;
+pub mod report;
 pub mod run;
 pub mod sql;
 pub mod target;
 pub mod time;
+pub mod tools;
 pub mod trail;
 
 /// Errors of the orchestrator.

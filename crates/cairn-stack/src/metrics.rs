@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::run::{RestoreReport, StackBackupReport};
+use crate::report::{RestoreReport, ServiceBackup, ServiceRestore, StackBackupReport};
 
 /// A textfile being written.
 #[derive(Default)]
@@ -73,7 +73,7 @@ impl Metrics {
 /// status) and for the group.
 pub fn backup_metrics(r: &StackBackupReport) -> String {
     let mut m = Metrics::default();
-    let labels = |b: &crate::run::ServiceBackup| -> Vec<(&str, String)> {
+    let labels = |b: &ServiceBackup| -> Vec<(&str, String)> {
         vec![
             ("service", b.service.clone()),
             ("kind", b.kind.to_string()),
@@ -85,7 +85,7 @@ pub fn backup_metrics(r: &StackBackupReport) -> String {
                help: &str,
                only_ok: bool,
                with_status: bool,
-               value: &dyn Fn(&crate::run::ServiceBackup) -> f64| {
+               value: &dyn Fn(&ServiceBackup) -> f64| {
         m.gauge(name, help);
         for b in r.services.iter().filter(|b| b.ok || !only_ok) {
             let mut l = labels(b);
@@ -160,7 +160,7 @@ pub fn backup_metrics(r: &StackBackupReport) -> String {
 pub fn restore_metrics(r: &RestoreReport) -> String {
     let mut m = Metrics::default();
     let kind = r.kind.name();
-    let owned = |x: &crate::run::ServiceRestore| -> Vec<(&str, String)> {
+    let owned = |x: &ServiceRestore| -> Vec<(&str, String)> {
         vec![
             ("service", x.service.clone()),
             ("kind", x.kind.to_string()),
@@ -168,7 +168,7 @@ pub fn restore_metrics(r: &RestoreReport) -> String {
             ("operation", kind.to_string()),
         ]
     };
-    let with_status = |x: &crate::run::ServiceRestore| {
+    let with_status = |x: &ServiceRestore| {
         let mut l = owned(x);
         l.push(("status", x.status.as_str().to_string()));
         l

@@ -11,31 +11,8 @@ use serde::Serialize;
 
 use crate::StackError;
 use crate::catalog::{Catalog, Service};
-use crate::run::{describe_target, kind_name};
+use crate::report::kind_name;
 use crate::time::rfc3339;
-
-/// Refuse a snapshot whose adapter tag (`kind:…`, written by every stack
-/// backup and safety snapshot) is not the catalog's kind for the service.
-pub fn snapshot_kind_matches(svc: &Service, id: &SnapshotId, s: &Snapshot) -> Result<(), String> {
-    let want = kind_name(svc.kind);
-    let kinds: Vec<&str> = s
-        .tags
-        .iter()
-        .filter_map(|t| t.strip_prefix("kind:"))
-        .collect();
-    match kinds.as_slice() {
-        [k] if *k == want => Ok(()),
-        [] => Err(format!(
-            "snapshot {} has no kind tag (it was not written by a stack backup); the catalog says kind {want}",
-            &id.to_hex()[..8]
-        )),
-        ks => Err(format!(
-            "snapshot {} was written as kind {}, but the catalog says kind {want}: a snapshot of another kind is not restored (it may be forged)",
-            &id.to_hex()[..8],
-            ks.join(", ")
-        )),
-    }
-}
 
 /// Whether a snapshot is a restore's safety snapshot (tag `safety`).
 pub fn is_safety(s: &Snapshot) -> bool {
@@ -176,6 +153,11 @@ pub fn choose_group(
         "no backup group holds a snapshot of every selected service:\n  {}\nrestore fewer services (--only) or name a group (--group)",
         notes.join("\n  ")
     )))
+}
+
+/// What a restore of a service would overwrite.
+pub fn describe_target(s: &Service) -> String {
+    s.kind.datastore().describe(s)
 }
 
 /// One row of `stack plan`.

@@ -141,7 +141,7 @@ fn write_anchor(dir: &Path, repo: &Repository, seq: u64, id: &str) {
     let a = Anchor {
         seq,
         id: id.to_string(),
-        time: crate::run::now(),
+        time: crate::time::now(),
     };
     if std::fs::write(&tmp, serde_json::to_vec(&a).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, &p);
@@ -170,7 +170,7 @@ pub fn append(
         seq,
         prev,
         kind: kind.to_string(),
-        time: crate::run::now(),
+        time: crate::time::now(),
         user,
         host,
         summary,
@@ -239,7 +239,7 @@ pub fn verify(repo: &Repository, entries: &[AuditEntry], state_dir: Option<&Path
                 "audit record {} (seq {}) is missing or was changed: this host saw it at {}",
                 a.id,
                 a.seq,
-                crate::run::rfc3339(a.time)
+                crate::time::rfc3339(a.time)
             ));
         }
         // An intact chain moves the anchor to its newest record.

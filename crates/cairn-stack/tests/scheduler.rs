@@ -14,7 +14,8 @@ use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress, Repository};
 use cairn_stack::StackError;
 use cairn_stack::catalog::{Catalog, Service};
-use cairn_stack::datastore::{Datastore, register};
+use cairn_stack::datastore::Datastore;
+use cairn_stack::registry::register;
 use cairn_stack::run::{
     self, FingerprintReport, RestoreKind, RestoreReport, RestoreRequest, ServiceRestore,
 };
@@ -375,7 +376,7 @@ fn the_fake_is_a_kind_like_the_built_in_ones() {
     // Registered once; its name in a catalog resolves; a second registration
     // of the same name is refused; its fields are checked like others'.
     let f = fake(0);
-    assert!(cairn_stack::datastore::lookup(f.name).is_some());
+    assert!(cairn_stack::registry::lookup(f.name).is_some());
     assert!(register(f).is_err());
     let e = Catalog::parse(
         Path::new("c.toml"),

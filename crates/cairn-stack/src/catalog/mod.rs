@@ -1,5 +1,11 @@
 //! The service catalog (`cairn.toml`): parsing, validation with file:line
 //! errors, environment overrides, and the dependency plan.
+//!
+//! The catalog knows the datastore kinds only as a `KindTable`: their names
+//! and the fields each takes and requires. The registry
+//! ([`crate::registry`]) is one, and defines the entry points that use it,
+//! `Catalog::load` and `Catalog::parse`, and the live views (which ask each
+//! service's kind).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +19,8 @@ use serde::Deserialize;
 pub struct CatalogError(pub Vec<String>);
 
 /// A datastore kind: the name of a [`crate::datastore::Datastore`] in the
-/// registry. The built-in ones have constants.
+/// registry ([`crate::registry`], which gives `Kind::named` and
+/// `Kind::datastore`). The built-in ones have constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Kind(&'static str);
 
@@ -29,19 +36,15 @@ impl Kind {
     /// User commands: stdout backed up, restore reads stdin.
     pub const COMMAND: Kind = Kind("command");
 
-    /// The kind of this name, if one is registered.
-    pub fn named(name: &str) -> Option<Kind> {
-        crate::datastore::lookup(name).map(|d| Kind(d.name()))
+    /// The kind of this name, if `kinds` has one (the registry's
+    /// `Kind::named` passes itself).
+    pub(crate) fn in_table(name: &str, kinds: &dyn KindTable) -> Option<Kind> {
+        kinds.find(name).map(Kind)
     }
 
     /// As written in the catalog.
     pub fn name(self) -> &'static str {
         self.0
-    }
-
-    /// Its implementation.
-    pub fn datastore(self) -> &'static dyn crate::datastore::Datastore {
-        crate::datastore::lookup(self.0).expect("a Kind is only made from a registered name")
     }
 }
 
@@ -49,6 +52,22 @@ impl serde::Serialize for Kind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.0)
     }
+}
+
+/// What the catalog knows of the datastore kinds: their names and the
+/// fields each takes and requires. The registry (`crate::registry`)
+/// implements it; the catalog knows no kind's implementation.
+pub(crate) trait KindTable {
+    /// The kind's own spelling of `name`, if there is a kind of that name.
+    fn find(&self, name: &str) -> Option<&'static str>;
+    /// Every kind's name, in the table's order (for error messages).
+    fn names(&self) -> Vec<&'static str>;
+    /// The fields `kind` takes besides those every kind takes.
+    fn fields(&self, kind: Kind) -> &'static [&'static str];
+    /// The fields `kind` requires: (field, what to call it in the error).
+    fn required(&self, kind: Kind) -> &'static [(&'static str, &'static str)];
+    /// The kinds that take `field`, in the table's order.
+    fn takers(&self, field: &str) -> Vec<&'static str>;
 }
 
 /// Readiness check after a restore.
@@ -237,15 +256,6 @@ pub struct Service {
     pub rollback: bool,
 }
 
-impl Service {
-    /// The service as its restore target: a files service whose `target`
-    /// differs from `path` is described by the target (what a safety
-    /// snapshot backs up and a rollback restores).
-    pub fn live_view(&self) -> Service {
-        self.kind.datastore().live_view(self)
-    }
-}
-
 /// A parsed, validated catalog for one environment.
 #[derive(Clone, Debug)]
 pub struct Catalog {
@@ -277,15 +287,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Catalog {
-    /// Read and validate a catalog file for an environment (`None` = production).
-    pub fn load(file: &Path, env: Option<&str>) -> Result<Catalog, CatalogError> {
-        let src = std::fs::read_to_string(file)
-            .map_err(|e| CatalogError(vec![format!("{}: {e}", file.display())]))?;
-        Self::parse(file, &src, env)
-    }
-
-    /// Parse and validate catalog text.
-    pub fn parse(file: &Path, src: &str, env: Option<&str>) -> Result<Catalog, CatalogError> {
+    /// Parse and validate catalog text against the kinds of `kinds` (the
+    /// registry's [`Catalog::parse`] passes the registry).
+    pub(crate) fn parse_with(
+        file: &Path,
+        src: &str,
+        env: Option<&str>,
+        kinds: &dyn KindTable,
+    ) -> Result<Catalog, CatalogError> {
         let raw: RawCatalog = toml::from_str(src).map_err(|e| {
             let line = e
                 .span()
@@ -302,7 +311,7 @@ impl Catalog {
             errors: Vec::new(),
         };
         let env_name = env.unwrap_or("production").to_string();
-        let g = Globals::new(&mut cx, &raw, file, env);
+        let g = Globals::new(&mut cx, &raw, file, env, kinds);
         let mut services = BTreeMap::new();
         for (name, spanned) in &raw.service {
             if let Some(s) = parse_service(&mut cx, &g, name, spanned) {
@@ -353,15 +362,6 @@ impl Catalog {
             invariants,
             drill_teardown: raw.drill.and_then(|d| d.teardown).unwrap_or(true),
         })
-    }
-
-    /// The catalog with every service as its restore target ([`Service::live_view`]).
-    pub fn live_view(&self) -> Catalog {
-        let mut c = self.clone();
-        for s in c.services.values_mut() {
-            *s = s.live_view();
-        }
-        c
     }
 
     /// The services selected by `only` (all when empty), plus their
@@ -455,11 +455,19 @@ struct Globals<'a> {
     /// The catalog's directory, absolute: what relative paths are under.
     dir: PathBuf,
     names: BTreeSet<String>,
+    /// The datastore kinds services may name.
+    kinds: &'a dyn KindTable,
 }
 
 impl<'a> Globals<'a> {
     /// Parse the `[defaults]` section and find the catalog's directory.
-    fn new(cx: &mut Ctx, raw: &'a RawCatalog, file: &Path, env: Option<&'a str>) -> Globals<'a> {
+    fn new(
+        cx: &mut Ctx,
+        raw: &'a RawCatalog,
+        file: &Path,
+        env: Option<&'a str>,
+        kinds: &'a dyn KindTable,
+    ) -> Globals<'a> {
         let defaults = raw.defaults.as_ref();
         let default_rto = defaults
             .and_then(|d| d.rto.as_ref())
@@ -489,6 +497,7 @@ impl<'a> Globals<'a> {
             default_par,
             dir,
             names,
+            kinds,
         }
     }
 
@@ -514,13 +523,13 @@ fn parse_service(
             format!("service name {name:?} may not be empty or contain '/' or spaces"),
         );
     }
-    let Some(kind) = Kind::named(rs.kind.get_ref()) else {
+    let Some(kind) = Kind::in_table(rs.kind.get_ref(), g.kinds) else {
         cx.err(
             rs.kind.span().start,
             format!(
                 "service {name}: unknown kind {:?} ({})",
                 rs.kind.get_ref(),
-                crate::datastore::names().join(", ")
+                g.kinds.names().join(", ")
             ),
         );
         return None;
@@ -550,9 +559,9 @@ fn parse_service(
         Some(r) => cx.duration(r),
         None => g.default_rto,
     };
-    check_required(cx, name, at, rs, kind, &m);
+    check_required(cx, name, at, rs, kind, &m, g.kinds);
     check_values(cx, name, at, rs, kind, &m);
-    check_foreign_fields(cx, name, at, rs, kind);
+    check_foreign_fields(cx, name, at, rs, kind, g.kinds);
     let retention = parse_retention(cx, name, at, rs, g.defaults);
     Some(Service {
         name: name.to_string(),
@@ -673,6 +682,7 @@ fn check_required(
     rs: &RawService,
     kind: Kind,
     m: &RawOverride,
+    kinds: &dyn KindTable,
 ) {
     let need = |cx: &mut Ctx, ok: bool, what: &str| {
         if !ok {
@@ -686,7 +696,7 @@ fn check_required(
         }
     };
     let merged_fields = m.set_fields();
-    for (field, what) in kind.datastore().required() {
+    for (field, what) in kinds.required(kind) {
         need(cx, merged_fields.contains(field), what);
     }
 }
@@ -748,7 +758,14 @@ fn check_values(cx: &mut Ctx, name: &str, at: usize, rs: &RawService, kind: Kind
 }
 
 /// Fields of other kinds set in the table or an environment's overrides.
-fn check_foreign_fields(cx: &mut Ctx, name: &str, at: usize, rs: &RawService, kind: Kind) {
+fn check_foreign_fields(
+    cx: &mut Ctx,
+    name: &str,
+    at: usize,
+    rs: &RawService,
+    kind: Kind,
+    kinds: &dyn KindTable,
+) {
     // Fields of other kinds are errors (a Redis service with a
     // `database`, a files service with a `host`): each names its line.
     let mut set: Vec<(&str, usize, Option<&str>)> = rs
@@ -778,14 +795,10 @@ fn check_foreign_fields(cx: &mut Ctx, name: &str, at: usize, rs: &RawService, ki
         );
     }
     for (field, from, in_env) in set {
-        if COMMON_FIELDS.contains(&field) || kind.datastore().fields().contains(&field) {
+        if COMMON_FIELDS.contains(&field) || kinds.fields(kind).contains(&field) {
             continue;
         }
-        let takers: Vec<&str> = crate::datastore::all()
-            .into_iter()
-            .filter(|d| d.fields().contains(&field))
-            .map(|d| d.name())
-            .collect();
+        let takers: Vec<&str> = kinds.takers(field);
         let off = cx.field_offset(from, field);
         cx.err(
             off,

@@ -21,7 +21,7 @@ pub(crate) struct MySession {
 impl MySession {
     /// Connect (unbuffered batch mode: each result is written at once).
     pub(crate) fn open(svc: &Service) -> Result<MySession, StackError> {
-        let mut c = crate::adapters::tool(svc, "mariadb");
+        let mut c = crate::tools::tool(svc, "mariadb");
         c.args(["-N", "-B", "-n", "--default-character-set=utf8mb4"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -26,6 +26,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use cairn_format::snapshot::Snapshot;
+use cairn_repo::IndexedRepository;
 use serde::Serialize;
 
 use crate::StackError;
@@ -233,6 +234,31 @@ fn parse_csv(s: &str) -> Vec<Vec<String>> {
 /// for kinds verified otherwise (files) or not at all (command).
 pub fn live(svc: &Service) -> Result<Option<Fingerprint>, StackError> {
     svc.kind.datastore().live_fingerprint(svc)
+}
+
+/// Verify by fingerprint: the one recorded at backup time (database numbers
+/// remapped for Redis environments) against the service's live one.
+pub fn verify_fingerprint(
+    svc: &Service,
+    _repo: &IndexedRepository,
+    snap: &Snapshot,
+    method: &str,
+) -> Result<FingerprintReport, StackError> {
+    let mut f = FingerprintReport {
+        expected: decode(snap),
+        method: method.into(),
+        ..Default::default()
+    };
+    let map = redis_db_map(svc, snap);
+    f.expected = remap(&f.expected, &map);
+    f.actual = svc
+        .kind
+        .datastore()
+        .live_fingerprint(svc)?
+        .unwrap_or_default();
+    f.differences = compare(&f.expected, &f.actual);
+    f.verified = Some(f.differences.is_empty());
+    Ok(f)
 }
 
 /// The restored state compared with the backed-up state.

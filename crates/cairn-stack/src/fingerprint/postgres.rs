@@ -25,7 +25,7 @@ impl Drop for PgSnapshot {
 /// Open a repeatable-read transaction and export its snapshot.
 pub fn pg_export_snapshot(svc: &Service) -> Result<PgSnapshot, StackError> {
     let db = svc.database.as_deref().unwrap_or_default();
-    let mut c = crate::adapters::tool(svc, "psql");
+    let mut c = crate::tools::tool(svc, "psql");
     c.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db]);
     let mut child = c
         .stdin(Stdio::piped())
@@ -80,7 +80,7 @@ fn pg_script(snapshot: Option<&str>, body: &str) -> String {
 pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, StackError> {
     let db = svc.database.as_deref().unwrap_or_default();
     let psql = || {
-        let mut c = crate::adapters::tool(svc, "psql");
+        let mut c = crate::tools::tool(svc, "psql");
         c.args([
             "-X",
             "-q",
@@ -96,14 +96,14 @@ pub fn postgres(svc: &Service, snapshot: Option<&str>) -> Result<Fingerprint, St
     };
     // Tables (partitions through their parent) with their primary-key columns.
     let list = "COPY (SELECT n.nspname, c.relname, coalesce((SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname::pg_catalog.text) || CASE WHEN a.attcollation <> 0 THEN ' COLLATE pg_catalog.\"C\"' ELSE '' END, ', ' ORDER BY k.ord) FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum WHERE i.indrelid = c.oid AND i.indisprimary), '') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2) TO STDOUT WITH (FORMAT csv);";
-    let out = crate::adapters::run(svc, psql(), Some(pg_script(snapshot, list).as_bytes()))?;
+    let out = crate::tools::run(svc, psql(), Some(pg_script(snapshot, list).as_bytes()))?;
     let mut tables = Vec::new();
     for rec in parse_csv(&out) {
         if rec.len() == 3 {
             tables.push((rec[0].clone(), rec[1].clone(), rec[2].clone()));
         }
     }
-    let parts = crate::run::parallel(&tables, svc.parallelism as usize, |(s, t, pk)| {
+    let parts = crate::parallel::parallel(&tables, svc.parallelism as usize, |(s, t, pk)| {
         let order = if pk.is_empty() {
             // The row's text through the built-in record output, never a
             // cast: the table's owner owns its row type and may have made

@@ -5,7 +5,6 @@ use crate::catalog::Service;
 use crate::redis::{Conn, Reply};
 use cairn_format::snapshot::Snapshot;
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use super::*;
 
@@ -263,52 +262,4 @@ pub fn redis(svc: &Service, conn: &mut Conn) -> Result<Fingerprint, StackError> 
         Ok(())
     })?;
     Ok(f.finish(&svc.databases))
-}
-
-/// Name the Redis keys that differ from the snapshot's dump (missing, extra,
-/// or with another value or expiry): compares the stored `DUMP` payloads
-/// with the live ones.
-pub fn redis_differences(
-    svc: &Service,
-    conn: &mut Conn,
-    stored: &mut dyn Read,
-    map: &BTreeMap<u32, u32>,
-    snap: &Snapshot,
-) -> Result<Vec<String>, StackError> {
-    let mut want: BTreeMap<(u32, Vec<u8>), (bool, Vec<u8>)> = BTreeMap::new();
-    // Keys whose expiry has passed (or passes within the next seconds, while
-    // this runs) are not required; present, they still compare.
-    let soon = crate::adapters::now_ms() + 5_000;
-    let mut may_be_gone: BTreeMap<(u32, Vec<u8>), (bool, Vec<u8>)> = BTreeMap::new();
-    crate::adapters::read_redis_dump(svc, stored, |db, key, pttl, payload| {
-        let db = map.get(&db).copied().unwrap_or(db);
-        match crate::adapters::redis_expiry(snap, pttl) {
-            Some(at) if at <= soon => may_be_gone.insert((db, key), (true, payload)),
-            _ => want.insert((db, key), (pttl >= 0, payload)),
-        };
-        Ok(())
-    })?;
-    let mut out = Vec::new();
-    redis_keys(svc, conn, |k| {
-        let name = String::from_utf8_lossy(&k.key).into_owned();
-        let id = (k.db, k.key.clone());
-        match want.remove(&id).or_else(|| may_be_gone.remove(&id)) {
-            None => out.push(format!("db{} key {name:?}: not in the backup", k.db)),
-            Some((ttl, payload)) => {
-                if payload != k.dump {
-                    out.push(format!("db{} key {name:?}: value differs", k.db));
-                } else if ttl != (k.pttl >= 0) {
-                    out.push(format!("db{} key {name:?}: expiry differs", k.db));
-                }
-            }
-        }
-        Ok(())
-    })?;
-    for (db, key) in want.keys() {
-        out.push(format!(
-            "db{db} key {:?}: missing after the restore",
-            String::from_utf8_lossy(key)
-        ));
-    }
-    Ok(out)
 }

@@ -8,12 +8,12 @@ use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
 
 use crate::StackError;
-use crate::adapters::{err, pipe_into, run, shell};
+use crate::adapters::pipe_into;
 use crate::catalog::Service;
 use crate::datastore::Datastore;
-use crate::fingerprint::Fingerprint;
-use crate::run::FingerprintReport;
+use crate::fingerprint::{Fingerprint, FingerprintReport};
 use crate::target::{Target, canonical};
+use crate::tools::{err, run, shell};
 
 /// The `command` kind.
 pub struct CommandKind;
@@ -92,7 +92,7 @@ impl Datastore for CommandKind {
         snap: &Snapshot,
     ) -> Result<FingerprintReport, StackError> {
         if svc.verify.is_some() {
-            crate::run::verify_fingerprint(svc, repo, snap, "command")
+            crate::fingerprint::verify_fingerprint(svc, repo, snap, "command")
         } else {
             Ok(FingerprintReport {
                 expected: crate::fingerprint::decode(snap),

@@ -10,12 +10,11 @@ use cairn_repo::select::{Exclusions, Pattern, Patterns};
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
 
 use crate::StackError;
-use crate::adapters::err;
 use crate::catalog::Service;
 use crate::datastore::Datastore;
-use crate::fingerprint;
-use crate::run::FingerprintReport;
+use crate::fingerprint::{self, FingerprintReport};
 use crate::target::{Target, canonical};
+use crate::tools::err;
 
 /// The backup exclusions of a `files` service.
 pub fn exclusions(svc: &Service) -> Result<Exclusions, StackError> {

@@ -10,13 +10,12 @@ use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress, RepoError};
 
 use crate::StackError;
-use crate::adapters::{
-    DumpStarted, STREAM_NAME, err, finish, pipe_into, repo_err, run, tool, with_dump,
-};
+use crate::adapters::{DumpStarted, STREAM_NAME, pipe_into, repo_err, with_dump};
 use crate::catalog::{Kind, Service};
 use crate::datastore::Datastore;
 use crate::fingerprint::{self, Fingerprint};
 use crate::target::{Server, Target};
+use crate::tools::{err, finish, run, tool};
 
 /// The first line of every dump mariadb-dump (10.11.8 and later) writes.
 const MARIADB_SANDBOX: &[u8] = b"/*M!999999\\- enable the sandbox mode */";

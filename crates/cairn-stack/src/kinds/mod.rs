@@ -1,5 +1,5 @@
 //! One module per datastore kind, each a [`crate::datastore::Datastore`];
-//! [`crate::datastore::BUILT_IN`] lists them.
+//! [`crate::registry::BUILT_IN`] lists them.
 
 pub mod command;
 pub mod files;

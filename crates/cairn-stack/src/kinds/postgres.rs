@@ -9,11 +9,11 @@ use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
 
 use crate::StackError;
-use crate::adapters::{err, run, tool};
 use crate::catalog::{Kind, Service};
 use crate::datastore::Datastore;
 use crate::fingerprint::{self, Fingerprint};
 use crate::target::{Server, Target};
+use crate::tools::{err, run, tool};
 
 /// The `postgres` kind.
 pub struct Postgres;
@@ -160,7 +160,7 @@ impl Datastore for Postgres {
             c.arg("--no-owner");
         }
         c.arg(tmp.path());
-        crate::adapters::run_guarded(svc, c)?;
+        crate::tools::run_guarded(svc, c)?;
         // A rollback puts back what the target held: its owner too (a
         // restore leaves the database to the restore role, whose rights an
         // application gets by being a member of it).

@@ -10,14 +10,14 @@ use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress, RepoE
 
 use crate::StackError;
 use crate::adapters::{
-    STREAM_NAME, err, redis_check_key_space, redis_conn, redis_dump, redis_load, repo_err,
+    STREAM_NAME, redis_check_key_space, redis_differences, redis_dump, redis_load, repo_err,
     unlink_service_keys, with_dump,
 };
 use crate::catalog::Service;
 use crate::datastore::Datastore;
-use crate::fingerprint::{self, Fingerprint};
-use crate::run::FingerprintReport;
+use crate::fingerprint::{self, Fingerprint, FingerprintReport};
 use crate::target::{Server, Target};
+use crate::tools::{err, redis_conn};
 
 /// The `redis` kind.
 pub struct Redis;
@@ -125,7 +125,7 @@ impl Datastore for Redis {
         repo: &IndexedRepository,
         snap: &Snapshot,
     ) -> Result<FingerprintReport, StackError> {
-        let mut f = crate::run::verify_fingerprint(svc, repo, snap, "keys")?;
+        let mut f = crate::fingerprint::verify_fingerprint(svc, repo, snap, "keys")?;
         if !f.differences.is_empty() {
             // Compare key by key: the stored dump (authenticated, the same
             // keys the fingerprint covers) with the live keys. Keys that
@@ -134,7 +134,7 @@ impl Datastore for Redis {
             let map = fingerprint::redis_db_map(svc, snap);
             let mut conn = redis_conn(svc)?;
             let keys = with_dump(svc, repo, snap, &mut |r| {
-                fingerprint::redis_differences(svc, &mut conn, r, &map, snap)
+                redis_differences(svc, &mut conn, r, &map, snap)
             })?;
             f.differences = if keys.is_empty() {
                 vec![]

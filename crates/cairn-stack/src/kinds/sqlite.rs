@@ -23,11 +23,11 @@ use cairn_format::snapshot::Snapshot;
 use cairn_repo::{BackupOptions, BackupResult, IndexedRepository, Progress};
 
 use crate::StackError;
-use crate::adapters::{err, run, tool};
 use crate::catalog::Service;
 use crate::datastore::Datastore;
 use crate::fingerprint::{Fingerprint, Part};
 use crate::target::{Target, canonical};
+use crate::tools::{err, run, tool};
 
 /// The first bytes of every SQLite database file.
 const MAGIC: &[u8; 16] = b"SQLite format 3\0";

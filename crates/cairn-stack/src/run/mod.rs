@@ -1,8 +1,8 @@
 //! `stack restore` (and rollback, drill): the scheduler, each service's
 //! stages, the report. Backups are in `backup.rs`, group choice and plans
 //! in `plan.rs`, invariants in `invariants.rs`, metrics in `metrics.rs`,
-//! time in `time.rs`; they are re-exported here, where callers found them
-//! before.
+//! the report types in `report.rs`, time in `time.rs`; what other crates
+//! use of them is re-exported here, where they found it before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
@@ -13,25 +13,45 @@ use cairn_repo::IndexedRepository;
 
 use crate::StackError;
 use crate::catalog::Catalog;
+use crate::report::{InvariantResult, Stage, StageName, Status, kind_name};
 use crate::trail::{self, Journal, JournalEvent};
 
-pub(crate) use crate::backup::parallel;
-pub use crate::backup::{ServiceBackup, StackBackupReport, stack_backup};
+pub use crate::backup::stack_backup;
 pub use crate::fingerprint::FingerprintReport;
 use crate::invariants::{gates, skipped_invariant};
 pub use crate::invariants::{run_invariant, service_env};
 pub use crate::metrics::{backup_metrics, restore_metrics};
 pub use crate::plan::{
     GroupChoice, GroupSnapshots, Plan, PlanEntry, choose_group, group_snapshots, is_safety, plan,
-    snapshot_kind_matches,
 };
+pub use crate::report::{RestoreKind, RestoreReport, ServiceRestore};
 pub use crate::time::{now, rfc3339};
 
-mod report;
 mod service;
-pub use report::*;
+pub use service::verify_service;
 use service::*;
-pub use service::{verify_fingerprint, verify_service};
+
+/// A restore to run.
+pub struct RestoreRequest {
+    /// What it is.
+    pub kind: RestoreKind,
+    /// Group: hex id, prefix or `latest`.
+    pub group: String,
+    /// Services.
+    pub selected: BTreeSet<String>,
+    /// Services at once.
+    pub jobs: usize,
+    /// Take safety snapshots of live targets before overwriting them.
+    pub safety: bool,
+    /// The journal of the restore being resumed.
+    pub resume: Option<Journal>,
+    /// For a rollback: the restore it undoes.
+    pub undoes: Option<String>,
+    /// Services that depend on the restored ones and are restarted, not
+    /// restored (`--with-dependents`): stopped before anything is restored,
+    /// started again once their dependencies passed.
+    pub restart: BTreeSet<String>,
+}
 
 struct Ctx<'a> {
     cat: &'a Catalog,

@@ -5,7 +5,6 @@
 use crate::StackError;
 use crate::adapters;
 use crate::catalog::{Catalog, Service};
-use crate::fingerprint;
 use crate::trail::{self, JournalEvent};
 use cairn_format::SnapshotId;
 use cairn_format::snapshot::Snapshot;
@@ -93,7 +92,7 @@ pub(super) fn skipped(svc: &Service, why: String, now: f64) -> ServiceRestore {
 }
 
 pub(super) fn run_shell(svc: &Service, cmd: &str) -> Result<(), String> {
-    let out = adapters::shell(svc, cmd)
+    let out = crate::tools::shell(svc, cmd)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .output()
@@ -116,31 +115,6 @@ pub fn verify_service(
     snap: &Snapshot,
 ) -> Result<FingerprintReport, StackError> {
     svc.kind.datastore().verify(svc, repo, snap)
-}
-
-/// Verify by fingerprint: the one recorded at backup time (database numbers
-/// remapped for Redis environments) against the service's live one.
-pub fn verify_fingerprint(
-    svc: &Service,
-    _repo: &IndexedRepository,
-    snap: &Snapshot,
-    method: &str,
-) -> Result<FingerprintReport, StackError> {
-    let mut f = FingerprintReport {
-        expected: fingerprint::decode(snap),
-        method: method.into(),
-        ..Default::default()
-    };
-    let map = fingerprint::redis_db_map(svc, snap);
-    f.expected = fingerprint::remap(&f.expected, &map);
-    f.actual = svc
-        .kind
-        .datastore()
-        .live_fingerprint(svc)?
-        .unwrap_or_default();
-    f.differences = fingerprint::compare(&f.expected, &f.actual);
-    f.verified = Some(f.differences.is_empty());
-    Ok(f)
 }
 
 /// Restore one service from its snapshot in the group: its stages in
@@ -424,7 +398,7 @@ fn load_and_start(
 fn verify_and_check(cx: &Ctx, svc: &Service, snap: &Snapshot, r: &mut ServiceRestore) -> bool {
     // Test hook: change the service between load and verification.
     if let Ok(hook) = std::env::var("CAIRN_TEST_HOOK_BEFORE_VERIFY") {
-        let _ = adapters::shell(svc, &hook)
+        let _ = crate::tools::shell(svc, &hook)
             .env("CAIRN_SERVICE", &svc.name)
             .status();
     }

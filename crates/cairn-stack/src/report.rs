@@ -1,12 +1,12 @@
-//! What a restore reports: statuses, stages, per-service results and the
-//! whole run's report.
+//! What the stack commands report: a restore's statuses, stages,
+//! per-service results and the whole run's report, a stack backup's
+//! per-service results and report, and how they name a kind. Plain data,
+//! below everything that fills it in (`run`, `backup`, `invariants`) or
+//! reads it (`metrics`).
 
-use crate::catalog::{Kind, Service};
-use crate::trail::Journal;
+use crate::catalog::Kind;
+use crate::fingerprint::{Fingerprint, FingerprintReport};
 use serde::Serialize;
-use std::collections::BTreeSet;
-
-use super::*;
 
 /// Where a service, an invariant or a stage stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -53,11 +53,6 @@ impl PartialEq<&str> for Status {
 /// Kind as written in the catalog.
 pub fn kind_name(k: Kind) -> &'static str {
     k.name()
-}
-
-/// What a restore of a service would overwrite.
-pub fn describe_target(s: &Service) -> String {
-    s.kind.datastore().describe(s)
 }
 
 /// The stages of a service restore, in the order they run.
@@ -219,28 +214,6 @@ impl RestoreKind {
     }
 }
 
-/// A restore to run.
-pub struct RestoreRequest {
-    /// What it is.
-    pub kind: RestoreKind,
-    /// Group: hex id, prefix or `latest`.
-    pub group: String,
-    /// Services.
-    pub selected: BTreeSet<String>,
-    /// Services at once.
-    pub jobs: usize,
-    /// Take safety snapshots of live targets before overwriting them.
-    pub safety: bool,
-    /// The journal of the restore being resumed.
-    pub resume: Option<Journal>,
-    /// For a rollback: the restore it undoes.
-    pub undoes: Option<String>,
-    /// Services that depend on the restored ones and are restarted, not
-    /// restored (`--with-dependents`): stopped before anything is restored,
-    /// started again once their dependencies passed.
-    pub restart: BTreeSet<String>,
-}
-
 /// Result of `stack restore` (and rollback, drill).
 #[derive(Debug, Serialize)]
 pub struct RestoreReport {
@@ -280,4 +253,46 @@ impl RestoreReport {
         self.services.iter().all(|s| s.status == "passed")
             && self.invariants.iter().all(|i| i.status == "passed")
     }
+}
+
+/// One service's part of a stack backup.
+#[derive(Debug, Serialize, Clone)]
+pub struct ServiceBackup {
+    /// Service.
+    pub service: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Error, if it failed.
+    pub error: Option<String>,
+    /// Snapshot written.
+    pub snapshot: Option<String>,
+    /// Capture time (Unix seconds): when its dump started.
+    pub captured_at: f64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Bytes read from the service.
+    pub bytes_read: u64,
+    /// Bytes added to the repository.
+    pub bytes_added: u64,
+    /// Fingerprint recorded (tables, Redis databases).
+    pub fingerprint: Fingerprint,
+}
+
+/// Result of `stack backup`.
+#[derive(Debug, Serialize)]
+pub struct StackBackupReport {
+    /// Group id shared by the snapshots.
+    pub group: String,
+    /// Environment whose catalog was used.
+    pub env: String,
+    /// Per service.
+    pub services: Vec<ServiceBackup>,
+    /// Latest minus earliest capture time of the successful services.
+    pub skew_seconds: f64,
+    /// Wall time of the whole backup.
+    pub seconds: f64,
+    /// Temporary copies a killed run left (plaintext), removed first.
+    pub stale_temps_removed: Vec<String>,
 }
