@@ -414,3 +414,77 @@ fn dump_of_a_directory_is_a_tar_that_gnu_tar_extracts_to_the_same_tree() {
     assert!(o.status.success());
     assert!(o.stdout.len() > 3 << 20);
 }
+
+#[test]
+fn rewrite_removes_a_secret_from_every_snapshot_and_prune_reclaims_it() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("conf")).unwrap();
+    fs::write(src.join("keep.bin"), super::util::prng(1, 1 << 20)).unwrap();
+    fs::write(src.join("conf/secret.key"), super::util::prng(2, 3 << 20)).unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s]);
+    fs::write(src.join("later.txt"), "day 2").unwrap();
+    env.ok(&["backup", s]);
+    env.ok(&["tag", "latest", "--protect"]);
+    // A dry run says what would go and writes nothing.
+    let before = super::util::dir_size(&env.repo());
+    let dry = env.json(&["rewrite", "--exclude", "secret.key", "--dry-run"]);
+    assert_eq!(dry["snapshots"].as_array().unwrap().len(), 2, "{dry}");
+    assert!(dry["snapshots"][0]["new"].is_null(), "{dry}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        super::util::dir_size(&env.repo()),
+        before,
+        "a dry run wrote"
+    );
+    // The real run: copies without it; the unprotected original is
+    // forgotten, the protected one kept with a warning (exit 3).
+    let o = env.run(&["rewrite", "--exclude", "secret.key", "--forget", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is protected"));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for row in r["snapshots"].as_array().unwrap() {
+        assert_eq!(
+            row["removed"],
+            serde_json::json!([format!("{s}/conf/secret.key")]),
+            "{r}"
+        );
+        assert!(row["new"].is_string(), "{r}");
+    }
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        3,
+        "two copies and the protected original: {snaps}"
+    );
+    // The copies hold everything else, byte for byte.
+    let new_latest = r["snapshots"][1]["new"].as_str().unwrap();
+    let t = env.path("t");
+    env.ok(&["restore", new_latest, "--target", t.to_str().unwrap()]);
+    let got = t.join(s.strip_prefix('/').unwrap());
+    assert!(!got.join("conf/secret.key").exists());
+    fs::remove_file(src.join("conf/secret.key")).unwrap();
+    super::util::assert_same_tree(&src, &got);
+    // Unprotect and forget the last original: prune then frees the secret.
+    let orig = r["snapshots"][1]["snapshot"].as_str().unwrap();
+    env.ok(&["tag", orig, "--unprotect"]);
+    env.ok(&["forget", orig]);
+    let o = env.run(&["find", "secret.key", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let full = super::util::dir_size(&env.repo());
+    env.ok(&["prune", "--instant-delete"]);
+    let after = super::util::dir_size(&env.repo());
+    assert!(full - after > 3 << 20, "prune freed {} bytes", full - after);
+    env.ok(&["check", "--read-data"]);
+    // A pattern that matches nothing is a warning, not a silent success.
+    let o = env.run(&["rewrite", "--exclude", "no-such-file"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("matched nothing"));
+}

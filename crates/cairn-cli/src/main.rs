@@ -95,6 +95,8 @@ enum Cmd {
     Diff(commands::DiffArgs),
     /// Find entries by pattern across snapshots
     Find(commands::FindArgs),
+    /// Copies of snapshots without some entries (a secret backed up by mistake)
+    Rewrite(commands::RewriteArgs),
     /// Restore a snapshot
     Restore(commands::RestoreArgs),
     /// Remove snapshots by keep rules (or by id)
@@ -146,6 +148,7 @@ fn reports_only(c: &Cmd) -> bool {
         | Cmd::Repair { .. }
         | Cmd::Prune(_)
         | Cmd::Tag(_)
+        | Cmd::Rewrite(_)
         | Cmd::Mount(_) => true,
         Cmd::Key { cmd } => !matches!(cmd, commands::KeyCmd::List),
         Cmd::Stack { cmd } => !matches!(
@@ -215,6 +218,7 @@ fn main() {
         Cmd::Dump(a) => commands::dump(&cli.global, a),
         Cmd::Diff(a) => commands::diff_cmd(&cli.global, a),
         Cmd::Find(a) => commands::find_cmd(&cli.global, a),
+        Cmd::Rewrite(a) => commands::rewrite_cmd(&cli.global, a),
         Cmd::Restore(a) => commands::restore(&cli.global, a),
         Cmd::Stats => commands::stats(&cli.global),
         Cmd::Forget(a) => commands::forget_cmd(&cli.global, a),

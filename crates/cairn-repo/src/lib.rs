@@ -52,6 +52,7 @@
 //! | `prune` | forget's second half: mark, then delete (§5.3) |
 //! | [`check`], [`repair`] | verification and repair |
 //! | [`diff`] | what differs between two snapshot trees |
+//! | [`rewrite`] | copies of snapshots without some entries |
 //! | [`forget`] | retention policies |
 //! | [`records`] | audit and journal records |
 //! | [`duration`] | the one duration grammar of the CLI and catalog; durations and dates printed |
@@ -79,6 +80,7 @@ pub mod repair;
 mod repo;
 mod restore;
 pub mod retry;
+pub mod rewrite;
 pub mod select;
 pub mod session;
 pub mod store;

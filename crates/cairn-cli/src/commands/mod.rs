@@ -248,5 +248,7 @@ pub use diff::*;
 mod find;
 pub use find::*;
 mod completion;
+mod rewrite;
 mod tar;
 pub use completion::*;
+pub use rewrite::*;

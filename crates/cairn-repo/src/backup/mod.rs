@@ -361,34 +361,8 @@ impl IndexedRepository {
                 n => vec![("excluded".into(), n.to_string())],
             },
         };
-        // Prune protocol (format-spec §5.1 steps 5–8): every pack the
-        // snapshot needs exists, the commit is claimed (a prune that took
-        // this session for dead would have fenced the claim), then the
-        // snapshot is written and packs a prune marked meanwhile re-listed.
-        let session = self.writer_session("backup")?;
-        self.commit_check(reused, &stats.packs_written)?;
-        let bytes = snapshot.encode(&self.repo.key);
-        let id = SnapshotId::of(&bytes);
-        session.claim(&bytes)?;
-        // Already there: a prune completed this claimed commit while the
-        // session stalled (names are hashes: the bytes are these).
-        match self
-            .repo
-            .store
-            .put_new(&crate::store::snapshot_path(&id), bytes)
-        {
-            Ok(()) | Err(RepoError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        // The snapshot is committed: from here on nothing may turn this backup
-        // into a failure. If re-listing fails, the next prune's phase 2 still
-        // recomputes what this snapshot uses and keeps it.
-        let mut late_warning = None;
-        if let Err(e) = self.relist_marked(reused, &stats.packs_written) {
-            late_warning = Some(format!(
-                "snapshot committed, but re-listing packs a concurrent prune marked failed ({e}); the next prune keeps them"
-            ));
-        }
+        let (id, late_warning) =
+            self.commit_snapshot("backup", &snapshot, reused, &stats.packs_written)?;
         Ok(BackupResult {
             id,
             snapshot,
@@ -483,5 +457,48 @@ impl IndexedRepository {
             start,
             &reused,
         )
+    }
+}
+
+impl IndexedRepository {
+    /// Commit `snapshot` under the prune protocol (format-spec §5.1 steps
+    /// 5–8): every pack holding a blob it reuses, and every pack this
+    /// session wrote, exists; the commit is claimed (a prune that took this
+    /// session for dead would have fenced the claim); the snapshot is
+    /// written; packs a prune marked meanwhile are listed again. Returns its
+    /// id and, if that last step failed, a warning (the snapshot is
+    /// committed all the same: the next prune keeps its packs).
+    pub(crate) fn commit_snapshot(
+        &self,
+        command: &str,
+        snapshot: &Snapshot,
+        reused: &HashSet<(BlobKind, ChunkId)>,
+        packs_written: &[cairn_format::index::IndexPack],
+    ) -> Result<(SnapshotId, Option<String>)> {
+        let session = self.writer_session(command)?;
+        self.commit_check(reused, packs_written)?;
+        let bytes = snapshot.encode(&self.repo.key);
+        let id = SnapshotId::of(&bytes);
+        session.claim(&bytes)?;
+        // Already there: a prune completed this claimed commit while the
+        // session stalled (names are hashes: the bytes are these).
+        match self
+            .repo
+            .store
+            .put_new(&crate::store::snapshot_path(&id), bytes)
+        {
+            Ok(()) | Err(RepoError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // The snapshot is committed: from here on nothing may turn this
+        // into a failure. If re-listing fails, the next prune's phase 2
+        // still recomputes what this snapshot uses and keeps it.
+        let mut late_warning = None;
+        if let Err(e) = self.relist_marked(reused, packs_written) {
+            late_warning = Some(format!(
+                "snapshot committed, but re-listing packs a concurrent prune marked failed ({e}); the next prune keeps them"
+            ));
+        }
+        Ok((id, late_warning))
     }
 }
