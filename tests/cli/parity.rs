@@ -470,12 +470,19 @@ fn rewrite_removes_a_secret_from_every_snapshot_and_prune_reclaims_it() {
     env.ok(&["restore", new_latest, "--target", t.to_str().unwrap()]);
     let got = t.join(s.strip_prefix('/').unwrap());
     assert!(!got.join("conf/secret.key").exists());
+    // The source without the secret (its directory's mtime as backed up).
+    let conf_mtime = fs::metadata(src.join("conf")).unwrap().modified().unwrap();
     fs::remove_file(src.join("conf/secret.key")).unwrap();
+    fs::File::open(src.join("conf"))
+        .unwrap()
+        .set_modified(conf_mtime)
+        .unwrap();
     super::util::assert_same_tree(&src, &got);
     // Unprotect and forget the last original: prune then frees the secret.
     let orig = r["snapshots"][1]["snapshot"].as_str().unwrap();
-    env.ok(&["tag", orig, "--unprotect"]);
-    env.ok(&["forget", orig]);
+    let t: serde_json::Value =
+        serde_json::from_str(&env.ok(&["tag", orig, "--unprotect", "--json"])).unwrap();
+    env.ok(&["forget", t["new"].as_str().unwrap()]);
     let o = env.run(&["find", "secret.key", "--json"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
     let full = super::util::dir_size(&env.repo());

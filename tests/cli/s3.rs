@@ -309,3 +309,133 @@ fn prune_on_s3_without_conditional_writes_is_refused_unless_single_pruner() {
     let checked = ok(&env, &base, &["check", "--read-data"]);
     assert!(checked.contains("no errors were found"), "{checked}");
 }
+
+/// 3-2-1: a local repository copied to S3 (moto) and back. Both directions
+/// restore byte for byte, both check clean with every byte read, and a
+/// second copy adds nothing (#21).
+#[test]
+fn copy_from_local_to_s3_and_back_restores_identically_and_copying_twice_adds_nothing() {
+    let s3 = S3Server::start().unwrap();
+    s3.create_bucket("offsite").unwrap();
+    let env = Env::new();
+    let local = vec![
+        "--repo".to_string(),
+        env.repo().to_str().unwrap().to_string(),
+    ];
+    let remote = s3_args(&s3, "s3://offsite/fleet");
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    ok(&env, &local, &init);
+    ok(&env, &remote, &init);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/big"), crate::util::prng(9, 6 << 20)).unwrap();
+    fs::write(src.join("small"), "small").unwrap();
+    fs::hard_link(src.join("small"), src.join("small-link")).unwrap();
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(8 << 20).unwrap();
+    std::os::unix::fs::symlink("d/big", src.join("link")).unwrap();
+    ok(
+        &env,
+        &local,
+        &["backup", src.to_str().unwrap(), "--tag", "one"],
+    );
+    fs::write(src.join("small"), "changed").unwrap();
+    ok(
+        &env,
+        &local,
+        &["backup", src.to_str().unwrap(), "--tag", "two"],
+    );
+    let (repo_path, pw_path) = (env.repo(), env.path("pw"));
+    let from_local = [
+        "--from-repo",
+        repo_path.to_str().unwrap(),
+        "--from-password-file",
+        pw_path.to_str().unwrap(),
+    ];
+    let mut copy: Vec<&str> = vec!["copy", "--json"];
+    copy.extend_from_slice(&from_local);
+    let first: serde_json::Value = serde_json::from_str(&ok(&env, &remote, &copy)).unwrap();
+    assert_eq!(first["copied"], 2, "{first}");
+    let again: serde_json::Value = serde_json::from_str(&ok(&env, &remote, &copy)).unwrap();
+    assert_eq!(
+        (again["copied"].clone(), again["skipped"].clone()),
+        (0.into(), 2.into()),
+        "{again}"
+    );
+    // Back from S3 into the local repository: both are copies of what it has.
+    let mut from_remote = vec![
+        "copy".to_string(),
+        "--json".into(),
+        "--from-repo".into(),
+        "s3://offsite/fleet".into(),
+    ];
+    for (k, v) in s3.options() {
+        from_remote.push("--from-option".into());
+        from_remote.push(format!("{k}={v}"));
+    }
+    from_remote.extend([
+        "--from-password-file".into(),
+        env.path("pw").to_str().unwrap().to_string(),
+    ]);
+    let from_remote: Vec<&str> = from_remote.iter().map(String::as_str).collect();
+    let back: serde_json::Value = serde_json::from_str(&ok(&env, &local, &from_remote)).unwrap();
+    assert_eq!(back["copied"], 0, "{back}");
+    // Each copy restores as its original.
+    let snaps: serde_json::Value =
+        serde_json::from_str(&ok(&env, &remote, &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    for tag in ["one", "two"] {
+        let (a, b) = (env.path(&format!("l-{tag}")), env.path(&format!("r-{tag}")));
+        ok(
+            &env,
+            &local,
+            &[
+                "restore",
+                "latest",
+                "--tag",
+                tag,
+                "--target",
+                a.to_str().unwrap(),
+            ],
+        );
+        ok(
+            &env,
+            &remote,
+            &[
+                "restore",
+                "latest",
+                "--tag",
+                tag,
+                "--target",
+                b.to_str().unwrap(),
+            ],
+        );
+        crate::util::assert_same_tree(&a, &b);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let r = env.path("r-two").join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::metadata(r.join("small")).unwrap().ino(),
+        fs::metadata(r.join("small-link")).unwrap().ino(),
+        "hard links are kept"
+    );
+    assert!(
+        fs::metadata(r.join("sparse")).unwrap().blocks() < 1024,
+        "the hole stayed a hole"
+    );
+    ok(&env, &local, &["check", "--read-data"]);
+    ok(&env, &remote, &["check", "--read-data"]);
+    // Copied into a fresh local repository the S3 copies go again (they are
+    // not copies of anything it has), and a second run adds nothing.
+    let third = vec![
+        "--repo".to_string(),
+        env.path("third").to_str().unwrap().to_string(),
+    ];
+    ok(&env, &third, &init);
+    let t1: serde_json::Value = serde_json::from_str(&ok(&env, &third, &from_remote)).unwrap();
+    assert_eq!(t1["copied"], 2, "{t1}");
+    let t2: serde_json::Value = serde_json::from_str(&ok(&env, &third, &from_remote)).unwrap();
+    assert_eq!(t2["copied"], 0, "{t2}");
+    ok(&env, &third, &["check", "--read-data"]);
+}

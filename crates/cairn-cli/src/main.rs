@@ -97,6 +97,8 @@ enum Cmd {
     Find(commands::FindArgs),
     /// Copies of snapshots without some entries (a secret backed up by mistake)
     Rewrite(commands::RewriteArgs),
+    /// Copy snapshots from another repository (an off-site copy)
+    Copy(commands::CopyArgs),
     /// Restore a snapshot
     Restore(commands::RestoreArgs),
     /// Remove snapshots by keep rules (or by id)
@@ -149,6 +151,7 @@ fn reports_only(c: &Cmd) -> bool {
         | Cmd::Prune(_)
         | Cmd::Tag(_)
         | Cmd::Rewrite(_)
+        | Cmd::Copy(_)
         | Cmd::Mount(_) => true,
         Cmd::Key { cmd } => !matches!(cmd, commands::KeyCmd::List),
         Cmd::Stack { cmd } => !matches!(
@@ -219,6 +222,7 @@ fn main() {
         Cmd::Diff(a) => commands::diff_cmd(&cli.global, a),
         Cmd::Find(a) => commands::find_cmd(&cli.global, a),
         Cmd::Rewrite(a) => commands::rewrite_cmd(&cli.global, a),
+        Cmd::Copy(a) => commands::copy_cmd(&cli.global, a),
         Cmd::Restore(a) => commands::restore(&cli.global, a),
         Cmd::Stats => commands::stats(&cli.global),
         Cmd::Forget(a) => commands::forget_cmd(&cli.global, a),

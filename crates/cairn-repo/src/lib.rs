@@ -86,7 +86,9 @@ pub mod session;
 pub mod store;
 pub mod sys;
 
-pub use backup::{BackupOptions, BackupResult, ParentChoice, Progress, clean_absolute};
+pub use backup::{
+    BackupOptions, BackupResult, COPIED_FROM, CopyMemo, ParentChoice, Progress, clean_absolute,
+};
 pub use error::{RepoError, Result};
 pub use fsat::empty_directory;
 

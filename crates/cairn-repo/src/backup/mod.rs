@@ -16,6 +16,8 @@
 //! [`walk`]'s, reading and chunking content [`content`]'s.
 
 mod content;
+mod copy;
+pub use copy::{COPIED_FROM, CopyMemo};
 mod entry;
 mod walk;
 
