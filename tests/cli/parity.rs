@@ -495,3 +495,53 @@ fn rewrite_removes_a_secret_from_every_snapshot_and_prune_reclaims_it() {
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("matched nothing"));
 }
+
+#[test]
+fn snapshots_latest_n_per_group_and_global_options_in_their_own_help_section() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for host in ["a", "a", "a", "b", "b"] {
+        env.ok(&["backup", src.to_str().unwrap(), "--host", host]);
+    }
+    let v = env.json(&["snapshots", "--group-by", "host", "--latest", "2"]);
+    let groups = v.as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{v}");
+    assert_eq!(
+        groups[0]["group"],
+        serde_json::json!({"hostname": "a"}),
+        "{v}"
+    );
+    assert_eq!(groups[0]["snapshots"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(groups[1]["snapshots"].as_array().unwrap().len(), 2, "{v}");
+    // The latest two of host a are its newest.
+    let all_a: Vec<String> = env
+        .json(&["snapshots", "--host", "a"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(groups[0]["snapshots"][1]["id"], all_a[2].as_str());
+    assert_eq!(
+        env.json(&["snapshots", "--latest", "1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let table = env.ok(&["snapshots", "--group-by", "host", "--latest", "1"]);
+    assert!(
+        table.contains("group host=a:") && table.contains("group host=b:"),
+        "{table}"
+    );
+    assert!(table.contains("2 snapshots"), "{table}");
+    // Help: the command's options, then the global ones under their heading.
+    let help = env.ok(&["backup", "--help"]);
+    let global = help
+        .find("Global options:")
+        .expect("a Global options section");
+    assert!(help.find("--exclude").unwrap() < global, "{help}");
+    assert!(help[global..].contains("--repo"), "{help}");
+}

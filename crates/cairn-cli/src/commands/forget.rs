@@ -121,7 +121,7 @@ pub fn decide(
 }
 
 /// The fields `group_by` groups `s` by, as a JSON object.
-fn group_json(group_by: GroupBy, s: &Snapshot) -> Value {
+pub(crate) fn group_json(group_by: GroupBy, s: &Snapshot) -> Value {
     let mut o = serde_json::Map::new();
     if group_by.service {
         o.insert("service".into(), json!(s.service));

@@ -7,6 +7,13 @@ use cairn_repo::forget::PROTECTED_TAG;
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pick: Pick,
+    /// Only the latest N snapshots of each group
+    #[arg(long, value_name = "N")]
+    latest: Option<usize>,
+    /// Group by these fields (any of service,host,paths,tags): the table
+    /// gets a heading per group, --json an array of groups
+    #[arg(long, value_name = "FIELDS", value_parser = cairn_repo::forget::GroupBy::parse)]
+    group_by: Option<cairn_repo::forget::GroupBy>,
 }
 
 /// The readable snapshots; each unreadable object is a warning naming it
@@ -27,14 +34,36 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         .into_iter()
         .filter(|(_, s)| a.pick.matches(s))
         .collect();
+    // Groups (one without --group-by), each cut to its latest N.
+    let group_by = a.group_by.unwrap_or(cairn_repo::forget::GroupBy {
+        service: false,
+        host: false,
+        paths: false,
+        tags: false,
+    });
+    let mut groups: Vec<(String, Vec<(SnapshotId, Snapshot)>)> = Vec::new();
+    for (id, s) in list {
+        let k = group_by.key(&s);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push((id, s)),
+            None => groups.push((k, vec![(id, s)])),
+        }
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(n) = a.latest {
+        for (_, v) in &mut groups {
+            let cut = v.len().saturating_sub(n);
+            v.drain(..cut);
+        }
+    }
     let stored = repo.snapshot_store_times()?;
     let skew = |id: &cairn_format::SnapshotId, s: &cairn_format::snapshot::Snapshot| {
         stored
             .get(id)
             .and_then(|t| cairn_repo::forget::retention_time(id, s, *t).1)
     };
-    if g.json {
-        return print_json(&Value::Array(
+    let rows_json = |list: &[(SnapshotId, Snapshot)]| {
+        Value::Array(
             list.iter()
                 .map(|(i, s)| {
                     let mut v = snapshot_json(i, s);
@@ -43,8 +72,20 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
                     v
                 })
                 .collect(),
-        ))
-        .map(|_| 0);
+        )
+    };
+    if g.json {
+        if a.group_by.is_some() {
+            let v: Vec<Value> = groups
+                .iter()
+                .map(|(_, list)| {
+                    json!({"group": super::forget::group_json(group_by, &list[0].1), "snapshots": rows_json(list)})
+                })
+                .collect();
+            return print_json(&Value::Array(v)).map(|_| 0);
+        }
+        let all: Vec<(SnapshotId, Snapshot)> = groups.into_iter().flat_map(|(_, v)| v).collect();
+        return print_json(&rows_json(&all)).map(|_| 0);
     }
     println!(
         "{:<9} {:<20}  {:<12}  {:<12}  {:<16}  {:>10}  paths",
@@ -52,35 +93,42 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
     );
     let mut warnings = Vec::new();
     let mut any_protected = false;
-    for (id, s) in &list {
-        let w = skew(id, s);
-        let mark = if w.is_some() { "!" } else { " " };
-        warnings.extend(w);
-        let protected = s.tags.iter().any(|t| t == PROTECTED_TAG);
-        any_protected |= protected;
-        let tags: Vec<&str> = s
-            .tags
-            .iter()
-            .filter(|t| *t != PROTECTED_TAG)
-            .map(String::as_str)
-            .collect();
-        println!(
-            "{:<8}{} {:<19}{mark}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
-            id.short(),
-            if protected { "*" } else { " " },
-            format_time(s.time_ns, false),
-            s.hostname,
-            s.service,
-            tags.join(","),
-            human_bytes(s.summary.bytes_total),
-            s.paths
+    let mut count = 0;
+    for (key, list) in &groups {
+        if a.group_by.is_some() {
+            println!("group {key}:");
+        }
+        for (id, s) in list {
+            count += 1;
+            let w = skew(id, s);
+            let mark = if w.is_some() { "!" } else { " " };
+            warnings.extend(w);
+            let protected = s.tags.iter().any(|t| t == PROTECTED_TAG);
+            any_protected |= protected;
+            let tags: Vec<&str> = s
+                .tags
                 .iter()
-                .map(|p| lossy(p))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+                .filter(|t| *t != PROTECTED_TAG)
+                .map(String::as_str)
+                .collect();
+            println!(
+                "{:<8}{} {:<19}{mark}  {:<12}  {:<12}  {:<16}  {:>10}  {}",
+                id.short(),
+                if protected { "*" } else { " " },
+                format_time(s.time_ns, false),
+                s.hostname,
+                s.service,
+                tags.join(","),
+                human_bytes(s.summary.bytes_total),
+                s.paths
+                    .iter()
+                    .map(|p| lossy(p))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
     }
-    println!("{} snapshots", list.len());
+    println!("{count} snapshots");
     if any_protected {
         println!("* protected from forget (cairn tag --unprotect)");
     }
