@@ -545,3 +545,52 @@ fn snapshots_latest_n_per_group_and_global_options_in_their_own_help_section() {
     assert!(help.find("--exclude").unwrap() < global, "{help}");
     assert!(help[global..].contains("--repo"), "{help}");
 }
+
+#[test]
+fn backup_verbose_lists_new_changed_and_gone_files_and_dry_run_writes_nothing() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("keep"), "same").unwrap();
+    fs::write(src.join("edit"), "one").unwrap();
+    fs::write(src.join("d/gone"), "bye").unwrap();
+    let s = src.to_str().unwrap();
+    let first = env.ok(&["backup", "-v", s]);
+    for f in ["keep", "edit", "d/gone"] {
+        assert!(first.contains(&format!("+    {s}/{f}\n")), "{first}");
+    }
+    fs::write(src.join("edit"), "two, longer").unwrap();
+    fs::remove_file(src.join("d/gone")).unwrap();
+    fs::write(src.join("new"), super::util::prng(5, 2 << 20)).unwrap();
+    // A dry run: what would be added, and nothing written.
+    let before = super::util::dir_size(&env.repo());
+    let dry = env.ok(&["backup", "--dry-run", "-v", s]);
+    assert!(
+        dry.contains(&format!("+    {s}/new\n")) && dry.contains(&format!("M    {s}/edit\n")),
+        "{dry}"
+    );
+    assert!(!dry.contains("keep"), "{dry}");
+    assert!(dry.contains("dry run: nothing was written"), "{dry}");
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["backup", "--dry-run", s, "--json"])).unwrap();
+    assert_eq!(j["dry_run"], true, "{j}");
+    assert!(j["id"].is_null(), "{j}");
+    assert!(
+        j["summary"]["bytes_added"].as_u64().unwrap() > 2_000_000,
+        "{j}"
+    );
+    assert_eq!(
+        super::util::dir_size(&env.repo()),
+        before,
+        "a dry run wrote to the repository"
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    // The real backup lists by content against its parent.
+    let second = env.ok(&["backup", "-v", s]);
+    assert!(second.contains(&format!("+    {s}/new\n")), "{second}");
+    assert!(second.contains(&format!("M    {s}/edit\n")), "{second}");
+    assert!(second.contains(&format!("-    {s}/d/gone\n")), "{second}");
+    assert!(!second.contains(&format!("{s}/keep")), "{second}");
+    assert!(second.contains("saved"), "{second}");
+}

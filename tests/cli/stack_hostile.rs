@@ -65,6 +65,7 @@ pub(crate) fn forge(
         group: Some(group),
         fingerprints: like.fingerprints.clone(),
         exclusions: Default::default(),
+        dry_run: false,
     };
     repo.backup_stream(dump, "dump", &opts, &Default::default(), || Ok(()))
         .unwrap();

@@ -73,9 +73,19 @@ pub struct Packer<'r> {
     data_blobs: AtomicU64,
     tree_blobs: AtomicU64,
     bytes_added: AtomicU64,
+    /// Count what would be stored, store nothing (a dry run).
+    dry: bool,
 }
 
 impl<'r> Packer<'r> {
+    /// A session that stores nothing: blobs are encoded and counted (their
+    /// sealed bytes in `bytes_added`), no pack or index is written.
+    pub fn dry(repo: &'r IndexedRepository) -> Self {
+        let mut p = Packer::new(repo);
+        p.dry = true;
+        p
+    }
+
     /// Start a session.
     pub fn new(repo: &'r IndexedRepository) -> Self {
         let encoder = BlobEncoder {
@@ -92,6 +102,7 @@ impl<'r> Packer<'r> {
             data_blobs: AtomicU64::new(0),
             tree_blobs: AtomicU64::new(0),
             bytes_added: AtomicU64::new(0),
+            dry: false,
         }
     }
 
@@ -124,6 +135,15 @@ impl<'r> Packer<'r> {
 
     /// Append a sealed blob; uploads the pack when it reaches the target size.
     pub fn add(&self, blob: EncodedBlob<'_>) -> Result<()> {
+        if self.dry {
+            match blob.kind {
+                BlobKind::Data => self.data_blobs.fetch_add(1, Ordering::Relaxed),
+                BlobKind::Tree => self.tree_blobs.fetch_add(1, Ordering::Relaxed),
+            };
+            self.bytes_added
+                .fetch_add(blob.sealed.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        }
         let mut st = self.state.lock().expect("packer lock");
         let open = match blob.kind {
             BlobKind::Data => &mut st.data,
@@ -269,6 +289,16 @@ impl<'r> Packer<'r> {
     /// Upload what is left, wait for every pack, then write the index object
     /// and add the new packs to the in-memory index.
     pub fn finish(self) -> Result<PackerStats> {
+        if self.dry {
+            return Ok(PackerStats {
+                data_blobs: self.data_blobs.load(Ordering::Relaxed),
+                tree_blobs: self.tree_blobs.load(Ordering::Relaxed),
+                bytes_added: self.bytes_added.load(Ordering::Relaxed),
+                packs: 0,
+                index: None,
+                packs_written: Vec::new(),
+            });
+        }
         let mut st = std::mem::take(&mut *self.state.lock().expect("packer lock"));
         self.flush(&mut st, BlobKind::Data)?;
         self.flush(&mut st, BlobKind::Tree)?;

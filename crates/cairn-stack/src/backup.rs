@@ -45,6 +45,7 @@ pub fn stack_backup(
             group: Some(group),
             fingerprints: vec![],
             exclusions: Default::default(),
+            dry_run: false,
         };
         match adapters::backup(svc, repo, opts) {
             Ok(r) => ServiceBackup {

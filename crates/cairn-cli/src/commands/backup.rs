@@ -30,6 +30,13 @@ pub struct BackupArgs {
     /// Back up the standard output of a command (given after --)
     #[arg(long)]
     stdin_from_command: bool,
+    /// Read and encode everything, store nothing: say what would be added
+    #[arg(short = 'n', long, conflicts_with_all = ["stdin", "stdin_from_command"])]
+    dry_run: bool,
+    /// List the files that are new (+), changed (M) and gone (-) since the
+    /// parent snapshot (with --dry-run: new and changed)
+    #[arg(short = 'v', long)]
+    verbose: bool,
     #[command(flatten)]
     select: BackupSelect,
 }
@@ -170,7 +177,11 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
     if a.stdin_from_command && a.paths.is_empty() {
         bail!("--stdin-from-command needs a command after --");
     }
-    let repo = open_for_writing(g, "backup")?;
+    let repo = if a.dry_run {
+        open_indexed(g)?
+    } else {
+        open_for_writing(g, "backup")?
+    };
     let (host, user) = cairn_repo::whoami();
     let parent = if a.force {
         ParentChoice::None
@@ -188,8 +199,12 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
         group: None,
         fingerprints: vec![],
         exclusions,
+        dry_run: a.dry_run,
     };
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress {
+        list_changes: a.verbose && a.dry_run,
+        ..Default::default()
+    });
     let p2 = progress.clone();
     let ticker = Ticker::start(!g.quiet && !g.json, move || {
         let read = p2.bytes_read.load(Ordering::Relaxed);
@@ -233,7 +248,10 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
     };
     drop(ticker);
     let r = result?;
-    report_backup(g, &r)?;
+    if a.verbose && !g.json {
+        list_changes(&repo, &r, &progress)?;
+    }
+    report_backup(g, &r, a.dry_run)?;
     Ok(if r.warnings.is_empty() {
         0
     } else {
@@ -241,7 +259,48 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
     })
 }
 
-pub(crate) fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
+/// `-v`: what the backup found new, changed or gone. After a real backup,
+/// the difference from its parent by content; in a dry run (nothing was
+/// stored to compare with), the files the walk read as new or changed.
+fn list_changes(repo: &IndexedRepository, r: &BackupResult, progress: &Progress) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if progress.list_changes {
+        for (mark, p) in progress.changes.lock().expect("changes").iter() {
+            writeln!(out, "{mark}    {}", p.display())?;
+        }
+        return Ok(());
+    }
+    let Some(parent) = &r.snapshot.parent else {
+        // No parent: every file is new.
+        repo.walk(&r.snapshot.tree, b"", &|_| true, &mut |e| {
+            if matches!(e.node.kind, NodeKind::Dir { .. }) {
+                return Ok(());
+            }
+            writeln!(out, "+    {}", lossy(&e.path))
+                .map_err(|x| RepoError::InvalidInput(format!("writing: {x}")))
+        })?;
+        return Ok(());
+    };
+    let parent_tree = repo.repo().load_snapshot(parent)?.tree;
+    repo.diff_trees(&parent_tree, &r.snapshot.tree, &mut |e| {
+        if e.change == cairn_repo::diff::Change::Metadata {
+            return Ok(());
+        }
+        let is_dir = e
+            .after
+            .as_ref()
+            .or(e.before.as_ref())
+            .is_some_and(|n| matches!(n.kind, NodeKind::Dir { .. }));
+        if is_dir && e.change != cairn_repo::diff::Change::TypeChanged {
+            return Ok(());
+        }
+        writeln!(out, "{}    {}", e.change.mark(), lossy(&e.path))
+            .map_err(|x| RepoError::InvalidInput(format!("writing: {x}")))
+    })?;
+    Ok(())
+}
+
+pub(crate) fn report_backup(g: &GlobalArgs, r: &BackupResult, dry_run: bool) -> Result<()> {
     let s = &r.snapshot.summary;
     for w in &r.warnings {
         eprintln!("warning: {w}");
@@ -253,6 +312,11 @@ pub(crate) fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
             v["excluded"] = json!(n.parse::<u64>().unwrap_or(0));
         }
         v["warnings"] = json!(r.warnings);
+        if dry_run {
+            v["dry_run"] = json!(true);
+            v["id"] = Value::Null;
+            v["short_id"] = Value::Null;
+        }
         return print_json(&v);
     }
     println!(
@@ -281,6 +345,10 @@ pub(crate) fn report_backup(g: &GlobalArgs, r: &BackupResult) -> Result<()> {
             r.warnings.len()
         );
     }
-    println!("snapshot {} saved", r.id.short());
+    if dry_run {
+        println!("dry run: nothing was written");
+    } else {
+        println!("snapshot {} saved", r.id.short());
+    }
     Ok(())
 }

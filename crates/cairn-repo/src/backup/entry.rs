@@ -302,6 +302,14 @@ impl Walker<'_> {
         } else {
             Progress::add(&self.progress.files_new, 1);
         }
+        if self.progress.list_changes {
+            let mark = if prev.is_some() { 'M' } else { '+' };
+            self.progress
+                .changes
+                .lock()
+                .expect("changes")
+                .push((mark, path.clone()));
+        }
         if md.size() <= small_limit {
             Todo::Small(node, path, md)
         } else {

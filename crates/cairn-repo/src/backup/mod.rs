@@ -73,6 +73,9 @@ pub struct BackupOptions {
     pub fingerprints: Vec<(String, Vec<u8>)>,
     /// What to leave out.
     pub exclusions: Exclusions,
+    /// Walk, read and encode everything, store nothing: report what would
+    /// be added (no session, pack, index or snapshot is written).
+    pub dry_run: bool,
 }
 
 /// Live counters of a running backup (polled by progress displays).
@@ -97,6 +100,10 @@ pub struct Progress {
     pub excluded: AtomicU64,
     /// Messages about skipped sources.
     pub warnings: Mutex<Vec<String>>,
+    /// Record each new (`+`) and changed (`M`) file's path in `changes`.
+    pub list_changes: bool,
+    /// What `list_changes` recorded, in the order files were reached.
+    pub changes: Mutex<Vec<(char, PathBuf)>>,
 }
 
 impl Progress {
@@ -239,7 +246,9 @@ impl IndexedRepository {
         progress: &Progress,
     ) -> Result<BackupResult> {
         let start = Instant::now();
-        self.writer_session("backup")?;
+        if !opts.dry_run {
+            self.writer_session("backup")?;
+        }
         let time_ns = now_ns();
         let mut abs = Vec::new();
         for p in paths {
@@ -273,7 +282,11 @@ impl IndexedRepository {
                 t.children.clear();
             }
         }
-        let packer = Packer::new(self);
+        let packer = if opts.dry_run {
+            Packer::dry(self)
+        } else {
+            Packer::new(self)
+        };
         let walker = self.walker(&packer, progress, &opts.exclusions);
         // The walk (directories and small files in parallel) runs on a pool
         // of its own, as many threads as cores; large files' windows are
@@ -363,8 +376,12 @@ impl IndexedRepository {
                 n => vec![("excluded".into(), n.to_string())],
             },
         };
-        let (id, late_warning) =
-            self.commit_snapshot("backup", &snapshot, reused, &stats.packs_written)?;
+        let (id, late_warning) = if opts.dry_run {
+            // Its id as it would be; nothing is written.
+            (SnapshotId::of(&snapshot.encode(&self.repo.key)), None)
+        } else {
+            self.commit_snapshot("backup", &snapshot, reused, &stats.packs_written)?
+        };
         Ok(BackupResult {
             id,
             snapshot,

@@ -332,6 +332,7 @@ fn safety_snapshot(cx: &Ctx, svc: &Service, r: &mut ServiceRestore) -> Result<()
         group: Some(cx.safety_group),
         fingerprints: vec![],
         exclusions: Default::default(),
+        dry_run: false,
     };
     match adapters::backup(&svc.live_view(), cx.repo, opts) {
         Ok(b) => r.safety_snapshot = Some(b.id.to_hex()),
