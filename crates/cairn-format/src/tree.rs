@@ -156,6 +156,16 @@ pub struct Time {
     pub nsec: u32,
 }
 
+impl Time {
+    /// Nanoseconds since the Unix epoch, saturating at the ends of `i64`
+    /// (a hostile tree may hold any `sec`).
+    pub fn as_ns(&self) -> i64 {
+        self.sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(self.nsec))
+    }
+}
+
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {

@@ -10,6 +10,7 @@ use cairn_format::tree::{Extent, Node, NodeKind};
 
 use crate::error::Result;
 use crate::indexed::IndexedRepository;
+use crate::restore::join;
 
 /// How an entry differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -177,23 +178,35 @@ impl IndexedRepository {
             what: Vec::new(),
         })?;
         if let Some(t) = sub {
-            self.walk(&t, &path, &|_| true, &mut |e| {
-                count(st, change, &e.node);
-                let (before, after) = if change == Change::Added {
-                    (None, Some(e.node))
-                } else {
-                    (Some(e.node), None)
-                };
-                each(DiffEntry {
-                    path: e.path,
-                    change,
-                    before,
-                    after,
-                    what: Vec::new(),
-                })
-            })?;
+            self.list_below(&t, &path, change, st, each)?;
         }
         Ok(())
+    }
+
+    /// Everything below the directory `tree` at `path`, as added or removed.
+    fn list_below(
+        &self,
+        tree: &ChunkId,
+        path: &[u8],
+        change: Change,
+        st: &mut DiffStats,
+        each: &mut dyn FnMut(DiffEntry) -> Result<()>,
+    ) -> Result<()> {
+        self.walk(tree, path, &|_| true, &mut |e| {
+            count(st, change, &e.node);
+            let (before, after) = if change == Change::Added {
+                (None, Some(e.node))
+            } else {
+                (Some(e.node), None)
+            };
+            each(DiffEntry {
+                path: e.path,
+                change,
+                before,
+                after,
+                what: Vec::new(),
+            })
+        })
     }
 
     /// An entry on both sides: compared, then (directories) descended into.
@@ -220,21 +233,7 @@ impl IndexedRepository {
             })?;
             for (sub, change) in [(sub_x, Change::Removed), (sub_y, Change::Added)] {
                 if let Some(t) = sub {
-                    self.walk(&t, &path, &|_| true, &mut |e| {
-                        count(st, change, &e.node);
-                        let (before, after) = if change == Change::Added {
-                            (None, Some(e.node))
-                        } else {
-                            (Some(e.node), None)
-                        };
-                        each(DiffEntry {
-                            path: e.path,
-                            change,
-                            before,
-                            after,
-                            what: Vec::new(),
-                        })
-                    })?;
+                    self.list_below(&t, &path, change, st, each)?;
                 }
             }
             return Ok(());
@@ -331,11 +330,4 @@ fn same_content(a: &[Extent], b: &[Extent]) -> bool {
         out
     }
     a == b || merged(a) == merged(b)
-}
-
-fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = prefix.to_vec();
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
 }

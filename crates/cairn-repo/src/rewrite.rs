@@ -12,6 +12,7 @@ use cairn_format::{BlobKind, ChunkId, SnapshotId};
 use crate::error::Result;
 use crate::indexed::IndexedRepository;
 use crate::packer::Packer;
+use crate::restore::join;
 use crate::select::Patterns;
 
 /// What rewriting one snapshot did (dry run: would do).
@@ -80,9 +81,7 @@ impl IndexedRepository {
         let mut kept_trees = Vec::new();
         let mut changed = false;
         for mut n in t.nodes {
-            let mut path = prefix.to_vec();
-            path.push(b'/');
-            path.extend_from_slice(&n.name);
+            let path = join(prefix, &n.name);
             let sub = match n.kind {
                 NodeKind::Dir { tree } => Some(tree),
                 _ => None,

@@ -28,7 +28,7 @@ fn entry_json(e: &DiffEntry) -> Value {
                 "mode": format!("{:o}", n.mode),
                 "uid": n.uid,
                 "gid": n.gid,
-                "mtime": format_time(n.mtime.sec.saturating_mul(1_000_000_000).saturating_add(n.mtime.nsec as i64), true),
+                "mtime": format_time(n.mtime.as_ns(), true),
             })
         })
     };

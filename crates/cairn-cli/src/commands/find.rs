@@ -76,11 +76,7 @@ struct Finder<'a> {
 
 impl Finder<'_> {
     fn when_ok(&self, n: &Node) -> bool {
-        let t = n
-            .mtime
-            .sec
-            .saturating_mul(1_000_000_000)
-            .saturating_add(n.mtime.nsec as i64);
+        let t = n.mtime.as_ns();
         self.oldest.is_none_or(|o| t >= o) && self.newest.is_none_or(|x| t <= x)
     }
 
@@ -183,13 +179,7 @@ pub fn find_cmd(g: &GlobalArgs, a: FindArgs) -> Result<i32> {
         }
         found.emit(&mut |path, n| {
             total += 1;
-            let mtime = format_time(
-                n.mtime
-                    .sec
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(n.mtime.nsec as i64),
-                true,
-            );
+            let mtime = format_time(n.mtime.as_ns(), true);
             if g.json {
                 rows.push(
                     json!({"path": lossy(path), "type": kind_name(n), "size": n.size,

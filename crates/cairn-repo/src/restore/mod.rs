@@ -37,6 +37,7 @@ use crate::indexed::IndexedRepository;
 use crate::select::Patterns;
 use content::Targets;
 use metadata::is_acl;
+pub(crate) use tree::join;
 pub use tree::{Entry, normalize_snapshot_path};
 
 /// Settings of a restore.

@@ -33,7 +33,7 @@ pub struct Entry {
     pub node: Node,
 }
 
-pub(super) fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = prefix.to_vec();
     p.push(b'/');
     p.extend_from_slice(name);
