@@ -594,3 +594,66 @@ fn backup_verbose_lists_new_changed_and_gone_files_and_dry_run_writes_nothing() 
     assert!(!second.contains(&format!("{s}/keep")), "{second}");
     assert!(second.contains("saved"), "{second}");
 }
+
+#[test]
+fn find_matches_names_and_bounds_mtimes_across_snapshots() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    let set = |p: &std::path::Path, secs: u64| {
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    fs::write(src.join("etc/old.conf"), "o").unwrap();
+    set(&src.join("etc/old.conf"), 1_700_000_000); // 2023-11-14
+    fs::write(src.join("etc/NEW.CONF"), "n").unwrap();
+    set(&src.join("etc/NEW.CONF"), 1_790_000_000); // 2026-09-21
+    env.ok(&["backup", src.to_str().unwrap()]);
+    fs::write(src.join("other.txt"), "x").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let hits = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["find"];
+        a.extend_from_slice(args);
+        let v = env.json(&a);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["matches"].as_array().unwrap().clone())
+            .map(|m| {
+                m["path"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        hits(&["*.conf"]),
+        vec!["old.conf", "old.conf"],
+        "one per snapshot"
+    );
+    assert_eq!(hits(&["-i", "*.conf"]).len(), 4);
+    assert_eq!(
+        hits(&["-i", "*.conf", "--oldest", "2026-01-01"]),
+        vec!["NEW.CONF", "NEW.CONF"]
+    );
+    assert_eq!(
+        hits(&["-i", "*.conf", "--newest", "2024-01-01T00:00:00Z"]),
+        vec!["old.conf", "old.conf"]
+    );
+    assert_eq!(
+        hits(&["other.txt"]),
+        vec!["other.txt"],
+        "only the second snapshot has it"
+    );
+    let o = env.run(&["find", "x", "--oldest", "2026-02-30"]);
+    assert_eq!(o.status.code(), Some(2), "a bad date is a usage error");
+}

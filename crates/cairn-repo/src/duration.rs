@@ -213,15 +213,23 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
         Some((a, f)) => (a, f),
         None => (clock, ""),
     };
-    let mut parts = hms.split(':');
-    let h = if hms.is_empty() {
-        0
+    // A date alone is midnight; a time of day needs hours and minutes.
+    let (h, mi, sec) = if hms.is_empty() {
+        if !frac.is_empty() || !rest.is_empty() && !matches!(rest, "Z" | "z") {
+            return None;
+        }
+        (0, 0, 0)
     } else {
-        num(parts.next()?)?
+        let mut parts = hms.split(':');
+        let h = num(parts.next()?)?;
+        let mi = num(parts.next()?)?;
+        let sec = parts.next().map(num).unwrap_or(Some(0))?;
+        if parts.next().is_some() {
+            return None;
+        }
+        (h, mi, sec)
     };
-    let mi = parts.next().map(num).unwrap_or(Some(0))?;
-    let sec = parts.next().map(num).unwrap_or(Some(0))?;
-    if parts.next().is_some() || h > 23 || mi > 59 || sec > 60 {
+    if h > 23 || mi > 59 || sec > 60 {
         return None;
     }
     let nanos = if frac.is_empty() {
