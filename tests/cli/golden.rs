@@ -123,6 +123,14 @@ fn listings_of_the_version_1_fixture_match_their_golden_files() {
         ),
         ("find.txt", &["find", "*.txt", "config.ini"][..]),
         ("find.json", &["find", "*.txt", "--json"][..]),
+        (
+            "rewrite-dry-run.json",
+            &["rewrite", "--exclude", "config.ini", "--dry-run", "--json"][..],
+        ),
+        (
+            "snapshots-grouped.json",
+            &["snapshots", "--group-by", "host,paths", "--latest", "1", "--json"][..],
+        ),
         ("stats.json", &["stats", "--json"][..]),
         ("cat-config.json", &["cat", "config"][..]),
         ("check.json", &["check", "--json"][..]),
