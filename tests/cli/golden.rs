@@ -129,7 +129,14 @@ fn listings_of_the_version_1_fixture_match_their_golden_files() {
         ),
         (
             "snapshots-grouped.json",
-            &["snapshots", "--group-by", "host,paths", "--latest", "1", "--json"][..],
+            &[
+                "snapshots",
+                "--group-by",
+                "host,paths",
+                "--latest",
+                "1",
+                "--json",
+            ][..],
         ),
         ("stats.json", &["stats", "--json"][..]),
         ("cat-config.json", &["cat", "config"][..]),

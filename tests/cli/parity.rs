@@ -524,12 +524,13 @@ fn snapshots_latest_n_per_group_and_global_options_in_their_own_help_section() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(groups[0]["snapshots"][1]["id"], all_a[2].as_str());
+    // --latest alone: per host and paths, as restic.
     assert_eq!(
         env.json(&["snapshots", "--latest", "1"])
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
     let table = env.ok(&["snapshots", "--group-by", "host", "--latest", "1"]);
     assert!(
@@ -656,4 +657,210 @@ fn find_matches_names_and_bounds_mtimes_across_snapshots() {
     );
     let o = env.run(&["find", "x", "--oldest", "2026-02-30"]);
     assert_eq!(o.status.code(), Some(2), "a bad date is a usage error");
+}
+
+/// Found by an outside attack on #21: a group key built from lossy strings
+/// put different backup sets into one group, and `forget --keep-last 1`
+/// removed every snapshot of one of them.
+#[test]
+fn forget_never_merges_backup_sets_whose_keys_only_look_alike() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.init(&[]);
+    let g = env.path("g");
+    let (a, b) = (
+        g.join(OsStr::from_bytes(b"\xff")),
+        g.join(OsStr::from_bytes(b"\xfe")),
+    );
+    let (pq, p, q) = (
+        g.join(format!("p:{}/q", g.display())),
+        g.join("p"),
+        g.join("q"),
+    );
+    for d in [&a, &b, &pq, &p, &q] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let arg = |p: &std::path::Path| p.as_os_str().to_owned();
+    for _ in 0..2 {
+        for set in [
+            vec![arg(&a)],
+            vec![arg(&b)],
+            vec![arg(&pq)],
+            vec![arg(&p), arg(&q)],
+        ] {
+            let o = env.cmd().arg("backup").args(&set).output().unwrap();
+            assert!(o.status.success());
+        }
+        env.ok(&["backup", g.to_str().unwrap(), "--tag", "x,y"]);
+        env.ok(&["backup", g.to_str().unwrap(), "--tag", "x", "--tag", "y"]);
+    }
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 12);
+    let v = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--group-by",
+        "host,paths,tags",
+    ]);
+    assert_eq!(
+        v["groups"].as_array().unwrap().len(),
+        6,
+        "six backup sets: {v}"
+    );
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        6,
+        "one kept of each set"
+    );
+}
+
+/// Found by an outside attack on #21: an empty id (a script's variable that
+/// came out empty) is a prefix of every id.
+#[test]
+fn an_empty_snapshot_id_names_no_snapshot() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    for args in [
+        vec!["forget", ""],
+        vec!["forget", " "],
+        vec!["tag", "", "--add", "x"],
+        vec!["ls", ""],
+        vec!["rewrite", "", "--exclude", "x"],
+    ] {
+        let o = env.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("empty snapshot id"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    // Naming one snapshot twice acts on it once.
+    let id = env.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["forget", &id, &id[..8]]);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+}
+
+/// Found by an outside attack on #21: a file dated after 2262 made
+/// `ls --json` panic (nanoseconds overflowed), and JSON times were clamped.
+#[test]
+fn times_past_2262_are_listed_as_they_are() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("future"), "x").unwrap();
+    let st = std::process::Command::new("touch")
+        .args(["-d", "2400-01-01T00:00:00Z"])
+        .arg(src.join("future"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let ls = env.json(&["ls", "latest"]);
+    let f = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"].as_str().unwrap().ends_with("/future"))
+        .unwrap();
+    assert_eq!(f["mtime"], "2400-01-01T00:00:00.000000000Z", "{f}");
+    let found = env.json(&["find", "future"]);
+    assert_eq!(
+        found[0]["matches"][0]["mtime"],
+        "2400-01-01T00:00:00.000000000Z"
+    );
+}
+
+/// Found by an outside attack on #21: `--exclude '*'` wrote an empty
+/// snapshot and forgot the original; removed directories counted 0 bytes.
+#[test]
+fn rewrite_refuses_to_empty_a_snapshot_and_counts_what_removed_directories_held() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("cache/blob"), super::util::prng(4, 1 << 20)).unwrap();
+    fs::write(src.join("keep"), "k").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    for pat in ["*", "/tmp"] {
+        let o = env.run(&["rewrite", "--exclude", pat, "--forget"]);
+        assert_eq!(o.status.code(), Some(1), "{pat}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("empty snapshot"),
+            "{pat}"
+        );
+    }
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        1,
+        "nothing forgotten"
+    );
+    let d = env.json(&["rewrite", "--exclude", "cache", "--dry-run"]);
+    assert_eq!(d["snapshots"][0]["bytes_removed"], 1 << 20, "{d}");
+}
+
+/// Found by an outside attack on #21: `backup` recorded the host name
+/// while `latest` looked for CAIRN_HOST.
+#[test]
+fn backup_records_cairn_host_so_latest_finds_it() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let o = env
+        .cmd()
+        .env("CAIRN_HOST", "web1")
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(env.json(&["snapshots"])[0]["hostname"], "web1");
+    let o = env
+        .cmd()
+        .env("CAIRN_HOST", "web1")
+        .args(["ls", "latest"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Found by an outside attack on #21: a non-UTF-8 extended attribute name
+/// cut a directory's tar short.
+#[test]
+fn dump_carries_extended_attribute_names_that_are_not_utf8() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let st = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os; os.setxattr({:?}, b'user.\\xff', b'1')",
+            src.join("f").to_str().unwrap()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let o = env
+        .cmd()
+        .args(["dump", "latest", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stdout.windows(17).any(|w| w == b"SCHILY.xattr.user"),
+        "pax record written"
+    );
+    assert!(o.stdout.ends_with(&[0u8; 1024]), "the archive is complete");
 }

@@ -439,3 +439,47 @@ fn copy_from_local_to_s3_and_back_restores_identically_and_copying_twice_adds_no
     assert_eq!(t2["copied"], 0, "{t2}");
     ok(&env, &third, &["check", "--read-data"]);
 }
+
+/// Found by an outside attack on #21: a retagged source snapshot, or one
+/// that reached the target through another repository, was copied again.
+#[test]
+fn copy_knows_a_snapshot_after_a_retag_and_through_another_repository() {
+    let env = Env::new();
+    let repo = |n: &str| {
+        vec![
+            "--repo".to_string(),
+            env.path(n).to_str().unwrap().to_string(),
+        ]
+    };
+    let mut init = vec!["init"];
+    init.extend_from_slice(&CHEAP_KDF);
+    for r in ["a", "b", "c"] {
+        ok(&env, &repo(r), &init);
+    }
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "data").unwrap();
+    ok(&env, &repo("a"), &["backup", src.to_str().unwrap()]);
+    let pw = env.path("pw");
+    let from = |r: &str| {
+        vec![
+            "copy".to_string(),
+            "--json".into(),
+            "--from-repo".into(),
+            env.path(r).to_str().unwrap().to_string(),
+            "--from-password-file".into(),
+            pw.to_str().unwrap().to_string(),
+        ]
+    };
+    let copied = |to: &str, fr: &str| -> u64 {
+        let args = from(fr);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v: serde_json::Value = serde_json::from_str(&ok(&env, &repo(to), &args)).unwrap();
+        v["copied"].as_u64().unwrap()
+    };
+    assert_eq!(copied("b", "a"), 1);
+    ok(&env, &repo("a"), &["tag", "latest", "--protect"]);
+    assert_eq!(copied("b", "a"), 0, "a retag is the same backup");
+    assert_eq!(copied("c", "b"), 1);
+    assert_eq!(copied("c", "a"), 0, "already there through b");
+}

@@ -103,16 +103,26 @@ pub fn human_bytes(n: u64) -> String {
 
 /// UTC time as "YYYY-MM-DD HH:MM:SS" (or RFC 3339 with `rfc`).
 pub fn format_time(ns: i64, rfc: bool) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
+    format_secs(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+        rfc,
+    )
+}
+
+/// A tree entry's time in RFC 3339, from its seconds and nanoseconds (any
+/// year a tree may hold, not only those nanoseconds in an i64 reach).
+pub fn format_node_time(t: &cairn_format::tree::Time) -> String {
+    format_secs(t.sec, t.nsec.min(999_999_999), true)
+}
+
+fn format_secs(secs: i64, nsec: u32, rfc: bool) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = cairn_repo::forget::civil_from_days(days);
     let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
     if rfc {
-        format!(
-            "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:09}Z",
-            ns.rem_euclid(1_000_000_000)
-        )
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{nsec:09}Z")
     } else {
         format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
     }

@@ -298,32 +298,45 @@ impl GroupBy {
         Ok(g)
     }
 
-    /// The key of a snapshot's group.
+    /// The key of a snapshot's group: one string per distinct group (two
+    /// snapshots share it only if the grouped fields are equal byte for
+    /// byte). Plain values are written as they are (`paths=/srv/a:/srv/b`);
+    /// a value holding a separator, a quote, a space or bytes that are not
+    /// UTF-8 is quoted with its bytes escaped, so that `/g/\xff` and
+    /// `/g/\xfe`, or the one path `/x/p:/x/q` and the two paths `/x/p` and
+    /// `/x/q`, never fall into one group.
     pub fn key(&self, s: &Snapshot) -> String {
         let mut k = Vec::new();
         if self.service {
-            k.push(format!("service={}", s.service));
+            k.push(format!("service={}", key_part(s.service.as_bytes())));
         }
         if self.host {
-            k.push(format!("host={}", s.hostname));
+            k.push(format!("host={}", key_part(s.hostname.as_bytes())));
         }
         if self.paths {
-            let p: Vec<String> = s
-                .paths
-                .iter()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect();
+            let p: Vec<String> = s.paths.iter().map(|p| key_part(p)).collect();
             k.push(format!("paths={}", p.join(":")));
         }
         if self.tags {
             let mut t: Vec<&String> = s.tags.iter().filter(|t| *t != PROTECTED_TAG).collect();
             t.sort();
-            k.push(format!(
-                "tags={}",
-                t.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
-            ));
+            let t: Vec<String> = t.iter().map(|t| key_part(t.as_bytes())).collect();
+            k.push(format!("tags={}", t.join(",")));
         }
         k.join(" ")
+    }
+}
+
+/// One value of a group key: as it is when plain, else quoted and escaped.
+fn key_part(b: &[u8]) -> String {
+    let plain = std::str::from_utf8(b).is_ok()
+        && !b.is_empty()
+        && b.iter()
+            .all(|&c| c > b' ' && c != 0x7f && !b"\"\\,:=[]".contains(&c));
+    if plain {
+        String::from_utf8_lossy(b).into_owned()
+    } else {
+        format!("\"{}\"", b.escape_ascii())
     }
 }
 

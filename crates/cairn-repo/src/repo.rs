@@ -461,6 +461,13 @@ impl Repository {
         spec: &str,
         filter: &dyn Fn(&Snapshot) -> bool,
     ) -> Result<(SnapshotId, Snapshot)> {
+        // An empty id would be a prefix of every id: a script whose
+        // variable came out empty must not act on some snapshot.
+        if spec.trim().is_empty() {
+            return Err(RepoError::InvalidInput(
+                "an empty snapshot id names no snapshot (give an id, a prefix or `latest`)".into(),
+            ));
+        }
         let (all, bad) = self.list_snapshots_readable()?;
         // An unreadable object whose id the spec names is the answer.
         if spec != "latest" {

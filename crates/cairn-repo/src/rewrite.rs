@@ -20,7 +20,7 @@ use crate::select::Patterns;
 pub struct Rewritten {
     /// Entries left out (a directory stands for everything beneath it).
     pub removed: Vec<Vec<u8>>,
-    /// Their apparent sizes (a directory's: its own entry only).
+    /// Their apparent sizes (a directory's: everything beneath it).
     pub bytes_removed: u64,
     /// The new snapshot (none when nothing matched, or in a dry run).
     pub new: Option<SnapshotId>,
@@ -87,7 +87,12 @@ impl IndexedRepository {
                 _ => None,
             };
             if exclude.matches(&path, sub.is_some()) {
-                out.bytes_removed += n.size;
+                // A directory's size is what it holds (its tree passed the
+                // snapshot's limits already).
+                out.bytes_removed += match sub {
+                    Some(t) => self.check_tree_limits(&t, "a removed directory")?.bytes,
+                    None => n.size,
+                };
                 out.removed.push(path);
                 changed = true;
                 continue;
@@ -110,6 +115,11 @@ impl IndexedRepository {
         }
         if !changed {
             return Ok(None);
+        }
+        if prefix.is_empty() && nodes.is_empty() {
+            return Err(crate::error::RepoError::Refused(
+                "these patterns leave out everything the snapshot holds: a rewrite would write an empty snapshot (to remove the snapshot, forget it)".into(),
+            ));
         }
         // What the new tree refers to without storing it: unchanged
         // subtrees and the kept entries' data (checked at commit).

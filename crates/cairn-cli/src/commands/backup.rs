@@ -12,7 +12,7 @@ pub struct BackupArgs {
     /// Tag (repeatable)
     #[arg(long = "tag")]
     tags: Vec<String>,
-    /// Host name to record (default: this machine's)
+    /// Host name to record (default: CAIRN_HOST, else this machine's name)
     #[arg(long)]
     host: Option<String>,
     /// Compare against this snapshot instead of the latest matching one
@@ -182,7 +182,7 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
     } else {
         open_for_writing(g, "backup")?
     };
-    let (host, user) = cairn_repo::whoami();
+    let (_, user) = cairn_repo::whoami();
     let parent = if a.force {
         ParentChoice::None
     } else if let Some(p) = &a.parent {
@@ -192,7 +192,7 @@ pub fn backup(g: &GlobalArgs, mut a: BackupArgs) -> Result<i32> {
     };
     let opts = BackupOptions {
         service: a.service.clone(),
-        hostname: a.host.clone().unwrap_or(host),
+        hostname: a.host.clone().unwrap_or_else(this_host),
         username: user,
         tags: a.tags.clone(),
         parent,

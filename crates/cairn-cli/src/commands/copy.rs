@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use super::*;
-use cairn_repo::{COPIED_FROM, CopyMemo};
+use cairn_repo::CopyMemo;
 
 #[derive(Args, Debug)]
 pub struct CopyArgs {
@@ -57,20 +57,12 @@ pub fn copy_cmd(g: &GlobalArgs, a: CopyArgs) -> Result<i32> {
             .filter(|(_, s)| a.pick.matches(s))
             .collect()
     } else {
-        let mut v = Vec::new();
-        for spec in &a.snapshots {
-            v.push(resolve(src.repo(), spec, &a.pick)?);
-        }
-        v
+        resolve_all(src.repo(), &a.snapshots, &a.pick)?
     };
-    // What the target holds already: its copies' origins, and its own
-    // snapshots as the source's copies name them.
+    // What the target holds already: the origins of its snapshots, and
+    // its own snapshots as copies of them name them.
     let have: Vec<(SnapshotId, Snapshot)> = readable_snapshots(dst.repo())?;
-    let mut known: HashSet<String> = have
-        .iter()
-        .filter_map(|(_, s)| s.extra.iter().find(|(k, _)| k == COPIED_FROM))
-        .map(|(_, v)| v.clone())
-        .collect();
+    let mut known: HashSet<String> = have.iter().map(|(id, s)| dst.origin_key(id, s)).collect();
     known.extend(have.iter().map(|(id, _)| dst.copy_key(id)));
     let progress = Progress::default();
     let mut memo = CopyMemo::new();
@@ -78,12 +70,8 @@ pub fn copy_cmd(g: &GlobalArgs, a: CopyArgs) -> Result<i32> {
     let mut warnings = 0;
     let (mut copied, mut skipped) = (0usize, 0usize);
     for (id, s) in &wanted {
-        let origin = s
-            .extra
-            .iter()
-            .find(|(k, _)| k == COPIED_FROM)
-            .map(|(_, v)| v.clone());
-        if known.contains(&src.copy_key(id)) || origin.as_ref().is_some_and(|o| known.contains(o)) {
+        let origin = src.origin_key(id, s);
+        if known.contains(&origin) || known.contains(&src.copy_key(id)) {
             skipped += 1;
             if !g.json {
                 println!("snapshot {} is in the target already: skipped", id.short());
@@ -104,7 +92,7 @@ pub fn copy_cmd(g: &GlobalArgs, a: CopyArgs) -> Result<i32> {
             eprintln!("warning: {w}");
             warnings += 1;
         }
-        known.insert(src.copy_key(id));
+        known.insert(origin);
         copied += 1;
         if !g.json {
             println!("snapshot {} copied as {}", id.short(), new.short());

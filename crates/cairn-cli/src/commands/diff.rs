@@ -28,7 +28,7 @@ fn entry_json(e: &DiffEntry) -> Value {
                 "mode": format!("{:o}", n.mode),
                 "uid": n.uid,
                 "gid": n.gid,
-                "mtime": format_time(n.mtime.as_ns(), true),
+                "mtime": format_node_time(&n.mtime),
             })
         })
     };

@@ -142,11 +142,7 @@ pub fn find_cmd(g: &GlobalArgs, a: FindArgs) -> Result<i32> {
             .filter(|(_, s)| a.pick.matches(s))
             .collect()
     } else {
-        let mut v = Vec::new();
-        for spec in &a.snapshots {
-            v.push(resolve(repo.repo(), spec, &a.pick)?);
-        }
-        v
+        resolve_all(repo.repo(), &a.snapshots, &a.pick)?
     };
     snaps.sort_by_key(|(id, s)| (s.time_ns, *id));
     let mut f = Finder {
@@ -179,7 +175,7 @@ pub fn find_cmd(g: &GlobalArgs, a: FindArgs) -> Result<i32> {
         }
         found.emit(&mut |path, n| {
             total += 1;
-            let mtime = format_time(n.mtime.as_ns(), true);
+            let mtime = format_node_time(&n.mtime);
             if g.json {
                 rows.push(
                     json!({"path": lossy(path), "type": kind_name(n), "size": n.size,

@@ -226,8 +226,7 @@ pub fn forget_cmd(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
             bail!("give either snapshot ids or keep rules, not both");
         }
         let mut ids = Vec::new();
-        for spec in &a.ids {
-            let (id, s) = crate::commands::resolve(&repo, spec, &a.pick)?;
+        for (id, s) in crate::commands::resolve_all(&repo, &a.ids, &a.pick)? {
             if s.tags.iter().any(|t| t == PROTECTED_TAG) {
                 bail!(
                     "snapshot {} is protected (cairn tag --unprotect first)",

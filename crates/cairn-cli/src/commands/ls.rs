@@ -49,7 +49,7 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
                 "uid": e.node.uid,
                 "gid": e.node.gid,
                 "size": e.node.size,
-                "mtime": format_time(e.node.mtime.sec * 1_000_000_000 + e.node.mtime.nsec as i64, true),
+                "mtime": format_node_time(&e.node.mtime),
             });
             if let NodeKind::Symlink { target } = &e.node.kind {
                 v["target"] = json!(lossy(target));
@@ -63,7 +63,13 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
                 v["device"] = json!(e.node.device);
             }
             if !e.node.xattrs.is_empty() {
-                v["xattrs"] = json!(e.node.xattrs.iter().map(|x| lossy(&x.name)).collect::<Vec<_>>());
+                v["xattrs"] = json!(
+                    e.node
+                        .xattrs
+                        .iter()
+                        .map(|x| lossy(&x.name))
+                        .collect::<Vec<_>>()
+                );
             }
             rows.push(v);
         } else {
@@ -73,7 +79,8 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
                 line.extend_from_slice(target);
             }
             line.push(b'\n');
-            out.write_all(&line).map_err(|e| RepoError::io("<stdout>", e))?;
+            out.write_all(&line)
+                .map_err(|e| RepoError::io("<stdout>", e))?;
         }
         Ok(())
     })?;

@@ -21,7 +21,9 @@ use cairn_repo::{
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::util::{Ticker, format_time, human_bytes, parse_size, parse_size64, read_password};
+use crate::util::{
+    Ticker, format_node_time, format_time, human_bytes, parse_size, parse_size64, read_password,
+};
 use crate::{EXIT_WARNINGS, GlobalArgs};
 
 pub fn location(g: &GlobalArgs) -> Result<String> {

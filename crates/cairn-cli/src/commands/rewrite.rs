@@ -49,18 +49,16 @@ pub fn rewrite_cmd(g: &GlobalArgs, a: RewriteArgs) -> Result<i32> {
             .filter(|(_, s)| a.pick.matches(s))
             .collect()
     } else {
-        let mut v = Vec::new();
-        for spec in &a.snapshots {
-            v.push(resolve(repo.repo(), spec, &a.pick)?);
-        }
-        v
+        resolve_all(repo.repo(), &a.snapshots, &a.pick)?
     };
     let mut rows = Vec::new();
     let mut forgotten = Vec::new();
     let mut warnings = 0usize;
     for (id, s) in &targets {
         repo.check_tree_limits(&s.tree, &format!("snapshot {}", id.short()))?;
-        let r = repo.rewrite_snapshot(id, s, &pats, a.dry_run)?;
+        let r = repo
+            .rewrite_snapshot(id, s, &pats, a.dry_run)
+            .with_context(|| format!("snapshot {}", id.short()))?;
         for w in &r.warnings {
             eprintln!("warning: {w}");
             warnings += 1;
@@ -125,7 +123,7 @@ pub fn rewrite_cmd(g: &GlobalArgs, a: RewriteArgs) -> Result<i32> {
         print_json(&json!({"dry_run": a.dry_run, "snapshots": rows}))?;
     } else if !forgotten.is_empty() {
         println!(
-            "{} originals forgotten; run prune to free what only they held",
+            "{} originals forgotten; `cairn prune --max-unused 0` frees what only they held (a plain prune may keep a small removed file inside a mostly used pack)",
             forgotten.len()
         );
     }

@@ -7,7 +7,8 @@ use cairn_repo::forget::PROTECTED_TAG;
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pick: Pick,
-    /// Only the latest N snapshots of each group
+    /// Only the latest N snapshots of each group (without --group-by: of
+    /// each host and set of paths)
     #[arg(long, value_name = "N")]
     latest: Option<usize>,
     /// Group by these fields (any of service,host,paths,tags): the table
@@ -35,10 +36,11 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         .filter(|(_, s)| a.pick.matches(s))
         .collect();
     // Groups (one without --group-by), each cut to its latest N.
+    // --latest alone counts per host and paths, as restic's does.
     let group_by = a.group_by.unwrap_or(cairn_repo::forget::GroupBy {
         service: false,
-        host: false,
-        paths: false,
+        host: a.latest.is_some(),
+        paths: a.latest.is_some(),
         tags: false,
     });
     let mut groups: Vec<(String, Vec<(SnapshotId, Snapshot)>)> = Vec::new();
@@ -192,6 +194,23 @@ pub fn this_host() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| cairn_repo::whoami().0)
+}
+
+/// Each of `specs` resolved, a snapshot named twice (`ID latest`) once, in
+/// the order first named.
+pub(crate) fn resolve_all(
+    repo: &Repository,
+    specs: &[String],
+    pick: &Pick,
+) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let mut out: Vec<(SnapshotId, Snapshot)> = Vec::new();
+    for spec in specs {
+        let (id, s) = resolve(repo, spec, pick)?;
+        if !out.iter().any(|(x, _)| *x == id) {
+            out.push((id, s));
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn resolve(

@@ -108,7 +108,7 @@ pub fn cat(g: &GlobalArgs, a: CatArgs) -> Result<i32> {
                 t.nodes
                     .iter()
                     .map(|n| json!({"name": lossy(&n.name), "type": kind_name(n), "mode": format!("{:o}", n.mode), "size": n.size,
-                        "uid": n.uid, "gid": n.gid, "mtime": format_time(n.mtime.as_ns(), true), "inode": n.inode,
+                        "uid": n.uid, "gid": n.gid, "mtime": format_node_time(&n.mtime), "inode": n.inode,
                         "content": match &n.kind {
                             NodeKind::File { extents } => json!(extents.iter().map(|e| match e {
                                 cairn_format::tree::Extent::Chunk { id, len } => json!({"chunk": id.to_hex(), "len": len}),

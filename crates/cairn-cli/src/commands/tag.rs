@@ -41,8 +41,7 @@ pub fn tag_cmd(g: &GlobalArgs, a: TagArgs) -> Result<i32> {
     if add.is_empty() && remove.is_empty() {
         bail!("nothing to do: give --add, --remove, --protect or --unprotect");
     }
-    for spec in &a.ids {
-        let (id, _) = crate::commands::resolve(&repo, spec, &a.pick)?;
+    for (id, _) in crate::commands::resolve_all(&repo, &a.ids, &a.pick)? {
         let new = repo.retag(&id, &add, &remove)?;
         if g.json {
             println!("{}", json!({"old": id.to_hex(), "new": new.to_hex()}));

@@ -75,38 +75,30 @@ impl<'a> TarWriter<'a> {
             NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => rdev,
             _ => 0,
         };
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut rec = |k: &str, v: Vec<u8>| pax.push((k.as_bytes().to_vec(), v));
         if path.len() > 100 {
-            pax.push(("path".into(), path.clone()));
+            rec("path", path.clone());
         }
         if link.len() > 100 {
-            pax.push(("linkpath".into(), link.clone()));
+            rec("linkpath", link.clone());
         }
         if size > 0o777_7777_7777 {
-            pax.push(("size".into(), size.to_string().into_bytes()));
+            rec("size", size.to_string().into_bytes());
         }
         if u64::from(n.uid) > 0o777_7777 {
-            pax.push(("uid".into(), n.uid.to_string().into_bytes()));
+            rec("uid", n.uid.to_string().into_bytes());
         }
         if u64::from(n.gid) > 0o777_7777 {
-            pax.push(("gid".into(), n.gid.to_string().into_bytes()));
+            rec("gid", n.gid.to_string().into_bytes());
         }
         if n.mtime.sec < 0 || n.mtime.sec > 0o777_7777_7777 || n.mtime.nsec != 0 {
-            pax.push((
-                "mtime".into(),
-                pax_time(n.mtime.sec, n.mtime.nsec).into_bytes(),
-            ));
+            rec("mtime", pax_time(n.mtime.sec, n.mtime.nsec).into_bytes());
         }
+        // Names as their bytes, UTF-8 or not, as GNU tar writes them.
         for x in &n.xattrs {
             let mut key = b"SCHILY.xattr.".to_vec();
             key.extend_from_slice(&x.name);
-            let Ok(key) = String::from_utf8(key) else {
-                bail!(
-                    "{}: extended attribute name {:?} is not UTF-8 (a pax header cannot carry it)",
-                    String::from_utf8_lossy(&path),
-                    String::from_utf8_lossy(&x.name)
-                );
-            };
             pax.push((key, repo.xattr_value(&x.value)?));
         }
         if !pax.is_empty() {
@@ -179,7 +171,7 @@ fn pax_time(sec: i64, nsec: u32) -> String {
 }
 
 /// pax records `LEN KEY=VALUE\n`, LEN counting the whole record itself.
-fn pax_records(kv: &[(String, Vec<u8>)]) -> Vec<u8> {
+fn pax_records(kv: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in kv {
         let rest = k.len() + v.len() + 3; // ' ', '=', '\n'
@@ -187,7 +179,9 @@ fn pax_records(kv: &[(String, Vec<u8>)]) -> Vec<u8> {
         while len != rest + len.to_string().len() {
             len = rest + len.to_string().len();
         }
-        out.extend_from_slice(format!("{len} {k}=").as_bytes());
+        out.extend_from_slice(format!("{len} ").as_bytes());
+        out.extend_from_slice(k);
+        out.push(b'=');
         out.extend_from_slice(v);
         out.push(b'\n');
     }
@@ -259,13 +253,13 @@ mod tests {
 
     #[test]
     fn pax_records_count_their_own_length() {
-        let r = pax_records(&[("path".into(), vec![b'a'; 95])]);
+        let r = pax_records(&[(b"path".to_vec(), vec![b'a'; 95])]);
         let text = String::from_utf8(r.clone()).unwrap();
         let len: usize = text.split(' ').next().unwrap().parse().unwrap();
         assert_eq!(len, r.len(), "{text}");
         // Around a power of ten, where the length's own digits grow.
         for n in 0..120 {
-            let r = pax_records(&[("k".into(), vec![b'x'; n])]);
+            let r = pax_records(&[(b"k".to_vec(), vec![b'x'; n])]);
             let len: usize = String::from_utf8_lossy(&r)
                 .split(' ')
                 .next()

@@ -6,9 +6,11 @@
 //! repository holds. Holes stay holes; metadata, extended attributes and
 //! hard links are kept as recorded. A tree seen before in this run (the same
 //! directory in another snapshot) is not read again. The copy is committed
-//! under the prune protocol like a backup and records `copied_from`
-//! (source repository id and snapshot id), by which a second copy of the
-//! same snapshot — in either direction — is recognised and skipped.
+//! under the prune protocol like a backup and records `copied_from`: the
+//! snapshot's origin (source repository id and snapshot id; a copy of a
+//! copy keeps the first origin, a retagged snapshot counts as the one it
+//! was retagged from), by which a second copy of the same backup — in any
+//! direction, through any number of repositories — is skipped.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -68,6 +70,21 @@ impl IndexedRepository {
         )
     }
 
+    /// Where snapshot `id` of this repository first came from: the origin
+    /// its `copied_from` names (a copy of a copy keeps the first), else the
+    /// snapshot it was retagged from (`original`), else itself. Two
+    /// snapshots with one origin are copies of one backup.
+    pub fn origin_key(&self, id: &SnapshotId, snap: &Snapshot) -> String {
+        let extra = |k: &str| snap.extra.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+        if let Some(o) = extra(COPIED_FROM) {
+            return o.clone();
+        }
+        match extra("original").and_then(|h| SnapshotId::from_hex(h)) {
+            Some(orig) => self.copy_key(&orig),
+            None => self.copy_key(id),
+        }
+    }
+
     /// Copy snapshot `id` of `src` into this repository; returns the new
     /// snapshot's id and warnings. `memo` carries trees already copied by
     /// this run.
@@ -88,8 +105,9 @@ impl IndexedRepository {
         let stats = packer.finish()?;
         let mut n = snap.clone();
         n.tree = root;
+        let origin = src.origin_key(id, snap);
         n.extra.retain(|(k, _)| k != COPIED_FROM);
-        n.extra.push((COPIED_FROM.into(), src.copy_key(id)));
+        n.extra.push((COPIED_FROM.into(), origin));
         let (new, warning) = self.commit_snapshot("copy", &n, &reused, &stats.packs_written)?;
         Ok((new, warning.into_iter().collect()))
     }
