@@ -99,6 +99,14 @@ fn latest_with_no_snapshot_of_this_host_names_whose_latest_there_is() {
         "{err}"
     );
     env.ok(&["ls", "latest", "--all-hosts"]);
+    // A path that the snapshot does not hold is an error naming it.
+    let o = env.run(&["ls", "latest", "--all-hosts", "/no/such/path"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no/such"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

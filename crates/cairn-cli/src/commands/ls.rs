@@ -34,6 +34,10 @@ pub fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
             || p.starts_with(&base) && (p.len() == base.len() || p[base.len()] == b'/')
             || base.starts_with(p) && base[p.len()] == b'/'
     };
+    // A path that is not in the snapshot is an error, not an empty listing.
+    if !base.is_empty() {
+        repo.find_node(&snap.tree, &base)?;
+    }
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
     repo.walk(&snap.tree, b"", &filter, &mut |e| {
