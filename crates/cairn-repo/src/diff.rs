@@ -69,6 +69,24 @@ pub struct DiffEntry {
     pub what: Vec<&'static str>,
 }
 
+impl DiffEntry {
+    /// An entry only in the second tree (`Added`) or only in the first.
+    fn one_side(path: Vec<u8>, change: Change, n: Node) -> Self {
+        let (before, after) = if change == Change::Added {
+            (None, Some(n))
+        } else {
+            (Some(n), None)
+        };
+        DiffEntry {
+            path,
+            change,
+            before,
+            after,
+            what: Vec::new(),
+        }
+    }
+}
+
 /// Totals of a diff.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiffStats {
@@ -165,18 +183,7 @@ impl IndexedRepository {
             _ => None,
         };
         count(st, change, &n);
-        let (before, after) = if change == Change::Added {
-            (None, Some(n))
-        } else {
-            (Some(n), None)
-        };
-        each(DiffEntry {
-            path: path.clone(),
-            change,
-            before,
-            after,
-            what: Vec::new(),
-        })?;
+        each(DiffEntry::one_side(path.clone(), change, n))?;
         if let Some(t) = sub {
             self.list_below(&t, &path, change, st, each)?;
         }
@@ -194,18 +201,7 @@ impl IndexedRepository {
     ) -> Result<()> {
         self.walk(tree, path, &|_| true, &mut |e| {
             count(st, change, &e.node);
-            let (before, after) = if change == Change::Added {
-                (None, Some(e.node))
-            } else {
-                (Some(e.node), None)
-            };
-            each(DiffEntry {
-                path: e.path,
-                change,
-                before,
-                after,
-                what: Vec::new(),
-            })
+            each(DiffEntry::one_side(e.path, change, e.node))
         })
     }
 

@@ -51,14 +51,7 @@ pub fn copy_cmd(g: &GlobalArgs, a: CopyArgs) -> Result<i32> {
     if src.repo().config().repo_id == dst.repo().config().repo_id {
         bail!("the source and the target are the same repository");
     }
-    let wanted: Vec<(SnapshotId, Snapshot)> = if a.snapshots.is_empty() {
-        readable_snapshots(src.repo())?
-            .into_iter()
-            .filter(|(_, s)| a.pick.matches(s))
-            .collect()
-    } else {
-        resolve_all(src.repo(), &a.snapshots, &a.pick)?
-    };
+    let wanted: Vec<(SnapshotId, Snapshot)> = named_or_all(src.repo(), &a.snapshots, &a.pick)?;
     // What the target holds already: the origins of its snapshots, and
     // its own snapshots as copies of them name them.
     let have: Vec<(SnapshotId, Snapshot)> = readable_snapshots(dst.repo())?;

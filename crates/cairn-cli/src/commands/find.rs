@@ -136,14 +136,7 @@ pub fn find_cmd(g: &GlobalArgs, a: FindArgs) -> Result<i32> {
         .collect();
     let pats = Patterns::new(&pats)?;
     let repo = open_indexed(g)?;
-    let mut snaps: Vec<(SnapshotId, Snapshot)> = if a.snapshots.is_empty() {
-        readable_snapshots(repo.repo())?
-            .into_iter()
-            .filter(|(_, s)| a.pick.matches(s))
-            .collect()
-    } else {
-        resolve_all(repo.repo(), &a.snapshots, &a.pick)?
-    };
+    let mut snaps: Vec<(SnapshotId, Snapshot)> = named_or_all(repo.repo(), &a.snapshots, &a.pick)?;
     snaps.sort_by_key(|(id, s)| (s.time_ns, *id));
     let mut f = Finder {
         repo: &repo,

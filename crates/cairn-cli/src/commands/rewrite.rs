@@ -43,14 +43,7 @@ pub fn rewrite_cmd(g: &GlobalArgs, a: RewriteArgs) -> Result<i32> {
     }
     let pats = Patterns::new(&pats)?;
     let repo = open_indexed(g)?;
-    let targets: Vec<(SnapshotId, Snapshot)> = if a.snapshots.is_empty() {
-        readable_snapshots(repo.repo())?
-            .into_iter()
-            .filter(|(_, s)| a.pick.matches(s))
-            .collect()
-    } else {
-        resolve_all(repo.repo(), &a.snapshots, &a.pick)?
-    };
+    let targets: Vec<(SnapshotId, Snapshot)> = named_or_all(repo.repo(), &a.snapshots, &a.pick)?;
     let mut rows = Vec::new();
     let mut forgotten = Vec::new();
     let mut warnings = 0usize;

@@ -43,17 +43,13 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         paths: a.latest.is_some(),
         tags: false,
     });
-    let mut groups: Vec<(String, Vec<(SnapshotId, Snapshot)>)> = Vec::new();
+    let mut groups: std::collections::BTreeMap<String, Vec<(SnapshotId, Snapshot)>> =
+        std::collections::BTreeMap::new();
     for (id, s) in list {
-        let k = group_by.key(&s);
-        match groups.iter_mut().find(|(g, _)| *g == k) {
-            Some((_, v)) => v.push((id, s)),
-            None => groups.push((k, vec![(id, s)])),
-        }
+        groups.entry(group_by.key(&s)).or_default().push((id, s));
     }
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(n) = a.latest {
-        for (_, v) in &mut groups {
+        for v in groups.values_mut() {
             let cut = v.len().saturating_sub(n);
             v.drain(..cut);
         }
@@ -79,14 +75,14 @@ pub fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
     if g.json {
         if a.group_by.is_some() {
             let v: Vec<Value> = groups
-                .iter()
-                .map(|(_, list)| {
+                .values()
+                .map(|list| {
                     json!({"group": super::forget::group_json(group_by, &list[0].1), "snapshots": rows_json(list)})
                 })
                 .collect();
             return print_json(&Value::Array(v)).map(|_| 0);
         }
-        let all: Vec<(SnapshotId, Snapshot)> = groups.into_iter().flat_map(|(_, v)| v).collect();
+        let all: Vec<(SnapshotId, Snapshot)> = groups.into_values().flatten().collect();
         return print_json(&rows_json(&all)).map(|_| 0);
     }
     println!(
@@ -194,6 +190,23 @@ pub fn this_host() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| cairn_repo::whoami().0)
+}
+
+/// The snapshots a command acts on: those `specs` name (see
+/// [`resolve_all`]), or, when none is given, every readable snapshot the
+/// filters let through.
+pub(crate) fn named_or_all(
+    repo: &Repository,
+    specs: &[String],
+    pick: &Pick,
+) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    if !specs.is_empty() {
+        return resolve_all(repo, specs, pick);
+    }
+    Ok(readable_snapshots(repo)?
+        .into_iter()
+        .filter(|(_, s)| pick.matches(s))
+        .collect())
 }
 
 /// Each of `specs` resolved, a snapshot named twice (`ID latest`) once, in

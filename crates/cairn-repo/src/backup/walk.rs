@@ -19,6 +19,20 @@ use super::{ParentTree, Progress, Trie, Walker};
 use crate::error::{RepoError, Result};
 
 impl Walker<'_> {
+    /// The parent snapshot's directory `name` under `parent`, if it was one
+    /// and its tree can be read; whether it records extended attributes
+    /// (version 2, in a parent that does) comes with it.
+    fn parent_subtree(&self, parent: Option<&ParentTree>, name: &[u8]) -> Option<ParentTree> {
+        match parent?.0.find(name)?.kind {
+            NodeKind::Dir { tree } => self
+                .repo
+                .load_tree_versioned(&tree)
+                .ok()
+                .map(|(t, v2)| (t, v2 && parent.is_some_and(|p| p.1))),
+            _ => None,
+        }
+    }
+
     /// Nodes for a list of (name, path) entries of one directory, in name
     /// order. `dir_dev` is the device of the directory holding them (`None`
     /// for the paths given to the backup).
@@ -118,17 +132,7 @@ impl Walker<'_> {
                         // A mount point: kept, without what is mounted there.
                         return Ok((i, Some(self.packer.store_tree(&Tree::default())?)));
                     }
-                    let prev_tree = match parent.and_then(|t| t.0.find(&n.name)) {
-                        Some(Node {
-                            kind: NodeKind::Dir { tree },
-                            ..
-                        }) => self
-                            .repo
-                            .load_tree_versioned(tree)
-                            .ok()
-                            .map(|(t, v2)| (t, v2 && parent.is_some_and(|p| p.1))),
-                        _ => None,
-                    };
+                    let prev_tree = self.parent_subtree(parent, &n.name);
                     Ok((i, self.backup_dir(path, prev_tree.as_ref(), dev)?))
                 },
             )
@@ -221,17 +225,7 @@ impl Walker<'_> {
             // so a symlink here (`/home -> /data/home`) is recorded as the
             // directory it leads to, not with the link's own 0777.
             let md = fs::metadata(&cpath).map_err(|e| RepoError::io(&cpath, e))?;
-            let prev_tree = match parent.and_then(|t| t.0.find(name)) {
-                Some(Node {
-                    kind: NodeKind::Dir { tree },
-                    ..
-                }) => self
-                    .repo
-                    .load_tree_versioned(tree)
-                    .ok()
-                    .map(|(t, v2)| (t, v2 && parent.is_some_and(|p| p.1))),
-                _ => None,
-            };
+            let prev_tree = self.parent_subtree(parent, name);
             let sub = self.backup_trie(child, &cpath, prev_tree.as_ref())?;
             let id = self.packer.store_tree(&Tree { nodes: sub })?;
             let mut node = base_node(name.clone(), &md, NodeKind::Dir { tree: id });
