@@ -317,7 +317,7 @@ fn a_postgres_archive_that_runs_a_program_is_harmless_under_restore_role() {
     psql(
         &db,
         &format!(
-            "CREATE FUNCTION run(int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; RETURN $1; END $$; CREATE TABLE t (a int PRIMARY KEY CHECK (run(a) > 0), b text); INSERT INTO t VALUES (1, 'x'), (2, 'y'); CREATE TABLE honest (k int PRIMARY KEY, v text); INSERT INTO honest SELECT g, md5(g::text) FROM generate_series(1, 500) g;",
+            "CREATE FUNCTION run(int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat > {}'''; RETURN $1; END $$; CREATE TABLE t (a int PRIMARY KEY CHECK (run(a) > 0), b text); INSERT INTO t VALUES (1, 'x'), (2, 'y'); CREATE TABLE honest (k int PRIMARY KEY, v text); INSERT INTO honest SELECT g, md5(g::text) FROM generate_series(1, 500) g;",
             marker.display()
         ),
     );
@@ -464,7 +464,7 @@ fn a_database_cannot_make_the_fingerprint_run_its_functions_as_the_superuser() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     let body = format!(
-        "BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; EXCEPTION WHEN OTHERS THEN NULL; END;",
+        "BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat > {}'''; EXCEPTION WHEN OTHERS THEN NULL; END;",
         marker.display()
     );
     as_app(&format!(
@@ -681,7 +681,7 @@ fn rollbacks_and_invariant_commands_keep_the_restore_roles_rights() {
     psql(
         &db,
         &format!(
-            "CREATE FUNCTION run(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; END IF; RETURN true; END $$; CREATE TABLE t (a int PRIMARY KEY CHECK (run(a))); INSERT INTO t VALUES (1), (2);",
+            "CREATE FUNCTION run(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat > {}'''; END IF; RETURN true; END $$; CREATE TABLE t (a int PRIMARY KEY CHECK (run(a))); INSERT INTO t VALUES (1), (2);",
             marker.display()
         ),
     );
@@ -777,7 +777,7 @@ fn a_rollback_of_a_superuser_owned_database_never_loads_as_the_superuser() {
     let o = std::process::Command::new("psql")
         .args(["-h", "127.0.0.1", "-U", &app, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target, "-c"])
         .arg(format!(
-            "CREATE FUNCTION s.chk(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; END IF; RETURN true; END $$; CREATE TABLE s.evil (x int CHECK (s.chk(x))); INSERT INTO s.evil VALUES (1);",
+            "CREATE FUNCTION s.chk(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat > {}'''; END IF; RETURN true; END $$; CREATE TABLE s.evil (x int CHECK (s.chk(x))); INSERT INTO s.evil VALUES (1);",
             marker.display()
         ))
         .output()
